@@ -1,0 +1,1 @@
+//! Criterion micro-benchmarks of Sluice hot paths; the benchmarks live in `benches/benches/`.

@@ -1,0 +1,105 @@
+//! Host checks at broker start: io_uring, the memlock limit, and O_DIRECT on the data directory.
+//!
+//! Each failed check returns one clear sentence naming the fix, instead of an obscure error
+//! from deep inside the first append.
+
+use std::path::Path;
+
+/// Registered DMA buffer memory per executor when nothing else is configured.
+///
+/// glommio registers this much memory with each of its three io_uring rings, which counts
+/// against `RLIMIT_MEMLOCK`; 4 MiB keeps two shards within a common 8 MiB default limit while
+/// still covering a 1 MiB write per in-flight append.
+pub const IO_MEMORY_BYTES_DEFAULT: usize = 4 << 20;
+
+/// What is wrong with the host.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EnvError {
+    /// io_uring cannot be set up.
+    #[error("io_uring is not available ({0}); sluice needs Linux 5.8+ with io_uring enabled (sysctl kernel.io_uring_disabled=0)")]
+    NoIoUring(std::io::Error),
+    /// The data directory cannot be created or written.
+    #[error("data directory {path} is not usable: {source}")]
+    DataDir {
+        /// The directory.
+        path: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The data directory's file system rejects O_DIRECT (tmpfs, some overlay file systems).
+    #[error("the file system of {path} does not support O_DIRECT ({source}); put --data-dir on ext4, xfs or btrfs")]
+    NoDirectIo {
+        /// The directory.
+        path: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+}
+
+/// Result of [`check`]: warnings the broker should log, and the memory limit in force.
+#[derive(Debug)]
+pub struct EnvReport {
+    /// `RLIMIT_MEMLOCK` soft limit in bytes after any raise.
+    pub memlock_bytes: u64,
+    /// Human-readable notes on degraded settings.
+    pub warnings: Vec<String>,
+}
+
+/// Checks the host for `shards` executors each registering `io_memory_bytes`, raising
+/// `RLIMIT_MEMLOCK` when allowed, and probing O_DIRECT in `data_dir` (created if missing).
+pub fn check(data_dir: &Path, shards: usize, io_memory_bytes: usize) -> Result<EnvReport, EnvError> {
+    io_uring::IoUring::new(8).map_err(EnvError::NoIoUring)?;
+    let mut warnings = Vec::new();
+    // glommio registers the pool with three rings per executor.
+    let needed = (shards * io_memory_bytes * 3) as u64 + (1 << 20);
+    let memlock_bytes = raise_memlock(needed, &mut warnings);
+    std::fs::create_dir_all(data_dir).map_err(|source| EnvError::DataDir {
+        path: data_dir.display().to_string(),
+        source,
+    })?;
+    probe_direct_io(data_dir)?;
+    Ok(EnvReport { memlock_bytes, warnings })
+}
+
+fn raise_memlock(needed: u64, warnings: &mut Vec<String>) -> u64 {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes into the struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) } != 0 {
+        warnings.push("cannot read RLIMIT_MEMLOCK; registered io buffers may be disabled".into());
+        return 0;
+    }
+    if limit.rlim_cur >= needed {
+        return limit.rlim_cur;
+    }
+    let raised = libc::rlimit { rlim_cur: needed, rlim_max: limit.rlim_max.max(needed) };
+    // SAFETY: setrlimit reads the struct we own; failure leaves the limit unchanged.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &raised) } == 0 {
+        return needed;
+    }
+    let soft = libc::rlimit { rlim_cur: limit.rlim_max.min(needed), rlim_max: limit.rlim_max };
+    // SAFETY: as above.
+    unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &soft) };
+    warnings.push(format!(
+        "RLIMIT_MEMLOCK is {} bytes but {needed} are wanted for registered io buffers; \
+         io will use unregistered buffers (raise it with `ulimit -l` or limits.conf)",
+        limit.rlim_cur
+    ));
+    limit.rlim_cur
+}
+
+fn probe_direct_io(data_dir: &Path) -> Result<(), EnvError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let probe = data_dir.join(".direct-io-probe");
+    let result = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(&probe);
+    let _ = std::fs::remove_file(&probe);
+    result.map(drop).map_err(|source| EnvError::NoDirectIo {
+        path: data_dir.display().to_string(),
+        source,
+    })
+}

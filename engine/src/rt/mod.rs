@@ -1,0 +1,90 @@
+//! The runtime facade: the only place in Sluice that names glommio.
+//!
+//! Every crate reaches executors, timers, DMA files, sockets and cross-shard channels through
+//! this module, so a runtime swap (or a simulator) stays a local change (STYLE §3). Most items
+//! are thin re-exports; [`shards`] starts the pinned per-core executors with their channel mesh,
+//! [`clock`] is the one place that reads time, and [`env`] checks the host at broker start.
+//!
+//! Must not depend on: anything above the runtime (logs, protocols, metadata).
+
+pub mod clock;
+pub mod env;
+pub mod shards;
+
+use std::future::Future;
+use std::time::Duration;
+
+/// DMA (O_DIRECT) files and their aligned buffers.
+pub mod fs {
+    pub use glommio::io::{
+        DmaBuffer, DmaFile, DmaStreamReaderBuilder, DmaStreamWriterBuilder, OpenOptions,
+        ReadResult,
+    };
+}
+
+/// Sockets driven by the shard's io_uring ring. These are `!Send`: they live on one shard.
+pub mod net {
+    pub use glommio::net::{TcpListener, TcpStream, UdpSocket};
+}
+
+/// Shard-local synchronisation primitives (`!Send`).
+pub mod sync {
+    pub use glommio::channels::local_channel::{LocalReceiver, LocalSender, new_bounded};
+    pub use glommio::sync::{Semaphore, Gate};
+}
+
+/// A timer future and related types.
+pub mod timer {
+    pub use glommio::timer::{Timer, TimerActionOnce, TimerActionRepeat, sleep};
+}
+
+/// A spawned task: dropping it cancels the future unless `detach` was called.
+pub type Task<T> = glommio::Task<T>;
+
+/// Identifies a task queue created with [`create_task_queue`].
+pub type TaskQueueHandle = glommio::TaskQueueHandle;
+
+/// Spawns a future on the current shard.
+pub fn spawn<T: 'static>(future: impl Future<Output = T> + 'static) -> Task<T> {
+    glommio::spawn_local(future)
+}
+
+/// Spawns a future on the current shard into the given task queue.
+pub fn spawn_into<T: 'static>(
+    future: impl Future<Output = T> + 'static,
+    queue: TaskQueueHandle,
+) -> Task<T> {
+    glommio::spawn_local_into(future, queue).expect("task queue belongs to this executor")
+}
+
+/// Creates a task queue with the given static shares, for background work (retention,
+/// compaction, index rebuild) that must not starve the produce and fetch path.
+pub fn create_task_queue(name: &str, shares: usize) -> TaskQueueHandle {
+    glommio::executor().create_task_queue(
+        glommio::Shares::Static(shares),
+        glommio::Latency::NotImportant,
+        name,
+    )
+}
+
+/// Yields to other tasks of this shard if this one has used up its time slice.
+pub async fn yield_if_needed() {
+    glommio::yield_if_needed().await;
+}
+
+/// Waits for `duration` on the shard's timer wheel.
+pub async fn sleep(duration: Duration) {
+    glommio::timer::sleep(duration).await;
+}
+
+/// Runs `future` to completion on a new unpinned executor on the calling thread.
+///
+/// For tests, tools and benchmarks that need a runtime but no shards. `io_memory_bytes`
+/// sizes the registered DMA buffer pool; keep it under `RLIMIT_MEMLOCK`.
+pub fn block_on<T>(future: impl Future<Output = T>) -> T {
+    let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .io_memory(env::IO_MEMORY_BYTES_DEFAULT)
+        .make()
+        .expect("executor starts (check `sluice broker` environment errors)");
+    executor.run(future)
+}
