@@ -233,14 +233,19 @@ impl BatchHeader {
     /// is at least a header and at most `max_batch_bytes` in total.
     pub fn parse(buf: &[u8], max_batch_bytes: usize) -> Result<BatchHeader, BatchError> {
         if buf.len() < HEADER_BYTES {
-            return Err(BatchError::Truncated { needed: HEADER_BYTES, have: buf.len() });
+            return Err(BatchError::Truncated {
+                needed: HEADER_BYTES,
+                have: buf.len(),
+            });
         }
         let batch_length = read_i32(buf, OFFSET_LENGTH);
         let min_length = (HEADER_BYTES - LOG_OVERHEAD_BYTES) as i32;
-        if batch_length < min_length
-            || LOG_OVERHEAD_BYTES + batch_length as usize > max_batch_bytes
+        if batch_length < min_length || LOG_OVERHEAD_BYTES + batch_length as usize > max_batch_bytes
         {
-            return Err(BatchError::InvalidLength { length: batch_length, limit: max_batch_bytes });
+            return Err(BatchError::InvalidLength {
+                length: batch_length,
+                limit: max_batch_bytes,
+            });
         }
         let magic = buf[OFFSET_MAGIC] as i8;
         if magic != MAGIC_V2 {
@@ -299,11 +304,17 @@ pub fn validate(buf: &[u8], max_batch_bytes: usize) -> Result<BatchHeader, Batch
     let header = BatchHeader::parse(buf, max_batch_bytes)?;
     let total = header.total_bytes();
     if buf.len() < total {
-        return Err(BatchError::Truncated { needed: total, have: buf.len() });
+        return Err(BatchError::Truncated {
+            needed: total,
+            have: buf.len(),
+        });
     }
     let computed = compute_crc(&buf[..total]);
     if computed != header.crc {
-        return Err(BatchError::CrcMismatch { stored: header.crc, computed });
+        return Err(BatchError::CrcMismatch {
+            stored: header.crc,
+            computed,
+        });
     }
     Ok(header)
 }
@@ -324,7 +335,10 @@ pub fn validate_produced(buf: &[u8], max_batch_bytes: usize) -> Result<BatchHead
 
 /// Rewrites the base offset of the batch at the start of `buf`. The CRC does not cover it.
 pub fn set_base_offset(buf: &mut [u8], base_offset: Offset) {
-    assert!(buf.len() >= HEADER_BYTES, "set_base_offset on a slice shorter than a header");
+    assert!(
+        buf.len() >= HEADER_BYTES,
+        "set_base_offset on a slice shorter than a header"
+    );
     assert!(base_offset.0 >= 0, "negative base offset {base_offset}");
     buf[OFFSET_BASE_OFFSET..OFFSET_BASE_OFFSET + 8].copy_from_slice(&base_offset.0.to_be_bytes());
 }
@@ -332,14 +346,20 @@ pub fn set_base_offset(buf: &mut [u8], base_offset: Offset) {
 /// Rewrites the partition leader epoch of the batch at the start of `buf`. The CRC does not
 /// cover it.
 pub fn set_leader_epoch(buf: &mut [u8], epoch: LeaderEpoch) {
-    assert!(buf.len() >= HEADER_BYTES, "set_leader_epoch on a slice shorter than a header");
+    assert!(
+        buf.len() >= HEADER_BYTES,
+        "set_leader_epoch on a slice shorter than a header"
+    );
     buf[OFFSET_LEADER_EPOCH..OFFSET_LEADER_EPOCH + 4].copy_from_slice(&epoch.0.to_be_bytes());
 }
 
 /// Iterates over the validated batches packed back to back in `buf`, as in a produce request's
 /// record set or a fetch response. Stops with an error at the first invalid batch.
 pub fn iter_batches(buf: &[u8], max_batch_bytes: usize) -> BatchIter<'_> {
-    BatchIter { buf, max_batch_bytes }
+    BatchIter {
+        buf,
+        max_batch_bytes,
+    }
 }
 
 /// Iterator returned by [`iter_batches`]: yields `(header, batch bytes)`.

@@ -17,8 +17,7 @@ use std::time::Duration;
 /// DMA (O_DIRECT) files and their aligned buffers.
 pub mod fs {
     pub use glommio::io::{
-        DmaBuffer, DmaFile, DmaStreamReaderBuilder, DmaStreamWriterBuilder, OpenOptions,
-        ReadResult,
+        DmaBuffer, DmaFile, DmaStreamReaderBuilder, DmaStreamWriterBuilder, OpenOptions, ReadResult,
     };
 }
 
@@ -30,7 +29,7 @@ pub mod net {
 /// Shard-local synchronisation primitives (`!Send`).
 pub mod sync {
     pub use glommio::channels::local_channel::{LocalReceiver, LocalSender, new_bounded};
-    pub use glommio::sync::{Semaphore, Gate};
+    pub use glommio::sync::{Gate, Semaphore};
 }
 
 /// A timer future and related types.
@@ -87,4 +86,14 @@ pub fn block_on<T>(future: impl Future<Output = T>) -> T {
         .make()
         .expect("executor starts (check `sluice broker` environment errors)");
     executor.run(future)
+}
+
+/// Runs blocking work (rare, small file-system operations such as writing the metadata file)
+/// on the executor's blocking thread pool so the shard keeps serving meanwhile.
+pub async fn spawn_blocking<F, R>(func: F) -> R
+where
+    F: FnOnce() -> R + Send + 'static,
+    R: Send + 'static,
+{
+    glommio::executor().spawn_blocking(func).await
 }
