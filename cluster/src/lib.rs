@@ -9,3 +9,4 @@ pub mod config;
 pub mod limits;
 pub mod metadata;
 pub mod placement;
+// Wired in once the engine's log API lands: metrics, partition, shard.
