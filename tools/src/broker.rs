@@ -30,7 +30,10 @@ pub fn run(config: BrokerConfig) -> anyhow::Result<()> {
     let (store, mut snapshot) = FileMetadataStore::open(&config.data_dir.join("__metadata"))
         .context("cannot load metadata")?;
     if replace_missing_shards(&mut snapshot, config.cores) {
-        tracing::info!(cores = config.cores, "shard count changed; partitions re-placed");
+        tracing::info!(
+            cores = config.cores,
+            "shard count changed; partitions re-placed"
+        );
     }
     let node = BrokerId(config.node_id);
     let quic_addrs = (0..config.cores)
@@ -41,12 +44,17 @@ pub fn run(config: BrokerConfig) -> anyhow::Result<()> {
         })
         .collect();
     snapshot.controller = node;
-    snapshot.brokers = vec![BrokerInfo { id: node, kafka: config.kafka_advertise, quic: quic_addrs }];
+    snapshot.brokers = vec![BrokerInfo {
+        id: node,
+        kafka: config.kafka_advertise,
+        quic: quic_addrs,
+    }];
     let snapshot = Arc::new(snapshot);
 
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(signal, Arc::clone(&stop)).context("cannot install signal handler")?;
+        signal_hook::flag::register(signal, Arc::clone(&stop))
+            .context("cannot install signal handler")?;
     }
     let cpus = core_ids(config.cores);
     let shards_config = shards::ShardsConfig {
@@ -104,11 +112,21 @@ async fn run_shard(
         auto_create_topics: config.auto_create_topics,
         default_partitions: config.default_partitions,
     };
-    listeners.push(rt::spawn(log_exit("kafka", sluice_net::kafka::serve_kafka(Rc::clone(&shard), kafka))));
+    listeners.push(rt::spawn(log_exit(
+        "kafka",
+        sluice_net::kafka::serve_kafka(Rc::clone(&shard), kafka),
+    )));
     if id.0 == 0 {
-        listeners.push(rt::spawn(log_exit("admin", sluice_net::admin::serve(Rc::clone(&shard), config.admin_listen))));
+        listeners.push(rt::spawn(log_exit(
+            "admin",
+            sluice_net::admin::serve(Rc::clone(&shard), config.admin_listen),
+        )));
     }
-    tracing::info!(shard = id.0, partitions = shard.partition_count(), "shard serving");
+    tracing::info!(
+        shard = id.0,
+        partitions = shard.partition_count(),
+        "shard serving"
+    );
     // The shard serves until a stop signal; the flag is polled because signal handlers cannot
     // reach an executor directly.
     while !stop.load(Ordering::Relaxed) {
@@ -131,16 +149,27 @@ async fn log_exit<E: std::fmt::Display>(
 }
 
 fn core_ids(count: usize) -> Vec<usize> {
-    let available: Vec<usize> =
-        core_affinity::get_core_ids().unwrap_or_default().into_iter().map(|c| c.id).collect();
-    if available.len() >= count { available[..count].to_vec() } else { Vec::new() }
+    let available: Vec<usize> = core_affinity::get_core_ids()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    if available.len() >= count {
+        available[..count].to_vec()
+    } else {
+        Vec::new()
+    }
 }
 
 fn raise_open_files_limit() {
-    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: getrlimit/setrlimit read and write a struct we own.
     unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
             limit.rlim_cur = limit.rlim_max;
             libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
         }

@@ -95,8 +95,10 @@ impl BrokerArgs {
             None => BrokerArgs::default(),
         };
         let cores_available = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let kafka_listen =
-            self.kafka_listen.or(file.kafka_listen).unwrap_or_else(|| addr("127.0.0.1:9092"));
+        let kafka_listen = self
+            .kafka_listen
+            .or(file.kafka_listen)
+            .unwrap_or_else(|| addr("127.0.0.1:9092"));
         let tls_cert = self.tls_cert.or(file.tls_cert);
         let tls_key = self.tls_key.or(file.tls_key);
         anyhow::ensure!(
@@ -104,23 +106,44 @@ impl BrokerArgs {
             "--tls-cert and --tls-key must be given together"
         );
         let config = BrokerConfig {
-            data_dir: self.data_dir.or(file.data_dir).unwrap_or_else(|| "sluice-data".into()),
+            data_dir: self
+                .data_dir
+                .or(file.data_dir)
+                .unwrap_or_else(|| "sluice-data".into()),
             node_id: self.node_id.or(file.node_id).unwrap_or(1),
             cores: self.cores.or(file.cores).unwrap_or(cores_available),
             kafka_listen,
-            kafka_advertise: self.kafka_advertise.or(file.kafka_advertise).unwrap_or(kafka_listen),
-            quic_listen: self.quic_listen.or(file.quic_listen).unwrap_or_else(|| addr("127.0.0.1:9192")),
-            admin_listen: self.admin_listen.or(file.admin_listen).unwrap_or_else(|| addr("127.0.0.1:9644")),
+            kafka_advertise: self
+                .kafka_advertise
+                .or(file.kafka_advertise)
+                .unwrap_or(kafka_listen),
+            quic_listen: self
+                .quic_listen
+                .or(file.quic_listen)
+                .unwrap_or_else(|| addr("127.0.0.1:9192")),
+            admin_listen: self
+                .admin_listen
+                .or(file.admin_listen)
+                .unwrap_or_else(|| addr("127.0.0.1:9644")),
             tls_cert,
             tls_key,
             ca: self.ca.or(file.ca),
             cache_bytes: self.cache_bytes.or(file.cache_bytes).unwrap_or(64 << 20),
-            auto_create_topics: self.auto_create_topics.or(file.auto_create_topics).unwrap_or(true),
-            default_partitions: self.default_partitions.or(file.default_partitions).unwrap_or(1),
+            auto_create_topics: self
+                .auto_create_topics
+                .or(file.auto_create_topics)
+                .unwrap_or(true),
+            default_partitions: self
+                .default_partitions
+                .or(file.default_partitions)
+                .unwrap_or(1),
         };
         anyhow::ensure!(config.cores >= 1, "--cores must be at least 1");
         anyhow::ensure!(config.node_id >= 0, "--node-id must not be negative");
-        anyhow::ensure!(config.default_partitions >= 1, "--default-partitions must be at least 1");
+        anyhow::ensure!(
+            config.default_partitions >= 1,
+            "--default-partitions must be at least 1"
+        );
         Ok(config)
     }
 }

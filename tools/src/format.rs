@@ -130,7 +130,10 @@ mod tests {
     use super::*;
 
     fn render(format: &str) -> String {
-        let headers = vec![("h1".to_string(), Some(b"v1".to_vec())), ("h2".to_string(), None)];
+        let headers = vec![
+            ("h1".to_string(), Some(b"v1".to_vec())),
+            ("h2".to_string(), None),
+        ];
         let record = RecordView {
             topic: "orders",
             partition: 3,
@@ -141,17 +144,30 @@ mod tests {
             headers: &headers,
         };
         let mut out = Vec::new();
-        Format::parse(format).expect("valid format").render(&record, &mut out);
+        Format::parse(format)
+            .expect("valid format")
+            .render(&record, &mut out);
         String::from_utf8(out).expect("utf8")
     }
 
     // Goal: every kcat token and escape renders as kcat would.
     #[test]
     fn tokens_render() {
-        assert_eq!(render("%t/%p@%o %k=%s (%S,%K) %T [%h]\\n"), "orders/3@42 k=hello (5,1) 1700000000000 [h1=v1,h2=]\n");
+        assert_eq!(
+            render("%t/%p@%o %k=%s (%S,%K) %T [%h]\\n"),
+            "orders/3@42 k=hello (5,1) 1700000000000 [h1=v1,h2=]\n"
+        );
         assert_eq!(render("100%%\\t\\\\"), "100%\t\\");
         let mut out = Vec::new();
-        let record = RecordView { topic: "t", partition: 0, offset: 0, key: None, value: Some(b"v"), timestamp_ms: 0, headers: &[] };
+        let record = RecordView {
+            topic: "t",
+            partition: 0,
+            offset: 0,
+            key: None,
+            value: Some(b"v"),
+            timestamp_ms: 0,
+            headers: &[],
+        };
         Format::default().render(&record, &mut out);
         assert_eq!(out, b"v\n");
     }
