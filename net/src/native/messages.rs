@@ -11,6 +11,10 @@
 //!
 //! Must not depend on: storage or Kafka types.
 
+// rkyv's derive generates resolver types whose fields carry no docs; every type written here is
+// documented by hand.
+#![allow(missing_docs)]
+
 use rkyv::{Archive, Deserialize, Serialize};
 
 /// Stable error codes of the native protocol. A retired code is never reused.
