@@ -4,5 +4,6 @@
 //! Must not depend on: segment files or other storage internals; partitions are reached only
 //! through `sluice_cluster::shard::Shard`.
 
+pub mod client;
 pub mod limits;
 pub mod native;
