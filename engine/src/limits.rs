@@ -11,4 +11,4 @@ pub const BATCH_BYTES_MAX: usize = 16 << 20;
 pub const DIO_ALIGN_BYTES: usize = 4096;
 
 const _: () = assert!(DIO_ALIGN_BYTES.is_power_of_two());
-const _: () = assert!(BATCH_BYTES_MAX % DIO_ALIGN_BYTES == 0);
+const _: () = assert!(BATCH_BYTES_MAX.is_multiple_of(DIO_ALIGN_BYTES));

@@ -28,6 +28,11 @@
 
 use crate::types::{LeaderEpoch, Offset, TimestampMs};
 
+pub mod builder;
+pub mod records;
+
+pub use builder::{BatchBuilder, BuildError, ProducerIdentity, SimpleRecord, build_batch};
+
 /// Size of the fixed RecordBatch v2 header.
 pub const HEADER_BYTES: usize = 61;
 /// Bytes before the batch length field's coverage starts (base offset + length field).
@@ -237,8 +242,7 @@ impl BatchHeader {
         }
         let batch_length = read_i32(buf, OFFSET_LENGTH);
         let min_length = (HEADER_BYTES - LOG_OVERHEAD_BYTES) as i32;
-        if batch_length < min_length
-            || LOG_OVERHEAD_BYTES + batch_length as usize > max_batch_bytes
+        if batch_length < min_length || LOG_OVERHEAD_BYTES + batch_length as usize > max_batch_bytes
         {
             return Err(BatchError::InvalidLength { length: batch_length, limit: max_batch_bytes });
         }
