@@ -29,9 +29,11 @@
 use crate::types::{LeaderEpoch, Offset, TimestampMs};
 
 pub mod builder;
+pub mod compression;
 pub mod records;
 
 pub use builder::{BatchBuilder, BuildError, ProducerIdentity, SimpleRecord, build_batch};
+pub use compression::CompressionError;
 
 /// Size of the fixed RecordBatch v2 header.
 pub const HEADER_BYTES: usize = 61;
@@ -102,6 +104,9 @@ pub enum BatchError {
     /// The records inside the batch could not be decoded.
     #[error("corrupt records: {0}")]
     CorruptRecords(String),
+    /// The records could not be decompressed, or decompress past the limit.
+    #[error(transparent)]
+    Decompress(#[from] CompressionError),
 }
 
 /// Compression codec of a batch, from attribute bits 0-2.
