@@ -16,7 +16,7 @@
 use bytes::Bytes;
 
 use super::compression::{self, CompressionError};
-use super::records::{RecordParts, encode_record};
+use super::records::{RecordParts, encode_record, varint_bytes};
 use super::{
     Attributes, Compression, HEADER_BYTES, LOG_OVERHEAD_BYTES, MAGIC_V2, OFFSET_ATTRIBUTES,
     OFFSET_BASE_OFFSET, OFFSET_BASE_SEQUENCE, OFFSET_BASE_TIMESTAMP, OFFSET_CRC,
@@ -209,7 +209,8 @@ impl BatchBuilder {
             headers,
         };
         let body_bytes = parts.body_bytes().ok_or(BuildError::FieldTooLong)?;
-        let record_bytes = parts.encoded_bytes().ok_or(BuildError::FieldTooLong)?;
+        let body_length = i32::try_from(body_bytes).expect("body_bytes checked against i32");
+        let record_bytes = body_bytes + varint_bytes(body_length);
         let needed_bytes = self.buf.len().saturating_add(record_bytes);
         if needed_bytes > self.batch_bytes_max {
             return Err(BuildError::BatchFull { needed_bytes, limit_bytes: self.batch_bytes_max });

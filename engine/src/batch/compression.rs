@@ -14,6 +14,10 @@
 //! Decompression is bounded: it stops with [`CompressionError::TooLarge`] once the output
 //! passes the caller's limit (normally [`RECORDS_DECOMPRESSED_BYTES_MAX`]), and its buffer
 //! never grows past that limit plus one byte, so a small "zip bomb" cannot exhaust memory.
+//! The decoders' own buffers are bounded by their formats, not by the input: lz4 reserves at
+//! most two maximum-size blocks (2 x 4 MiB), snappy blocks are checked against the limit
+//! before allocating, and zstd's window is capped at 128 MiB of address space of which only
+//! what the output touches becomes resident.
 //!
 //! Main items: [`compress`], [`decompress`], [`CompressionError`].
 //!

@@ -24,6 +24,10 @@
 //! | 57 | record count | i32 |
 //! | 61 | records | |
 //!
+//! Submodules: [`builder`] builds batches ([`BatchBuilder`], [`build_batch`]), [`records`]
+//! encodes and decodes the Record v2 entries inside ([`RecordDecoder`], [`decode_batch`]), and
+//! [`compression`] implements the four Kafka codecs with bounded decompression.
+//!
 //! Must not depend on: anything network or protocol specific.
 
 use crate::types::{LeaderEpoch, Offset, TimestampMs};
