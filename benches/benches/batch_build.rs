@@ -19,13 +19,23 @@ fn batch_build(c: &mut Criterion) {
     let records = sample_records(60 << 10, 1 << 10);
     let headers: Vec<HeaderRefs<'_>> = records
         .iter()
-        .map(|r| r.headers.iter().map(|(k, v)| (k.as_str(), v.as_deref())).collect())
+        .map(|r| {
+            r.headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_deref()))
+                .collect()
+        })
         .collect();
     let build = || {
         let mut builder = BatchBuilder::with_capacity(BATCH_BYTES_MAX, 64 << 10);
         for (record, headers) in records.iter().zip(&headers) {
             builder
-                .push(record.key.as_deref(), record.value.as_deref(), headers, record.timestamp)
+                .push(
+                    record.key.as_deref(),
+                    record.value.as_deref(),
+                    headers,
+                    record.timestamp,
+                )
                 .expect("fits");
         }
         builder.build(Compression::None).expect("build")
@@ -33,7 +43,9 @@ fn batch_build(c: &mut Criterion) {
     let size = build().len();
     let mut group = c.benchmark_group("batch_build_64k_of_1k_records");
     group.throughput(Throughput::Bytes(size as u64));
-    group.bench_function("push_and_build_uncompressed", |b| b.iter(|| black_box(build())));
+    group.bench_function("push_and_build_uncompressed", |b| {
+        b.iter(|| black_box(build()))
+    });
     group.finish();
 }
 

@@ -36,21 +36,34 @@ fn compression(c: &mut Criterion) {
             records.len() as f64 / compressed.len() as f64
         );
         let mut out = Vec::with_capacity(records.len() * 2);
-        group.bench_with_input(BenchmarkId::new("compress", name), &records, |b, records| {
-            b.iter(|| {
-                out.clear();
-                compress(codec, black_box(records), &mut out).expect("compress");
-                out.len()
-            })
-        });
-        group.bench_with_input(BenchmarkId::new("decompress", name), &compressed, |b, input| {
-            b.iter(|| {
-                out.clear();
-                decompress(codec, black_box(input), RECORDS_DECOMPRESSED_BYTES_MAX, &mut out)
+        group.bench_with_input(
+            BenchmarkId::new("compress", name),
+            &records,
+            |b, records| {
+                b.iter(|| {
+                    out.clear();
+                    compress(codec, black_box(records), &mut out).expect("compress");
+                    out.len()
+                })
+            },
+        );
+        group.bench_with_input(
+            BenchmarkId::new("decompress", name),
+            &compressed,
+            |b, input| {
+                b.iter(|| {
+                    out.clear();
+                    decompress(
+                        codec,
+                        black_box(input),
+                        RECORDS_DECOMPRESSED_BYTES_MAX,
+                        &mut out,
+                    )
                     .expect("decompress");
-                out.len()
-            })
-        });
+                    out.len()
+                })
+            },
+        );
     }
     group.finish();
 }

@@ -30,7 +30,11 @@ pub fn sample_records(batch_bytes: usize, record_bytes: usize) -> Vec<SimpleReco
             let mut value = String::with_capacity(record_bytes + 64);
             while value.len() < record_bytes {
                 let word = WORDS[(next() % WORDS.len() as u64) as usize];
-                value.push_str(&format!("{{\"id\":{},\"event\":\"{word}\",\"n\":{}}},", i, next()));
+                value.push_str(&format!(
+                    "{{\"id\":{},\"event\":\"{word}\",\"n\":{}}},",
+                    i,
+                    next()
+                ));
             }
             value.truncate(record_bytes);
             SimpleRecord {

@@ -295,7 +295,12 @@ impl BatchHeader {
                 last_offset_delta: header.last_offset_delta,
             });
         }
-        if header.base_offset.0.checked_add(i64::from(header.last_offset_delta)).is_none() {
+        if header
+            .base_offset
+            .0
+            .checked_add(i64::from(header.last_offset_delta))
+            .is_none()
+        {
             return Err(BatchError::OffsetOverflow {
                 base_offset: header.base_offset.0,
                 last_offset_delta: header.last_offset_delta,
