@@ -17,8 +17,8 @@ use std::time::Duration;
 /// DMA (O_DIRECT) files and their aligned buffers.
 pub mod fs {
     pub use glommio::io::{
-        DmaBuffer, DmaFile, DmaStreamReaderBuilder, DmaStreamWriterBuilder, OpenOptions,
-        ReadResult,
+        Directory, DmaBuffer, DmaFile, DmaStreamReaderBuilder, DmaStreamWriterBuilder, OpenOptions,
+        ReadResult, remove, rename,
     };
 }
 
@@ -30,7 +30,7 @@ pub mod net {
 /// Shard-local synchronisation primitives (`!Send`).
 pub mod sync {
     pub use glommio::channels::local_channel::{LocalReceiver, LocalSender, new_bounded};
-    pub use glommio::sync::{Semaphore, Gate};
+    pub use glommio::sync::{Gate, Permit, Semaphore};
 }
 
 /// A timer future and related types.
