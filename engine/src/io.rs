@@ -22,7 +22,7 @@ use std::rc::Rc;
 use bytes::Bytes;
 
 use crate::limits::DIO_ALIGN_BYTES;
-use crate::rt::fs::{Directory, DmaFile, OpenOptions};
+use crate::rt::fs::{Directory, DmaFile, OpenOptions, open_dma};
 
 /// A DMA file shared by the tasks of one shard.
 pub type File = Rc<DmaFile>;
@@ -58,20 +58,16 @@ pub async fn open_read_write(path: &Path) -> io::Result<File> {
 /// Opens an existing file for reading.
 pub async fn open_read(path: &Path) -> io::Result<File> {
     faults::check(faults::Op::Open, path)?;
-    let file = OpenOptions::new().read(true).dma_open(path).await?;
+    let file = open_dma(path, OpenOptions::new().read(true)).await?;
     Ok(Rc::new(file))
 }
 
 /// Creates a file (truncating any old one) for reading and writing.
 pub async fn create(path: &Path) -> io::Result<File> {
     faults::check(faults::Op::Create, path)?;
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .dma_open(path)
-        .await?;
+    let file =
+        open_dma(path, OpenOptions::new().read(true).write(true).create(true).truncate(true))
+            .await?;
     Ok(Rc::new(file))
 }
 

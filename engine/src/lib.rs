@@ -11,6 +11,7 @@ pub mod limits;
 pub mod log;
 pub mod rt;
 pub mod types;
+pub mod util;
 
 pub use types::{
     BrokerId, FilePos, LeaderEpoch, Offset, PartitionId, RelativeOffset, Revision, ShardId,
