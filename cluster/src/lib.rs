@@ -9,4 +9,6 @@ pub mod config;
 pub mod limits;
 pub mod metadata;
 pub mod placement;
-// Wired in once the engine's log API lands: metrics, partition, shard.
+pub mod metrics;
+pub mod partition;
+pub mod shard;
