@@ -19,7 +19,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::channel::oneshot;
 use sluice_engine::batch::BatchError;
-use sluice_engine::log::{BatchCache, Durability, LogConfig, PartitionLog};
+use sluice_engine::log::{BatchCache, LogConfig};
 use sluice_engine::rt::shards::{Mesh, Overloaded, ShardContext};
 use sluice_engine::{BrokerId, Offset, ShardId, TimestampMs, TopicPartition};
 
@@ -222,6 +222,12 @@ pub enum ShardMsg {
         command: MetadataCommand,
         /// Reply lane: the new snapshot.
         reply: Reply<Result<Arc<MetadataSnapshot>, MetadataError>>,
+    },
+    /// admin endpoint on shard 0 → every other shard, per scrape. Full inbox: that shard's
+    /// counters are missing from this scrape only.
+    CollectMetrics {
+        /// Reply lane.
+        reply: Reply<crate::metrics::MetricsSnapshot>,
     },
     /// shard 0 → every shard after each metadata change. Sent with waiting, never dropped;
     /// `done` fires once the shard has opened or closed its partitions to match.
@@ -541,6 +547,9 @@ impl Shard {
             ShardMsg::Command { command, reply } => {
                 let _ = reply.send(self.command_local(command).await);
             }
+            ShardMsg::CollectMetrics { reply } => {
+                let _ = reply.send(self.local_metrics());
+            }
             ShardMsg::Metadata { snapshot, done } => {
                 self.reconcile(snapshot).await;
                 let _ = done.send(());
@@ -616,6 +625,34 @@ impl Shard {
         }
     }
 
+    fn local_metrics(&self) -> crate::metrics::MetricsSnapshot {
+        let mut snapshot = self.metrics.snapshot();
+        snapshot.partitions_per_shard.push((self.id.0, self.partition_count() as u64));
+        snapshot
+    }
+
+    /// Counters of every shard, summed (per-shard gauges kept apart).
+    pub async fn collect_metrics(&self) -> crate::metrics::MetricsSnapshot {
+        let mut total = self.local_metrics();
+        let mut answers = Vec::new();
+        for to in 0..self.count {
+            let to = ShardId(u16::try_from(to).expect("shard ids fit in u16"));
+            if to == self.id {
+                continue;
+            }
+            let (reply, answer) = oneshot::channel();
+            if self.forward(to, ShardMsg::CollectMetrics { reply }).is_ok() {
+                answers.push(answer);
+            }
+        }
+        for answer in answers {
+            if let Ok(snapshot) = answer.await {
+                total.merge(snapshot);
+            }
+        }
+        total
+    }
+
     /// Stops accepting produce requests, then flushes and closes every partition.
     pub async fn shutdown(&self) {
         self.stopping.set(true);
@@ -641,6 +678,3 @@ pub fn log_config(config: &crate::config::TopicConfig) -> LogConfig {
         ..LogConfig::default()
     }
 }
-
-#[allow(dead_code)]
-fn _assert_durability_used(_: Durability) {}

@@ -1,8 +1,10 @@
-//! sluice-net: the network layer. The Kafka wire protocol listener lives in [`kafka`]; the
-//! native QUIC protocol and the admin endpoint grow beside it.
+//! sluice-net: the native QUIC protocol (server side and the Rust client library), the Kafka
+//! protocol listener, and the admin HTTP endpoint.
 //!
-//! Must not depend on: segment files or any engine type beyond the runtime facade and
-//! vocabulary types; storage is reached only through `sluice_cluster::shard::Shard`.
+//! Must not depend on: segment files or other storage internals; partitions are reached only
+//! through `sluice_cluster::shard::Shard`.
 
+pub mod client;
 pub mod kafka;
 pub mod limits;
+pub mod native;

@@ -1,5 +1,8 @@
-//! Limits of the network layer. Units in names; each says why it has its value and what it
-//! costs. Kafka-listener limits carry the `KAFKA_` prefix.
+//! Limits of the network layer. Units in names; each says why it has its value.
+
+/// Largest admin HTTP request head. Scrapers send a few hundred bytes; 8 KiB is generous and
+/// bounds memory per admin connection.
+pub const ADMIN_REQUEST_BYTES_MAX: usize = 8 << 10;
 
 /// Largest Kafka request frame accepted, as Kafka's `socket.request.max.bytes` default
 /// (100 MiB). A larger declared size closes the connection before anything is allocated.

@@ -28,6 +28,14 @@
 
 use crate::types::{LeaderEpoch, Offset, TimestampMs};
 
+pub mod builder;
+pub mod compression;
+pub mod records;
+
+pub use builder::{BatchBuilder, BuildError, ProducerIdentity, SimpleRecord, build_batch};
+pub use compression::CompressionError;
+pub use records::{Header, Record, RecordDecoder, decode_batch};
+
 /// Size of the fixed RecordBatch v2 header.
 pub const HEADER_BYTES: usize = 61;
 /// Bytes before the batch length field's coverage starts (base offset + length field).
@@ -91,12 +99,23 @@ pub enum BatchError {
         /// The last offset delta field.
         last_offset_delta: i32,
     },
+    /// The base offset plus the last offset delta does not fit an offset.
+    #[error("base offset {base_offset} plus last offset delta {last_offset_delta} overflows")]
+    OffsetOverflow {
+        /// The base offset field.
+        base_offset: i64,
+        /// The last offset delta field.
+        last_offset_delta: i32,
+    },
     /// Compression codec bits name no known codec.
     #[error("unknown compression codec {0}")]
     UnknownCompression(u8),
     /// The records inside the batch could not be decoded.
     #[error("corrupt records: {0}")]
     CorruptRecords(String),
+    /// The records could not be decompressed, or decompress past the limit.
+    #[error(transparent)]
+    Decompress(#[from] CompressionError),
 }
 
 /// Compression codec of a batch, from attribute bits 0-2.
@@ -269,6 +288,12 @@ impl BatchHeader {
         if header.last_offset_delta < 0 || header.record_count < 0 {
             return Err(BatchError::InvalidRecordCount {
                 record_count: header.record_count,
+                last_offset_delta: header.last_offset_delta,
+            });
+        }
+        if header.base_offset.0.checked_add(i64::from(header.last_offset_delta)).is_none() {
+            return Err(BatchError::OffsetOverflow {
+                base_offset: header.base_offset.0,
                 last_offset_delta: header.last_offset_delta,
             });
         }
