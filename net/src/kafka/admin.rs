@@ -484,7 +484,7 @@ impl Context {
                     ("default.replication.factor".into(), "1".into(), s, TYPE_INT),
                     (
                         "socket.request.max.bytes".into(),
-                        self.config.request_bytes_max.to_string(),
+                        crate::limits::KAFKA_REQUEST_BYTES_MAX.to_string(),
                         s,
                         TYPE_INT,
                     ),

@@ -25,7 +25,7 @@ use super::codec::{
     Decoded, ReadError, api_versions_fallback, decode_request, encode_response, read_frame,
 };
 use super::handler::{Context, Outcome};
-use crate::limits::KAFKA_INFLIGHT_REQUESTS_MAX;
+use crate::limits::{KAFKA_INFLIGHT_REQUESTS_MAX, KAFKA_REQUEST_BYTES_MAX};
 
 /// What to write for one request.
 enum Reply {
@@ -78,10 +78,9 @@ async fn read_loop(
     mut reader: ReadHalf<TcpStream>,
     queue: LocalSender<Pending>,
 ) -> Result<(), String> {
-    let max = context.config.request_bytes_max;
     // Runs until the client closes, sends something invalid, or the writer stops.
     loop {
-        let frame = match read_frame(&mut reader, max).await {
+        let frame = match read_frame(&mut reader, KAFKA_REQUEST_BYTES_MAX).await {
             Ok(Some(frame)) => frame,
             Ok(None) => return Ok(()),
             Err(ReadError::Io(error)) => return Err(format!("read failed: {error}")),

@@ -39,7 +39,7 @@ pub use error::{DomainError, error_code};
 pub use guard::GuardError;
 pub use versions::{SUPPORTED_APIS, SupportedApi, is_supported};
 
-use crate::limits::{KAFKA_DEFAULT_PARTITIONS, KAFKA_REQUEST_BYTES_MAX};
+use crate::limits::KAFKA_DEFAULT_PARTITIONS;
 
 /// How the Kafka listener behaves. Shared read-only by every connection of a shard.
 #[derive(Clone, Debug)]
@@ -54,8 +54,6 @@ pub struct KafkaConfig {
     /// Partitions of an auto-created topic, and of CreateTopics asking for the default (-1):
     /// Kafka's `num.partitions`.
     pub default_partitions: i32,
-    /// Largest request frame accepted (Kafka's `socket.request.max.bytes`).
-    pub request_bytes_max: usize,
 }
 
 impl KafkaConfig {
@@ -66,22 +64,11 @@ impl KafkaConfig {
             advertise: listen,
             auto_create_topics: true,
             default_partitions: KAFKA_DEFAULT_PARTITIONS,
-            request_bytes_max: KAFKA_REQUEST_BYTES_MAX,
         }
     }
 
     /// Checks the values against the limits; call at startup.
     pub fn validate(&self) -> Result<(), String> {
-        if self.request_bytes_max < crate::limits::KAFKA_REQUEST_BYTES_MIN
-            || self.request_bytes_max > KAFKA_REQUEST_BYTES_MAX
-        {
-            return Err(format!(
-                "kafka request_bytes_max {} outside [{}, {}]",
-                self.request_bytes_max,
-                crate::limits::KAFKA_REQUEST_BYTES_MIN,
-                KAFKA_REQUEST_BYTES_MAX
-            ));
-        }
         if self.default_partitions < 1 {
             return Err(format!(
                 "kafka default_partitions {} < 1",
