@@ -6,6 +6,8 @@
 
 mod common;
 
+use common::Raw;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
@@ -49,99 +51,6 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use sluice_engine::batch::{Compression, SimpleRecord, build_batch, decode_batch};
 use sluice_net::kafka::SUPPORTED_APIS;
-
-/// A blocking Kafka connection for tests.
-struct Raw {
-    stream: TcpStream,
-    correlation_id: i32,
-}
-
-impl Raw {
-    fn connect() -> Raw {
-        let stream = TcpStream::connect(common::broker().addr).expect("connect to broker");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(20)))
-            .expect("read timeout");
-        Raw {
-            stream,
-            correlation_id: 0,
-        }
-    }
-
-    fn send_frame(&mut self, frame: &[u8]) {
-        self.stream.write_all(frame).expect("send");
-    }
-
-    /// Sends a request and returns the decoded response.
-    fn call(&mut self, version: i16, body: impl Into<RequestKind>) -> ResponseKind {
-        let body = body.into();
-        let api = api_of(&body);
-        self.correlation_id += 1;
-        let header = RequestHeader::default()
-            .with_request_api_key(api as i16)
-            .with_request_api_version(version)
-            .with_correlation_id(self.correlation_id)
-            .with_client_id(Some(StrBytes::from_static_str("raw-test")));
-        let mut buf = BytesMut::new();
-        buf.put_u32(0);
-        header
-            .encode(&mut buf, api.request_header_version(version))
-            .expect("encode header");
-        body.encode(&mut buf, version).expect("encode body");
-        let size = (buf.len() - 4) as u32;
-        buf[..4].copy_from_slice(&size.to_be_bytes());
-        self.send_frame(&buf);
-        let mut frame = self
-            .read_frame()
-            .unwrap_or_else(|| panic!("no answer to {api:?} v{version}"));
-        let header = ResponseHeader::decode(&mut frame, api.response_header_version(version))
-            .expect("response header");
-        assert_eq!(
-            header.correlation_id, self.correlation_id,
-            "{api:?} v{version}"
-        );
-        ResponseKind::decode(api, &mut frame, version)
-            .unwrap_or_else(|e| panic!("{api:?} v{version} response does not decode: {e}"))
-    }
-
-    /// Reads one response frame; `None` if the broker closed the connection.
-    fn read_frame(&mut self) -> Option<Bytes> {
-        let mut size = [0u8; 4];
-        if self.stream.read_exact(&mut size).is_err() {
-            return None;
-        }
-        let mut frame = vec![0u8; u32::from_be_bytes(size) as usize];
-        self.stream.read_exact(&mut frame).ok()?;
-        Some(Bytes::from(frame))
-    }
-
-    /// True if the broker closes the connection without answering.
-    fn closed_without_answer(&mut self) -> bool {
-        let mut byte = [0u8; 1];
-        matches!(self.stream.read(&mut byte), Ok(0) | Err(_))
-    }
-}
-
-fn api_of(body: &RequestKind) -> ApiKey {
-    match body {
-        RequestKind::ApiVersions(_) => ApiKey::ApiVersions,
-        RequestKind::Metadata(_) => ApiKey::Metadata,
-        RequestKind::Produce(_) => ApiKey::Produce,
-        RequestKind::Fetch(_) => ApiKey::Fetch,
-        RequestKind::ListOffsets(_) => ApiKey::ListOffsets,
-        RequestKind::CreateTopics(_) => ApiKey::CreateTopics,
-        RequestKind::DeleteTopics(_) => ApiKey::DeleteTopics,
-        RequestKind::CreatePartitions(_) => ApiKey::CreatePartitions,
-        RequestKind::DescribeConfigs(_) => ApiKey::DescribeConfigs,
-        RequestKind::AlterConfigs(_) => ApiKey::AlterConfigs,
-        RequestKind::IncrementalAlterConfigs(_) => ApiKey::IncrementalAlterConfigs,
-        RequestKind::DeleteRecords(_) => ApiKey::DeleteRecords,
-        RequestKind::OffsetForLeaderEpoch(_) => ApiKey::OffsetForLeaderEpoch,
-        RequestKind::DescribeCluster(_) => ApiKey::DescribeCluster,
-        RequestKind::FindCoordinator(_) => ApiKey::FindCoordinator,
-        other => panic!("test does not send {other:?}"),
-    }
-}
 
 fn name(s: &str) -> TopicName {
     TopicName(StrBytes::from_string(s.to_owned()))
@@ -632,4 +541,30 @@ fn produce_errors_per_partition() {
         r.responses[0].partition_responses[0].error_code, 21,
         "INVALID_REQUIRED_ACKS"
     );
+}
+
+// Goal: an invalid config value is refused with INVALID_CONFIG and a message naming the key,
+// at every AlterConfigs version, and leaves the topic unchanged.
+#[test]
+fn alter_configs_refuses_invalid_value() {
+    let mut raw = Raw::connect();
+    create_topic(&mut raw, "raw-alter-bad", 1);
+    for v in 0..=2 {
+        let request = AlterConfigsRequest::default().with_resources(vec![
+            AlterConfigsResource::default()
+                .with_resource_type(2)
+                .with_resource_name(StrBytes::from_static_str("raw-alter-bad"))
+                .with_configs(vec![
+                    AlterableConfig::default()
+                        .with_name(StrBytes::from_static_str("retention.ms"))
+                        .with_value(Some(StrBytes::from_static_str("soon"))),
+                ]),
+        ]);
+        let ResponseKind::AlterConfigs(r) = raw.call(v, request) else {
+            panic!("kind")
+        };
+        assert_eq!(r.responses[0].error_code, 40, "INVALID_CONFIG at v{v}");
+        let message = r.responses[0].error_message.as_deref().unwrap_or_default();
+        assert!(message.contains("retention.ms"), "{message}");
+    }
 }
