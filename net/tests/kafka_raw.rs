@@ -8,10 +8,6 @@ mod common;
 
 use common::Raw;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::time::Duration;
-
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::alter_configs_request::{
     AlterConfigsRequest, AlterConfigsResource, AlterableConfig,
@@ -45,10 +41,8 @@ use kafka_protocol::messages::offset_for_leader_epoch_request::{
 use kafka_protocol::messages::produce_request::{
     PartitionProduceData, ProduceRequest, TopicProduceData,
 };
-use kafka_protocol::messages::{
-    ApiKey, RequestHeader, RequestKind, ResponseHeader, ResponseKind, TopicName,
-};
-use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use kafka_protocol::messages::{ApiKey, ResponseKind, TopicName};
+use kafka_protocol::protocol::{Decodable, StrBytes};
 use sluice_engine::batch::{Compression, SimpleRecord, build_batch, decode_batch};
 use sluice_net::kafka::SUPPORTED_APIS;
 

@@ -161,7 +161,7 @@ const LIST_OFFSETS: &[Field] = &[
     f(Ty::Int32, 0, ALL),
     f(Ty::Int8, 2, ALL),
     f(Ty::Structs(LIST_OFFSETS_TOPIC), 0, ALL),
-    f(Ty::Int32, 10, ALL),
+    f(Ty::Int32, 9, ALL),
 ];
 
 const CREATE_TOPICS_ASSIGNMENT: &[Field] = &[f(Ty::Int32, 0, ALL), f(Ty::Prims(&I32S), 0, ALL)];
@@ -449,5 +449,279 @@ impl Walk<'_> {
             });
         }
         Ok(count)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::BytesMut;
+    use kafka_protocol::messages::alter_configs_request::{
+        AlterConfigsRequest, AlterConfigsResource, AlterableConfig,
+    };
+    use kafka_protocol::messages::api_versions_request::ApiVersionsRequest;
+    use kafka_protocol::messages::create_partitions_request::{
+        CreatePartitionsAssignment, CreatePartitionsRequest, CreatePartitionsTopic,
+    };
+    use kafka_protocol::messages::create_topics_request::{
+        CreatableReplicaAssignment, CreatableTopic, CreatableTopicConfig, CreateTopicsRequest,
+    };
+    use kafka_protocol::messages::delete_records_request::{
+        DeleteRecordsPartition, DeleteRecordsRequest, DeleteRecordsTopic,
+    };
+    use kafka_protocol::messages::delete_topics_request::{DeleteTopicState, DeleteTopicsRequest};
+    use kafka_protocol::messages::describe_cluster_request::DescribeClusterRequest;
+    use kafka_protocol::messages::describe_configs_request::{
+        DescribeConfigsRequest, DescribeConfigsResource,
+    };
+    use kafka_protocol::messages::fetch_request::{
+        FetchPartition, FetchRequest, FetchTopic, ForgottenTopic,
+    };
+    use kafka_protocol::messages::find_coordinator_request::FindCoordinatorRequest;
+    use kafka_protocol::messages::incremental_alter_configs_request as incremental;
+    use kafka_protocol::messages::list_offsets_request::{
+        ListOffsetsPartition, ListOffsetsRequest, ListOffsetsTopic,
+    };
+    use kafka_protocol::messages::metadata_request::{MetadataRequest, MetadataRequestTopic};
+    use kafka_protocol::messages::offset_for_leader_epoch_request::{
+        OffsetForLeaderEpochRequest, OffsetForLeaderPartition, OffsetForLeaderTopic,
+    };
+    use kafka_protocol::messages::produce_request::{
+        PartitionProduceData, ProduceRequest, TopicProduceData,
+    };
+    use kafka_protocol::messages::{BrokerId, RequestKind, TopicName};
+    use kafka_protocol::protocol::StrBytes;
+
+    use super::*;
+    use crate::kafka::versions::SUPPORTED_APIS;
+
+    fn s(text: &'static str) -> StrBytes {
+        StrBytes::from_static_str(text)
+    }
+
+    fn two<T: Clone>(x: T) -> Vec<T> {
+        vec![x.clone(), x]
+    }
+
+    fn topic(text: &'static str) -> TopicName {
+        TopicName(s(text))
+    }
+
+    /// A request of `api` with two-element arrays at every level and non-empty strings, so
+    /// every length prefix and nested element is on the wire.
+    fn populated(api: ApiKey) -> RequestKind {
+        match api {
+            ApiKey::ApiVersions => ApiVersionsRequest::default()
+                .with_client_software_name(s("walk"))
+                .with_client_software_version(s("1.0"))
+                .into(),
+            ApiKey::Metadata => MetadataRequest::default()
+                .with_topics(Some(two(
+                    MetadataRequestTopic::default().with_name(Some(topic("t")))
+                )))
+                .into(),
+            ApiKey::Produce => ProduceRequest::default()
+                .with_transactional_id(None)
+                .with_topic_data(two(TopicProduceData::default()
+                    .with_name(topic("t"))
+                    .with_partition_data(two(PartitionProduceData::default()
+                        .with_records(Some(bytes::Bytes::from_static(b"abc")))))))
+                .into(),
+            ApiKey::Fetch => FetchRequest::default()
+                .with_topics(two(FetchTopic::default()
+                    .with_topic(topic("t"))
+                    .with_partitions(two(FetchPartition::default()
+                        .with_partition(1)
+                        .with_fetch_offset(2)))))
+                .with_forgotten_topics_data(two(ForgottenTopic::default()
+                    .with_topic(topic("f"))
+                    .with_partitions(vec![1, 2])))
+                .with_rack_id(s("rack"))
+                .into(),
+            ApiKey::ListOffsets => ListOffsetsRequest::default()
+                .with_topics(two(ListOffsetsTopic::default()
+                    .with_name(topic("t"))
+                    .with_partitions(two(
+                        ListOffsetsPartition::default().with_timestamp(-1)
+                    ))))
+                .into(),
+            ApiKey::CreateTopics => CreateTopicsRequest::default()
+                .with_topics(two(CreatableTopic::default()
+                    .with_name(topic("t"))
+                    .with_assignments(two(CreatableReplicaAssignment::default()
+                        .with_broker_ids(vec![BrokerId(1), BrokerId(2)])))
+                    .with_configs(vec![
+                        CreatableTopicConfig::default()
+                            .with_name(s("k"))
+                            .with_value(Some(s("v"))),
+                        CreatableTopicConfig::default()
+                            .with_name(s("k2"))
+                            .with_value(None),
+                    ])))
+                .into(),
+            ApiKey::DeleteTopics => DeleteTopicsRequest::default()
+                .with_topic_names(two(topic("t")))
+                .with_topics(two(DeleteTopicState::default().with_name(Some(topic("t")))))
+                .into(),
+            ApiKey::CreatePartitions => CreatePartitionsRequest::default()
+                .with_topics(two(CreatePartitionsTopic::default()
+                    .with_name(topic("t"))
+                    .with_count(3)
+                    .with_assignments(Some(two(CreatePartitionsAssignment::default()
+                        .with_broker_ids(vec![BrokerId(1), BrokerId(2)]))))))
+                .into(),
+            ApiKey::DescribeConfigs => DescribeConfigsRequest::default()
+                .with_resources(two(DescribeConfigsResource::default()
+                    .with_resource_type(2)
+                    .with_resource_name(s("t"))
+                    .with_configuration_keys(Some(vec![s("a"), s("bb")]))))
+                .into(),
+            ApiKey::AlterConfigs => AlterConfigsRequest::default()
+                .with_resources(two(AlterConfigsResource::default()
+                    .with_resource_name(s("t"))
+                    .with_configs(two(AlterableConfig::default()
+                        .with_name(s("k"))
+                        .with_value(Some(s("v")))))))
+                .into(),
+            ApiKey::IncrementalAlterConfigs => {
+                incremental::IncrementalAlterConfigsRequest::default()
+                    .with_resources(two(incremental::AlterConfigsResource::default()
+                        .with_resource_name(s("t"))
+                        .with_configs(two(incremental::AlterableConfig::default()
+                            .with_name(s("k"))
+                            .with_value(Some(s("v")))))))
+                    .into()
+            }
+            ApiKey::DeleteRecords => DeleteRecordsRequest::default()
+                .with_topics(two(DeleteRecordsTopic::default()
+                    .with_name(topic("t"))
+                    .with_partitions(two(
+                        DeleteRecordsPartition::default().with_offset(5)
+                    ))))
+                .into(),
+            ApiKey::OffsetForLeaderEpoch => OffsetForLeaderEpochRequest::default()
+                .with_topics(two(OffsetForLeaderTopic::default()
+                    .with_topic(topic("t"))
+                    .with_partitions(two(OffsetForLeaderPartition::default()))))
+                .into(),
+            ApiKey::DescribeCluster => DescribeClusterRequest::default().into(),
+            ApiKey::FindCoordinator => FindCoordinatorRequest::default()
+                .with_key(s("group"))
+                .with_coordinator_keys(vec![s("a"), s("bb")])
+                .into(),
+            other => panic!("no populated request for {other:?}"),
+        }
+    }
+
+    /// Clears the fields a version lacks (the encoder refuses non-default values there).
+    fn for_version(request: RequestKind, version: i16) -> RequestKind {
+        match request {
+            RequestKind::Fetch(r) if version >= 13 => {
+                let topics = r
+                    .topics
+                    .iter()
+                    .cloned()
+                    .map(|t| t.with_topic(TopicName::default()))
+                    .collect();
+                let forgotten = r
+                    .forgotten_topics_data
+                    .iter()
+                    .cloned()
+                    .map(|t| t.with_topic(TopicName::default()))
+                    .collect();
+                RequestKind::Fetch(r.with_topics(topics).with_forgotten_topics_data(forgotten))
+            }
+            RequestKind::Fetch(r) if version < 7 => {
+                RequestKind::Fetch(r.with_forgotten_topics_data(Vec::new()).with_rack_id(s("")))
+            }
+            RequestKind::Fetch(r) if version < 11 => RequestKind::Fetch(r.with_rack_id(s(""))),
+            RequestKind::DeleteTopics(r) if version >= 6 => {
+                RequestKind::DeleteTopics(r.with_topic_names(Vec::new()))
+            }
+            RequestKind::DeleteTopics(r) => RequestKind::DeleteTopics(r.with_topics(Vec::new())),
+            RequestKind::FindCoordinator(r) if version >= 4 => {
+                RequestKind::FindCoordinator(r.with_key(s("")))
+            }
+            RequestKind::FindCoordinator(r) => {
+                RequestKind::FindCoordinator(r.with_coordinator_keys(Vec::new()))
+            }
+            RequestKind::ApiVersions(r) if version < 3 => RequestKind::ApiVersions(
+                r.with_client_software_name(s(""))
+                    .with_client_software_version(s("")),
+            ),
+            other => other,
+        }
+    }
+
+    // Goal: the request shapes match kafka-protocol's encoders at every advertised version.
+    // Method: encode a request with two-element arrays at every level and require the walk to
+    // consume exactly every byte (a missing or extra field shifts everything after it).
+    #[test]
+    fn shapes_match_the_codec_at_every_version() {
+        for api in SUPPORTED_APIS {
+            for version in api.min..=api.max {
+                let request = for_version(populated(api.key), version);
+                let mut body = BytesMut::new();
+                request
+                    .encode(&mut body, version)
+                    .unwrap_or_else(|e| panic!("{:?} v{version} encodes: {e}", api.key));
+                let consumed = check(api.key, version, &body)
+                    .unwrap_or_else(|e| panic!("{:?} v{version}: {e}", api.key));
+                assert_eq!(consumed, body.len(), "{:?} v{version} walk length", api.key);
+            }
+        }
+    }
+
+    // Goal: impossible counts are refused before anything is allocated, and every array
+    // element counts against the total. Method: hand-made bodies.
+    #[test]
+    fn refuses_impossible_counts() {
+        // Metadata v1: a topic array of i32::MAX elements in four bytes.
+        let body = i32::MAX.to_be_bytes();
+        assert_eq!(
+            check(ApiKey::Metadata, 1, &body),
+            Err(GuardError::ArrayTooLong {
+                count: i32::MAX as u64,
+                remaining: 0
+            })
+        );
+        // Metadata v12 (flexible): a compact array of u32::MAX - 1 elements.
+        let body = [0xff, 0xff, 0xff, 0xff, 0x0f];
+        assert!(matches!(
+            check(ApiKey::Metadata, 12, &body),
+            Err(GuardError::ArrayTooLong { .. })
+        ));
+        // A negative length other than null.
+        let body = (-2i32).to_be_bytes();
+        assert_eq!(
+            check(ApiKey::Metadata, 1, &body),
+            Err(GuardError::InvalidLength(-2))
+        );
+        // Truncated inside a field.
+        assert_eq!(
+            check(ApiKey::Metadata, 1, &[0, 0]),
+            Err(GuardError::Truncated { at: 0 })
+        );
+        // More elements in total than the limit: nested arrays each within the bytes left.
+        let partitions = 1_000usize;
+        let topics = KAFKA_REQUEST_ARRAY_ELEMENTS_MAX / partitions + 1;
+        let mut body = Vec::new();
+        body.extend_from_slice(&(-1i16).to_be_bytes()); // transactional id
+        body.extend_from_slice(&1i16.to_be_bytes()); // acks
+        body.extend_from_slice(&0i32.to_be_bytes()); // timeout
+        body.extend_from_slice(&(topics as i32).to_be_bytes());
+        for _ in 0..topics {
+            body.extend_from_slice(&0i16.to_be_bytes()); // empty name
+            body.extend_from_slice(&(partitions as i32).to_be_bytes());
+            for _ in 0..partitions {
+                body.extend_from_slice(&0i32.to_be_bytes());
+                body.extend_from_slice(&(-1i32).to_be_bytes());
+            }
+        }
+        assert_eq!(
+            check(ApiKey::Produce, 3, &body),
+            Err(GuardError::TooManyElements {
+                max: KAFKA_REQUEST_ARRAY_ELEMENTS_MAX
+            })
+        );
     }
 }

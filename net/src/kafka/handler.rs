@@ -16,6 +16,8 @@ use super::codec::Request;
 use super::versions::api_versions_response;
 
 /// What to send back for one request.
+// Moved once per request; boxing the large variant would add an allocation per request.
+#[allow(clippy::large_enum_variant)]
 pub enum Outcome {
     /// Encode and send this response; `capacity` hints its encoded size.
     Respond {
