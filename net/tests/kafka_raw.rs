@@ -562,3 +562,53 @@ fn alter_configs_refuses_invalid_value() {
         assert!(message.contains("retention.ms"), "{message}");
     }
 }
+
+// Goal: a fetch long-polling several partitions answers as soon as any of them receives data
+// (here from another connection while it waits) rather than at its max wait, and carries that
+// data. Method: the fetch asks for 30 s on two empty partitions from one thread; a produce to
+// partition 1 follows on another connection. Had the wait not been woken, the answer would
+// come after 30 s with no records, and the assertion on the records would fail.
+#[test]
+fn fetch_long_poll_wakes_on_produce() {
+    let mut raw = Raw::connect();
+    create_topic(&mut raw, "raw-poll", 2);
+    let waiter = std::thread::spawn(|| {
+        let mut raw = Raw::connect();
+        let partitions = (0..2)
+            .map(|p| {
+                FetchPartition::default()
+                    .with_partition(p)
+                    .with_fetch_offset(0)
+                    .with_partition_max_bytes(1 << 20)
+            })
+            .collect();
+        let request = FetchRequest::default()
+            .with_max_wait_ms(30_000)
+            .with_min_bytes(1)
+            .with_max_bytes(1 << 20)
+            .with_topics(vec![
+                FetchTopic::default()
+                    .with_topic(name("raw-poll"))
+                    .with_partitions(partitions),
+            ]);
+        raw.call(11, request)
+    });
+    let batch = build_batch(&[SimpleRecord::value("wake")], Compression::None).expect("batch");
+    let ResponseKind::Produce(r) = raw.call(9, produce_request("raw-poll", 1, batch)) else {
+        panic!("kind")
+    };
+    assert_eq!(r.responses[0].partition_responses[0].error_code, 0);
+    let ResponseKind::Fetch(response) = waiter.join().expect("fetch thread") else {
+        panic!("kind")
+    };
+    let partitions = &response.responses[0].partitions;
+    assert_eq!(partitions.len(), 2);
+    let records = partitions[1].records.clone().expect("records");
+    let first = decode_batch(&records, 1 << 20)
+        .expect("batch")
+        .next()
+        .expect("one record")
+        .expect("decodes");
+    assert_eq!(first.value.as_deref(), Some(&b"wake"[..]));
+    assert_eq!(partitions[1].high_watermark, 1);
+}
