@@ -5,5 +5,6 @@
 //! through `sluice_cluster::shard::Shard`.
 
 pub mod client;
+pub mod kafka;
 pub mod limits;
 pub mod native;
