@@ -8,4 +8,5 @@
 //! batch format; glommio by name (the runtime is reached through `sluice_engine::rt`).
 
 pub mod limits;
+pub mod native;
 pub mod quic;

@@ -1,0 +1,10 @@
+//! The native protocol: one frame per request and per answer, each pair on its own QUIC
+//! bidirectional stream.
+//!
+//! Main items: [`frame`] (the sans-IO frame codec and header types) and [`stream`] (reading
+//! and writing frames on quinn streams). The byte-exact specification is `net/PROTOCOL.md`.
+//!
+//! Must not depend on: the shard runtime (frames are plain bytes), storage.
+
+pub mod frame;
+pub mod stream;
