@@ -1,1 +1,12 @@
-//! sluice-cluster.
+//! The Sluice cluster layer: the shard root that owns a shard's partition replicas, metadata
+//! (topics, partitions, placement, configs) with its single writer, and the typed cross-shard
+//! messages. Replication, the controller quorum and coordinators grow here.
+//!
+//! Must not depend on: `sluice-net` or any socket or protocol type; it talks to peers only
+//! through traits the network layer implements.
+
+pub mod config;
+pub mod limits;
+pub mod metadata;
+pub mod placement;
+// Wired in once the engine's log API lands: metrics, partition, shard.

@@ -9,6 +9,7 @@ pub mod batch;
 pub mod limits;
 pub mod rt;
 pub mod types;
+pub mod util;
 
 pub use types::{
     BrokerId, FilePos, LeaderEpoch, Offset, PartitionId, RelativeOffset, Revision, ShardId,

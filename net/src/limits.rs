@@ -81,6 +81,10 @@ pub const UDP_SEND_BUFFER_BYTES: usize = 4 << 20;
 /// per blocked connection.
 pub const UDP_SEND_RETRY_WAIT_US: u64 = 100;
 
+/// Largest admin HTTP request head. Scrapers send a few hundred bytes; 8 KiB is generous and
+/// bounds memory per admin connection.
+pub const ADMIN_REQUEST_BYTES_MAX: usize = 8 << 10;
+
 const _: () = assert!(FRAME_PAYLOAD_BYTES_MAX >= BATCH_BYTES_MAX);
 const _: () = assert!(FRAME_PAYLOAD_BYTES_MAX <= u32::MAX as usize);
 const _: () = assert!(FRAME_HEADER_BYTES_MAX <= u32::MAX as usize);

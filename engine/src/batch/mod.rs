@@ -28,6 +28,14 @@
 
 use crate::types::{LeaderEpoch, Offset, TimestampMs};
 
+pub mod builder;
+pub mod compression;
+pub mod records;
+
+pub use builder::{BatchBuilder, BuildError, ProducerIdentity, SimpleRecord, build_batch};
+pub use compression::CompressionError;
+pub use records::{Header, Record, RecordDecoder, decode_batch};
+
 /// Size of the fixed RecordBatch v2 header.
 pub const HEADER_BYTES: usize = 61;
 /// Bytes before the batch length field's coverage starts (base offset + length field).
@@ -91,12 +99,23 @@ pub enum BatchError {
         /// The last offset delta field.
         last_offset_delta: i32,
     },
+    /// The base offset plus the last offset delta does not fit an offset.
+    #[error("base offset {base_offset} plus last offset delta {last_offset_delta} overflows")]
+    OffsetOverflow {
+        /// The base offset field.
+        base_offset: i64,
+        /// The last offset delta field.
+        last_offset_delta: i32,
+    },
     /// Compression codec bits name no known codec.
     #[error("unknown compression codec {0}")]
     UnknownCompression(u8),
     /// The records inside the batch could not be decoded.
     #[error("corrupt records: {0}")]
     CorruptRecords(String),
+    /// The records could not be decompressed, or decompress past the limit.
+    #[error(transparent)]
+    Decompress(#[from] CompressionError),
 }
 
 /// Compression codec of a batch, from attribute bits 0-2.
@@ -233,14 +252,19 @@ impl BatchHeader {
     /// is at least a header and at most `max_batch_bytes` in total.
     pub fn parse(buf: &[u8], max_batch_bytes: usize) -> Result<BatchHeader, BatchError> {
         if buf.len() < HEADER_BYTES {
-            return Err(BatchError::Truncated { needed: HEADER_BYTES, have: buf.len() });
+            return Err(BatchError::Truncated {
+                needed: HEADER_BYTES,
+                have: buf.len(),
+            });
         }
         let batch_length = read_i32(buf, OFFSET_LENGTH);
         let min_length = (HEADER_BYTES - LOG_OVERHEAD_BYTES) as i32;
-        if batch_length < min_length
-            || LOG_OVERHEAD_BYTES + batch_length as usize > max_batch_bytes
+        if batch_length < min_length || LOG_OVERHEAD_BYTES + batch_length as usize > max_batch_bytes
         {
-            return Err(BatchError::InvalidLength { length: batch_length, limit: max_batch_bytes });
+            return Err(BatchError::InvalidLength {
+                length: batch_length,
+                limit: max_batch_bytes,
+            });
         }
         let magic = buf[OFFSET_MAGIC] as i8;
         if magic != MAGIC_V2 {
@@ -264,6 +288,12 @@ impl BatchHeader {
         if header.last_offset_delta < 0 || header.record_count < 0 {
             return Err(BatchError::InvalidRecordCount {
                 record_count: header.record_count,
+                last_offset_delta: header.last_offset_delta,
+            });
+        }
+        if header.base_offset.0.checked_add(i64::from(header.last_offset_delta)).is_none() {
+            return Err(BatchError::OffsetOverflow {
+                base_offset: header.base_offset.0,
                 last_offset_delta: header.last_offset_delta,
             });
         }
@@ -299,11 +329,17 @@ pub fn validate(buf: &[u8], max_batch_bytes: usize) -> Result<BatchHeader, Batch
     let header = BatchHeader::parse(buf, max_batch_bytes)?;
     let total = header.total_bytes();
     if buf.len() < total {
-        return Err(BatchError::Truncated { needed: total, have: buf.len() });
+        return Err(BatchError::Truncated {
+            needed: total,
+            have: buf.len(),
+        });
     }
     let computed = compute_crc(&buf[..total]);
     if computed != header.crc {
-        return Err(BatchError::CrcMismatch { stored: header.crc, computed });
+        return Err(BatchError::CrcMismatch {
+            stored: header.crc,
+            computed,
+        });
     }
     Ok(header)
 }
@@ -324,7 +360,10 @@ pub fn validate_produced(buf: &[u8], max_batch_bytes: usize) -> Result<BatchHead
 
 /// Rewrites the base offset of the batch at the start of `buf`. The CRC does not cover it.
 pub fn set_base_offset(buf: &mut [u8], base_offset: Offset) {
-    assert!(buf.len() >= HEADER_BYTES, "set_base_offset on a slice shorter than a header");
+    assert!(
+        buf.len() >= HEADER_BYTES,
+        "set_base_offset on a slice shorter than a header"
+    );
     assert!(base_offset.0 >= 0, "negative base offset {base_offset}");
     buf[OFFSET_BASE_OFFSET..OFFSET_BASE_OFFSET + 8].copy_from_slice(&base_offset.0.to_be_bytes());
 }
@@ -332,14 +371,20 @@ pub fn set_base_offset(buf: &mut [u8], base_offset: Offset) {
 /// Rewrites the partition leader epoch of the batch at the start of `buf`. The CRC does not
 /// cover it.
 pub fn set_leader_epoch(buf: &mut [u8], epoch: LeaderEpoch) {
-    assert!(buf.len() >= HEADER_BYTES, "set_leader_epoch on a slice shorter than a header");
+    assert!(
+        buf.len() >= HEADER_BYTES,
+        "set_leader_epoch on a slice shorter than a header"
+    );
     buf[OFFSET_LEADER_EPOCH..OFFSET_LEADER_EPOCH + 4].copy_from_slice(&epoch.0.to_be_bytes());
 }
 
 /// Iterates over the validated batches packed back to back in `buf`, as in a produce request's
 /// record set or a fetch response. Stops with an error at the first invalid batch.
 pub fn iter_batches(buf: &[u8], max_batch_bytes: usize) -> BatchIter<'_> {
-    BatchIter { buf, max_batch_bytes }
+    BatchIter {
+        buf,
+        max_batch_bytes,
+    }
 }
 
 /// Iterator returned by [`iter_batches`]: yields `(header, batch bytes)`.

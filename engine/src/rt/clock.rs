@@ -14,6 +14,8 @@ pub fn now() -> Instant {
 
 /// Wall-clock now in milliseconds since the Unix epoch.
 pub fn unix_now_ms() -> TimestampMs {
-    let since = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock after 1970");
+    let since = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970");
     TimestampMs(i64::try_from(since.as_millis()).expect("timestamp fits in i64"))
 }

@@ -17,7 +17,9 @@ pub const IO_MEMORY_BYTES_DEFAULT: usize = 4 << 20;
 #[non_exhaustive]
 pub enum EnvError {
     /// io_uring cannot be set up.
-    #[error("io_uring is not available ({0}); sluice needs Linux 5.8+ with io_uring enabled (sysctl kernel.io_uring_disabled=0)")]
+    #[error(
+        "io_uring is not available ({0}); sluice needs Linux 5.8+ with io_uring enabled (sysctl kernel.io_uring_disabled=0)"
+    )]
     NoIoUring(std::io::Error),
     /// The data directory cannot be created or written.
     #[error("data directory {path} is not usable: {source}")]
@@ -28,7 +30,9 @@ pub enum EnvError {
         source: std::io::Error,
     },
     /// The data directory's file system rejects O_DIRECT (tmpfs, some overlay file systems).
-    #[error("the file system of {path} does not support O_DIRECT ({source}); put --data-dir on ext4, xfs or btrfs")]
+    #[error(
+        "the file system of {path} does not support O_DIRECT ({source}); put --data-dir on ext4, xfs or btrfs"
+    )]
     NoDirectIo {
         /// The directory.
         path: String,
@@ -48,7 +52,11 @@ pub struct EnvReport {
 
 /// Checks the host for `shards` executors each registering `io_memory_bytes`, raising
 /// `RLIMIT_MEMLOCK` when allowed, and probing O_DIRECT in `data_dir` (created if missing).
-pub fn check(data_dir: &Path, shards: usize, io_memory_bytes: usize) -> Result<EnvReport, EnvError> {
+pub fn check(
+    data_dir: &Path,
+    shards: usize,
+    io_memory_bytes: usize,
+) -> Result<EnvReport, EnvError> {
     io_uring::IoUring::new(8).map_err(EnvError::NoIoUring)?;
     let mut warnings = Vec::new();
     // glommio registers the pool with three rings per executor.
@@ -59,11 +67,17 @@ pub fn check(data_dir: &Path, shards: usize, io_memory_bytes: usize) -> Result<E
         source,
     })?;
     probe_direct_io(data_dir)?;
-    Ok(EnvReport { memlock_bytes, warnings })
+    Ok(EnvReport {
+        memlock_bytes,
+        warnings,
+    })
 }
 
 fn raise_memlock(needed: u64, warnings: &mut Vec<String>) -> u64 {
-    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: getrlimit writes into the struct we own.
     if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) } != 0 {
         warnings.push("cannot read RLIMIT_MEMLOCK; registered io buffers may be disabled".into());
@@ -72,12 +86,18 @@ fn raise_memlock(needed: u64, warnings: &mut Vec<String>) -> u64 {
     if limit.rlim_cur >= needed {
         return limit.rlim_cur;
     }
-    let raised = libc::rlimit { rlim_cur: needed, rlim_max: limit.rlim_max.max(needed) };
+    let raised = libc::rlimit {
+        rlim_cur: needed,
+        rlim_max: limit.rlim_max.max(needed),
+    };
     // SAFETY: setrlimit reads the struct we own; failure leaves the limit unchanged.
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &raised) } == 0 {
         return needed;
     }
-    let soft = libc::rlimit { rlim_cur: limit.rlim_max.min(needed), rlim_max: limit.rlim_max };
+    let soft = libc::rlimit {
+        rlim_cur: limit.rlim_max.min(needed),
+        rlim_max: limit.rlim_max,
+    };
     // SAFETY: as above.
     unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &soft) };
     warnings.push(format!(

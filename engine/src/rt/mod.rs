@@ -14,13 +14,7 @@ pub mod shards;
 use std::future::Future;
 use std::time::Duration;
 
-/// DMA (O_DIRECT) files and their aligned buffers.
-pub mod fs {
-    pub use glommio::io::{
-        DmaBuffer, DmaFile, DmaStreamReaderBuilder, DmaStreamWriterBuilder, OpenOptions,
-        ReadResult,
-    };
-}
+pub mod fs;
 
 /// Sockets driven by the shard's io_uring ring. These are `!Send`: they live on one shard.
 pub mod net {
@@ -30,7 +24,7 @@ pub mod net {
 /// Shard-local synchronisation primitives (`!Send`).
 pub mod sync {
     pub use glommio::channels::local_channel::{LocalReceiver, LocalSender, new_bounded};
-    pub use glommio::sync::{Semaphore, Gate};
+    pub use glommio::sync::{Gate, Semaphore};
 }
 
 /// A timer future and related types.
@@ -86,5 +80,30 @@ pub fn block_on<T>(future: impl Future<Output = T>) -> T {
         .io_memory(env::IO_MEMORY_BYTES_DEFAULT)
         .make()
         .expect("executor starts (check `sluice broker` environment errors)");
-    executor.run(future)
+    executor.run(async move {
+        fs::prime_direct_io(&std::env::temp_dir()).await;
+        if let Ok(dir) = std::env::current_dir() {
+            fs::prime_direct_io(&dir).await;
+        }
+        future.await
+    })
+}
+
+/// Runs blocking work (rare, small file-system operations such as writing the metadata file)
+/// on the executor's blocking thread pool so the shard keeps serving meanwhile.
+pub async fn spawn_blocking<F, R>(func: F) -> R
+where
+    F: FnOnce() -> R + Send + 'static,
+    R: Send + 'static,
+{
+    glommio::executor().spawn_blocking(func).await
+}
+
+/// The runtime's error type for file and socket operations.
+pub type RtError = glommio::GlommioError<()>;
+
+/// Converts a runtime result into a `std::io::Result` (the runtime's error type is not `Sync`,
+/// so it cannot travel inside `anyhow` or most error enums).
+pub fn into_io<T>(result: Result<T, RtError>) -> std::io::Result<T> {
+    result.map_err(std::io::Error::from)
 }

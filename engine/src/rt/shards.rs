@@ -68,31 +68,46 @@ impl<M: Send + 'static> Mesh<M> {
     /// Delivers `msg` to shard `to` without waiting; a full inbox returns the message back so
     /// the caller can turn it into backpressure. A message to the own shard is handled inline.
     pub fn try_send(&self, to: ShardId, msg: M) -> Result<(), Overloaded<M>> {
-        assert!(usize::from(to.0) < self.count, "send to {to} of {} shards", self.count);
+        assert!(
+            usize::from(to.0) < self.count,
+            "send to {to} of {} shards",
+            self.count
+        );
         if to == self.id {
             (self.local)(msg);
             return Ok(());
         }
-        self.senders.try_send_to(usize::from(to.0), msg).map_err(|error| match error {
-            glommio::GlommioError::Closed(glommio::ResourceType::Channel(msg))
-            | glommio::GlommioError::WouldBlock(glommio::ResourceType::Channel(msg)) => {
-                Overloaded(msg)
-            }
-            other => panic!("mesh send to {to} failed unexpectedly: {other}"),
-        })
+        self.senders
+            .try_send_to(usize::from(to.0), msg)
+            .map_err(|error| match error {
+                glommio::GlommioError::Closed(glommio::ResourceType::Channel(msg))
+                | glommio::GlommioError::WouldBlock(glommio::ResourceType::Channel(msg)) => {
+                    Overloaded(msg)
+                }
+                other => panic!("mesh send to {to} failed unexpectedly: {other}"),
+            })
     }
 
     /// Delivers `msg` to shard `to`, waiting while its inbox is full.
     pub async fn send(&self, to: ShardId, msg: M) -> Result<(), Overloaded<M>> {
-        assert!(usize::from(to.0) < self.count, "send to {to} of {} shards", self.count);
+        assert!(
+            usize::from(to.0) < self.count,
+            "send to {to} of {} shards",
+            self.count
+        );
         if to == self.id {
             (self.local)(msg);
             return Ok(());
         }
-        self.senders.send_to(usize::from(to.0), msg).await.map_err(|error| match error {
-            glommio::GlommioError::Closed(glommio::ResourceType::Channel(msg)) => Overloaded(msg),
-            other => panic!("mesh send to {to} failed unexpectedly: {other}"),
-        })
+        self.senders
+            .send_to(usize::from(to.0), msg)
+            .await
+            .map_err(|error| match error {
+                glommio::GlommioError::Closed(glommio::ResourceType::Channel(msg)) => {
+                    Overloaded(msg)
+                }
+                other => panic!("mesh send to {to} failed unexpectedly: {other}"),
+            })
     }
 }
 
@@ -111,8 +126,11 @@ impl<M: Send + 'static> ShardContext<M> {
     ///
     /// The receive loops run until their peer closes the channel.
     pub async fn join_mesh(self, handler: impl Fn(M) + 'static) -> Mesh<M> {
-        let (senders, mut receivers) =
-            self.builder.join().await.expect("every shard joins the mesh exactly once");
+        let (senders, mut receivers) = self
+            .builder
+            .join()
+            .await
+            .expect("every shard joins the mesh exactly once");
         let handler: Rc<dyn Fn(M)> = Rc::new(handler);
         for (_peer, receiver) in receivers.streams() {
             let handler = Rc::clone(&handler);
@@ -124,7 +142,12 @@ impl<M: Send + 'static> ShardContext<M> {
             })
             .detach();
         }
-        Mesh { id: self.id, count: self.count, senders, local: handler }
+        Mesh {
+            id: self.id,
+            count: self.count,
+            senders,
+            local: handler,
+        }
     }
 }
 
@@ -140,7 +163,10 @@ impl ShardsHandle {
         for (shard, handle) in self.handles.into_iter().enumerate() {
             if let Err(error) = handle.join() {
                 if first.is_ok() {
-                    first = Err(StartError::Executor { shard, reason: error.to_string() });
+                    first = Err(StartError::Executor {
+                        shard,
+                        reason: error.to_string(),
+                    });
                 }
             }
         }
@@ -160,7 +186,10 @@ where
         config.cpus.is_empty() || config.cpus.len() >= config.count,
         "one cpu per shard when pinning"
     );
-    assert!(config.count <= usize::from(u16::MAX), "shard ids fit in u16");
+    assert!(
+        config.count <= usize::from(u16::MAX),
+        "shard ids fit in u16"
+    );
     let mesh = MeshBuilder::<M, _>::full(config.count, config.inbox_capacity);
     let mut handles = Vec::with_capacity(config.count);
     for shard in 0..config.count {
@@ -178,7 +207,10 @@ where
                 let id = ShardId(u16::try_from(shard).expect("checked above"));
                 body(ShardContext { id, count, builder }).await;
             })
-            .map_err(|error| StartError::Executor { shard, reason: error.to_string() })?;
+            .map_err(|error| StartError::Executor {
+                shard,
+                reason: error.to_string(),
+            })?;
         handles.push(handle);
     }
     Ok(ShardsHandle { handles })
@@ -216,7 +248,9 @@ mod tests {
                     })
                     .await;
                 for to in 0..count {
-                    mesh.send(ShardId(to as u16), usize::from(mesh.id().0)).await.ok();
+                    mesh.send(ShardId(to as u16), usize::from(mesh.id().0))
+                        .await
+                        .ok();
                 }
                 while seen.get() < count {
                     crate::rt::sleep(std::time::Duration::from_millis(1)).await;

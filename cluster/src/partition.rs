@@ -1,0 +1,232 @@
+//! A partition replica: the engine's log plus what the cluster layer adds on top (the high
+//! watermark that bounds what consumers see, the "new data" signal long-polling fetches wait
+//! on, and the topic config in force).
+//!
+//! Lives on its owning shard only (`!Send`, in an `Rc`). On a single broker the replica is the
+//! leader and the only in-sync replica, so the high watermark follows the written end of the
+//! log; replication moves it by follower acknowledgements instead.
+
+use std::cell::RefCell;
+use std::path::PathBuf;
+use std::rc::Rc;
+
+use bytes::Bytes;
+use sluice_engine::batch::{BatchError, BatchHeader, validate_produced};
+use sluice_engine::log::{AppendError, BatchCache, Durability, LogConfig, PartitionLog, ReadError};
+use sluice_engine::util::Notify;
+use sluice_engine::{LeaderEpoch, Offset, ShardId, TimestampMs, TopicPartition};
+
+use crate::config::{TimestampType, TopicConfig};
+use crate::metadata::TopicId;
+use crate::shard::{
+    Acks, FetchData, FetchError, FetchRequest, OffsetSpec, PartitionStatus, ProduceError, ProduceOk,
+};
+
+/// One partition's replica on its owning shard.
+pub struct PartitionReplica {
+    tp: TopicPartition,
+    topic_id: TopicId,
+    log: PartitionLog,
+    config: RefCell<TopicConfig>,
+    /// Bumped whenever the high watermark moves, waking long-polling fetches.
+    data: Notify,
+}
+
+impl PartitionReplica {
+    /// Opens (recovering if needed) the partition's log in `dir`.
+    pub async fn open(
+        dir: PathBuf,
+        tp: TopicPartition,
+        topic_id: TopicId,
+        log_config: LogConfig,
+        cache: Rc<BatchCache>,
+        config: TopicConfig,
+    ) -> Result<PartitionReplica, String> {
+        let (log, report) = PartitionLog::open(dir, tp.clone(), log_config, cache)
+            .await
+            .map_err(|e| e.to_string())?;
+        if report.truncated_bytes() > 0 || !report.rebuilt_indexes().is_empty() {
+            tracing::warn!(partition = %tp, ?report, "recovered partition");
+        }
+        // Everything that survived recovery was written; a single replica makes it visible.
+        log.set_high_watermark(log.log_end_offset());
+        Ok(PartitionReplica { tp, topic_id, log, config: RefCell::new(config), data: Notify::new() })
+    }
+
+    /// The id of the topic this replica belongs to.
+    pub fn topic_id(&self) -> TopicId {
+        self.topic_id
+    }
+
+    /// The engine log.
+    pub fn log(&self) -> &PartitionLog {
+        &self.log
+    }
+
+    /// Applies a changed topic config.
+    pub fn update_config(&self, config: &TopicConfig) {
+        self.log.update_config(crate::shard::log_config(config));
+        *self.config.borrow_mut() = config.clone();
+    }
+
+    /// Validates and appends a producer's batches, waiting as `acks` asks.
+    pub async fn produce(&self, batches: Bytes, acks: Acks) -> Result<ProduceOk, ProduceError> {
+        let (max_bytes, timestamp_type) = {
+            let config = self.config.borrow();
+            (config.max_message_bytes, config.timestamp_type)
+        };
+        check_batches(&batches, max_bytes)?;
+        let durability = match acks {
+            Acks::All => Durability::Synced,
+            Acks::None | Acks::Leader => Durability::Written,
+        };
+        let info = self
+            .log
+            .append(batches, LeaderEpoch(0), durability)
+            .await
+            .map_err(|e: AppendError| ProduceError::Storage(e.to_string()))?;
+        let end = info.last_offset.plus(1);
+        if end > self.log.high_watermark() {
+            self.log.set_high_watermark(end);
+            self.data.notify();
+        }
+        Ok(ProduceOk {
+            base_offset: info.base_offset,
+            last_offset: info.last_offset,
+            log_append_time: (timestamp_type == TimestampType::LogAppendTime)
+                .then_some(info.append_time),
+            log_start_offset: self.log.log_start_offset(),
+        })
+    }
+
+    /// Reads whole batches from `request.from` below the high watermark, waiting up to
+    /// `request.max_wait` when there is nothing yet.
+    pub async fn fetch(&self, request: FetchRequest) -> Result<FetchData, FetchError> {
+        let deadline = sluice_engine::rt::clock::now() + request.max_wait;
+        loop {
+            let seen = self.data.version();
+            let high_watermark = self.log.high_watermark();
+            if request.from < high_watermark || sluice_engine::rt::clock::now() >= deadline {
+                return self.read(request, high_watermark).await;
+            }
+            if request.from > high_watermark {
+                return Err(self.out_of_range(request.from));
+            }
+            let remaining = deadline.saturating_duration_since(sluice_engine::rt::clock::now());
+            let wait = std::pin::pin!(self.data.changed(seen));
+            let timeout = std::pin::pin!(sluice_engine::rt::sleep(remaining));
+            futures::future::select(wait, timeout).await;
+        }
+    }
+
+    async fn read(&self, request: FetchRequest, upper: Offset) -> Result<FetchData, FetchError> {
+        let log_start_offset = self.log.log_start_offset();
+        if request.from == upper {
+            return Ok(FetchData { batches: Vec::new(), high_watermark: upper, log_start_offset });
+        }
+        let slice = self
+            .log
+            .read(request.from, request.max_bytes, upper)
+            .await
+            .map_err(|e| self.read_error(e))?;
+        Ok(FetchData { batches: slice.batches, high_watermark: upper, log_start_offset })
+    }
+
+    fn out_of_range(&self, requested: Offset) -> FetchError {
+        FetchError::OffsetOutOfRange {
+            requested,
+            log_start: self.log.log_start_offset(),
+            log_end: self.log.high_watermark(),
+        }
+    }
+
+    fn read_error(&self, error: ReadError) -> FetchError {
+        match error {
+            ReadError::OffsetOutOfRange { requested, .. } => self.out_of_range(requested),
+            other => FetchError::Storage(format!("{}: {other}", self.tp)),
+        }
+    }
+
+    /// Looks up the earliest, latest, or first offset at or after a timestamp.
+    pub async fn list_offset(
+        &self,
+        spec: OffsetSpec,
+    ) -> Result<(Option<Offset>, Option<TimestampMs>), FetchError> {
+        match spec {
+            OffsetSpec::Earliest => Ok((Some(self.log.log_start_offset()), None)),
+            OffsetSpec::Latest => Ok((Some(self.log.high_watermark()), None)),
+            OffsetSpec::Timestamp(ts) => {
+                let found = self.log.offset_for_timestamp(ts).await.map_err(|e| self.read_error(e))?;
+                Ok(match found {
+                    Some((offset, timestamp)) if offset < self.log.high_watermark() => {
+                        (Some(offset), Some(timestamp))
+                    }
+                    _ => (None, None),
+                })
+            }
+        }
+    }
+
+    /// Advances the log start offset to `before` (`Offset(-1)`: the high watermark).
+    pub async fn delete_records(&self, before: Offset) -> Result<Offset, FetchError> {
+        let high_watermark = self.log.high_watermark();
+        let before = if before.0 == -1 { high_watermark } else { before };
+        if before < Offset(0) || before > high_watermark {
+            return Err(self.out_of_range(before));
+        }
+        self.log.delete_records(before).await.map_err(|e| FetchError::Storage(e.to_string()))?;
+        Ok(self.log.log_start_offset())
+    }
+
+    /// Offsets and size for describe.
+    pub fn status(&self, shard: ShardId) -> PartitionStatus {
+        PartitionStatus {
+            shard,
+            log_start_offset: self.log.log_start_offset(),
+            log_end_offset: self.log.log_end_offset(),
+            high_watermark: self.log.high_watermark(),
+            size_bytes: self.log.size_bytes(),
+        }
+    }
+
+    /// Deletes segments past retention; called periodically by the shard's background task.
+    pub async fn apply_retention(&self) {
+        if let Err(error) = self.log.apply_retention(sluice_engine::rt::clock::unix_now_ms()).await
+        {
+            tracing::warn!(partition = %self.tp, %error, "retention failed");
+        }
+    }
+
+    /// Flushes and closes the log (clean shutdown).
+    pub async fn close(&self) {
+        if let Err(error) = self.log.close().await {
+            tracing::error!(partition = %self.tp, %error, "close failed");
+        }
+    }
+
+    /// Deletes the partition's data (topic deleted).
+    pub async fn remove(&self) {
+        if let Err(error) = self.log.remove().await {
+            tracing::error!(partition = %self.tp, %error, "removing partition data failed");
+        }
+    }
+}
+
+/// Checks every batch of a produce request before anything is appended, so a bad batch in the
+/// middle leaves the log unchanged.
+fn check_batches(batches: &Bytes, max_message_bytes: u64) -> Result<(), ProduceError> {
+    let mut rest: &[u8] = batches;
+    if rest.is_empty() {
+        return Err(ProduceError::Corrupt(BatchError::Truncated { needed: 61, have: 0 }));
+    }
+    while !rest.is_empty() {
+        let header = BatchHeader::parse(rest, usize::MAX)?;
+        let size = header.total_bytes();
+        if size as u64 > max_message_bytes {
+            return Err(ProduceError::MessageTooLarge { size, max: max_message_bytes });
+        }
+        validate_produced(rest, sluice_engine::limits::BATCH_BYTES_MAX)?;
+        rest = &rest[size..];
+    }
+    Ok(())
+}

@@ -1,0 +1,680 @@
+//! The shard root: everything one shard owns, and the typed messages between shards.
+//!
+//! A [`Shard`] is built on its executor thread and never leaves it (`!Send`, held in an `Rc`).
+//! It owns the [`PartitionReplica`]s placed on it, its copy of the metadata snapshot, its
+//! metrics, and, on shard 0, the single metadata writer. Requests for a partition owned by
+//! another shard travel as a [`ShardMsg`] through the channel mesh and come back on a oneshot
+//! reply; the native protocol connects clients straight to the owner so its data path never
+//! takes that hop, while Kafka TCP connections land on any shard and forward.
+//!
+//! Must not depend on: sockets or protocol types.
+
+use std::cell::{Cell, OnceCell, RefCell};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::channel::oneshot;
+use sluice_engine::batch::BatchError;
+use sluice_engine::log::{BatchCache, LogConfig};
+use sluice_engine::rt::shards::{Mesh, Overloaded, ShardContext};
+use sluice_engine::{BrokerId, Offset, ShardId, TimestampMs, TopicPartition};
+
+use crate::metadata::{
+    FileMetadataStore, MetadataCommand, MetadataError, MetadataSnapshot, MetadataStore,
+    PlacementContext,
+};
+use crate::metrics::ShardMetrics;
+use crate::partition::PartitionReplica;
+
+/// How many replicas must have a produce before it is acknowledged (Kafka `acks`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Acks {
+    /// 0: the producer does not wait; the write still happens.
+    None,
+    /// 1: written by the leader.
+    Leader,
+    /// all (-1): in every in-sync replica, and fdatasync'ed.
+    All,
+}
+
+/// A successful produce to one partition.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProduceOk {
+    /// Offset assigned to the first record.
+    pub base_offset: Offset,
+    /// Offset of the last record.
+    pub last_offset: Offset,
+    /// Broker append time when the topic uses `LogAppendTime`.
+    pub log_append_time: Option<TimestampMs>,
+    /// Log start offset after the append.
+    pub log_start_offset: Offset,
+}
+
+/// Why a produce to one partition failed. Each maps to one Kafka error code in `net`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProduceError {
+    /// No such topic or partition.
+    #[error("unknown topic or partition {0}")]
+    UnknownTopicOrPartition(String),
+    /// The record batch is malformed (CRC, magic, length, record count).
+    #[error("corrupt record batch: {0}")]
+    Corrupt(#[from] BatchError),
+    /// A batch is larger than the topic's `max.message.bytes`.
+    #[error("record batch of {size} bytes exceeds max.message.bytes {max}")]
+    MessageTooLarge {
+        /// Batch size.
+        size: usize,
+        /// Limit.
+        max: u64,
+    },
+    /// The storage layer failed the append (disk full, I/O error).
+    #[error("storage error: {0}")]
+    Storage(String),
+    /// The owning shard's inbox is full; retry later.
+    #[error("shard overloaded, retry")]
+    Overloaded,
+    /// The broker is shutting down.
+    #[error("broker shutting down")]
+    ShuttingDown,
+}
+
+/// Which offset to look up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OffsetSpec {
+    /// The log start offset.
+    Earliest,
+    /// The high watermark (next offset to be written and visible).
+    Latest,
+    /// The first offset whose timestamp is at least this.
+    Timestamp(TimestampMs),
+}
+
+/// A fetch from one partition.
+#[derive(Clone, Copy, Debug)]
+pub struct FetchRequest {
+    /// First offset wanted.
+    pub from: Offset,
+    /// Soft byte limit (at least one batch is returned).
+    pub max_bytes: usize,
+    /// How long to wait for data when there is none at `from`.
+    pub max_wait: Duration,
+}
+
+/// Data returned by a fetch.
+#[derive(Clone, Debug, Default)]
+pub struct FetchData {
+    /// Whole record batches, unchanged from disk.
+    pub batches: Vec<Bytes>,
+    /// Visible end of the log.
+    pub high_watermark: Offset,
+    /// First offset still in the log.
+    pub log_start_offset: Offset,
+}
+
+impl FetchData {
+    /// Total bytes of batch data.
+    pub fn bytes(&self) -> usize {
+        self.batches.iter().map(Bytes::len).sum()
+    }
+}
+
+/// Why a fetch or offset lookup failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum FetchError {
+    /// No such topic or partition.
+    #[error("unknown topic or partition {0}")]
+    UnknownTopicOrPartition(String),
+    /// The offset is below the log start or past the end.
+    #[error("offset {requested} out of range [{log_start}, {log_end}]")]
+    OffsetOutOfRange {
+        /// Requested offset.
+        requested: Offset,
+        /// Log start offset.
+        log_start: Offset,
+        /// Log end offset.
+        log_end: Offset,
+    },
+    /// The storage layer failed (I/O error, corrupt data on disk).
+    #[error("storage error: {0}")]
+    Storage(String),
+    /// The owning shard's inbox is full; retry later.
+    #[error("shard overloaded, retry")]
+    Overloaded,
+}
+
+/// Per-partition state for describe.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartitionStatus {
+    /// Owning shard.
+    pub shard: ShardId,
+    /// First offset in the log.
+    pub log_start_offset: Offset,
+    /// Next offset to be assigned.
+    pub log_end_offset: Offset,
+    /// Visible end.
+    pub high_watermark: Offset,
+    /// Bytes on disk.
+    pub size_bytes: u64,
+}
+
+type Reply<T> = oneshot::Sender<T>;
+
+/// The one message type between shards. Each variant says who sends it to whom, its lane, and
+/// what happens if it is dropped or the inbox is full.
+#[non_exhaustive]
+pub enum ShardMsg {
+    /// net (Kafka listener) on any shard → owner of `tp`. Lane: the shared inbox. Full inbox:
+    /// the sender answers the client with a retriable error (the client retries).
+    Produce {
+        /// Partition.
+        tp: TopicPartition,
+        /// One or more record batches.
+        batches: Bytes,
+        /// Required acknowledgement.
+        acks: Acks,
+        /// Reply lane.
+        reply: Reply<Result<ProduceOk, ProduceError>>,
+    },
+    /// net on any shard → owner of `tp`. Full inbox: retriable error to the client.
+    Fetch {
+        /// Partition.
+        tp: TopicPartition,
+        /// What to read.
+        request: FetchRequest,
+        /// Reply lane.
+        reply: Reply<Result<FetchData, FetchError>>,
+    },
+    /// net on any shard → owner of `tp`. Full inbox: retriable error to the client.
+    ListOffset {
+        /// Partition.
+        tp: TopicPartition,
+        /// Which offset.
+        spec: OffsetSpec,
+        /// Reply lane: offset and its timestamp if looked up by time (`None` offset: no match).
+        reply: Reply<Result<(Option<Offset>, Option<TimestampMs>), FetchError>>,
+    },
+    /// net on any shard → owner of `tp`. Full inbox: retriable error to the client.
+    DeleteRecords {
+        /// Partition.
+        tp: TopicPartition,
+        /// New log start offset (`-1`: the high watermark).
+        before: Offset,
+        /// Reply lane: the new log start offset.
+        reply: Reply<Result<Offset, FetchError>>,
+    },
+    /// any shard → owner of `tp` (describe). Full inbox: error to the admin client.
+    Status {
+        /// Partition.
+        tp: TopicPartition,
+        /// Reply lane.
+        reply: Reply<Option<PartitionStatus>>,
+    },
+    /// any shard → shard 0 (the metadata writer). Sent with waiting (`Mesh::send`), never
+    /// dropped; a dropped reply means the broker is stopping.
+    Command {
+        /// The change.
+        command: MetadataCommand,
+        /// Reply lane: the new snapshot.
+        reply: Reply<Result<Arc<MetadataSnapshot>, MetadataError>>,
+    },
+    /// admin endpoint on shard 0 → every other shard, per scrape. Full inbox: that shard's
+    /// counters are missing from this scrape only.
+    CollectMetrics {
+        /// Reply lane.
+        reply: Reply<crate::metrics::MetricsSnapshot>,
+    },
+    /// shard 0 → every shard after each metadata change. Sent with waiting, never dropped;
+    /// `done` fires once the shard has opened or closed its partitions to match.
+    Metadata {
+        /// The new snapshot; older revisions than the shard holds are ignored.
+        snapshot: Arc<MetadataSnapshot>,
+        /// Acknowledgement lane.
+        done: Reply<()>,
+    },
+}
+
+/// The single metadata writer, present on shard 0 only.
+struct MetadataWriter {
+    store: FileMetadataStore,
+    /// Serialises commands: prepare, persist, publish happen one change at a time.
+    lock: sluice_engine::rt::sync::Semaphore,
+}
+
+/// Static facts every shard needs.
+#[derive(Clone, Debug)]
+pub struct ShardConfig {
+    /// This broker.
+    pub node: BrokerId,
+    /// The data directory.
+    pub data_dir: PathBuf,
+    /// Bytes of recent batches each shard caches for tailing readers.
+    pub cache_bytes: usize,
+}
+
+/// One shard's root. Lives on its executor thread only.
+pub struct Shard {
+    id: ShardId,
+    count: usize,
+    config: ShardConfig,
+    mesh: OnceCell<Mesh<ShardMsg>>,
+    metadata: RefCell<Arc<MetadataSnapshot>>,
+    /// Invariant: holds exactly the partitions the current snapshot places on this shard,
+    /// once `reconcile` has run for it.
+    partitions: RefCell<HashMap<TopicPartition, Rc<PartitionReplica>>>,
+    cache: Rc<BatchCache>,
+    writer: Option<MetadataWriter>,
+    stopping: Cell<bool>,
+    /// Counters scraped by the admin endpoint.
+    pub metrics: ShardMetrics,
+}
+
+impl Shard {
+    /// Builds the shard, joins the mesh, and opens the partitions `initial` places here.
+    /// On shard 0, `store` becomes the metadata writer.
+    pub async fn start(
+        context: ShardContext<ShardMsg>,
+        config: ShardConfig,
+        initial: Arc<MetadataSnapshot>,
+        store: Option<FileMetadataStore>,
+    ) -> Rc<Shard> {
+        let id = context.id;
+        assert_eq!(store.is_some(), id == ShardId(0), "only shard 0 writes metadata");
+        let shard = Rc::new(Shard {
+            id,
+            count: context.count,
+            cache: Rc::new(BatchCache::new(config.cache_bytes)),
+            config,
+            mesh: OnceCell::new(),
+            metadata: RefCell::new(Arc::new(MetadataSnapshot::default())),
+            partitions: RefCell::new(HashMap::new()),
+            writer: store.map(|store| MetadataWriter {
+                store,
+                lock: sluice_engine::rt::sync::Semaphore::new(1),
+            }),
+            stopping: Cell::new(false),
+            metrics: ShardMetrics::default(),
+        });
+        let weak = Rc::downgrade(&shard);
+        let mesh = context
+            .join_mesh(move |msg| {
+                if let Some(shard) = weak.upgrade() {
+                    sluice_engine::rt::spawn(async move { shard.handle(msg).await }).detach();
+                }
+            })
+            .await;
+        assert!(shard.mesh.set(mesh).is_ok(), "mesh joined once");
+        shard.reconcile(initial).await;
+        shard
+    }
+
+    /// This shard's id.
+    pub fn id(&self) -> ShardId {
+        self.id
+    }
+
+    /// Number of shards in the broker.
+    pub fn count(&self) -> usize {
+        self.count
+    }
+
+    /// This broker's node id.
+    pub fn node(&self) -> BrokerId {
+        self.config.node
+    }
+
+    /// The current metadata snapshot.
+    pub fn metadata(&self) -> Arc<MetadataSnapshot> {
+        Arc::clone(&self.metadata.borrow())
+    }
+
+    /// The shard that owns `tp`, if the partition exists.
+    pub fn owner(&self, tp: &TopicPartition) -> Option<ShardId> {
+        self.metadata.borrow().partition(tp).map(|p| p.shard)
+    }
+
+    /// The local replica of `tp` if this shard owns it.
+    pub fn local(&self, tp: &TopicPartition) -> Option<Rc<PartitionReplica>> {
+        self.partitions.borrow().get(tp).cloned()
+    }
+
+    /// Number of partitions this shard owns.
+    pub fn partition_count(&self) -> usize {
+        self.partitions.borrow().len()
+    }
+
+    fn mesh(&self) -> &Mesh<ShardMsg> {
+        self.mesh.get().expect("mesh joined in start")
+    }
+
+    /// Appends to `tp` wherever it lives: locally, or by message to the owning shard.
+    pub async fn produce(
+        &self,
+        tp: TopicPartition,
+        batches: Bytes,
+        acks: Acks,
+    ) -> Result<ProduceOk, ProduceError> {
+        let Some(owner) = self.owner(&tp) else {
+            return Err(ProduceError::UnknownTopicOrPartition(tp.to_string()));
+        };
+        if owner == self.id {
+            return self.produce_local(&tp, batches, acks).await;
+        }
+        let (reply, answer) = oneshot::channel();
+        self.forward(owner, ShardMsg::Produce { tp, batches, acks, reply })
+            .map_err(|()| ProduceError::Overloaded)?;
+        answer.await.unwrap_or(Err(ProduceError::ShuttingDown))
+    }
+
+    /// Appends to a partition this shard owns.
+    pub async fn produce_local(
+        &self,
+        tp: &TopicPartition,
+        batches: Bytes,
+        acks: Acks,
+    ) -> Result<ProduceOk, ProduceError> {
+        if self.stopping.get() {
+            return Err(ProduceError::ShuttingDown);
+        }
+        let replica = self
+            .local(tp)
+            .ok_or_else(|| ProduceError::UnknownTopicOrPartition(tp.to_string()))?;
+        let bytes = batches.len() as u64;
+        let result = replica.produce(batches, acks).await;
+        self.metrics.record_produce(tp, bytes, result.as_ref().ok());
+        result
+    }
+
+    /// Reads from `tp` wherever it lives, waiting up to `request.max_wait` for data.
+    pub async fn fetch(
+        &self,
+        tp: TopicPartition,
+        request: FetchRequest,
+    ) -> Result<FetchData, FetchError> {
+        let Some(owner) = self.owner(&tp) else {
+            return Err(FetchError::UnknownTopicOrPartition(tp.to_string()));
+        };
+        if owner == self.id {
+            return self.fetch_local(&tp, request).await;
+        }
+        let (reply, answer) = oneshot::channel();
+        self.forward(owner, ShardMsg::Fetch { tp, request, reply })
+            .map_err(|()| FetchError::Overloaded)?;
+        answer.await.unwrap_or(Err(FetchError::Overloaded))
+    }
+
+    /// Reads from a partition this shard owns.
+    pub async fn fetch_local(
+        &self,
+        tp: &TopicPartition,
+        request: FetchRequest,
+    ) -> Result<FetchData, FetchError> {
+        let replica = self
+            .local(tp)
+            .ok_or_else(|| FetchError::UnknownTopicOrPartition(tp.to_string()))?;
+        let data = replica.fetch(request).await?;
+        self.metrics.record_fetch(tp, data.bytes() as u64);
+        Ok(data)
+    }
+
+    /// Looks up an offset of `tp` wherever it lives.
+    pub async fn list_offset(
+        &self,
+        tp: TopicPartition,
+        spec: OffsetSpec,
+    ) -> Result<(Option<Offset>, Option<TimestampMs>), FetchError> {
+        let Some(owner) = self.owner(&tp) else {
+            return Err(FetchError::UnknownTopicOrPartition(tp.to_string()));
+        };
+        if owner == self.id {
+            let replica = self
+                .local(&tp)
+                .ok_or_else(|| FetchError::UnknownTopicOrPartition(tp.to_string()))?;
+            return replica.list_offset(spec).await;
+        }
+        let (reply, answer) = oneshot::channel();
+        self.forward(owner, ShardMsg::ListOffset { tp, spec, reply })
+            .map_err(|()| FetchError::Overloaded)?;
+        answer.await.unwrap_or(Err(FetchError::Overloaded))
+    }
+
+    /// Advances the log start offset of `tp` (Kafka DeleteRecords).
+    pub async fn delete_records(
+        &self,
+        tp: TopicPartition,
+        before: Offset,
+    ) -> Result<Offset, FetchError> {
+        let Some(owner) = self.owner(&tp) else {
+            return Err(FetchError::UnknownTopicOrPartition(tp.to_string()));
+        };
+        if owner == self.id {
+            let replica = self
+                .local(&tp)
+                .ok_or_else(|| FetchError::UnknownTopicOrPartition(tp.to_string()))?;
+            return replica.delete_records(before).await;
+        }
+        let (reply, answer) = oneshot::channel();
+        self.forward(owner, ShardMsg::DeleteRecords { tp, before, reply })
+            .map_err(|()| FetchError::Overloaded)?;
+        answer.await.unwrap_or(Err(FetchError::Overloaded))
+    }
+
+    /// Offsets and size of `tp`, for describe.
+    pub async fn status(&self, tp: TopicPartition) -> Option<PartitionStatus> {
+        let owner = self.owner(&tp)?;
+        if owner == self.id {
+            return Some(self.local(&tp)?.status(self.id));
+        }
+        let (reply, answer) = oneshot::channel();
+        self.forward(owner, ShardMsg::Status { tp, reply }).ok()?;
+        answer.await.ok().flatten()
+    }
+
+    /// Applies a metadata change through shard 0 and returns once every shard has opened or
+    /// closed its partitions to match.
+    pub async fn command(
+        &self,
+        command: MetadataCommand,
+    ) -> Result<Arc<MetadataSnapshot>, MetadataError> {
+        if self.id == ShardId(0) {
+            return self.command_local(command).await;
+        }
+        let (reply, answer) = oneshot::channel();
+        if self.mesh().send(ShardId(0), ShardMsg::Command { command, reply }).await.is_err() {
+            return Err(MetadataError::Storage("metadata writer is gone".into()));
+        }
+        answer.await.unwrap_or(Err(MetadataError::Storage("metadata writer is gone".into())))
+    }
+
+    async fn command_local(
+        &self,
+        command: MetadataCommand,
+    ) -> Result<Arc<MetadataSnapshot>, MetadataError> {
+        let writer = self.writer.as_ref().ok_or(MetadataError::NotController)?;
+        let _permit = writer.lock.acquire_permit(1).await.expect("semaphore never closed");
+        let current = self.metadata();
+        let context = PlacementContext { node: self.config.node, shard_count: self.count };
+        let next = crate::metadata::apply(&current, &command, context)?;
+        writer.store.persist(&next).await?;
+        let next = Arc::new(next);
+        self.publish(Arc::clone(&next)).await;
+        Ok(next)
+    }
+
+    /// Sends `snapshot` to every shard (itself included) and waits until all have reconciled.
+    async fn publish(&self, snapshot: Arc<MetadataSnapshot>) {
+        let mut acks = Vec::with_capacity(self.count);
+        for to in 0..self.count {
+            let (done, ack) = oneshot::channel();
+            let to = ShardId(u16::try_from(to).expect("shard ids fit in u16"));
+            let msg = ShardMsg::Metadata { snapshot: Arc::clone(&snapshot), done };
+            if self.mesh().send(to, msg).await.is_ok() {
+                acks.push(ack);
+            }
+        }
+        for ack in acks {
+            // A dropped ack means that shard is stopping; nothing to wait for.
+            let _ = ack.await;
+        }
+    }
+
+    fn forward(&self, to: ShardId, msg: ShardMsg) -> Result<(), ()> {
+        self.mesh().try_send(to, msg).map_err(|Overloaded(_)| ())
+    }
+
+    async fn handle(self: Rc<Self>, msg: ShardMsg) {
+        match msg {
+            ShardMsg::Produce { tp, batches, acks, reply } => {
+                let _ = reply.send(self.produce_local(&tp, batches, acks).await);
+            }
+            ShardMsg::Fetch { tp, request, reply } => {
+                let _ = reply.send(self.fetch_local(&tp, request).await);
+            }
+            ShardMsg::ListOffset { tp, spec, reply } => {
+                let _ = reply.send(self.list_offset(tp, spec).await);
+            }
+            ShardMsg::DeleteRecords { tp, before, reply } => {
+                let _ = reply.send(self.delete_records(tp, before).await);
+            }
+            ShardMsg::Status { tp, reply } => {
+                let _ = reply.send(self.local(&tp).map(|r| r.status(self.id)));
+            }
+            ShardMsg::Command { command, reply } => {
+                let _ = reply.send(self.command_local(command).await);
+            }
+            ShardMsg::CollectMetrics { reply } => {
+                let _ = reply.send(self.local_metrics());
+            }
+            ShardMsg::Metadata { snapshot, done } => {
+                self.reconcile(snapshot).await;
+                let _ = done.send(());
+            }
+        }
+    }
+
+    /// Adopts `snapshot` if it is newer, then opens partitions newly placed here and closes
+    /// (and, for deleted topics, removes) partitions no longer placed here.
+    async fn reconcile(&self, snapshot: Arc<MetadataSnapshot>) {
+        if snapshot.revision < self.metadata.borrow().revision {
+            return;
+        }
+        let previous = self.metadata.replace(Arc::clone(&snapshot));
+        let mut wanted = Vec::new();
+        for topic in snapshot.topics.values() {
+            for partition in &topic.partitions {
+                if partition.shard == self.id {
+                    wanted.push((TopicPartition::new(Arc::clone(&topic.name), partition.id.0), topic));
+                }
+            }
+        }
+        // Close what is no longer ours; remove data of deleted topics (or re-created ones).
+        let stale: Vec<(TopicPartition, Rc<PartitionReplica>)> = {
+            let partitions = self.partitions.borrow();
+            partitions
+                .iter()
+                .filter(|(tp, replica)| {
+                    snapshot
+                        .topic(&tp.topic)
+                        .and_then(|t| t.partition(tp.partition).map(|p| (t, p)))
+                        .is_none_or(|(t, p)| p.shard != self.id || t.id != replica.topic_id())
+                })
+                .map(|(tp, replica)| (tp.clone(), Rc::clone(replica)))
+                .collect()
+        };
+        for (tp, replica) in stale {
+            self.partitions.borrow_mut().remove(&tp);
+            let deleted = snapshot.topic(&tp.topic).is_none_or(|t| t.id != replica.topic_id());
+            if deleted {
+                replica.remove().await;
+            } else {
+                replica.close().await;
+            }
+        }
+        let _ = previous;
+        for (tp, topic) in wanted {
+            let existing = self.local(&tp);
+            match existing {
+                Some(replica) => replica.update_config(&topic.config),
+                None => {
+                    let dir = self.config.data_dir.join(tp.to_string());
+                    let config = log_config(&topic.config);
+                    match PartitionReplica::open(
+                        dir,
+                        tp.clone(),
+                        topic.id,
+                        config,
+                        Rc::clone(&self.cache),
+                        topic.config.clone(),
+                    )
+                    .await
+                    {
+                        Ok(replica) => {
+                            self.partitions.borrow_mut().insert(tp, Rc::new(replica));
+                        }
+                        Err(error) => {
+                            tracing::error!(partition = %tp, %error, "cannot open partition");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn local_metrics(&self) -> crate::metrics::MetricsSnapshot {
+        let mut snapshot = self.metrics.snapshot();
+        snapshot.partitions_per_shard.push((self.id.0, self.partition_count() as u64));
+        snapshot
+    }
+
+    /// Counters of every shard, summed (per-shard gauges kept apart).
+    pub async fn collect_metrics(&self) -> crate::metrics::MetricsSnapshot {
+        let mut total = self.local_metrics();
+        let mut answers = Vec::new();
+        for to in 0..self.count {
+            let to = ShardId(u16::try_from(to).expect("shard ids fit in u16"));
+            if to == self.id {
+                continue;
+            }
+            let (reply, answer) = oneshot::channel();
+            if self.forward(to, ShardMsg::CollectMetrics { reply }).is_ok() {
+                answers.push(answer);
+            }
+        }
+        for answer in answers {
+            if let Ok(snapshot) = answer.await {
+                total.merge(snapshot);
+            }
+        }
+        total
+    }
+
+    /// Stops accepting produce requests, then flushes and closes every partition.
+    pub async fn shutdown(&self) {
+        self.stopping.set(true);
+        let replicas: Vec<Rc<PartitionReplica>> =
+            self.partitions.borrow_mut().drain().map(|(_, r)| r).collect();
+        for replica in replicas {
+            replica.close().await;
+        }
+    }
+}
+
+/// Maps a topic's config to the engine's log config.
+pub fn log_config(config: &crate::config::TopicConfig) -> LogConfig {
+    LogConfig {
+        segment_bytes: config.segment_bytes,
+        segment_ms: Some(Duration::from_millis(config.segment_ms.max(0) as u64)),
+        retention_ms: config.retention_ms,
+        retention_bytes: config.retention_bytes,
+        index_interval_bytes: config.index_interval_bytes,
+        flush_messages: config.flush_messages,
+        flush_ms: config.flush_ms,
+        max_batch_bytes: config.max_message_bytes as usize,
+        ..LogConfig::default()
+    }
+}

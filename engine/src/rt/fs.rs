@@ -1,0 +1,55 @@
+//! DMA (O_DIRECT) files and their aligned buffers.
+//!
+//! Use [`open_dma`] (or call [`prime_direct_io`] for the directory first) rather than
+//! `DmaFile::open`/`create` directly. glommio decides once per device and thread whether the
+//! device supports polled I/O by reading the first block of the first file opened on it; when
+//! that file is empty the kernel answers the read without touching the device, glommio wrongly
+//! concludes that polling works, and every later read fails with EOPNOTSUPP on devices without
+//! poll queues (virtio, most cloud disks). Priming opens a file that has a real first block.
+
+use std::cell::RefCell;
+use std::collections::HashSet;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+pub use glommio::io::{
+    DmaBuffer, DmaFile, DmaStreamReaderBuilder, DmaStreamWriterBuilder, OpenOptions, ReadResult,
+};
+
+thread_local! {
+    /// Devices (st_dev) whose polled-I/O probe this thread has already run correctly.
+    static PRIMED: RefCell<HashSet<u64>> = RefCell::new(HashSet::new());
+}
+
+/// Makes glommio's polled-I/O probe for the device holding `dir` see a real block. Idempotent
+/// and cheap after the first call per device and thread. Errors are ignored: a directory that
+/// cannot be probed fails loudly on its first real open instead.
+pub async fn prime_direct_io(dir: &Path) {
+    let Ok(metadata) = std::fs::metadata(dir) else {
+        return;
+    };
+    let device = metadata.dev();
+    if PRIMED.with(|primed| primed.borrow().contains(&device)) {
+        return;
+    }
+    let probe = dir.join(format!(
+        ".sluice-dio-probe-{:?}",
+        std::thread::current().id()
+    ));
+    // One 4 KiB file written once per device and thread at start-up: not on the data path.
+    if std::fs::write(&probe, [0u8; 4096]).is_ok() {
+        if let Ok(file) = DmaFile::open(&probe).await {
+            let _ = file.close().await;
+        }
+        let _ = std::fs::remove_file(&probe);
+    }
+    PRIMED.with(|primed| primed.borrow_mut().insert(device));
+}
+
+/// Opens `path` for direct I/O with `options`, priming the device's probe first.
+pub async fn open_dma(path: &Path, options: &OpenOptions) -> std::io::Result<DmaFile> {
+    if let Some(dir) = path.parent() {
+        prime_direct_io(dir).await;
+    }
+    options.dma_open(path).await.map_err(std::io::Error::from)
+}

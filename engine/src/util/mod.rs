@@ -1,0 +1,5 @@
+//! Small shard-local helpers shared by every crate (instead of micro-crates).
+
+mod notify;
+
+pub use notify::Notify;

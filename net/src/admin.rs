@@ -1,0 +1,157 @@
+//! The admin HTTP endpoint: `GET /health` and `GET /metrics` (Prometheus text format).
+//!
+//! Runs on shard 0 only. HTTP/1.1 with one request per connection (`Connection: close`): the
+//! endpoint is scraped every few seconds, so simplicity beats keep-alive. Requests are bounded
+//! (`ADMIN_REQUEST_BYTES_MAX`) and anything but the two paths gets 404.
+//!
+//! Must not depend on: storage internals; it reads counters through the shard.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::rc::Rc;
+
+use futures::{AsyncReadExt, AsyncWriteExt};
+use sluice_cluster::metrics::{LATENCY_BUCKETS_US, MetricsSnapshot};
+use sluice_cluster::shard::Shard;
+use sluice_engine::rt::net::{TcpListener, TcpStream};
+
+use crate::limits::ADMIN_REQUEST_BYTES_MAX;
+
+/// Binds `listen` and serves admin requests until the process stops.
+pub async fn serve(shard: Rc<Shard>, listen: SocketAddr) -> std::io::Result<()> {
+    let listener = TcpListener::bind(listen)?;
+    // Runs for the life of the shard: each connection is its own task.
+    loop {
+        let stream = match listener.accept().await {
+            Ok(stream) => stream,
+            Err(error) => {
+                tracing::warn!(%error, "admin accept failed");
+                continue;
+            }
+        };
+        let shard = Rc::clone(&shard);
+        sluice_engine::rt::spawn(async move {
+            if let Err(error) = handle(shard, stream).await {
+                tracing::debug!(%error, "admin connection ended with an error");
+            }
+        })
+        .detach();
+    }
+}
+
+async fn handle(shard: Rc<Shard>, mut stream: TcpStream) -> std::io::Result<()> {
+    let mut request = Vec::with_capacity(512);
+    let mut chunk = [0u8; 512];
+    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        request.extend_from_slice(&chunk[..n]);
+        if request.len() > ADMIN_REQUEST_BYTES_MAX {
+            return respond(&mut stream, "431 Request Header Fields Too Large", "text/plain", "request too large\n").await;
+        }
+    }
+    let line = request.split(|&b| b == b'\r').next().unwrap_or_default();
+    let line = String::from_utf8_lossy(line);
+    let mut parts = line.split(' ');
+    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    match (method, path) {
+        ("GET", "/health") => respond(&mut stream, "200 OK", "text/plain", "ok\n").await,
+        ("GET", "/metrics") => {
+            let snapshot = shard.collect_metrics().await;
+            let body = render(&snapshot, &shard);
+            respond(&mut stream, "200 OK", "text/plain; version=0.0.4", &body).await
+        }
+        _ => respond(&mut stream, "404 Not Found", "text/plain", "not found\n").await,
+    }
+}
+
+async fn respond(
+    stream: &mut TcpStream,
+    status: &str,
+    content_type: &str,
+    body: &str,
+) -> std::io::Result<()> {
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body.as_bytes()).await?;
+    stream.flush().await?;
+    stream.close().await
+}
+
+/// Renders counters in the Prometheus text exposition format.
+pub fn render(snapshot: &MetricsSnapshot, shard: &Shard) -> String {
+    let mut out = String::new();
+    let metadata = shard.metadata();
+    // Writing into a String cannot fail.
+    let _ = writeln!(out, "# HELP sluice_partitions Partitions owned by each shard.");
+    let _ = writeln!(out, "# TYPE sluice_partitions gauge");
+    let mut per_shard = snapshot.partitions_per_shard.clone();
+    per_shard.sort_unstable();
+    for (id, count) in &per_shard {
+        let _ = writeln!(out, "sluice_partitions{{shard=\"{id}\"}} {count}");
+    }
+    let _ = writeln!(out, "# HELP sluice_topic_partitions Partitions per topic.");
+    let _ = writeln!(out, "# TYPE sluice_topic_partitions gauge");
+    for topic in metadata.topics.values() {
+        let _ = writeln!(out, "sluice_topic_partitions{{topic=\"{}\"}} {}", topic.name, topic.partitions.len());
+    }
+    let mut topics: Vec<_> = snapshot.topics.iter().collect();
+    topics.sort_by(|a, b| a.0.cmp(b.0));
+    for (name, help, pick) in [
+        ("sluice_topic_bytes_in_total", "Record batch bytes appended.", 0),
+        ("sluice_topic_records_in_total", "Records appended.", 1),
+        ("sluice_topic_bytes_out_total", "Record batch bytes served to fetches.", 2),
+        ("sluice_topic_produce_errors_total", "Produce requests that failed.", 3),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} counter");
+        for (topic, counters) in &topics {
+            let value = match pick {
+                0 => counters.bytes_in,
+                1 => counters.records_in,
+                2 => counters.bytes_out,
+                _ => counters.produce_errors,
+            };
+            let _ = writeln!(out, "{name}{{topic=\"{topic}\"}} {value}");
+        }
+    }
+    let mut apis: Vec<_> = snapshot.apis.iter().collect();
+    apis.sort_by_key(|(api, _)| **api);
+    let _ = writeln!(out, "# HELP sluice_requests_total Requests handled per API.");
+    let _ = writeln!(out, "# TYPE sluice_requests_total counter");
+    for (api, counters) in &apis {
+        let _ = writeln!(out, "sluice_requests_total{{api=\"{api}\"}} {}", counters.requests);
+    }
+    let _ = writeln!(out, "# HELP sluice_request_errors_total Requests answered with an error per API.");
+    let _ = writeln!(out, "# TYPE sluice_request_errors_total counter");
+    for (api, counters) in &apis {
+        let _ = writeln!(out, "sluice_request_errors_total{{api=\"{api}\"}} {}", counters.errors);
+    }
+    let _ = writeln!(out, "# HELP sluice_request_latency_seconds Request latency per API.");
+    let _ = writeln!(out, "# TYPE sluice_request_latency_seconds histogram");
+    for (api, counters) in &apis {
+        for (bound, count) in LATENCY_BUCKETS_US.iter().zip(&counters.latency_buckets) {
+            let le = *bound as f64 / 1e6;
+            let _ = writeln!(out, "sluice_request_latency_seconds_bucket{{api=\"{api}\",le=\"{le}\"}} {count}");
+        }
+        let _ = writeln!(out, "sluice_request_latency_seconds_bucket{{api=\"{api}\",le=\"+Inf\"}} {}", counters.requests);
+        let _ = writeln!(out, "sluice_request_latency_seconds_sum{{api=\"{api}\"}} {}", counters.latency_sum_us as f64 / 1e6);
+        let _ = writeln!(out, "sluice_request_latency_seconds_count{{api=\"{api}\"}} {}", counters.requests);
+    }
+    let mut gauges = snapshot.shard_gauges.clone();
+    gauges.sort_unstable();
+    let mut last_name = "";
+    for (id, name, value) in &gauges {
+        if *name != last_name {
+            let _ = writeln!(out, "# TYPE sluice_shard_{name} gauge");
+            last_name = name;
+        }
+        let _ = writeln!(out, "sluice_shard_{name}{{shard=\"{id}\"}} {value}");
+    }
+    out
+}

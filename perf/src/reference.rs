@@ -1,0 +1,208 @@
+//! `sluice-perf reference`: this machine's limits, measured in the same run as the benchmark
+//! they judge.
+//!
+//! - Direct-IO sequential write bandwidth into a preallocated file and into a growing file,
+//!   and read bandwidth: 1 MiB blocks, `QUEUE_DEPTH` in flight (like the broker's pipelined
+//!   appends), through the same glommio DMA path the broker uses.
+//! - fdatasync latency percentiles for 4 KiB and 64 KiB appends (each write followed by
+//!   fdatasync, the acks=all cost floor).
+//! - Loopback TCP bandwidth between two threads (the Kafka protocol's transport limit).
+
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::Duration;
+
+use anyhow::Context;
+use serde::Serialize;
+use sluice_engine::rt::{self, clock, fs::DmaFile};
+
+/// Requests in flight for the bandwidth measurements.
+pub const QUEUE_DEPTH: usize = 4;
+const BLOCK_BYTES: usize = 1 << 20;
+
+/// Results of a reference run; keys are part of the perf JSON contract.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Reference {
+    pub direct_write_mb_per_sec: f64,
+    pub direct_write_new_file_mb_per_sec: f64,
+    pub direct_read_mb_per_sec: f64,
+    pub fdatasync_4k_us: Percentiles,
+    pub fdatasync_64k_us: Percentiles,
+    pub tcp_loopback_mb_per_sec: f64,
+    pub quic_loopback_mb_per_sec: Option<f64>,
+    pub bytes_per_measurement: u64,
+}
+
+/// Latency percentiles in microseconds.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Percentiles {
+    pub p50: u64,
+    pub p90: u64,
+    pub p99: u64,
+    pub p999: u64,
+    pub max: u64,
+}
+
+impl Percentiles {
+    /// Summarises a histogram.
+    pub fn of(histogram: &hdrhistogram::Histogram<u64>) -> Percentiles {
+        Percentiles {
+            p50: histogram.value_at_quantile(0.50),
+            p90: histogram.value_at_quantile(0.90),
+            p99: histogram.value_at_quantile(0.99),
+            p999: histogram.value_at_quantile(0.999),
+            max: histogram.max(),
+        }
+    }
+}
+
+fn mb_per_sec(bytes: u64, elapsed: Duration) -> f64 {
+    bytes as f64 / 1e6 / elapsed.as_secs_f64().max(1e-9)
+}
+
+/// Measures everything except QUIC (measured by the caller, which owns the QUIC stack).
+pub fn measure(dir: &Path, bytes: u64) -> anyhow::Result<Reference> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let path = dir.join("sluice-perf-reference.tmp");
+    let disk = rt::block_on(measure_disk(path.clone(), bytes));
+    let _ = std::fs::remove_file(&path);
+    let mut reference = disk?;
+    reference.tcp_loopback_mb_per_sec = measure_tcp(bytes)?;
+    reference.bytes_per_measurement = bytes;
+    Ok(reference)
+}
+
+async fn measure_disk(path: PathBuf, bytes: u64) -> anyhow::Result<Reference> {
+    let blocks = (bytes / BLOCK_BYTES as u64).max(QUEUE_DEPTH as u64);
+    let _ = std::fs::remove_file(&path);
+    // Growing file first: every write extends it.
+    let file = Rc::new(open(&path).await?);
+    let new_file = write_pass(&file, blocks).await?;
+    rt::into_io(file.fdatasync().await).context("fdatasync")?;
+    // Overwrite the now allocated and written file.
+    let preallocated = write_pass(&file, blocks).await?;
+    rt::into_io(file.fdatasync().await).context("fdatasync")?;
+    let read = read_pass(&file, blocks).await?;
+    let total = blocks * BLOCK_BYTES as u64;
+    let fdatasync_4k_us = Percentiles::of(&sync_latency(&file, 4096, 2000).await?);
+    let fdatasync_64k_us = Percentiles::of(&sync_latency(&file, 65536, 1000).await?);
+    Rc::try_unwrap(file)
+        .map_err(|_| anyhow::anyhow!("file still shared"))?
+        .close()
+        .await
+        .map_err(std::io::Error::from)?;
+    Ok(Reference {
+        direct_write_mb_per_sec: mb_per_sec(total, preallocated),
+        direct_write_new_file_mb_per_sec: mb_per_sec(total, new_file),
+        direct_read_mb_per_sec: mb_per_sec(total, read),
+        fdatasync_4k_us,
+        fdatasync_64k_us,
+        ..Reference::default()
+    })
+}
+
+async fn open(path: &Path) -> anyhow::Result<DmaFile> {
+    let mut options = sluice_engine::rt::fs::OpenOptions::new();
+    options.create(true).read(true).write(true);
+    sluice_engine::rt::fs::open_dma(path, &options)
+        .await
+        .with_context(|| format!("cannot open {} with O_DIRECT", path.display()))
+}
+
+async fn write_pass(file: &Rc<DmaFile>, blocks: u64) -> anyhow::Result<Duration> {
+    let start = clock::now();
+    let mut next = 0u64;
+    let mut inflight = Vec::with_capacity(QUEUE_DEPTH);
+    while next < blocks || !inflight.is_empty() {
+        while inflight.len() < QUEUE_DEPTH && next < blocks {
+            let file = Rc::clone(file);
+            let pos = next * BLOCK_BYTES as u64;
+            inflight.push(rt::spawn(async move {
+                let mut buffer = file.alloc_dma_buffer(BLOCK_BYTES);
+                buffer.as_bytes_mut().fill(0x5a);
+                file.write_at(buffer, pos).await
+            }));
+            next += 1;
+        }
+        let task = inflight.remove(0);
+        rt::into_io(task.await).context("direct write")?;
+    }
+    Ok(start.elapsed())
+}
+
+async fn read_pass(file: &Rc<DmaFile>, blocks: u64) -> anyhow::Result<Duration> {
+    let start = clock::now();
+    let mut next = 0u64;
+    let mut inflight = Vec::with_capacity(QUEUE_DEPTH);
+    while next < blocks || !inflight.is_empty() {
+        while inflight.len() < QUEUE_DEPTH && next < blocks {
+            let file = Rc::clone(file);
+            let pos = next * BLOCK_BYTES as u64;
+            inflight.push(rt::spawn(async move {
+                file.read_at_aligned(pos, BLOCK_BYTES)
+                    .await
+                    .map(|r| r.len())
+            }));
+            next += 1;
+        }
+        let task = inflight.remove(0);
+        let read = rt::into_io(task.await).context("direct read")?;
+        anyhow::ensure!(read == BLOCK_BYTES, "short direct read of {read} bytes");
+    }
+    Ok(start.elapsed())
+}
+
+async fn sync_latency(
+    file: &DmaFile,
+    size: usize,
+    count: u64,
+) -> anyhow::Result<hdrhistogram::Histogram<u64>> {
+    let mut histogram = hdrhistogram::Histogram::<u64>::new(3).expect("valid sigfig");
+    // Append past the measured region so each write extends the file like a log tail.
+    let base = rt::into_io(file.file_size().await).context("stat")?;
+    for i in 0..count {
+        let mut buffer = file.alloc_dma_buffer(size);
+        buffer.as_bytes_mut().fill(0xa5);
+        let start = clock::now();
+        rt::into_io(file.write_at(buffer, base + i * size as u64).await).context("append")?;
+        rt::into_io(file.fdatasync().await).context("fdatasync")?;
+        histogram.saturating_record(start.elapsed().as_micros() as u64);
+    }
+    Ok(histogram)
+}
+
+fn measure_tcp(bytes: u64) -> anyhow::Result<f64> {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("bind loopback")?;
+    let addr = listener.local_addr()?;
+    let reader = std::thread::spawn(move || -> std::io::Result<u64> {
+        let (mut stream, _) = listener.accept()?;
+        let mut buffer = vec![0u8; BLOCK_BYTES];
+        let mut total = 0u64;
+        loop {
+            let n = stream.read(&mut buffer)?;
+            if n == 0 {
+                return Ok(total);
+            }
+            total += n as u64;
+        }
+    });
+    let mut stream = std::net::TcpStream::connect(addr).context("connect loopback")?;
+    let buffer = vec![0x42u8; BLOCK_BYTES];
+    let start = clock::now();
+    let mut sent = 0u64;
+    while sent < bytes {
+        stream.write_all(&buffer)?;
+        sent += BLOCK_BYTES as u64;
+    }
+    drop(stream);
+    let received = reader
+        .join()
+        .map_err(|_| anyhow::anyhow!("reader thread panicked"))??;
+    let elapsed = start.elapsed();
+    anyhow::ensure!(
+        received == sent,
+        "tcp reference lost bytes: sent {sent}, received {received}"
+    );
+    Ok(mb_per_sec(sent, elapsed))
+}

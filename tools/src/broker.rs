@@ -1,0 +1,177 @@
+//! `sluice broker`: wires the concrete pieces together and runs until SIGINT/SIGTERM.
+//!
+//! Start-up order: resolve config, check the host (io_uring, memlock, O_DIRECT), load
+//! metadata, start one pinned shard per core, open each shard's partitions (recovery), then
+//! start the listeners: Kafka TCP and QUIC on every shard, admin HTTP on shard 0. Shutdown:
+//! stop accepting, answer in-flight requests, flush and close every partition.
+
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use sluice_cluster::metadata::{BrokerInfo, FileMetadataStore, replace_missing_shards};
+use sluice_cluster::shard::{Shard, ShardConfig};
+use sluice_engine::BrokerId;
+use sluice_engine::rt::{self, env, shards};
+
+use crate::config::BrokerConfig;
+
+/// Runs the broker until a stop signal; returns when every shard has shut down.
+pub fn run(config: BrokerConfig) -> anyhow::Result<()> {
+    let io_memory = env::IO_MEMORY_BYTES_DEFAULT;
+    let report = env::check(&config.data_dir, config.cores, io_memory)?;
+    for warning in &report.warnings {
+        tracing::warn!("{warning}");
+    }
+    raise_open_files_limit();
+
+    let (store, mut snapshot) = FileMetadataStore::open(&config.data_dir.join("__metadata"))
+        .context("cannot load metadata")?;
+    if replace_missing_shards(&mut snapshot, config.cores) {
+        tracing::info!(
+            cores = config.cores,
+            "shard count changed; partitions re-placed"
+        );
+    }
+    let node = BrokerId(config.node_id);
+    let quic_addrs = (0..config.cores)
+        .map(|i| {
+            let mut addr = config.quic_listen;
+            addr.set_port(config.quic_listen.port() + i as u16);
+            addr
+        })
+        .collect();
+    snapshot.controller = node;
+    snapshot.brokers = vec![BrokerInfo {
+        id: node,
+        kafka: config.kafka_advertise,
+        quic: quic_addrs,
+    }];
+    let snapshot = Arc::new(snapshot);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, Arc::clone(&stop))
+            .context("cannot install signal handler")?;
+    }
+    let cpus = core_ids(config.cores);
+    let shards_config = shards::ShardsConfig {
+        count: config.cores,
+        cpus,
+        io_memory_bytes: io_memory,
+        inbox_capacity: sluice_cluster::limits::SHARD_INBOX_CAPACITY,
+        name: "sluice-shard".into(),
+    };
+    let store = Arc::new(std::sync::Mutex::new(Some(store)));
+    let config = Arc::new(config);
+    tracing::info!(
+        data_dir = %config.data_dir.display(),
+        cores = config.cores,
+        kafka = %config.kafka_listen,
+        quic = %config.quic_listen,
+        admin = %config.admin_listen,
+        "starting broker"
+    );
+    let handle = shards::start(shards_config, move |context| {
+        let config = Arc::clone(&config);
+        let snapshot = Arc::clone(&snapshot);
+        let stop = Arc::clone(&stop);
+        // Shard 0 takes the metadata store; the lock is touched once per shard at start-up.
+        let store = if context.id.0 == 0 {
+            store.lock().expect("start-up lock not poisoned").take()
+        } else {
+            None
+        };
+        async move { run_shard(context, config, snapshot, store, stop).await }
+    })?;
+    handle.join()?;
+    tracing::info!("broker stopped");
+    Ok(())
+}
+
+async fn run_shard(
+    context: shards::ShardContext<sluice_cluster::shard::ShardMsg>,
+    config: Arc<BrokerConfig>,
+    snapshot: Arc<sluice_cluster::metadata::MetadataSnapshot>,
+    store: Option<FileMetadataStore>,
+    stop: Arc<AtomicBool>,
+) {
+    let shard_config = ShardConfig {
+        node: BrokerId(config.node_id),
+        data_dir: config.data_dir.clone(),
+        cache_bytes: config.cache_bytes,
+    };
+    let shard = Shard::start(context, shard_config, snapshot, store).await;
+    let id = shard.id();
+    let mut listeners = Vec::new();
+    let kafka = sluice_net::kafka::KafkaConfig {
+        listen: config.kafka_listen,
+        advertise: config.kafka_advertise,
+        auto_create_topics: config.auto_create_topics,
+        default_partitions: config.default_partitions,
+    };
+    listeners.push(rt::spawn(log_exit(
+        "kafka",
+        sluice_net::kafka::serve_kafka(Rc::clone(&shard), kafka),
+    )));
+    if id.0 == 0 {
+        listeners.push(rt::spawn(log_exit(
+            "admin",
+            sluice_net::admin::serve(Rc::clone(&shard), config.admin_listen),
+        )));
+    }
+    tracing::info!(
+        shard = id.0,
+        partitions = shard.partition_count(),
+        "shard serving"
+    );
+    // The shard serves until a stop signal; the flag is polled because signal handlers cannot
+    // reach an executor directly.
+    while !stop.load(Ordering::Relaxed) {
+        rt::sleep(Duration::from_millis(50)).await;
+    }
+    drop(listeners);
+    shard.shutdown().await;
+    tracing::info!(shard = id.0, "shard stopped");
+}
+
+async fn log_exit<E: std::fmt::Display>(
+    name: &'static str,
+    server: impl std::future::Future<Output = Result<(), E>>,
+) {
+    if let Err(error) = server.await {
+        tracing::error!(listener = name, %error, "listener failed");
+        eprintln!("error: {name} listener failed: {error}");
+        std::process::exit(1);
+    }
+}
+
+fn core_ids(count: usize) -> Vec<usize> {
+    let available: Vec<usize> = core_affinity::get_core_ids()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    if available.len() >= count {
+        available[..count].to_vec()
+    } else {
+        Vec::new()
+    }
+}
+
+fn raise_open_files_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write a struct we own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! Broker configuration: command-line flags over an optional TOML file over defaults.
+//!
+//! Every flag can be set in the file under the same name with dashes as underscores, so
+//! `--kafka-listen 127.0.0.1:9092` and `kafka_listen = "127.0.0.1:9092"` mean the same.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use serde::Deserialize;
+
+/// Flags of `sluice broker`; each is optional so the file and defaults can fill it in.
+#[derive(clap::Args, Debug, Default, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerArgs {
+    /// TOML file with any of these settings; flags override it.
+    #[arg(long)]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Directory for logs and metadata [default: ./sluice-data].
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// This broker's node id [default: 1].
+    #[arg(long)]
+    pub node_id: Option<i32>,
+    /// Number of shards (cores) to run [default: all cores].
+    #[arg(long)]
+    pub cores: Option<usize>,
+    /// Kafka protocol listener [default: 127.0.0.1:9092].
+    #[arg(long)]
+    pub kafka_listen: Option<SocketAddr>,
+    /// Address advertised to Kafka clients [default: the listen address].
+    #[arg(long)]
+    pub kafka_advertise: Option<SocketAddr>,
+    /// QUIC listener of shard 0; shard i listens on the port plus i [default: 127.0.0.1:9192].
+    #[arg(long)]
+    pub quic_listen: Option<SocketAddr>,
+    /// Admin HTTP listener (/health, /metrics) [default: 127.0.0.1:9644].
+    #[arg(long)]
+    pub admin_listen: Option<SocketAddr>,
+    /// PEM certificate for QUIC TLS [default: a self-signed one made in DATA/tls].
+    #[arg(long)]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long)]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA bundle: when set, QUIC clients must present a certificate it signed.
+    #[arg(long)]
+    pub ca: Option<PathBuf>,
+    /// Bytes of recent batches each shard keeps in memory for tailing readers
+    /// [default: 64 MiB].
+    #[arg(long)]
+    pub cache_bytes: Option<usize>,
+    /// Create topics on first produce or metadata request, as Kafka's
+    /// auto.create.topics.enable [default: true].
+    #[arg(long)]
+    pub auto_create_topics: Option<bool>,
+    /// Partitions of auto-created topics [default: 1].
+    #[arg(long)]
+    pub default_partitions: Option<i32>,
+}
+
+/// Resolved broker settings.
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    pub data_dir: PathBuf,
+    pub node_id: i32,
+    pub cores: usize,
+    pub kafka_listen: SocketAddr,
+    pub kafka_advertise: SocketAddr,
+    pub quic_listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub ca: Option<PathBuf>,
+    pub cache_bytes: usize,
+    pub auto_create_topics: bool,
+    pub default_partitions: i32,
+}
+
+fn addr(text: &str) -> SocketAddr {
+    text.parse().expect("built-in default address parses")
+}
+
+impl BrokerArgs {
+    /// Merges flags over the file (if any) over defaults.
+    pub fn resolve(self) -> anyhow::Result<BrokerConfig> {
+        let file = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read config file {}", path.display()))?;
+                toml::from_str::<BrokerArgs>(&text)
+                    .with_context(|| format!("invalid config file {}", path.display()))?
+            }
+            None => BrokerArgs::default(),
+        };
+        let cores_available = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let kafka_listen = self
+            .kafka_listen
+            .or(file.kafka_listen)
+            .unwrap_or_else(|| addr("127.0.0.1:9092"));
+        let tls_cert = self.tls_cert.or(file.tls_cert);
+        let tls_key = self.tls_key.or(file.tls_key);
+        anyhow::ensure!(
+            tls_cert.is_some() == tls_key.is_some(),
+            "--tls-cert and --tls-key must be given together"
+        );
+        let config = BrokerConfig {
+            data_dir: self
+                .data_dir
+                .or(file.data_dir)
+                .unwrap_or_else(|| "sluice-data".into()),
+            node_id: self.node_id.or(file.node_id).unwrap_or(1),
+            cores: self.cores.or(file.cores).unwrap_or(cores_available),
+            kafka_listen,
+            kafka_advertise: self
+                .kafka_advertise
+                .or(file.kafka_advertise)
+                .unwrap_or(kafka_listen),
+            quic_listen: self
+                .quic_listen
+                .or(file.quic_listen)
+                .unwrap_or_else(|| addr("127.0.0.1:9192")),
+            admin_listen: self
+                .admin_listen
+                .or(file.admin_listen)
+                .unwrap_or_else(|| addr("127.0.0.1:9644")),
+            tls_cert,
+            tls_key,
+            ca: self.ca.or(file.ca),
+            cache_bytes: self.cache_bytes.or(file.cache_bytes).unwrap_or(64 << 20),
+            auto_create_topics: self
+                .auto_create_topics
+                .or(file.auto_create_topics)
+                .unwrap_or(true),
+            default_partitions: self
+                .default_partitions
+                .or(file.default_partitions)
+                .unwrap_or(1),
+        };
+        anyhow::ensure!(config.cores >= 1, "--cores must be at least 1");
+        anyhow::ensure!(config.node_id >= 0, "--node-id must not be negative");
+        anyhow::ensure!(
+            config.default_partitions >= 1,
+            "--default-partitions must be at least 1"
+        );
+        Ok(config)
+    }
+}
