@@ -10,7 +10,10 @@
 use bytes::{Bytes, BytesMut};
 use rkyv::util::AlignedVec;
 
-use crate::native::frame::{self, EncodeError, Frame, FrameError, Header, PREFIX_BYTES, Prefix};
+use crate::native::frame::{
+    self, EncodeError, Frame, FrameError, FrameHeader, PREFIX_BYTES, Prefix,
+};
+use crate::native::messages::Response;
 
 /// Application error code with which a server stops reading a request it has rejected
 /// (QUIC `STOP_SENDING`), so the client stops sending the rest of it.
@@ -57,7 +60,9 @@ pub enum WriteFrameError {
 ///
 /// Memory: up to one header and one payload at their limits per call; callers that read many
 /// streams at once must bound their sum (a per-connection byte budget).
-pub async fn read_frame(recv: &mut quinn::RecvStream) -> Result<Frame, ReadFrameError> {
+pub async fn read_frame<H: FrameHeader>(
+    recv: &mut quinn::RecvStream,
+) -> Result<Frame<H>, ReadFrameError> {
     let mut prefix_bytes = [0u8; PREFIX_BYTES];
     read_exact(recv, &mut prefix_bytes, 0).await?;
     let prefix = Prefix::parse(&prefix_bytes)?;
@@ -125,9 +130,9 @@ async fn read_into(
 
 /// Writes one frame to `send` and finishes the stream. The payload is handed to quinn
 /// without a copy.
-pub async fn write_frame(
+pub async fn write_frame<H: FrameHeader>(
     send: &mut quinn::SendStream,
-    header: &Header,
+    header: &H,
     payload: Bytes,
 ) -> Result<(), WriteFrameError> {
     let head = frame::encode_head(header, &payload)?.freeze();
@@ -137,8 +142,8 @@ pub async fn write_frame(
 }
 
 /// Answers a request that failed to decode with `error`, on the request's own stream: a
-/// version-rejection frame for an unsupported version, an error header otherwise. Stops the
-/// receiving half, so the client does not keep sending the rest of a rejected request.
+/// version-rejection frame for an unsupported version, a `Response::Error` otherwise. Stops
+/// the receiving half, so the client does not keep sending the rest of a rejected request.
 ///
 /// Only the request fails: the connection and its other streams carry on.
 pub async fn answer_frame_error(
@@ -148,18 +153,14 @@ pub async fn answer_frame_error(
 ) -> Result<(), WriteFrameError> {
     // Stopping an already finished stream is not an error worth reporting.
     let _ = recv.stop(quinn::VarInt::from_u32(STOP_REJECTED));
-    match error {
-        FrameError::UnsupportedVersion { version } => {
-            send.write_all(&frame::encode_rejection(*version)).await?;
-            send.finish()?;
-            Ok(())
-        }
-        other => {
-            let code = other
-                .error_code()
-                .unwrap_or(frame::ErrorCode::MalformedFrame);
-            let header = Header::error(0, code, other.to_string());
-            write_frame(send, &header, Bytes::new()).await
-        }
+    if let FrameError::UnsupportedVersion { version } = error {
+        send.write_all(&frame::encode_rejection(*version)).await?;
+        send.finish()?;
+        return Ok(());
     }
+    let header = Response::Error {
+        code: error.error_code(),
+        message: error.to_string(),
+    };
+    write_frame(send, &header, Bytes::new()).await
 }
