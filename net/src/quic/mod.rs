@@ -140,7 +140,19 @@ pub async fn connect(
         .map_err(|source| ConnectError::Start { broker, source })?;
     connecting
         .await
-        .map_err(|source| classify_connect_error(broker, source))
+        .map_err(|source| ConnectError::from_connection(broker, source))
+}
+
+impl ConnectError {
+    /// Explains why a connection to `broker` failed or closed.
+    ///
+    /// [`connect`] uses it for handshake failures. Callers should also use it when a new
+    /// connection closes on first use: in TLS 1.3 the client finishes its handshake before the
+    /// broker has checked the client certificate, so a broker requiring mutual TLS rejects
+    /// the client just after `connect` returned.
+    pub fn from_connection(broker: SocketAddr, source: ConnectionError) -> Self {
+        classify_connect_error(broker, source)
+    }
 }
 
 fn classify_connect_error(broker: SocketAddr, source: ConnectionError) -> ConnectError {
@@ -159,7 +171,12 @@ fn classify_connect_error(broker: SocketAddr, source: ConnectionError) -> Connec
     let no_alpn = TransportErrorCode::crypto(alert::NO_APPLICATION_PROTOCOL);
     match &source {
         // Detected by our TLS stack: the broker's certificate failed verification.
-        ConnectionError::TransportError(error) if is_certificate_alert(error.code) => {
+        // rustls reports some verification failures with other alerts (a signature that does
+        // not verify against a same-named anchor gives decrypt_error), hence the reason check.
+        ConnectionError::TransportError(error)
+            if is_certificate_alert(error.code)
+                || error.reason.starts_with("invalid peer certificate") =>
+        {
             ConnectError::UntrustedBroker {
                 broker,
                 reason: error.reason.clone(),

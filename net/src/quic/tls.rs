@@ -200,12 +200,28 @@ pub fn self_signed_identity(dir: &Path, names: &[String]) -> Result<CertKeyPaths
         }
         return Ok(paths);
     }
+    let key_pair = rcgen::KeyPair::generate()?;
     let mut params = rcgen::CertificateParams::new(names.to_vec())?;
+    // A distinct subject per certificate: verifiers pick a trust anchor by subject name, so
+    // two brokers' certificates with one name would fail as "bad signature" rather than
+    // "unknown issuer" when a client trusts the wrong one.
+    let fingerprint: String = key_pair
+        .public_key_raw()
+        .iter()
+        .rev()
+        .take(8)
+        .map(|byte| format!("{byte:02x}"))
+        .collect();
+    let common_name = format!("sluice broker {fingerprint} (self-signed)");
     params
         .distinguished_name
-        .push(rcgen::DnType::CommonName, "sluice broker (self-signed)");
-    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
-    let key_pair = rcgen::KeyPair::generate()?;
+        .push(rcgen::DnType::CommonName, common_name);
+    // Client authentication too, so a broker can present the same identity on connections
+    // it opens (peer links with mutual TLS).
+    params.extended_key_usages = vec![
+        rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+        rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+    ];
     let cert = params.self_signed(&key_pair)?;
     let write_error = |path: &Path| {
         let path = path.to_owned();
