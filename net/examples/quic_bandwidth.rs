@@ -92,8 +92,8 @@ fn quic_run(bytes: u64) -> Run {
             let cpu = thread_cpu() - cpu_before;
             let stats = connection.stats();
             let details = format!(
-                "\n      server processed {} datagrams, sent {} in {} sendmsg calls; path MTU {} bytes \
-                 (strace -c shows the receive system calls)",
+                "\n      server processed {} datagrams, sent {} in {} sendmsg calls; \
+                 path MTU {} bytes (strace -c shows the receive system calls)",
                 stats.udp_rx.datagrams,
                 stats.udp_tx.datagrams,
                 stats.udp_tx.ios,
