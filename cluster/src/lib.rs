@@ -8,7 +8,7 @@
 pub mod config;
 pub mod limits;
 pub mod metadata;
-pub mod placement;
 pub mod metrics;
 pub mod partition;
+pub mod placement;
 pub mod shard;

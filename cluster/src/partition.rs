@@ -138,14 +138,22 @@ impl PartitionReplica {
     async fn read(&self, request: FetchRequest, upper: Offset) -> Result<FetchData, FetchError> {
         let log_start_offset = self.log.log_start_offset();
         if request.from == upper {
-            return Ok(FetchData { batches: Vec::new(), high_watermark: upper, log_start_offset });
+            return Ok(FetchData {
+                batches: Vec::new(),
+                high_watermark: upper,
+                log_start_offset,
+            });
         }
         let slice = self
             .log
             .read(request.from, request.max_bytes, upper)
             .await
             .map_err(|e| self.read_error(e))?;
-        Ok(FetchData { batches: slice.chunks, high_watermark: upper, log_start_offset })
+        Ok(FetchData {
+            batches: slice.chunks,
+            high_watermark: upper,
+            log_start_offset,
+        })
     }
 
     fn out_of_range(&self, requested: Offset) -> FetchError {
@@ -188,7 +196,9 @@ impl PartitionReplica {
             .offset_for_timestamp(target)
             .await
             .map_err(|e| self.read_error(e))?;
-        let Some(found) = found else { return Ok((None, None)) };
+        let Some(found) = found else {
+            return Ok((None, None));
+        };
         let mut from = found.offset.max(self.log.log_start_offset());
         // Bounded: each round moves `from` past at least one batch, and stops at the high
         // watermark.
@@ -230,11 +240,18 @@ impl PartitionReplica {
     /// Advances the log start offset to `before` (`Offset(-1)`: the high watermark).
     pub async fn delete_records(&self, before: Offset) -> Result<Offset, FetchError> {
         let high_watermark = self.log.high_watermark();
-        let before = if before.0 == -1 { high_watermark } else { before };
+        let before = if before.0 == -1 {
+            high_watermark
+        } else {
+            before
+        };
         if before < Offset(0) || before > high_watermark {
             return Err(self.out_of_range(before));
         }
-        self.log.delete_records(before).await.map_err(|e| FetchError::Storage(e.to_string()))?;
+        self.log
+            .delete_records(before)
+            .await
+            .map_err(|e| FetchError::Storage(e.to_string()))?;
         Ok(self.log.log_start_offset())
     }
 
@@ -251,7 +268,10 @@ impl PartitionReplica {
 
     /// Deletes segments past retention; called periodically by the shard's background task.
     pub async fn apply_retention(&self) {
-        if let Err(error) = self.log.apply_retention(sluice_engine::rt::clock::unix_now_ms()).await
+        if let Err(error) = self
+            .log
+            .apply_retention(sluice_engine::rt::clock::unix_now_ms())
+            .await
         {
             tracing::warn!(partition = %self.tp, %error, "retention failed");
         }
@@ -272,7 +292,11 @@ impl PartitionReplica {
             tracing::error!(partition = %tp, "requests still in flight at close; recovery will scan");
             return;
         };
-        let result = if remove { replica.log.remove().await } else { replica.log.close().await };
+        let result = if remove {
+            replica.log.remove().await
+        } else {
+            replica.log.close().await
+        };
         if let Err(error) = result {
             tracing::error!(partition = %tp, %error, remove, "closing partition failed");
         }
@@ -287,13 +311,19 @@ const CLOSE_WAIT: Duration = Duration::from_secs(10);
 fn check_batches(batches: &Bytes, max_message_bytes: u64) -> Result<(), ProduceError> {
     let mut rest: &[u8] = batches;
     if rest.is_empty() {
-        return Err(ProduceError::Corrupt(BatchError::Truncated { needed: 61, have: 0 }));
+        return Err(ProduceError::Corrupt(BatchError::Truncated {
+            needed: 61,
+            have: 0,
+        }));
     }
     while !rest.is_empty() {
         let header = BatchHeader::parse(rest, usize::MAX)?;
         let size = header.total_bytes();
         if size as u64 > max_message_bytes {
-            return Err(ProduceError::MessageTooLarge { size, max: max_message_bytes });
+            return Err(ProduceError::MessageTooLarge {
+                size,
+                max: max_message_bytes,
+            });
         }
         validate_produced(rest, sluice_engine::limits::BATCH_BYTES_MAX)?;
         rest = &rest[size..];

@@ -288,7 +288,11 @@ impl Shard {
         store: Option<FileMetadataStore>,
     ) -> Rc<Shard> {
         let id = context.id;
-        assert_eq!(store.is_some(), id == ShardId(0), "only shard 0 writes metadata");
+        assert_eq!(
+            store.is_some(),
+            id == ShardId(0),
+            "only shard 0 writes metadata"
+        );
         let shard = Rc::new(Shard {
             id,
             count: context.count,
@@ -370,8 +374,16 @@ impl Shard {
             return self.produce_local(&tp, batches, acks).await;
         }
         let (reply, answer) = oneshot::channel();
-        self.forward(owner, ShardMsg::Produce { tp, batches, acks, reply })
-            .map_err(|()| ProduceError::Overloaded)?;
+        self.forward(
+            owner,
+            ShardMsg::Produce {
+                tp,
+                batches,
+                acks,
+                reply,
+            },
+        )
+        .map_err(|()| ProduceError::Overloaded)?;
         answer.await.unwrap_or(Err(ProduceError::ShuttingDown))
     }
 
@@ -489,10 +501,17 @@ impl Shard {
             return self.command_local(command).await;
         }
         let (reply, answer) = oneshot::channel();
-        if self.mesh().send(ShardId(0), ShardMsg::Command { command, reply }).await.is_err() {
+        if self
+            .mesh()
+            .send(ShardId(0), ShardMsg::Command { command, reply })
+            .await
+            .is_err()
+        {
             return Err(MetadataError::Storage("metadata writer is gone".into()));
         }
-        answer.await.unwrap_or(Err(MetadataError::Storage("metadata writer is gone".into())))
+        answer.await.unwrap_or(Err(MetadataError::Storage(
+            "metadata writer is gone".into(),
+        )))
     }
 
     async fn command_local(
@@ -500,9 +519,16 @@ impl Shard {
         command: MetadataCommand,
     ) -> Result<Arc<MetadataSnapshot>, MetadataError> {
         let writer = self.writer.as_ref().ok_or(MetadataError::NotController)?;
-        let _permit = writer.lock.acquire_permit(1).await.expect("semaphore never closed");
+        let _permit = writer
+            .lock
+            .acquire_permit(1)
+            .await
+            .expect("semaphore never closed");
         let current = self.metadata();
-        let context = PlacementContext { node: self.config.node, shard_count: self.count };
+        let context = PlacementContext {
+            node: self.config.node,
+            shard_count: self.count,
+        };
         let next = crate::metadata::apply(&current, &command, context)?;
         writer.store.persist(&next).await?;
         let next = Arc::new(next);
@@ -516,7 +542,10 @@ impl Shard {
         for to in 0..self.count {
             let (done, ack) = oneshot::channel();
             let to = ShardId(u16::try_from(to).expect("shard ids fit in u16"));
-            let msg = ShardMsg::Metadata { snapshot: Arc::clone(&snapshot), done };
+            let msg = ShardMsg::Metadata {
+                snapshot: Arc::clone(&snapshot),
+                done,
+            };
             if self.mesh().send(to, msg).await.is_ok() {
                 acks.push(ack);
             }
@@ -533,7 +562,12 @@ impl Shard {
 
     async fn handle(self: Rc<Self>, msg: ShardMsg) {
         match msg {
-            ShardMsg::Produce { tp, batches, acks, reply } => {
+            ShardMsg::Produce {
+                tp,
+                batches,
+                acks,
+                reply,
+            } => {
                 let _ = reply.send(self.produce_local(&tp, batches, acks).await);
             }
             ShardMsg::Fetch { tp, request, reply } => {
@@ -572,7 +606,10 @@ impl Shard {
         for topic in snapshot.topics.values() {
             for partition in &topic.partitions {
                 if partition.shard == self.id {
-                    wanted.push((TopicPartition::new(Arc::clone(&topic.name), partition.id.0), topic));
+                    wanted.push((
+                        TopicPartition::new(Arc::clone(&topic.name), partition.id.0),
+                        topic,
+                    ));
                 }
             }
         }
@@ -592,7 +629,9 @@ impl Shard {
         };
         for (tp, replica) in stale {
             self.partitions.borrow_mut().remove(&tp);
-            let deleted = snapshot.topic(&tp.topic).is_none_or(|t| t.id != replica.topic_id());
+            let deleted = snapshot
+                .topic(&tp.topic)
+                .is_none_or(|t| t.id != replica.topic_id());
             PartitionReplica::close(replica, deleted).await;
         }
         drop(previous);
@@ -654,7 +693,9 @@ impl Shard {
 
     fn local_metrics(&self) -> crate::metrics::MetricsSnapshot {
         let mut snapshot = self.metrics.snapshot();
-        snapshot.partitions_per_shard.push((self.id.0, self.partition_count() as u64));
+        snapshot
+            .partitions_per_shard
+            .push((self.id.0, self.partition_count() as u64));
         snapshot
     }
 
@@ -683,8 +724,12 @@ impl Shard {
     /// Stops accepting produce requests, then flushes and closes every partition.
     pub async fn shutdown(&self) {
         self.stopping.set(true);
-        let replicas: Vec<Rc<PartitionReplica>> =
-            self.partitions.borrow_mut().drain().map(|(_, r)| r).collect();
+        let replicas: Vec<Rc<PartitionReplica>> = self
+            .partitions
+            .borrow_mut()
+            .drain()
+            .map(|(_, r)| r)
+            .collect();
         for replica in replicas {
             PartitionReplica::close(replica, false).await;
         }

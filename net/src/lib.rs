@@ -9,6 +9,7 @@
 //! through `sluice_cluster::shard::Shard`); glommio by name (the runtime is reached through
 //! `sluice_engine::rt`).
 
+pub mod admin;
 pub mod client;
 pub mod kafka;
 pub mod limits;
