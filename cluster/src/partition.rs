@@ -289,7 +289,7 @@ impl PartitionReplica {
         }
         let tp = replica.tp.clone();
         let Ok(replica) = Rc::try_unwrap(replica) else {
-            tracing::error!(partition = %tp, "requests still in flight at close; recovery will scan");
+            tracing::error!(partition = %tp, "requests in flight at close; recovery will scan");
             return;
         };
         let result = if remove {
