@@ -6,6 +6,7 @@
 //! through traits the network layer implements.
 
 pub mod config;
+pub mod group;
 pub mod limits;
 pub mod metadata;
 pub mod metrics;

@@ -14,3 +14,23 @@ pub const SHARD_INBOX_CAPACITY: usize = 1024;
 
 /// Largest `max.message.bytes` a topic may set: the engine's batch limit.
 pub const MESSAGE_BYTES_MAX: u64 = sluice_engine::limits::BATCH_BYTES_MAX as u64;
+
+/// Partitions of `__consumer_offsets` when created with the default config. Kafka uses 50 to
+/// spread coordinators over many brokers; a single broker spreads them over its shards, and
+/// every partition costs an open log and a preallocated segment (~4 MiB of disk), so 16.
+pub const OFFSETS_TOPIC_PARTITIONS_DEFAULT: i32 = 16;
+
+/// Most partitions `__consumer_offsets` may be configured with.
+pub const OFFSETS_TOPIC_PARTITIONS_MAX: i32 = 1_000;
+
+/// Interval of the group coordinator's timer (session expiry, rebalance deadlines, offsets
+/// retention). Timeouts fire up to this late; each tick scans the shard's groups, so 100 ms
+/// costs ~10 scans a second and keeps session expiry within 2% of a 6 s session.
+pub const GROUP_TICK_MS: u64 = 100;
+
+/// Bytes read per step when replaying an offsets partition at load. One read buffer of this
+/// size lives while a partition loads.
+pub const GROUP_LOAD_READ_BYTES: usize = 1 << 20;
+
+const _: () = assert!(OFFSETS_TOPIC_PARTITIONS_DEFAULT <= OFFSETS_TOPIC_PARTITIONS_MAX);
+const _: () = assert!(OFFSETS_TOPIC_PARTITIONS_MAX <= TOPIC_PARTITIONS_MAX);

@@ -7,7 +7,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use sluice_engine::TopicPartition;
+use sluice_engine::{Offset, TopicPartition};
 
 use crate::shard::ProduceOk;
 
@@ -53,6 +53,10 @@ pub struct MetricsSnapshot {
     pub partitions_per_shard: Vec<(u16, u64)>,
     /// Tasks spawned or I/O operations, per shard: (shard, name, value).
     pub shard_gauges: Vec<(u16, &'static str, u64)>,
+    /// Committed offsets of consumer groups: (group, partition, offset).
+    pub committed_offsets: Vec<(String, TopicPartition, Offset)>,
+    /// High watermark of every partition.
+    pub high_watermarks: Vec<(TopicPartition, Offset)>,
 }
 
 impl MetricsSnapshot {
@@ -83,6 +87,28 @@ impl MetricsSnapshot {
         }
         self.partitions_per_shard.extend(other.partitions_per_shard);
         self.shard_gauges.extend(other.shard_gauges);
+        self.committed_offsets.extend(other.committed_offsets);
+        self.high_watermarks.extend(other.high_watermarks);
+    }
+
+    /// Consumer lag per group and partition: high watermark minus committed offset (never
+    /// negative), sorted by group, topic and partition.
+    pub fn consumer_lag(&self) -> Vec<(String, TopicPartition, i64)> {
+        let watermarks: HashMap<&TopicPartition, Offset> = self
+            .high_watermarks
+            .iter()
+            .map(|(tp, hw)| (tp, *hw))
+            .collect();
+        let mut lag: Vec<(String, TopicPartition, i64)> = self
+            .committed_offsets
+            .iter()
+            .filter_map(|(group, tp, committed)| {
+                let hw = watermarks.get(tp)?;
+                Some((group.clone(), tp.clone(), (hw.0 - committed.0).max(0)))
+            })
+            .collect();
+        lag.sort();
+        lag
     }
 }
 

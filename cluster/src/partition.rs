@@ -13,7 +13,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use sluice_engine::batch::{BatchError, BatchHeader, decode_batch, validate_produced};
-use sluice_engine::log::{AppendError, BatchCache, Durability, LogConfig, PartitionLog, ReadError};
+use sluice_engine::log::{
+    AppendError, AppendInfo, BatchCache, Durability, LogConfig, PartitionLog, PendingAppend,
+    ReadError,
+};
 use sluice_engine::util::Notify;
 use sluice_engine::{LeaderEpoch, Offset, ShardId, TimestampMs, TopicPartition};
 
@@ -86,23 +89,10 @@ impl PartitionReplica {
             (config.max_message_bytes, config.timestamp_type)
         };
         check_batches(&batches, max_bytes)?;
-        let durability = match acks {
-            Acks::All => Durability::Synced,
-            Acks::None | Acks::Leader => Durability::Written,
-        };
         let storage = |e: AppendError| ProduceError::Storage(e.to_string());
         let append_time = sluice_engine::rt::clock::unix_now_ms();
-        let info = self
-            .log
-            .append(batches, LeaderEpoch(0), durability)
-            .map_err(storage)?
-            .await
-            .map_err(storage)?;
-        let end = info.last_offset.plus(1);
-        if end > self.log.high_watermark() {
-            self.log.set_high_watermark(end);
-            self.data.notify();
-        }
+        let info = self.append_ordered(batches, acks)?.await.map_err(storage)?;
+        self.appended(info);
         Ok(ProduceOk {
             base_offset: info.base_offset,
             last_offset: info.last_offset,
@@ -110,6 +100,33 @@ impl PartitionReplica {
                 .then_some(append_time),
             log_start_offset: self.log.log_start_offset(),
         })
+    }
+
+    /// Appends batches built by the broker itself (the group coordinator's records) without
+    /// the producer checks. Offsets are assigned before this returns, so call order is log
+    /// order; await the result, then call [`Self::appended`].
+    pub fn append_ordered(
+        &self,
+        batches: Bytes,
+        acks: Acks,
+    ) -> Result<PendingAppend, ProduceError> {
+        let durability = match acks {
+            Acks::All => Durability::Synced,
+            Acks::None | Acks::Leader => Durability::Written,
+        };
+        self.log
+            .append(batches, LeaderEpoch(0), durability)
+            .map_err(|e| ProduceError::Storage(e.to_string()))
+    }
+
+    /// Makes an append that has become durable visible: advances the high watermark (a single
+    /// replica is the whole in-sync set) and wakes long-polling fetches.
+    pub fn appended(&self, info: AppendInfo) {
+        let end = info.last_offset.plus(1);
+        if end > self.log.high_watermark() {
+            self.log.set_high_watermark(end);
+            self.data.notify();
+        }
     }
 
     /// Reads whole batches from `request.from` below the high watermark, waiting up to

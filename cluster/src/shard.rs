@@ -23,6 +23,10 @@ use sluice_engine::log::{BatchCache, LogConfig};
 use sluice_engine::rt::shards::{Mesh, Overloaded, ShardContext};
 use sluice_engine::{BrokerId, Offset, ShardId, TimestampMs, TopicPartition};
 
+use crate::group::{
+    GroupConfig, GroupError, GroupListing, GroupRequest, GroupResponse, GroupShard, OFFSETS_TOPIC,
+    partition_for,
+};
 use crate::metadata::{
     FileMetadataStore, MetadataCommand, MetadataError, MetadataSnapshot, MetadataStore,
     PlacementContext,
@@ -165,6 +169,9 @@ pub struct PartitionStatus {
 
 type Reply<T> = oneshot::Sender<T>;
 
+/// An offset lookup's answer: the offset and its timestamp if looked up by time.
+type OffsetLookup = Result<(Option<Offset>, Option<TimestampMs>), FetchError>;
+
 /// The one message type between shards. Each variant says who sends it to whom, its lane, and
 /// what happens if it is dropped or the inbox is full.
 #[non_exhaustive]
@@ -197,7 +204,7 @@ pub enum ShardMsg {
         /// Which offset.
         spec: OffsetSpec,
         /// Reply lane: offset and its timestamp if looked up by time (`None` offset: no match).
-        reply: Reply<Result<(Option<Offset>, Option<TimestampMs>), FetchError>>,
+        reply: Reply<OffsetLookup>,
     },
     /// net on any shard → owner of `tp`. Full inbox: retriable error to the client.
     DeleteRecords {
@@ -228,6 +235,26 @@ pub enum ShardMsg {
     CollectMetrics {
         /// Reply lane.
         reply: Reply<crate::metrics::MetricsSnapshot>,
+    },
+    /// net (Kafka listener, native server) on any shard → the shard owning partition
+    /// `partition` of `__consumer_offsets`, which coordinates the group. Lane: the shared inbox
+    /// (`try_send`). Full inbox: the sender answers the request's retriable "overloaded" error.
+    /// A dropped reply (the partition closed or moved while the request waited, e.g. a join
+    /// waiting for the rebalance) is answered NOT_COORDINATOR, so the client looks the
+    /// coordinator up again.
+    Group {
+        /// Offsets partition of the group.
+        partition: i32,
+        /// The request.
+        request: GroupRequest,
+        /// Reply lane.
+        reply: Reply<GroupResponse>,
+    },
+    /// net on any shard → every shard (ListGroups). Full inbox or dropped reply: that shard's
+    /// groups are missing from this listing only.
+    ListGroups {
+        /// Reply lane: the groups this shard coordinates.
+        reply: Reply<Vec<GroupListing>>,
     },
     /// shard 0 → every shard after each metadata change. Sent with waiting, never dropped;
     /// `done` fires once the shard has opened or closed its partitions to match.
@@ -274,6 +301,8 @@ pub struct Shard {
     cache: Rc<BatchCache>,
     writer: Option<MetadataWriter>,
     stopping: Cell<bool>,
+    /// The group coordinators of the offsets partitions on this shard, once started.
+    groups: OnceCell<Rc<GroupShard>>,
     /// Counters scraped by the admin endpoint.
     pub metrics: ShardMetrics,
 }
@@ -306,6 +335,7 @@ impl Shard {
                 lock: sluice_engine::rt::sync::Semaphore::new(1),
             }),
             stopping: Cell::new(false),
+            groups: OnceCell::new(),
             metrics: ShardMetrics::default(),
         });
         let weak = Rc::downgrade(&shard);
@@ -556,6 +586,117 @@ impl Shard {
         }
     }
 
+    /// Starts this shard's group coordinators: the offsets partitions it owns are replayed in
+    /// the background, and later ones are picked up as metadata places them here. Call once,
+    /// after [`Shard::start`]; until then group requests answer COORDINATOR_NOT_AVAILABLE.
+    pub fn start_groups(self: &Rc<Self>, config: GroupConfig) {
+        let groups = Rc::new(GroupShard::new(config));
+        groups.spawn_ticker();
+        let local: Vec<(i32, Rc<PartitionReplica>)> = self
+            .partitions
+            .borrow()
+            .iter()
+            .filter(|(tp, _)| &*tp.topic == OFFSETS_TOPIC)
+            .map(|(tp, replica)| (tp.partition.0, Rc::clone(replica)))
+            .collect();
+        for (partition, replica) in local {
+            groups.open(partition, replica);
+        }
+        assert!(self.groups.set(groups).is_ok(), "groups started twice");
+    }
+
+    /// Sends a group request to the group's coordinator shard and returns its answer.
+    /// Commits for partitions that do not exist are answered UNKNOWN_TOPIC_OR_PARTITION here.
+    pub async fn group(&self, request: GroupRequest) -> GroupResponse {
+        let snapshot = self.metadata();
+        let Some(topic) = snapshot.topic(OFFSETS_TOPIC) else {
+            return request.failed(GroupError::CoordinatorNotAvailable);
+        };
+        let count = i32::try_from(topic.partitions.len()).expect("partition count fits i32");
+        if count == 0 {
+            return request.failed(GroupError::CoordinatorNotAvailable);
+        }
+        let partition = partition_for(request.group_id(), count);
+        let owner = topic.partitions[partition as usize].shard;
+        let (request, unknown) = match request {
+            GroupRequest::Commit(mut commit) => {
+                let (known, unknown): (Vec<_>, Vec<_>) = commit
+                    .offsets
+                    .into_iter()
+                    .partition(|o| snapshot.partition(&o.tp).is_some());
+                commit.offsets = known;
+                (GroupRequest::Commit(commit), unknown)
+            }
+            other => (other, Vec::new()),
+        };
+        let mut response = match &request {
+            GroupRequest::Commit(commit) if commit.offsets.is_empty() => {
+                GroupResponse::Commit(crate::group::CommitResponse::default())
+            }
+            _ if owner == self.id => self.group_local(partition, request).await,
+            _ => {
+                let (reply, answer) = oneshot::channel();
+                let failed = request.failed(GroupError::NotCoordinator);
+                let overloaded = request.failed(GroupError::Overloaded);
+                let msg = ShardMsg::Group {
+                    partition,
+                    request,
+                    reply,
+                };
+                match self.forward(owner, msg) {
+                    Ok(()) => answer.await.unwrap_or(failed),
+                    Err(()) => overloaded,
+                }
+            }
+        };
+        if let GroupResponse::Commit(commit) = &mut response {
+            commit.partitions.extend(
+                unknown
+                    .into_iter()
+                    .map(|o| (o.tp, Some(GroupError::UnknownTopicOrPartition))),
+            );
+        }
+        response
+    }
+
+    async fn group_local(&self, partition: i32, request: GroupRequest) -> GroupResponse {
+        let Some(groups) = self.groups.get() else {
+            return request.failed(GroupError::CoordinatorNotAvailable);
+        };
+        match groups.backend(partition) {
+            Some(backend) => backend.handle(request).await,
+            // The metadata places the partition here but it is not open (yet, or it failed).
+            None => request.failed(GroupError::CoordinatorNotAvailable),
+        }
+    }
+
+    /// Every group of the broker (ListGroups), gathered from every shard.
+    pub async fn list_groups(&self) -> Vec<GroupListing> {
+        let mut all = self.local_groups();
+        let mut answers = Vec::new();
+        for to in 0..self.count {
+            let to = ShardId(u16::try_from(to).expect("shard ids fit in u16"));
+            if to == self.id {
+                continue;
+            }
+            let (reply, answer) = oneshot::channel();
+            if self.forward(to, ShardMsg::ListGroups { reply }).is_ok() {
+                answers.push(answer);
+            }
+        }
+        for answer in answers {
+            if let Ok(groups) = answer.await {
+                all.extend(groups);
+            }
+        }
+        all.sort_by(|a, b| a.group_id.cmp(&b.group_id));
+        all
+    }
+
+    fn local_groups(&self) -> Vec<GroupListing> {
+        self.groups.get().map(|g| g.list()).unwrap_or_default()
+    }
+
     fn forward(&self, to: ShardId, msg: ShardMsg) -> Result<(), ()> {
         self.mesh().try_send(to, msg).map_err(|Overloaded(_)| ())
     }
@@ -587,6 +728,16 @@ impl Shard {
             }
             ShardMsg::CollectMetrics { reply } => {
                 let _ = reply.send(self.local_metrics());
+            }
+            ShardMsg::Group {
+                partition,
+                request,
+                reply,
+            } => {
+                let _ = reply.send(self.group_local(partition, request).await);
+            }
+            ShardMsg::ListGroups { reply } => {
+                let _ = reply.send(self.local_groups());
             }
             ShardMsg::Metadata { snapshot, done } => {
                 self.reconcile(snapshot).await;
@@ -629,6 +780,11 @@ impl Shard {
         };
         for (tp, replica) in stale {
             self.partitions.borrow_mut().remove(&tp);
+            if &*tp.topic == OFFSETS_TOPIC
+                && let Some(groups) = self.groups.get()
+            {
+                groups.close(tp.partition.0);
+            }
             let deleted = snapshot
                 .topic(&tp.topic)
                 .is_none_or(|t| t.id != replica.topic_id());
@@ -652,7 +808,13 @@ impl Shard {
                     .await
                     {
                         Ok(replica) => {
-                            self.partitions.borrow_mut().insert(tp, Rc::new(replica));
+                            let replica = Rc::new(replica);
+                            if &*tp.topic == OFFSETS_TOPIC
+                                && let Some(groups) = self.groups.get()
+                            {
+                                groups.open(tp.partition.0, Rc::clone(&replica));
+                            }
+                            self.partitions.borrow_mut().insert(tp, replica);
                         }
                         Err(error) => {
                             tracing::error!(partition = %tp, %error, "cannot open partition");
@@ -696,6 +858,15 @@ impl Shard {
         snapshot
             .partitions_per_shard
             .push((self.id.0, self.partition_count() as u64));
+        if let Some(groups) = self.groups.get() {
+            snapshot.committed_offsets = groups.committed();
+        }
+        snapshot.high_watermarks = self
+            .partitions
+            .borrow()
+            .iter()
+            .map(|(tp, replica)| (tp.clone(), replica.log().high_watermark()))
+            .collect();
         snapshot
     }
 
@@ -724,6 +895,9 @@ impl Shard {
     /// Stops accepting produce requests, then flushes and closes every partition.
     pub async fn shutdown(&self) {
         self.stopping.set(true);
+        if let Some(groups) = self.groups.get() {
+            groups.close_all();
+        }
         let replicas: Vec<Rc<PartitionReplica>> = self
             .partitions
             .borrow_mut()

@@ -194,6 +194,13 @@ impl FileMetadataStore {
     }
 }
 
+impl FileMetadataStore {
+    /// Persists `next` on the calling thread; only before the shards start.
+    pub fn persist_blocking(&self, next: &MetadataSnapshot) -> Result<(), MetadataError> {
+        write_atomically(&self.path, next)
+    }
+}
+
 impl MetadataStore for FileMetadataStore {
     async fn persist(&self, next: &MetadataSnapshot) -> Result<(), MetadataError> {
         let path = self.path.clone();
