@@ -36,6 +36,18 @@ pub fn run(config: BrokerConfig) -> anyhow::Result<()> {
         );
     }
     let node = BrokerId(config.node_id);
+    let placement = sluice_cluster::metadata::PlacementContext {
+        node,
+        shard_count: config.cores,
+    };
+    if sluice_cluster::group::ensure_offsets_topic(&store, &mut snapshot, placement, &config.groups)
+        .context("cannot create the offsets topic")?
+    {
+        tracing::info!(
+            partitions = config.groups.offsets_topic_partitions,
+            "created __consumer_offsets"
+        );
+    }
     let quic_addrs = (0..config.cores)
         .map(|i| {
             let mut addr = config.quic_listen;
@@ -104,6 +116,7 @@ async fn run_shard(
         cache_bytes: config.cache_bytes,
     };
     let shard = Shard::start(context, shard_config, snapshot, store).await;
+    shard.start_groups(config.groups.clone());
     let id = shard.id();
     let mut listeners = Vec::new();
     let kafka = sluice_net::kafka::KafkaConfig {

@@ -58,6 +58,23 @@ pub struct BrokerArgs {
     /// Partitions of auto-created topics [default: 1].
     #[arg(long)]
     pub default_partitions: Option<i32>,
+    /// Partitions of __consumer_offsets when it is created [default: 16].
+    #[arg(long)]
+    pub offsets_topic_partitions: Option<i32>,
+    /// Smallest session timeout a group member may ask for, as Kafka's
+    /// group.min.session.timeout.ms [default: 6000].
+    #[arg(long)]
+    pub group_min_session_timeout_ms: Option<u64>,
+    /// Largest session timeout a group member may ask for [default: 1800000].
+    #[arg(long)]
+    pub group_max_session_timeout_ms: Option<u64>,
+    /// How long a new group waits for more members before its first rebalance, as Kafka's
+    /// group.initial.rebalance.delay.ms [default: 3000].
+    #[arg(long)]
+    pub group_initial_rebalance_delay_ms: Option<u64>,
+    /// How long the offsets of an empty group are kept [default: 10080 (7 days)].
+    #[arg(long)]
+    pub offsets_retention_minutes: Option<u64>,
 }
 
 /// Resolved broker settings.
@@ -76,6 +93,7 @@ pub struct BrokerConfig {
     pub cache_bytes: usize,
     pub auto_create_topics: bool,
     pub default_partitions: i32,
+    pub groups: sluice_cluster::group::GroupConfig,
 }
 
 fn addr(text: &str) -> SocketAddr {
@@ -105,6 +123,34 @@ impl BrokerArgs {
             tls_cert.is_some() == tls_key.is_some(),
             "--tls-cert and --tls-key must be given together"
         );
+        let defaults = sluice_cluster::group::GroupConfig::default();
+        let ms = std::time::Duration::from_millis;
+        let groups = sluice_cluster::group::GroupConfig {
+            offsets_topic_partitions: self
+                .offsets_topic_partitions
+                .or(file.offsets_topic_partitions)
+                .unwrap_or(defaults.offsets_topic_partitions),
+            session_timeout_min: self
+                .group_min_session_timeout_ms
+                .or(file.group_min_session_timeout_ms)
+                .map_or(defaults.session_timeout_min, ms),
+            session_timeout_max: self
+                .group_max_session_timeout_ms
+                .or(file.group_max_session_timeout_ms)
+                .map_or(defaults.session_timeout_max, ms),
+            initial_rebalance_delay: self
+                .group_initial_rebalance_delay_ms
+                .or(file.group_initial_rebalance_delay_ms)
+                .map_or(defaults.initial_rebalance_delay, ms),
+            offsets_retention: self
+                .offsets_retention_minutes
+                .or(file.offsets_retention_minutes)
+                .map_or(defaults.offsets_retention, |m| {
+                    std::time::Duration::from_secs(m.saturating_mul(60))
+                }),
+            ..defaults
+        };
+        groups.validate().map_err(|e| anyhow::anyhow!(e))?;
         let config = BrokerConfig {
             data_dir: self
                 .data_dir
@@ -137,6 +183,7 @@ impl BrokerArgs {
                 .default_partitions
                 .or(file.default_partitions)
                 .unwrap_or(1),
+            groups,
         };
         anyhow::ensure!(config.cores >= 1, "--cores must be at least 1");
         anyhow::ensure!(config.node_id >= 0, "--node-id must not be negative");

@@ -292,6 +292,14 @@ impl Context {
                     )),
             };
             let outcome = match resolved {
+                Ok((name, id)) if sluice_cluster::group::is_internal_topic(&name) => Err((
+                    Some(name),
+                    id,
+                    (
+                        ResponseError::InvalidTopicException,
+                        "internal topics cannot be deleted".to_owned(),
+                    ),
+                )),
                 Ok((name, id)) => {
                     let command = MetadataCommand::DeleteTopic { name: name.clone() };
                     match self.shard.command(command).await {

@@ -153,6 +153,8 @@ pub struct Request {
     pub header: RequestHeader,
     /// The body.
     pub body: RequestKind,
+    /// The client's address, set by the connection (group members report it as their host).
+    pub peer: Option<std::net::SocketAddr>,
 }
 
 /// What a frame turned out to be.
@@ -201,7 +203,12 @@ pub fn decode_request(mut frame: Bytes) -> Result<Decoded, DecodeError> {
         version,
         reason: e.to_string(),
     })?;
-    Ok(Decoded::Request(Request { api, header, body }))
+    Ok(Decoded::Request(Request {
+        api,
+        header,
+        body,
+        peer: None,
+    }))
 }
 
 /// Why a response could not be encoded (a bug: our own values do not fit the version).

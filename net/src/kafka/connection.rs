@@ -45,15 +45,14 @@ enum Pending {
 
 /// Serves one accepted connection until it closes.
 pub async fn serve(context: Rc<Context>, stream: TcpStream) {
-    let peer = stream
-        .peer_addr()
-        .map_or_else(|_| "unknown".into(), |a| a.to_string());
+    let peer_addr = stream.peer_addr().ok();
+    let peer = peer_addr.map_or_else(|| "unknown".into(), |a| a.to_string());
     if let Err(error) = stream.set_nodelay(true) {
         tracing::debug!(%peer, %error, "cannot set TCP_NODELAY");
     }
     let (reader, writer) = stream.split();
     let (queue, replies) = new_bounded(KAFKA_INFLIGHT_REQUESTS_MAX);
-    let read = std::pin::pin!(read_loop(&context, reader, queue));
+    let read = std::pin::pin!(read_loop(&context, reader, queue, peer_addr));
     let write = std::pin::pin!(write_loop(writer, replies));
     match futures::future::select(read, write).await {
         Either::Left((result, write)) => {
@@ -77,6 +76,7 @@ async fn read_loop(
     context: &Rc<Context>,
     mut reader: ReadHalf<TcpStream>,
     queue: LocalSender<Pending>,
+    peer: Option<std::net::SocketAddr>,
 ) -> Result<(), String> {
     // Runs until the client closes, sends something invalid, or the writer stops.
     loop {
@@ -93,7 +93,8 @@ async fn read_loop(
                     Err(error) => Reply::Close(error.to_string()),
                 })
             }
-            Decoded::Request(request) => {
+            Decoded::Request(mut request) => {
+                request.peer = peer;
                 let api = request.api;
                 let version = request.header.request_api_version;
                 let correlation_id = request.header.correlation_id;

@@ -8,6 +8,7 @@
 
 use kafka_protocol::ResponseError;
 use sluice_cluster::config::ConfigError;
+use sluice_cluster::group::GroupError;
 use sluice_cluster::metadata::MetadataError;
 use sluice_cluster::shard::{FetchError, ProduceError};
 use sluice_engine::batch::BatchError;
@@ -21,6 +22,14 @@ pub enum DomainError<'a> {
     Fetch(&'a FetchError),
     /// A metadata change (topics, partitions, configs) was refused.
     Metadata(&'a MetadataError),
+    /// A consumer group request failed.
+    Group(&'a GroupError),
+}
+
+impl<'a> From<&'a GroupError> for DomainError<'a> {
+    fn from(error: &'a GroupError) -> Self {
+        DomainError::Group(error)
+    }
 }
 
 impl<'a> From<&'a ProduceError> for DomainError<'a> {
@@ -80,6 +89,30 @@ pub fn error_code<'a>(error: impl Into<DomainError<'a>>) -> ResponseError {
             MetadataError::NotController => ResponseError::NotController,
             _ => ResponseError::UnknownServerError,
         },
+        DomainError::Group(error) => match error {
+            GroupError::UnknownMemberId => ResponseError::UnknownMemberId,
+            GroupError::IllegalGeneration => ResponseError::IllegalGeneration,
+            GroupError::RebalanceInProgress => ResponseError::RebalanceInProgress,
+            GroupError::MemberIdRequired => ResponseError::MemberIdRequired,
+            GroupError::FencedInstanceId => ResponseError::FencedInstanceId,
+            GroupError::GroupIdNotFound => ResponseError::GroupIdNotFound,
+            GroupError::NonEmptyGroup => ResponseError::NonEmptyGroup,
+            GroupError::InconsistentGroupProtocol => ResponseError::InconsistentGroupProtocol,
+            GroupError::InvalidSessionTimeout { .. } => ResponseError::InvalidSessionTimeout,
+            GroupError::InvalidGroupId => ResponseError::InvalidGroupId,
+            GroupError::OffsetMetadataTooLarge(_) => ResponseError::OffsetMetadataTooLarge,
+            GroupError::UnknownTopicOrPartition => ResponseError::UnknownTopicOrPartition,
+            GroupError::GroupSubscribedToTopic => ResponseError::GroupSubscribedToTopic,
+            GroupError::CoordinatorNotAvailable => ResponseError::CoordinatorNotAvailable,
+            GroupError::CoordinatorLoadInProgress => ResponseError::CoordinatorLoadInProgress,
+            GroupError::NotCoordinator => ResponseError::NotCoordinator,
+            // A failed append to the offsets partition, as Kafka maps it: the client finds
+            // the coordinator again and retries.
+            GroupError::Storage(_) => ResponseError::CoordinatorNotAvailable,
+            // The coordinator shard's inbox is full: retriable, after finding it again.
+            GroupError::Overloaded => ResponseError::CoordinatorNotAvailable,
+            _ => ResponseError::UnknownServerError,
+        },
     }
 }
 
@@ -107,6 +140,7 @@ mod tests {
         let produce = |e: ProduceError| error_code(&e);
         let fetch = |e: FetchError| error_code(&e);
         let metadata = |e: MetadataError| error_code(&e);
+        let group = |e: GroupError| error_code(&e);
         let table: Vec<(ResponseError, i16, bool)> = vec![
             (
                 produce(ProduceError::UnknownTopicOrPartition("t-0".into())),
@@ -194,6 +228,31 @@ mod tests {
             ),
             (metadata(MetadataError::Storage("fsync".into())), 56, true),
             (metadata(MetadataError::NotController), 41, true),
+            (group(GroupError::UnknownMemberId), 25, false),
+            (group(GroupError::IllegalGeneration), 22, false),
+            (group(GroupError::RebalanceInProgress), 27, false),
+            (group(GroupError::MemberIdRequired), 79, false),
+            (group(GroupError::FencedInstanceId), 82, false),
+            (group(GroupError::GroupIdNotFound), 69, false),
+            (group(GroupError::NonEmptyGroup), 68, false),
+            (group(GroupError::InconsistentGroupProtocol), 23, false),
+            (
+                group(GroupError::InvalidSessionTimeout {
+                    min_ms: 1,
+                    max_ms: 2,
+                }),
+                26,
+                false,
+            ),
+            (group(GroupError::InvalidGroupId), 24, false),
+            (group(GroupError::OffsetMetadataTooLarge(4096)), 12, false),
+            (group(GroupError::UnknownTopicOrPartition), 3, true),
+            (group(GroupError::GroupSubscribedToTopic), 86, false),
+            (group(GroupError::CoordinatorNotAvailable), 15, true),
+            (group(GroupError::CoordinatorLoadInProgress), 14, true),
+            (group(GroupError::NotCoordinator), 16, true),
+            (group(GroupError::Storage("fsync".into())), 15, true),
+            (group(GroupError::Overloaded), 15, true),
         ];
         for (i, (code, expected, retriable)) in table.iter().enumerate() {
             assert_eq!(code.code(), *expected, "row {i}: {code:?}");

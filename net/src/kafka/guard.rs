@@ -262,6 +262,93 @@ const FIND_COORDINATOR: &[Field] = &[
     f(Ty::Prims(&STRS), 4, ALL),
 ];
 
+const JOIN_GROUP_PROTOCOL: &[Field] = &[f(Ty::Str, 0, ALL), f(Ty::Bytes, 0, ALL)];
+const JOIN_GROUP: &[Field] = &[
+    f(Ty::Str, 0, ALL),
+    f(Ty::Int32, 0, ALL),
+    f(Ty::Int32, 1, ALL),
+    f(Ty::Str, 0, ALL),
+    f(Ty::Str, 5, ALL),
+    f(Ty::Str, 0, ALL),
+    f(Ty::Structs(JOIN_GROUP_PROTOCOL), 0, ALL),
+    f(Ty::Str, 8, ALL),
+];
+
+const SYNC_GROUP_ASSIGNMENT: &[Field] = &[f(Ty::Str, 0, ALL), f(Ty::Bytes, 0, ALL)];
+const SYNC_GROUP: &[Field] = &[
+    f(Ty::Str, 0, ALL),
+    f(Ty::Int32, 0, ALL),
+    f(Ty::Str, 0, ALL),
+    f(Ty::Str, 3, ALL),
+    f(Ty::Str, 5, ALL),
+    f(Ty::Str, 5, ALL),
+    f(Ty::Structs(SYNC_GROUP_ASSIGNMENT), 0, ALL),
+];
+
+const HEARTBEAT: &[Field] = &[
+    f(Ty::Str, 0, ALL),
+    f(Ty::Int32, 0, ALL),
+    f(Ty::Str, 0, ALL),
+    f(Ty::Str, 3, ALL),
+];
+
+const LEAVE_GROUP_MEMBER: &[Field] = &[f(Ty::Str, 3, ALL), f(Ty::Str, 3, ALL), f(Ty::Str, 5, ALL)];
+const LEAVE_GROUP: &[Field] = &[
+    f(Ty::Str, 0, ALL),
+    f(Ty::Str, 0, 2),
+    f(Ty::Structs(LEAVE_GROUP_MEMBER), 3, ALL),
+];
+
+const OFFSET_COMMIT_PARTITION: &[Field] = &[
+    f(Ty::Int32, 0, ALL),
+    f(Ty::Int64, 0, ALL),
+    f(Ty::Int32, 6, ALL),
+    f(Ty::Str, 0, ALL),
+];
+const OFFSET_COMMIT_TOPIC: &[Field] = &[
+    f(Ty::Str, 0, ALL),
+    f(Ty::Structs(OFFSET_COMMIT_PARTITION), 0, ALL),
+];
+const OFFSET_COMMIT: &[Field] = &[
+    f(Ty::Str, 0, ALL),
+    f(Ty::Int32, 1, ALL),
+    f(Ty::Str, 1, ALL),
+    f(Ty::Str, 7, ALL),
+    f(Ty::Int64, 2, 4),
+    f(Ty::Structs(OFFSET_COMMIT_TOPIC), 0, ALL),
+];
+
+const OFFSET_FETCH_TOPIC: &[Field] = &[f(Ty::Str, 0, 7), f(Ty::Prims(&I32S), 0, 7)];
+const OFFSET_FETCH_GROUP_TOPIC: &[Field] = &[f(Ty::Str, 8, ALL), f(Ty::Prims(&I32S), 8, ALL)];
+const OFFSET_FETCH_GROUP: &[Field] = &[
+    f(Ty::Str, 8, ALL),
+    f(Ty::Str, 9, ALL),
+    f(Ty::Int32, 9, ALL),
+    f(Ty::Structs(OFFSET_FETCH_GROUP_TOPIC), 8, ALL),
+];
+const OFFSET_FETCH: &[Field] = &[
+    f(Ty::Str, 0, 7),
+    f(Ty::Structs(OFFSET_FETCH_TOPIC), 0, 7),
+    f(Ty::Structs(OFFSET_FETCH_GROUP), 8, ALL),
+    f(Ty::Int8, 7, ALL),
+];
+
+const LIST_GROUPS: &[Field] = &[f(Ty::Prims(&STRS), 4, ALL), f(Ty::Prims(&STRS), 5, ALL)];
+
+const DESCRIBE_GROUPS: &[Field] = &[f(Ty::Prims(&STRS), 0, ALL), f(Ty::Int8, 3, ALL)];
+
+const DELETE_GROUPS: &[Field] = &[f(Ty::Prims(&STRS), 0, ALL)];
+
+const OFFSET_DELETE_PARTITION: &[Field] = &[f(Ty::Int32, 0, ALL)];
+const OFFSET_DELETE_TOPIC: &[Field] = &[
+    f(Ty::Str, 0, ALL),
+    f(Ty::Structs(OFFSET_DELETE_PARTITION), 0, ALL),
+];
+const OFFSET_DELETE: &[Field] = &[
+    f(Ty::Str, 0, ALL),
+    f(Ty::Structs(OFFSET_DELETE_TOPIC), 0, ALL),
+];
+
 const API_VERSIONS: &[Field] = &[f(Ty::Str, 3, ALL), f(Ty::Str, 3, ALL)];
 
 fn shape(api: ApiKey) -> Option<Shape> {
@@ -281,6 +368,17 @@ fn shape(api: ApiKey) -> Option<Shape> {
         ApiKey::DescribeCluster => (DESCRIBE_CLUSTER, 0),
         ApiKey::FindCoordinator => (FIND_COORDINATOR, 3),
         ApiKey::ApiVersions => (API_VERSIONS, 3),
+        ApiKey::JoinGroup => (JOIN_GROUP, 6),
+        ApiKey::SyncGroup => (SYNC_GROUP, 4),
+        ApiKey::Heartbeat => (HEARTBEAT, 4),
+        ApiKey::LeaveGroup => (LEAVE_GROUP, 4),
+        ApiKey::OffsetCommit => (OFFSET_COMMIT, 8),
+        ApiKey::OffsetFetch => (OFFSET_FETCH, 6),
+        ApiKey::ListGroups => (LIST_GROUPS, 3),
+        ApiKey::DescribeGroups => (DESCRIBE_GROUPS, 5),
+        ApiKey::DeleteGroups => (DELETE_GROUPS, 2),
+        // OffsetDelete has no flexible version.
+        ApiKey::OffsetDelete => (OFFSET_DELETE, ALL),
         _ => return None,
     };
     Some(Shape {
@@ -465,6 +563,7 @@ mod tests {
     use kafka_protocol::messages::create_topics_request::{
         CreatableReplicaAssignment, CreatableTopic, CreatableTopicConfig, CreateTopicsRequest,
     };
+    use kafka_protocol::messages::delete_groups_request::DeleteGroupsRequest;
     use kafka_protocol::messages::delete_records_request::{
         DeleteRecordsPartition, DeleteRecordsRequest, DeleteRecordsTopic,
     };
@@ -473,22 +572,42 @@ mod tests {
     use kafka_protocol::messages::describe_configs_request::{
         DescribeConfigsRequest, DescribeConfigsResource,
     };
+    use kafka_protocol::messages::describe_groups_request::DescribeGroupsRequest;
     use kafka_protocol::messages::fetch_request::{
         FetchPartition, FetchRequest, FetchTopic, ForgottenTopic,
     };
     use kafka_protocol::messages::find_coordinator_request::FindCoordinatorRequest;
+    use kafka_protocol::messages::heartbeat_request::HeartbeatRequest;
     use kafka_protocol::messages::incremental_alter_configs_request as incremental;
+    use kafka_protocol::messages::join_group_request::{
+        JoinGroupRequest, JoinGroupRequestProtocol,
+    };
+    use kafka_protocol::messages::leave_group_request::{LeaveGroupRequest, MemberIdentity};
+    use kafka_protocol::messages::list_groups_request::ListGroupsRequest;
     use kafka_protocol::messages::list_offsets_request::{
         ListOffsetsPartition, ListOffsetsRequest, ListOffsetsTopic,
     };
     use kafka_protocol::messages::metadata_request::{MetadataRequest, MetadataRequestTopic};
+    use kafka_protocol::messages::offset_commit_request::{
+        OffsetCommitRequest, OffsetCommitRequestPartition, OffsetCommitRequestTopic,
+    };
+    use kafka_protocol::messages::offset_delete_request::{
+        OffsetDeleteRequest, OffsetDeleteRequestPartition, OffsetDeleteRequestTopic,
+    };
+    use kafka_protocol::messages::offset_fetch_request::{
+        OffsetFetchRequest, OffsetFetchRequestGroup, OffsetFetchRequestTopic,
+        OffsetFetchRequestTopics,
+    };
     use kafka_protocol::messages::offset_for_leader_epoch_request::{
         OffsetForLeaderEpochRequest, OffsetForLeaderPartition, OffsetForLeaderTopic,
     };
     use kafka_protocol::messages::produce_request::{
         PartitionProduceData, ProduceRequest, TopicProduceData,
     };
-    use kafka_protocol::messages::{BrokerId, RequestKind, TopicName};
+    use kafka_protocol::messages::sync_group_request::{
+        SyncGroupRequest, SyncGroupRequestAssignment,
+    };
+    use kafka_protocol::messages::{BrokerId, GroupId, RequestKind, TopicName};
     use kafka_protocol::protocol::StrBytes;
 
     use super::*;
@@ -608,6 +727,82 @@ mod tests {
                 .with_key(s("group"))
                 .with_coordinator_keys(vec![s("a"), s("bb")])
                 .into(),
+            ApiKey::JoinGroup => JoinGroupRequest::default()
+                .with_group_id(GroupId(s("g")))
+                .with_member_id(s("m"))
+                .with_group_instance_id(Some(s("i")))
+                .with_protocol_type(s("consumer"))
+                .with_protocols(two(JoinGroupRequestProtocol::default()
+                    .with_name(s("range"))
+                    .with_metadata(bytes::Bytes::from_static(b"md"))))
+                .with_reason(Some(s("why")))
+                .into(),
+            ApiKey::SyncGroup => SyncGroupRequest::default()
+                .with_group_id(GroupId(s("g")))
+                .with_member_id(s("m"))
+                .with_group_instance_id(Some(s("i")))
+                .with_protocol_type(Some(s("consumer")))
+                .with_protocol_name(Some(s("range")))
+                .with_assignments(two(SyncGroupRequestAssignment::default()
+                    .with_member_id(s("m"))
+                    .with_assignment(bytes::Bytes::from_static(b"a"))))
+                .into(),
+            ApiKey::Heartbeat => HeartbeatRequest::default()
+                .with_group_id(GroupId(s("g")))
+                .with_member_id(s("m"))
+                .with_group_instance_id(Some(s("i")))
+                .into(),
+            ApiKey::LeaveGroup => LeaveGroupRequest::default()
+                .with_group_id(GroupId(s("g")))
+                .with_member_id(s("m"))
+                .with_members(two(MemberIdentity::default()
+                    .with_member_id(s("m"))
+                    .with_group_instance_id(Some(s("i")))
+                    .with_reason(Some(s("why")))))
+                .into(),
+            ApiKey::OffsetCommit => OffsetCommitRequest::default()
+                .with_group_id(GroupId(s("g")))
+                .with_member_id(s("m"))
+                .with_group_instance_id(Some(s("i")))
+                .with_retention_time_ms(5)
+                .with_topics(two(OffsetCommitRequestTopic::default()
+                    .with_name(topic("t"))
+                    .with_partitions(two(OffsetCommitRequestPartition::default()
+                        .with_committed_offset(4)
+                        .with_committed_leader_epoch(2)
+                        .with_committed_metadata(Some(s("md")))))))
+                .into(),
+            ApiKey::OffsetFetch => OffsetFetchRequest::default()
+                .with_group_id(GroupId(s("g")))
+                .with_topics(Some(two(OffsetFetchRequestTopic::default()
+                    .with_name(topic("t"))
+                    .with_partition_indexes(vec![1, 2]))))
+                .with_groups(two(OffsetFetchRequestGroup::default()
+                    .with_group_id(GroupId(s("g")))
+                    .with_member_id(Some(s("m")))
+                    .with_member_epoch(3)
+                    .with_topics(Some(two(OffsetFetchRequestTopics::default()
+                        .with_name(topic("t"))
+                        .with_partition_indexes(vec![1, 2]))))))
+                .with_require_stable(true)
+                .into(),
+            ApiKey::ListGroups => ListGroupsRequest::default()
+                .with_states_filter(vec![s("Stable"), s("Empty")])
+                .with_types_filter(vec![s("classic"), s("consumer")])
+                .into(),
+            ApiKey::DescribeGroups => DescribeGroupsRequest::default()
+                .with_groups(two(GroupId(s("g"))))
+                .with_include_authorized_operations(true)
+                .into(),
+            ApiKey::DeleteGroups => DeleteGroupsRequest::default()
+                .with_groups_names(two(GroupId(s("g"))))
+                .into(),
+            ApiKey::OffsetDelete => OffsetDeleteRequest::default()
+                .with_group_id(GroupId(s("g")))
+                .with_topics(two(OffsetDeleteRequestTopic::default()
+                    .with_name(topic("t"))
+                    .with_partitions(two(OffsetDeleteRequestPartition::default()))))
+                .into(),
             other => panic!("no populated request for {other:?}"),
         }
     }
@@ -643,6 +838,110 @@ mod tests {
             }
             RequestKind::FindCoordinator(r) => {
                 RequestKind::FindCoordinator(r.with_coordinator_keys(Vec::new()))
+            }
+            RequestKind::JoinGroup(r) => RequestKind::JoinGroup(
+                r.with_reason(if version >= 8 { Some(s("why")) } else { None })
+                    .with_group_instance_id(if version >= 5 { Some(s("i")) } else { None }),
+            ),
+            RequestKind::SyncGroup(r) => {
+                let r = if version >= 5 {
+                    r
+                } else {
+                    r.with_protocol_type(None).with_protocol_name(None)
+                };
+                RequestKind::SyncGroup(if version >= 3 {
+                    r
+                } else {
+                    r.with_group_instance_id(None)
+                })
+            }
+            RequestKind::Heartbeat(r) if version < 3 => {
+                RequestKind::Heartbeat(r.with_group_instance_id(None))
+            }
+            RequestKind::LeaveGroup(r) if version >= 3 => {
+                let members = r
+                    .members
+                    .iter()
+                    .cloned()
+                    .map(|m| if version >= 5 { m } else { m.with_reason(None) })
+                    .collect();
+                RequestKind::LeaveGroup(r.with_member_id(s("")).with_members(members))
+            }
+            RequestKind::LeaveGroup(r) => RequestKind::LeaveGroup(r.with_members(Vec::new())),
+            RequestKind::OffsetCommit(r) => {
+                let r = if version >= 7 {
+                    r
+                } else {
+                    r.with_group_instance_id(None)
+                };
+                let r = if version <= 4 {
+                    r
+                } else {
+                    r.with_retention_time_ms(-1)
+                };
+                let topics = r
+                    .topics
+                    .iter()
+                    .cloned()
+                    .map(|t| {
+                        let partitions = t
+                            .partitions
+                            .iter()
+                            .cloned()
+                            .map(|p| {
+                                if version >= 6 {
+                                    p
+                                } else {
+                                    p.with_committed_leader_epoch(-1)
+                                }
+                            })
+                            .collect();
+                        t.with_partitions(partitions)
+                    })
+                    .collect();
+                RequestKind::OffsetCommit(r.with_topics(topics))
+            }
+            RequestKind::OffsetFetch(r) if version >= 8 => {
+                let groups = r
+                    .groups
+                    .iter()
+                    .cloned()
+                    .map(|g| {
+                        if version >= 9 {
+                            g
+                        } else {
+                            g.with_member_id(None).with_member_epoch(-1)
+                        }
+                    })
+                    .collect();
+                RequestKind::OffsetFetch(
+                    r.with_group_id(GroupId(s("")))
+                        .with_topics(Some(Vec::new()))
+                        .with_groups(groups),
+                )
+            }
+            RequestKind::OffsetFetch(r) => {
+                let r = r.with_groups(Vec::new());
+                RequestKind::OffsetFetch(if version >= 7 {
+                    r
+                } else {
+                    r.with_require_stable(false)
+                })
+            }
+            RequestKind::ListGroups(r) => {
+                let r = if version >= 4 {
+                    r
+                } else {
+                    r.with_states_filter(Vec::new())
+                };
+                RequestKind::ListGroups(if version >= 5 {
+                    r
+                } else {
+                    r.with_types_filter(Vec::new())
+                })
+            }
+            RequestKind::DescribeGroups(r) if version < 3 => {
+                RequestKind::DescribeGroups(r.with_include_authorized_operations(false))
             }
             RequestKind::ApiVersions(r) if version < 3 => RequestKind::ApiVersions(
                 r.with_client_software_name(s(""))

@@ -147,6 +147,43 @@ impl Context {
             RequestKind::FindCoordinator(body) => Outcome::small(ResponseKind::FindCoordinator(
                 self.find_coordinator(version, body),
             )),
+            RequestKind::JoinGroup(body) => {
+                let client_id = request.header.client_id.as_deref().unwrap_or("");
+                // Kafka reports a member's host as "/" followed by its IP address.
+                let host = request
+                    .peer
+                    .map_or_else(String::new, |peer| format!("/{}", peer.ip()));
+                Outcome::small(ResponseKind::JoinGroup(
+                    self.join_group(version, body, client_id, &host).await,
+                ))
+            }
+            RequestKind::SyncGroup(body) => Outcome::small(ResponseKind::SyncGroup(
+                self.sync_group(version, body).await,
+            )),
+            RequestKind::Heartbeat(body) => {
+                Outcome::small(ResponseKind::Heartbeat(self.heartbeat(body).await))
+            }
+            RequestKind::LeaveGroup(body) => Outcome::small(ResponseKind::LeaveGroup(
+                self.leave_group(version, body).await,
+            )),
+            RequestKind::OffsetCommit(body) => {
+                Outcome::small(ResponseKind::OffsetCommit(self.offset_commit(body).await))
+            }
+            RequestKind::OffsetFetch(body) => Outcome::small(ResponseKind::OffsetFetch(
+                self.offset_fetch(version, body).await,
+            )),
+            RequestKind::ListGroups(body) => Outcome::small(ResponseKind::ListGroups(
+                self.list_groups(version, body).await,
+            )),
+            RequestKind::DescribeGroups(body) => Outcome::small(ResponseKind::DescribeGroups(
+                self.describe_groups(version, body).await,
+            )),
+            RequestKind::DeleteGroups(body) => {
+                Outcome::small(ResponseKind::DeleteGroups(self.delete_groups(body).await))
+            }
+            RequestKind::OffsetDelete(body) => {
+                Outcome::small(ResponseKind::OffsetDelete(self.offset_delete(body).await))
+            }
             _ => {
                 // decode_request lets only supported APIs through; reaching here is a gap in
                 // the supported-API table, answered by closing this connection only.

@@ -13,23 +13,18 @@ use kafka_protocol::messages::describe_cluster_request::DescribeClusterRequest;
 use kafka_protocol::messages::describe_cluster_response::{
     DescribeClusterBroker, DescribeClusterResponse,
 };
-use kafka_protocol::messages::find_coordinator_request::FindCoordinatorRequest;
-use kafka_protocol::messages::find_coordinator_response::{Coordinator, FindCoordinatorResponse};
 use kafka_protocol::messages::metadata_request::MetadataRequest;
 use kafka_protocol::messages::metadata_response::{
     MetadataResponse, MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
 };
 use kafka_protocol::messages::{BrokerId, TopicName};
 use kafka_protocol::protocol::StrBytes;
+use sluice_cluster::group::is_internal_topic;
 use sluice_cluster::metadata::{
     MetadataCommand, MetadataError, MetadataSnapshot, TopicMeta, validate_topic_name,
 };
 
 use super::handler::Context;
-
-/// Why no coordinator is offered.
-const NO_COORDINATOR: &str =
-    "consumer groups and transactions are not supported by this broker yet";
 
 /// Looks up a topic by its id (a linear scan: requests by id name few topics).
 pub fn topic_by_id(snapshot: &MetadataSnapshot, id: uuid::Uuid) -> Option<&TopicMeta> {
@@ -159,6 +154,7 @@ impl Context {
             .collect();
         let response = MetadataResponseTopic::default()
             .with_name(Some(topic_name(&topic.name)))
+            .with_is_internal(is_internal_topic(&topic.name))
             .with_partitions(partitions);
         if version >= 10 {
             response.with_topic_id(topic.id.0)
@@ -197,40 +193,5 @@ impl Context {
             })
             .collect();
         response.with_brokers(brokers)
-    }
-
-    /// Answers FindCoordinator: no coordinator exists yet, so clients get a clear error.
-    pub fn find_coordinator(
-        &self,
-        version: i16,
-        request: FindCoordinatorRequest,
-    ) -> FindCoordinatorResponse {
-        let error = ResponseError::CoordinatorNotAvailable.code();
-        let message = StrBytes::from_static_str(NO_COORDINATOR);
-        if version >= 4 {
-            let coordinators = request
-                .coordinator_keys
-                .into_iter()
-                .map(|key| {
-                    Coordinator::default()
-                        .with_key(key)
-                        .with_node_id(BrokerId(-1))
-                        .with_host(StrBytes::default())
-                        .with_port(-1)
-                        .with_error_code(error)
-                        .with_error_message(Some(message.clone()))
-                })
-                .collect();
-            return FindCoordinatorResponse::default().with_coordinators(coordinators);
-        }
-        let response = FindCoordinatorResponse::default()
-            .with_error_code(error)
-            .with_node_id(BrokerId(-1))
-            .with_port(-1);
-        if version >= 1 {
-            response.with_error_message(Some(message))
-        } else {
-            response
-        }
     }
 }

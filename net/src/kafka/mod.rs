@@ -19,6 +19,7 @@ mod codec;
 mod connection;
 mod error;
 mod fetch;
+mod groups;
 mod guard;
 mod handler;
 mod metadata;

@@ -18,6 +18,8 @@ use kafka_protocol::protocol::StrBytes;
 use sluice_cluster::shard::{Acks, ProduceError, ProduceOk};
 use sluice_engine::TopicPartition;
 
+use sluice_cluster::group::is_internal_topic;
+
 use super::error::error_code;
 use super::handler::{Context, Outcome};
 
@@ -39,8 +41,11 @@ impl Context {
                 partitions.push(partition.index);
                 let tp = TopicPartition::new(Arc::clone(&name), partition.index);
                 let records = partition.records.unwrap_or_default();
+                // Clients may not write the internal topics (Kafka answers the same).
+                let internal = is_internal_topic(&name);
                 appends.push(async move {
                     match acks {
+                        _ if internal => Err(ResponseError::InvalidTopicException),
                         Some(acks) => Ok(self.shard.produce(tp, records, acks).await),
                         None => Err(ResponseError::InvalidRequiredAcks),
                     }

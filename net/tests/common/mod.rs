@@ -1,6 +1,7 @@
 //! In-process broker for the Kafka compatibility tests: a std thread runs
-//! `sluice_engine::rt::shards::start` with two shards, each building a `Shard` on a temp data
-//! dir and serving Kafka on 127.0.0.1 at a free port. One broker is shared by the tests of a
+//! `sluice_engine::rt::shards::start` with two shards, each building a `Shard` (with its group
+//! coordinators) on a temp data dir and serving Kafka on 127.0.0.1 at a free port, and admin
+//! HTTP on shard 0. [`RunningBroker`] is a broker that can be stopped and restarted. One broker is shared by the tests of a
 //! test binary (each test uses its own topics), which also shows that one client's bad input
 //! leaves the broker serving the others.
 
@@ -8,22 +9,28 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind, ResponseHeader, ResponseKind};
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
-use sluice_cluster::metadata::{BrokerInfo, FileMetadataStore};
+use sluice_cluster::group::{GroupConfig, ensure_offsets_topic};
+use sluice_cluster::metadata::{BrokerInfo, FileMetadataStore, PlacementContext};
 use sluice_cluster::shard::{Shard, ShardConfig, ShardMsg};
 use sluice_engine::BrokerId;
 use sluice_engine::rt::shards::{self, ShardContext, ShardsConfig};
-use sluice_net::kafka::{KafkaConfig, serve_kafka};
+use sluice_net::kafka::{KafkaConfig, serve_kafka_until};
 
 /// A running broker. Lives for the whole test binary.
 pub struct TestBroker {
     /// Kafka listener address.
     pub addr: SocketAddr,
+    /// Admin HTTP address (`/metrics`).
+    pub admin: SocketAddr,
     _dir: tempfile::TempDir,
 }
 
@@ -36,19 +43,51 @@ pub fn broker() -> &'static TestBroker {
     BROKER.get_or_init(|| TestBroker::start(SHARDS))
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
     listener.local_addr().expect("local addr").port()
 }
 
-impl TestBroker {
-    /// Starts a broker with `count` shards and waits until its Kafka port accepts.
-    pub fn start(count: usize) -> TestBroker {
-        let dir = tempfile::tempdir().expect("temp data dir");
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+/// Group settings for tests: short sessions are allowed and a new group waits briefly for
+/// its members, so tests run in seconds.
+pub fn test_group_config() -> GroupConfig {
+    GroupConfig {
+        offsets_topic_partitions: 4,
+        session_timeout_min: Duration::from_millis(500),
+        initial_rebalance_delay: Duration::from_millis(500),
+        ..GroupConfig::default()
+    }
+}
+
+/// A broker on a data directory the caller keeps, which can be stopped and started again on
+/// the same directory and ports.
+pub struct RunningBroker {
+    /// Kafka listener address.
+    pub addr: SocketAddr,
+    /// Admin HTTP address.
+    pub admin: SocketAddr,
+    stop: Arc<AtomicBool>,
+    handle: Option<shards::ShardsHandle>,
+}
+
+impl RunningBroker {
+    /// Starts `count` shards on `dir`, serving Kafka on `addr` and admin HTTP on `admin`, and
+    /// waits until the Kafka port accepts.
+    pub fn start(
+        dir: &Path,
+        addr: SocketAddr,
+        admin: SocketAddr,
+        count: usize,
+        groups: GroupConfig,
+    ) -> RunningBroker {
         let (store, mut snapshot) =
-            FileMetadataStore::open(&dir.path().join("__metadata")).expect("metadata store");
+            FileMetadataStore::open(&dir.join("__metadata")).expect("metadata store");
         let node = BrokerId(1);
+        let context = PlacementContext {
+            node,
+            shard_count: count,
+        };
+        ensure_offsets_topic(&store, &mut snapshot, context, &groups).expect("offsets topic");
         snapshot.controller = node;
         snapshot.brokers = vec![BrokerInfo {
             id: node,
@@ -57,7 +96,9 @@ impl TestBroker {
         }];
         let snapshot = Arc::new(snapshot);
         let store = Arc::new(Mutex::new(Some(store)));
-        let data_dir = dir.path().to_path_buf();
+        let data_dir = dir.to_path_buf();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop_flag = Arc::clone(&stop);
         let config = ShardsConfig {
             count,
             cpus: Vec::new(),
@@ -68,6 +109,8 @@ impl TestBroker {
         let handle = shards::start(config, move |context: ShardContext<ShardMsg>| {
             let snapshot = Arc::clone(&snapshot);
             let data_dir = data_dir.clone();
+            let groups = groups.clone();
+            let stop = Arc::clone(&stop_flag);
             let store = if context.id.0 == 0 {
                 store.lock().expect("start-up lock").take()
             } else {
@@ -80,14 +123,24 @@ impl TestBroker {
                     cache_bytes: 16 << 20,
                 };
                 let shard = Shard::start(context, shard_config, snapshot, store).await;
-                serve_kafka(shard, KafkaConfig::new(addr))
+                shard.start_groups(groups);
+                let admin_task = (shard.id().0 == 0).then(|| {
+                    sluice_engine::rt::spawn(sluice_net::admin::serve(Rc::clone(&shard), admin))
+                });
+                let stopped = async {
+                    // Polled: the test thread cannot wake an executor directly.
+                    while !stop.load(Ordering::Relaxed) {
+                        sluice_engine::rt::sleep(Duration::from_millis(10)).await;
+                    }
+                };
+                serve_kafka_until(Rc::clone(&shard), KafkaConfig::new(addr), stopped)
                     .await
                     .expect("kafka listener serves");
+                drop(admin_task);
+                shard.shutdown().await;
             }
         })
         .expect("shards start");
-        // The shards run until the test process exits.
-        std::mem::forget(handle);
         let deadline = Instant::now() + Duration::from_secs(30);
         while TcpStream::connect(addr).is_err() {
             assert!(
@@ -96,7 +149,42 @@ impl TestBroker {
             );
             std::thread::yield_now();
         }
-        TestBroker { addr, _dir: dir }
+        RunningBroker {
+            addr,
+            admin,
+            stop,
+            handle: Some(handle),
+        }
+    }
+
+    /// Stops every shard (partitions flushed and closed) and waits for them.
+    pub fn stop(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(handle) = self.handle.take() {
+            handle.join().expect("shards stop cleanly");
+        }
+    }
+
+    /// `host:port` for client configs.
+    pub fn bootstrap(&self) -> String {
+        self.addr.to_string()
+    }
+}
+
+impl TestBroker {
+    /// Starts a broker with `count` shards and waits until its Kafka port accepts.
+    pub fn start(count: usize) -> TestBroker {
+        let dir = tempfile::tempdir().expect("temp data dir");
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let running = RunningBroker::start(dir.path(), addr, admin, count, test_group_config());
+        // The shards run until the test process exits.
+        std::mem::forget(running);
+        TestBroker {
+            addr,
+            admin,
+            _dir: dir,
+        }
     }
 
     /// `host:port` for client configs.
@@ -127,7 +215,11 @@ pub struct Raw {
 
 impl Raw {
     pub fn connect() -> Raw {
-        let stream = TcpStream::connect(broker().addr).expect("connect to broker");
+        Raw::connect_to(broker().addr)
+    }
+
+    pub fn connect_to(addr: SocketAddr) -> Raw {
+        let stream = TcpStream::connect(addr).expect("connect to broker");
         stream
             .set_read_timeout(Some(Duration::from_secs(20)))
             .expect("read timeout");
@@ -208,6 +300,16 @@ fn api_of(body: &RequestKind) -> ApiKey {
         RequestKind::OffsetForLeaderEpoch(_) => ApiKey::OffsetForLeaderEpoch,
         RequestKind::DescribeCluster(_) => ApiKey::DescribeCluster,
         RequestKind::FindCoordinator(_) => ApiKey::FindCoordinator,
+        RequestKind::JoinGroup(_) => ApiKey::JoinGroup,
+        RequestKind::SyncGroup(_) => ApiKey::SyncGroup,
+        RequestKind::Heartbeat(_) => ApiKey::Heartbeat,
+        RequestKind::LeaveGroup(_) => ApiKey::LeaveGroup,
+        RequestKind::OffsetCommit(_) => ApiKey::OffsetCommit,
+        RequestKind::OffsetFetch(_) => ApiKey::OffsetFetch,
+        RequestKind::ListGroups(_) => ApiKey::ListGroups,
+        RequestKind::DescribeGroups(_) => ApiKey::DescribeGroups,
+        RequestKind::DeleteGroups(_) => ApiKey::DeleteGroups,
+        RequestKind::OffsetDelete(_) => ApiKey::OffsetDelete,
         other => panic!("test does not send {other:?}"),
     }
 }
