@@ -17,6 +17,7 @@ use kafka_protocol::messages::create_partitions_request::{
     CreatePartitionsRequest, CreatePartitionsTopic,
 };
 use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreateTopicsRequest};
+use kafka_protocol::messages::delete_groups_request::DeleteGroupsRequest;
 use kafka_protocol::messages::delete_records_request::{
     DeleteRecordsPartition, DeleteRecordsRequest, DeleteRecordsTopic,
 };
@@ -25,26 +26,59 @@ use kafka_protocol::messages::describe_cluster_request::DescribeClusterRequest;
 use kafka_protocol::messages::describe_configs_request::{
     DescribeConfigsRequest, DescribeConfigsResource,
 };
+use kafka_protocol::messages::describe_groups_request::DescribeGroupsRequest;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchRequest, FetchTopic};
 use kafka_protocol::messages::find_coordinator_request::FindCoordinatorRequest;
+use kafka_protocol::messages::heartbeat_request::HeartbeatRequest;
 use kafka_protocol::messages::incremental_alter_configs_request::{
     AlterConfigsResource as IncrementalResource, AlterableConfig as IncrementalConfig,
     IncrementalAlterConfigsRequest,
 };
+use kafka_protocol::messages::join_group_request::{JoinGroupRequest, JoinGroupRequestProtocol};
+use kafka_protocol::messages::leave_group_request::{LeaveGroupRequest, MemberIdentity};
+use kafka_protocol::messages::list_groups_request::ListGroupsRequest;
 use kafka_protocol::messages::list_offsets_request::{
     ListOffsetsPartition, ListOffsetsRequest, ListOffsetsTopic,
 };
 use kafka_protocol::messages::metadata_request::{MetadataRequest, MetadataRequestTopic};
+use kafka_protocol::messages::offset_commit_request::{
+    OffsetCommitRequest, OffsetCommitRequestPartition, OffsetCommitRequestTopic,
+};
+use kafka_protocol::messages::offset_delete_request::OffsetDeleteRequest;
+use kafka_protocol::messages::offset_fetch_request::{
+    OffsetFetchRequest, OffsetFetchRequestGroup, OffsetFetchRequestTopic, OffsetFetchRequestTopics,
+};
 use kafka_protocol::messages::offset_for_leader_epoch_request::{
     OffsetForLeaderEpochRequest, OffsetForLeaderPartition, OffsetForLeaderTopic,
 };
 use kafka_protocol::messages::produce_request::{
     PartitionProduceData, ProduceRequest, TopicProduceData,
 };
-use kafka_protocol::messages::{ApiKey, ResponseKind, TopicName};
+use kafka_protocol::messages::sync_group_request::SyncGroupRequest;
+use kafka_protocol::messages::{ApiKey, GroupId, ResponseKind, TopicName};
 use kafka_protocol::protocol::{Decodable, StrBytes};
 use sluice_engine::batch::{Compression, SimpleRecord, build_batch, decode_batch};
 use sluice_net::kafka::SUPPORTED_APIS;
+
+fn group(s: &str) -> GroupId {
+    GroupId(StrBytes::from_string(s.to_owned()))
+}
+
+/// A commit outside group management (generation -1) of `offset` for partition 0.
+fn simple_commit(group_id: &str, topic: &str, offset: i64) -> OffsetCommitRequest {
+    OffsetCommitRequest::default()
+        .with_group_id(group(group_id))
+        .with_generation_id_or_member_epoch(-1)
+        .with_topics(vec![
+            OffsetCommitRequestTopic::default()
+                .with_name(name(topic))
+                .with_partitions(vec![
+                    OffsetCommitRequestPartition::default()
+                        .with_partition_index(0)
+                        .with_committed_offset(offset),
+                ]),
+        ])
+}
 
 fn name(s: &str) -> TopicName {
     TopicName(StrBytes::from_string(s.to_owned()))
@@ -351,7 +385,150 @@ fn every_api_at_every_version() {
                     } else {
                         r.error_code
                     };
-                    assert_eq!(code, 15, "COORDINATOR_NOT_AVAILABLE at v{v}");
+                    assert_eq!(code, 0, "v{v}");
+                    let port = if v >= 4 {
+                        r.coordinators[0].port
+                    } else {
+                        r.port
+                    };
+                    assert_eq!(port, i32::from(common::broker().addr.port()), "v{v}");
+                }
+                ApiKey::JoinGroup => {
+                    let request = JoinGroupRequest::default()
+                        .with_group_id(group("raw-unknown"))
+                        .with_member_id(StrBytes::from_static_str("nobody"))
+                        .with_session_timeout_ms(10_000)
+                        .with_rebalance_timeout_ms(10_000)
+                        .with_protocol_type(StrBytes::from_static_str("consumer"))
+                        .with_protocols(vec![
+                            JoinGroupRequestProtocol::default()
+                                .with_name(StrBytes::from_static_str("range")),
+                        ]);
+                    let ResponseKind::JoinGroup(r) = raw.call(v, request) else {
+                        panic!()
+                    };
+                    assert_eq!(r.error_code, 25, "UNKNOWN_MEMBER_ID at v{v}");
+                }
+                ApiKey::SyncGroup => {
+                    let request = SyncGroupRequest::default()
+                        .with_group_id(group("raw-unknown"))
+                        .with_member_id(StrBytes::from_static_str("nobody"));
+                    let ResponseKind::SyncGroup(r) = raw.call(v, request) else {
+                        panic!()
+                    };
+                    assert_eq!(r.error_code, 25, "UNKNOWN_MEMBER_ID at v{v}");
+                }
+                ApiKey::Heartbeat => {
+                    let request = HeartbeatRequest::default()
+                        .with_group_id(group("raw-unknown"))
+                        .with_member_id(StrBytes::from_static_str("nobody"));
+                    let ResponseKind::Heartbeat(r) = raw.call(v, request) else {
+                        panic!()
+                    };
+                    assert_eq!(r.error_code, 25, "UNKNOWN_MEMBER_ID at v{v}");
+                }
+                ApiKey::LeaveGroup => {
+                    let nobody = StrBytes::from_static_str("nobody");
+                    let request = LeaveGroupRequest::default().with_group_id(group("raw-unknown"));
+                    let request = if v >= 3 {
+                        request.with_members(vec![MemberIdentity::default().with_member_id(nobody)])
+                    } else {
+                        request.with_member_id(nobody)
+                    };
+                    let ResponseKind::LeaveGroup(r) = raw.call(v, request) else {
+                        panic!()
+                    };
+                    let code = if v >= 3 {
+                        assert_eq!(r.error_code, 0, "v{v}");
+                        r.members[0].error_code
+                    } else {
+                        r.error_code
+                    };
+                    assert_eq!(code, 25, "UNKNOWN_MEMBER_ID at v{v}");
+                }
+                ApiKey::OffsetCommit => {
+                    let ResponseKind::OffsetCommit(r) =
+                        raw.call(v, simple_commit("raw-offsets", topic, 7))
+                    else {
+                        panic!()
+                    };
+                    assert_eq!(r.topics[0].partitions[0].error_code, 0, "v{v}");
+                }
+                ApiKey::OffsetFetch => {
+                    let request = if v >= 8 {
+                        OffsetFetchRequest::default().with_groups(vec![
+                            OffsetFetchRequestGroup::default()
+                                .with_group_id(group("raw-offsets"))
+                                .with_topics(Some(vec![
+                                    OffsetFetchRequestTopics::default()
+                                        .with_name(name(topic))
+                                        .with_partition_indexes(vec![0, 1]),
+                                ])),
+                        ])
+                    } else {
+                        OffsetFetchRequest::default()
+                            .with_group_id(group("raw-offsets"))
+                            .with_topics(Some(vec![
+                                OffsetFetchRequestTopic::default()
+                                    .with_name(name(topic))
+                                    .with_partition_indexes(vec![0, 1]),
+                            ]))
+                    };
+                    let ResponseKind::OffsetFetch(r) = raw.call(v, request) else {
+                        panic!()
+                    };
+                    let offsets: Vec<i64> = if v >= 8 {
+                        assert_eq!(r.groups[0].error_code, 0);
+                        let partitions = &r.groups[0].topics[0].partitions;
+                        partitions.iter().map(|p| p.committed_offset).collect()
+                    } else {
+                        let partitions = &r.topics[0].partitions;
+                        partitions.iter().map(|p| p.committed_offset).collect()
+                    };
+                    assert_eq!(offsets, vec![7, -1], "committed, then none, at v{v}");
+                }
+                ApiKey::ListGroups => {
+                    let ResponseKind::ListGroups(r) = raw.call(v, ListGroupsRequest::default())
+                    else {
+                        panic!()
+                    };
+                    assert_eq!(r.error_code, 0);
+                    let listed = r
+                        .groups
+                        .iter()
+                        .find(|g| &*g.group_id.0 == "raw-offsets")
+                        .unwrap_or_else(|| panic!("raw-offsets listed at v{v}"));
+                    if v >= 4 {
+                        assert_eq!(&*listed.group_state, "Empty");
+                    }
+                }
+                ApiKey::DescribeGroups => {
+                    let request = DescribeGroupsRequest::default()
+                        .with_groups(vec![group("raw-offsets"), group("raw-unknown")]);
+                    let ResponseKind::DescribeGroups(r) = raw.call(v, request) else {
+                        panic!()
+                    };
+                    assert_eq!(r.groups[0].error_code, 0);
+                    assert_eq!(&*r.groups[0].group_state, "Empty");
+                    let unknown = if v >= 6 { 69 } else { 0 };
+                    assert_eq!(r.groups[1].error_code, unknown, "v{v}");
+                    assert_eq!(&*r.groups[1].group_state, "Dead");
+                }
+                ApiKey::DeleteGroups => {
+                    let request = DeleteGroupsRequest::default()
+                        .with_groups_names(vec![group("raw-unknown")]);
+                    let ResponseKind::DeleteGroups(r) = raw.call(v, request) else {
+                        panic!()
+                    };
+                    assert_eq!(r.results[0].error_code, 69, "GROUP_ID_NOT_FOUND at v{v}");
+                }
+                ApiKey::OffsetDelete => {
+                    let request =
+                        OffsetDeleteRequest::default().with_group_id(group("raw-unknown"));
+                    let ResponseKind::OffsetDelete(r) = raw.call(v, request) else {
+                        panic!()
+                    };
+                    assert_eq!(r.error_code, 69, "GROUP_ID_NOT_FOUND at v{v}");
                 }
                 other => panic!("advertised {other:?} has no test here"),
             }

@@ -149,6 +149,7 @@ impl RunningBroker {
             );
             std::thread::yield_now();
         }
+        wait_groups_ready(addr);
         RunningBroker {
             addr,
             admin,
@@ -190,6 +191,35 @@ impl TestBroker {
     /// `host:port` for client configs.
     pub fn bootstrap(&self) -> String {
         self.addr.to_string()
+    }
+}
+
+/// Waits until every shard's group coordinators have loaded: offset fetches for enough group
+/// ids to hit every offsets partition answer without COORDINATOR_NOT_AVAILABLE or
+/// COORDINATOR_LOAD_IN_PROGRESS (shards start, and load, independently).
+fn wait_groups_ready(addr: SocketAddr) {
+    use kafka_protocol::messages::offset_fetch_request::{
+        OffsetFetchRequest, OffsetFetchRequestGroup,
+    };
+    let mut raw = Raw::connect_to(addr);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for i in 0..64 {
+        let group = kafka_protocol::messages::GroupId(StrBytes::from_string(format!("ready-{i}")));
+        loop {
+            let request = OffsetFetchRequest::default().with_groups(vec![
+                OffsetFetchRequestGroup::default()
+                    .with_group_id(group.clone())
+                    .with_topics(None),
+            ]);
+            let ResponseKind::OffsetFetch(r) = raw.call(9, request) else {
+                panic!("offset fetch answered with another kind")
+            };
+            if r.groups[0].error_code == 0 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "group coordinators never loaded");
+            std::thread::yield_now();
+        }
     }
 }
 
