@@ -202,6 +202,21 @@ pub fn render(snapshot: &MetricsSnapshot, shard: &Shard) -> String {
             counters.requests
         );
     }
+    let _ = writeln!(
+        out,
+        "# HELP sluice_consumer_group_lag Records between a group's committed offset and the \
+         high watermark, per partition."
+    );
+    let _ = writeln!(out, "# TYPE sluice_consumer_group_lag gauge");
+    for (group, tp, lag) in snapshot.consumer_lag() {
+        let _ = writeln!(
+            out,
+            "sluice_consumer_group_lag{{group=\"{}\",topic=\"{}\",partition=\"{}\"}} {lag}",
+            escape_label(&group),
+            tp.topic,
+            tp.partition.0
+        );
+    }
     let mut gauges = snapshot.shard_gauges.clone();
     gauges.sort_unstable();
     let mut last_name = "";
@@ -211,6 +226,20 @@ pub fn render(snapshot: &MetricsSnapshot, shard: &Shard) -> String {
             last_name = name;
         }
         let _ = writeln!(out, "sluice_shard_{name}{{shard=\"{id}\"}} {value}");
+    }
+    out
+}
+
+/// Escapes a Prometheus label value (group ids are client-chosen text).
+fn escape_label(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
     }
     out
 }
