@@ -59,8 +59,8 @@ fn producer(codec: &str) -> FutureProducer {
 }
 
 fn consumer() -> BaseConsumer {
-    // librdkafka requires a group id even for assign(); no group API is used (FindCoordinator
-    // answers COORDINATOR_NOT_AVAILABLE until consumer groups exist).
+    // librdkafka requires a group id even for assign(); these tests use no group API
+    // (net/tests/kafka_groups_clients.rs covers consumer groups).
     config()
         .set("group.id", "sluice-rdkafka-test")
         .set("enable.auto.commit", "false")
