@@ -6,7 +6,9 @@
 //! socket types the runtime facade re-exports.
 
 pub mod batch;
+pub mod io;
 pub mod limits;
+pub mod log;
 pub mod rt;
 pub mod types;
 pub mod util;

@@ -20,7 +20,92 @@ pub const RECORDS_DECOMPRESSED_BYTES_MAX: usize = 4 * BATCH_BYTES_MAX;
 /// Block size all direct-IO positions and lengths are aligned to.
 pub const DIO_ALIGN_BYTES: usize = 4096;
 
+/// Smallest `segment.bytes` a log accepts.
+///
+/// One direct-IO block: smaller segments would roll on every append and make every write a
+/// roll (create, seal, checkpoint). Tests use small segments to exercise rolling.
+pub const SEGMENT_BYTES_MIN: u64 = DIO_ALIGN_BYTES as u64;
+
+/// Largest `segment.bytes` a log accepts.
+///
+/// Index entries store file positions as `u32` and Kafka caps the setting at `i32::MAX`; a
+/// segment may exceed its configured size by at most one append (one record set), which still
+/// fits in `u32` because [`APPEND_BYTES_MAX`] is far below the remaining headroom.
+pub const SEGMENT_BYTES_MAX: u64 = i32::MAX as u64;
+
+/// Largest record set (one or more batches) accepted by one append call.
+///
+/// Bounds the per-append copy and the largest single write round; the network layers cap
+/// request sizes well below this.
+pub const APPEND_BYTES_MAX: usize = 64 << 20;
+
+/// Bytes of one offset index entry: relative offset `u32` + file position `u32`.
+pub const OFFSET_INDEX_ENTRY_BYTES: usize = 8;
+
+/// Bytes of one time index entry: timestamp `i64` + relative offset `u32`.
+pub const TIME_INDEX_ENTRY_BYTES: usize = 12;
+
+/// Largest `index.interval.bytes` accepted (Kafka's own maximum is `i32::MAX`; a sparser index
+/// only makes lookups scan more).
+pub const INDEX_INTERVAL_BYTES_MAX: u64 = 1 << 30;
+
+/// Most bytes the writer gathers into one write round beyond its first append.
+///
+/// A round is one aligned DMA buffer allocated for the write and freed after it, so this bounds
+/// the write-path memory of one partition (plus one oversized append when a single record set is
+/// larger). 1 MiB is past the point where larger sequential writes stop gaining bandwidth on
+/// NVMe, and keeps one round well under a millisecond.
+pub const WRITE_ROUND_BYTES_MAX: usize = 1 << 20;
+
+/// Default preallocation step of the active segment (`fallocate`).
+///
+/// One `fallocate` per step; at most one step of unused but reserved disk space per active
+/// segment, released when the segment is sealed or the log closed. 4 MiB keeps the fallocate
+/// rate at one per 4 MiB of appends while 1,000 idle partitions reserve at most 4 GiB.
+pub const PREALLOCATE_BYTES_DEFAULT: u64 = 4 << 20;
+
+/// Largest preallocation step accepted.
+pub const PREALLOCATE_BYTES_MAX: u64 = 1 << 30;
+
+/// Bytes read per step while scanning a segment (recovery, index rebuild, timestamp search).
+///
+/// One aligned DMA read; the scanner holds one such buffer (plus one oversized batch).
+pub const SCAN_CHUNK_BYTES: usize = 256 << 10;
+
+/// Smallest disk read the fetch path issues; smaller reads waste an IO on header-sized reads.
+pub const READ_CHUNK_BYTES_MIN: usize = 64 << 10;
+
+/// Largest fetch a single `read` call serves (beyond the first batch, which is always served
+/// whole). Bounds the read buffer of one fetch.
+pub const READ_BYTES_MAX: usize = 64 << 20;
+
+/// How many recent `(next offset -> file position)` pairs a partition remembers so that
+/// sequential catch-up readers skip the index lookup. 24 bytes each.
+pub const READ_MEMO_ENTRIES: usize = 4;
+
+/// Most bytes recovery reads past a corrupt tail to measure how much garbage it discards.
+///
+/// Only sizes the report; truncation does not depend on it.
+pub const RECOVERY_GARBAGE_PROBE_BYTES_MAX: u64 = 4 << 20;
+
+/// Most segments one partition may hold; bounds the in-memory segment table (about 100 bytes
+/// each) and the checkpoint (40 bytes each). At the default 1 GiB segment size this is 64 TiB.
+pub const SEGMENTS_MAX: usize = 65_536;
+
+/// Largest batch cache budget accepted per shard.
+pub const BATCH_CACHE_BYTES_MAX: usize = 64 << 30;
+
 const _: () = assert!(DIO_ALIGN_BYTES.is_power_of_two());
 const _: () = assert!(BATCH_BYTES_MAX.is_multiple_of(DIO_ALIGN_BYTES));
+const _: () = assert!(SEGMENT_BYTES_MIN <= SEGMENT_BYTES_MAX);
+const _: () = assert!(SEGMENT_BYTES_MAX + APPEND_BYTES_MAX as u64 <= u32::MAX as u64);
+const _: () = assert!(APPEND_BYTES_MAX >= BATCH_BYTES_MAX);
+const _: () = assert!(WRITE_ROUND_BYTES_MAX.is_multiple_of(DIO_ALIGN_BYTES));
+const _: () = assert!(PREALLOCATE_BYTES_DEFAULT.is_multiple_of(DIO_ALIGN_BYTES as u64));
+const _: () = assert!(PREALLOCATE_BYTES_MAX.is_multiple_of(DIO_ALIGN_BYTES as u64));
+const _: () = assert!(SCAN_CHUNK_BYTES.is_multiple_of(DIO_ALIGN_BYTES));
+const _: () = assert!(READ_CHUNK_BYTES_MIN.is_multiple_of(DIO_ALIGN_BYTES));
+const _: () = assert!(READ_BYTES_MAX >= READ_CHUNK_BYTES_MIN);
+const _: () = assert!(DIO_ALIGN_BYTES.is_multiple_of(OFFSET_INDEX_ENTRY_BYTES));
 // Any batch accepted uncompressed must also decode when its records arrive compressed.
 const _: () = assert!(RECORDS_DECOMPRESSED_BYTES_MAX >= BATCH_BYTES_MAX);

@@ -9,7 +9,9 @@
 //! through `sluice_cluster::shard::Shard`); glommio by name (the runtime is reached through
 //! `sluice_engine::rt`).
 
+pub mod admin;
 pub mod client;
+pub mod kafka;
 pub mod limits;
 pub mod native;
 pub mod quic;

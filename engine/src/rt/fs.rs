@@ -13,7 +13,8 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 pub use glommio::io::{
-    DmaBuffer, DmaFile, DmaStreamReaderBuilder, DmaStreamWriterBuilder, OpenOptions, ReadResult,
+    Directory, DmaBuffer, DmaFile, DmaStreamReaderBuilder, DmaStreamWriterBuilder, OpenOptions,
+    ReadResult, remove, rename,
 };
 
 thread_local! {

@@ -24,7 +24,7 @@ pub mod net {
 /// Shard-local synchronisation primitives (`!Send`).
 pub mod sync {
     pub use glommio::channels::local_channel::{LocalReceiver, LocalSender, new_bounded};
-    pub use glommio::sync::{Gate, Semaphore};
+    pub use glommio::sync::{Gate, Permit, Semaphore};
 }
 
 /// A timer future and related types.

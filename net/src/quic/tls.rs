@@ -186,6 +186,9 @@ pub fn default_self_signed_names() -> Vec<String> {
 /// and a rename, so a crash leaves either no certificate (and the next start makes a new
 /// pair) or a complete pair. An existing certificate is reused as is, whatever `names` says:
 /// delete `dir` to change the names.
+///
+/// Uses blocking file-system calls (as do the PEM loaders behind every config builder here):
+/// build TLS configurations at broker start, before the shards serve.
 pub fn self_signed_identity(dir: &Path, names: &[String]) -> Result<CertKeyPaths, TlsError> {
     let paths = CertKeyPaths {
         cert: dir.join(SELF_SIGNED_CERT_FILE),

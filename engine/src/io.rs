@@ -1,0 +1,373 @@
+//! The storage engine's file operations: the one module through which the log reaches the
+//! file system.
+//!
+//! Every read, write, preallocation, truncation, sync, rename and removal of a log file goes
+//! through the small set of functions here, on DMA (O_DIRECT) files from the runtime facade
+//! ([`crate::rt::fs`]). Keeping the set small makes it auditable and gives one place for fault
+//! injection ([`faults`]): tests make chosen operations fail with `ENOSPC` or `EIO` on the
+//! current shard (thread) without touching the device.
+//!
+//! Errors are plain `std::io::Error`s; the runtime's error type does not leak upward.
+//! Directory listing and metadata use `std::fs` and block the shard briefly: they run only
+//! while a log opens or is removed, never on the append or fetch path.
+//!
+//! Types here are `!Send` (DMA files belong to the shard that opened them).
+//!
+//! Must not depend on: the log, batches, or anything above the runtime facade.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use bytes::Bytes;
+
+use crate::limits::DIO_ALIGN_BYTES;
+use crate::rt::fs::{Directory, DmaFile, OpenOptions, open_dma};
+
+/// A DMA file shared by the tasks of one shard.
+pub type File = Rc<DmaFile>;
+
+/// Rounds `value` up to the direct-IO block size.
+pub fn align_up(value: u64) -> u64 {
+    let align = DIO_ALIGN_BYTES as u64;
+    value.div_ceil(align) * align
+}
+
+/// Rounds `value` down to the direct-IO block size.
+pub fn align_down(value: u64) -> u64 {
+    value - value % DIO_ALIGN_BYTES as u64
+}
+
+fn path_of(file: &DmaFile) -> PathBuf {
+    file.path()
+        .map(|path| path.to_path_buf())
+        .unwrap_or_default()
+}
+
+/// Opens an existing file for reading and writing.
+pub async fn open_read_write(path: &Path) -> io::Result<File> {
+    faults::check(faults::Op::Open, path)?;
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .dma_open(path)
+        .await?;
+    Ok(Rc::new(file))
+}
+
+/// Opens an existing file for reading.
+pub async fn open_read(path: &Path) -> io::Result<File> {
+    faults::check(faults::Op::Open, path)?;
+    let file = open_dma(path, OpenOptions::new().read(true)).await?;
+    Ok(Rc::new(file))
+}
+
+/// Creates a file (truncating any old one) for reading and writing.
+pub async fn create(path: &Path) -> io::Result<File> {
+    faults::check(faults::Op::Create, path)?;
+    let file = open_dma(
+        path,
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true),
+    )
+    .await?;
+    Ok(Rc::new(file))
+}
+
+/// Builds an aligned buffer holding `parts` back to back followed by zeros up to the next
+/// block boundary. The buffer is allocated for this write and freed when the write completes.
+pub fn aligned_buffer(file: &DmaFile, parts: &[&[u8]]) -> crate::rt::fs::DmaBuffer {
+    let len: usize = parts.iter().map(|part| part.len()).sum();
+    assert!(len > 0, "aligned_buffer of nothing");
+    let padded = usize::try_from(align_up(len as u64)).expect("buffer length fits in usize");
+    let mut buffer = file.alloc_dma_buffer(padded);
+    let bytes = buffer.as_bytes_mut();
+    let mut at = 0;
+    for part in parts {
+        bytes[at..at + part.len()].copy_from_slice(part);
+        at += part.len();
+    }
+    bytes[at..].fill(0);
+    assert_eq!(at, len);
+    buffer
+}
+
+/// Writes a whole aligned buffer at the aligned position `pos`. A short write is an error: the
+/// device ran out of space part-way.
+pub async fn write_at(
+    file: &DmaFile,
+    buffer: crate::rt::fs::DmaBuffer,
+    pos: u64,
+) -> io::Result<()> {
+    assert!(
+        pos.is_multiple_of(DIO_ALIGN_BYTES as u64),
+        "unaligned write position {pos}"
+    );
+    assert!(
+        buffer.len().is_multiple_of(DIO_ALIGN_BYTES),
+        "unaligned write length {}",
+        buffer.len()
+    );
+    faults::check(faults::Op::Write, &path_of(file))?;
+    let len = buffer.len();
+    let written = file.write_at(buffer, pos).await?;
+    if written != len {
+        return Err(io::Error::new(
+            io::ErrorKind::StorageFull,
+            format!("short write: {written} of {len} bytes at {pos}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Reads up to `len` bytes at `pos` (any alignment) into a fresh `Bytes`. Returns fewer bytes
+/// only at the end of the file.
+///
+/// The read lands in an aligned DMA buffer and is copied once into the returned `Bytes`, which
+/// the caller may hand to another task or slice into batches.
+pub async fn read_at(file: &DmaFile, pos: u64, len: usize) -> io::Result<Bytes> {
+    if len == 0 {
+        return Ok(Bytes::new());
+    }
+    faults::check(faults::Op::Read, &path_of(file))?;
+    let result = file.read_at(pos, len).await?;
+    Ok(Bytes::copy_from_slice(&result))
+}
+
+/// Reserves space up to `size` bytes (`fallocate` without `FALLOC_FL_KEEP_SIZE`, so the file
+/// size becomes `size` and the new range reads as zeros).
+pub async fn allocate(file: &DmaFile, size: u64) -> io::Result<()> {
+    faults::check(faults::Op::Allocate, &path_of(file))?;
+    file.pre_allocate(size, false).await?;
+    Ok(())
+}
+
+/// Sets the file size to `size`, discarding anything past it.
+pub async fn truncate(file: &DmaFile, size: u64) -> io::Result<()> {
+    faults::check(faults::Op::Truncate, &path_of(file))?;
+    file.truncate(size).await?;
+    Ok(())
+}
+
+/// `fdatasync`: the file's data and the metadata needed to read it back are on stable storage.
+pub async fn sync(file: &DmaFile) -> io::Result<()> {
+    faults::check(faults::Op::Sync, &path_of(file))?;
+    file.fdatasync().await?;
+    Ok(())
+}
+
+/// The file's size in bytes.
+pub async fn file_len(file: &DmaFile) -> io::Result<u64> {
+    Ok(file.file_size().await?)
+}
+
+/// Makes the directory's entries (created, renamed, removed files) durable.
+pub async fn sync_dir(path: &Path) -> io::Result<()> {
+    faults::check(faults::Op::Sync, path)?;
+    let dir = Directory::open(path).await?;
+    dir.sync().await?;
+    dir.close().await?;
+    Ok(())
+}
+
+/// Creates a directory and its missing parents, then syncs the parent so the new entry is
+/// durable. Blocks briefly (open time only).
+pub async fn create_dir(path: &Path) -> io::Result<()> {
+    if path.is_dir() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(path)?;
+    if let Some(parent) = path.parent() {
+        sync_dir(parent).await?;
+    }
+    Ok(())
+}
+
+/// Removes a file; a missing file is not an error.
+pub async fn remove(path: &Path) -> io::Result<()> {
+    faults::check(faults::Op::Remove, path)?;
+    match crate::rt::fs::remove(path).await {
+        Ok(()) => Ok(()),
+        Err(error) => {
+            let error = io::Error::from(error);
+            if error.kind() == io::ErrorKind::NotFound {
+                Ok(())
+            } else {
+                Err(error)
+            }
+        }
+    }
+}
+
+/// Renames a file (atomic replacement of `to`).
+pub async fn rename(from: &Path, to: &Path) -> io::Result<()> {
+    faults::check(faults::Op::Rename, from)?;
+    crate::rt::fs::rename(from, to).await?;
+    Ok(())
+}
+
+/// The names of the entries of a directory. Blocks briefly (open time only).
+pub fn list_dir(path: &Path) -> io::Result<Vec<String>> {
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(path)? {
+        let entry = entry?;
+        if let Some(name) = entry.file_name().to_str() {
+            names.push(name.to_owned());
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// Removes a directory and everything in it, then syncs its parent. Blocks briefly.
+pub async fn remove_dir_all(path: &Path) -> io::Result<()> {
+    match std::fs::remove_dir_all(path) {
+        Ok(()) => {}
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(error) => return Err(error),
+    }
+    if let Some(parent) = path.parent() {
+        sync_dir(parent).await?;
+    }
+    Ok(())
+}
+
+/// Replaces `dir/name` atomically with `content`: write `name.tmp` padded to whole blocks,
+/// `fdatasync` it, rename it over `name`, sync the directory. After a crash the file holds
+/// either the old or the new content, never a mix. `content` carries its own length.
+pub async fn write_file_atomic(dir: &Path, name: &str, content: &[u8]) -> io::Result<()> {
+    let tmp = dir.join(format!("{name}.tmp"));
+    let file = create(&tmp).await?;
+    let result = async {
+        let buffer = aligned_buffer(&file, &[content]);
+        write_at(&file, buffer, 0).await?;
+        sync(&file).await
+    }
+    .await;
+    drop(file);
+    if let Err(error) = result {
+        let _ = remove(&tmp).await;
+        return Err(error);
+    }
+    rename(&tmp, &dir.join(name)).await?;
+    sync_dir(dir).await
+}
+
+/// Reads a whole small file (checkpoint, marker); `Ok(None)` when it does not exist.
+pub async fn read_small_file(path: &Path, len_max: usize) -> io::Result<Option<Bytes>> {
+    let file = match open_read(path).await {
+        Ok(file) => file,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(error),
+    };
+    let len = file_len(&file).await?;
+    let len = usize::try_from(len).unwrap_or(usize::MAX).min(len_max);
+    read_at(&file, 0, len).await.map(Some)
+}
+
+/// Fault injection for tests: make chosen file operations of the current thread (shard) fail.
+///
+/// A plan matches operations by kind and by a substring of the file path, lets `skip` matching
+/// operations pass, then fails the next `count` of them with the chosen error. Plans are
+/// thread-local, so one test's plan never affects another test's executor.
+pub mod faults {
+    use std::cell::RefCell;
+    use std::io;
+    use std::path::Path;
+
+    /// A kind of file operation.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Op {
+        /// Opening an existing file.
+        Open,
+        /// Creating a file.
+        Create,
+        /// A data write.
+        Write,
+        /// A read.
+        Read,
+        /// `fallocate`.
+        Allocate,
+        /// `ftruncate`.
+        Truncate,
+        /// `fdatasync` of a file or directory.
+        Sync,
+        /// Unlinking a file.
+        Remove,
+        /// Renaming a file.
+        Rename,
+    }
+
+    /// The error an injected fault produces.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Failure {
+        /// `ENOSPC`.
+        NoSpace,
+        /// `EIO`.
+        Io,
+    }
+
+    /// Which operations fail and how.
+    #[derive(Clone, Debug)]
+    pub struct Plan {
+        /// The operation kind to fail.
+        pub op: Op,
+        /// Only paths containing this substring match (empty matches all).
+        pub path_contains: String,
+        /// Matching operations to let through first.
+        pub skip: u32,
+        /// Matching operations to fail after that.
+        pub count: u32,
+        /// The error to fail them with.
+        pub failure: Failure,
+    }
+
+    thread_local! {
+        static PLANS: RefCell<Vec<Plan>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// Adds a plan for the current thread.
+    pub fn inject(plan: Plan) {
+        PLANS.with(|plans| plans.borrow_mut().push(plan));
+    }
+
+    /// Removes every plan of the current thread.
+    pub fn clear() {
+        PLANS.with(|plans| plans.borrow_mut().clear());
+    }
+
+    pub(super) fn check(op: Op, path: &Path) -> io::Result<()> {
+        PLANS.with(|plans| {
+            let mut plans = plans.borrow_mut();
+            if plans.is_empty() {
+                return Ok(());
+            }
+            let path = path.to_string_lossy();
+            for plan in plans.iter_mut() {
+                if plan.op != op || !path.contains(plan.path_contains.as_str()) {
+                    continue;
+                }
+                if plan.skip > 0 {
+                    plan.skip -= 1;
+                    continue;
+                }
+                if plan.count > 0 {
+                    plan.count -= 1;
+                    return Err(match plan.failure {
+                        Failure::NoSpace => io::Error::new(
+                            io::ErrorKind::StorageFull,
+                            format!("injected ENOSPC on {op:?} of {path}"),
+                        ),
+                        Failure::Io => {
+                            io::Error::other(format!("injected EIO on {op:?} of {path}"))
+                        }
+                    });
+                }
+            }
+            Ok(())
+        })
+    }
+}

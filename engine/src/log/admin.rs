@@ -1,0 +1,513 @@
+//! Maintenance operations on a partition log: explicit sync, delete-records, retention,
+//! truncation (for replication followers), forced roll, close and remove.
+//!
+//! Operations that change the segment table or the active segment's files run one at a time
+//! (the admin lock), and those that touch the active segment first stop appends and wait for the
+//! writer to go idle, so the writer remains the only code touching the active segment while
+//! appends flow.
+//!
+//! Must not depend on: the read path's caches beyond the batch cache.
+
+use std::rc::Rc;
+
+use futures::channel::oneshot;
+
+use crate::io::{self as dio, align_down};
+use crate::limits::OFFSET_INDEX_ENTRY_BYTES;
+use crate::log::checkpoint::{CLEAN_SHUTDOWN_FILE, CleanShutdown};
+use crate::log::index::{IndexBuilder, IndexFile, entry_position, lookup_offset};
+use crate::log::segment::{
+    ActiveSegment, INDEX_EXTENSION, LOG_EXTENSION, ScanItem, Scanner, TIME_INDEX_EXTENSION,
+    file_path,
+};
+use crate::log::writer::{self, Finish, cursor_of_active, finish_active, write_checkpoint};
+use crate::log::{AdminError, AppendError, Inner, Mode, Op, RetentionReport, State, Waiter};
+use crate::types::{FilePos, Offset, TimestampMs};
+
+async fn admin_permit(inner: &Inner) -> Result<crate::rt::sync::Permit<'_>, AdminError> {
+    inner
+        .admin_lock
+        .acquire_permit(1)
+        .await
+        .map_err(|_| AdminError::Closed)
+}
+
+fn check_open(state: &State) -> Result<(), AdminError> {
+    match state.mode {
+        Mode::Open | Mode::Truncating => Ok(()),
+        Mode::Closed => Err(AdminError::Closed),
+        Mode::Failed => Err(AdminError::Failed),
+    }
+}
+
+/// fdatasyncs everything written so far, sharing the writer's group commit.
+pub(crate) async fn sync(inner: &Rc<Inner>) -> Result<(), AdminError> {
+    let receiver = {
+        let mut state = inner.state.borrow_mut();
+        check_open(&state)?;
+        if state.synced >= state.written {
+            return Ok(());
+        }
+        let (done, receiver) = oneshot::channel();
+        let target = state.written;
+        // Keep the synced waiters ordered by target: insert before any later target.
+        let at = state
+            .synced_waiters
+            .partition_point(|waiter| waiter.target <= target);
+        state.synced_waiters.insert(at, Waiter { target, done });
+        receiver
+    };
+    writer::ensure_running(inner);
+    match receiver.await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(AppendError::Failed)) => Err(AdminError::Failed),
+        Ok(Err(AppendError::Io(error) | AppendError::NoSpace(error))) => Err(AdminError::Io(error)),
+        Ok(Err(_)) | Err(oneshot::Canceled) => Err(AdminError::Closed),
+    }
+}
+
+/// Deletes the first `count` segments (all sealed): the checkpoint is updated first, then the
+/// files are removed, so a crash in between leaves files the next open deletes.
+async fn delete_prefix(inner: &Inner, count: usize) -> Result<RetentionReport, AdminError> {
+    let mut report = RetentionReport::default();
+    {
+        let mut state = inner.state.borrow_mut();
+        let state = &mut *state;
+        assert!(
+            count < state.segments.len(),
+            "{}: retention must keep the active segment",
+            inner.tp
+        );
+        for _ in 0..count {
+            let segment = state.segments.pop_front().expect("counted");
+            assert!(
+                segment.sealed,
+                "{}: deleting unsealed segment {}",
+                inner.tp, segment.base
+            );
+            report.deleted_segments.push(segment.base);
+            report.deleted_bytes += segment.size;
+        }
+        let first = state.segments.front().expect("active segment stays").base;
+        state.log_start = state.log_start.max(first);
+        state.high_watermark = state.high_watermark.max(state.log_start);
+        if state
+            .sealed_file
+            .as_ref()
+            .is_some_and(|(base, _)| *base < first)
+        {
+            state.sealed_file = None;
+        }
+        inner.cache.remove_before(inner.cache_key, state.log_start);
+        report.log_start_offset = state.log_start;
+    }
+    if count == 0 {
+        return Ok(report);
+    }
+    write_checkpoint(inner).await?;
+    for base in &report.deleted_segments {
+        for extension in [LOG_EXTENSION, INDEX_EXTENSION, TIME_INDEX_EXTENSION] {
+            dio::remove(&file_path(&inner.dir, *base, extension)).await?;
+        }
+    }
+    dio::sync_dir(&inner.dir).await?;
+    Ok(report)
+}
+
+/// See [`crate::log::PartitionLog::delete_records`].
+pub(crate) async fn delete_records(
+    inner: &Rc<Inner>,
+    before: Offset,
+) -> Result<RetentionReport, AdminError> {
+    let _permit = admin_permit(inner).await?;
+    let changed = {
+        let mut state = inner.state.borrow_mut();
+        check_open(&state)?;
+        if before > state.written || before.0 < 0 {
+            return Err(AdminError::OffsetOutOfRange {
+                requested: before,
+                log_start: state.log_start,
+                log_end: state.written,
+            });
+        }
+        let changed = before > state.log_start;
+        if changed {
+            state.log_start = before;
+            state.high_watermark = state.high_watermark.max(before);
+            inner.cache.remove_before(inner.cache_key, before);
+        }
+        changed
+    };
+    let count = {
+        let state = inner.state.borrow();
+        let sealed = state.segments.len() - 1;
+        state
+            .segments
+            .iter()
+            .take(sealed)
+            .take_while(|segment| segment.end <= state.log_start)
+            .count()
+    };
+    if changed && count == 0 {
+        write_checkpoint(inner).await?;
+    }
+    let mut report = delete_prefix(inner, count).await?;
+    report.log_start_offset = inner.state.borrow().log_start;
+    Ok(report)
+}
+
+/// See [`crate::log::PartitionLog::apply_retention`].
+pub(crate) async fn apply_retention(
+    inner: &Rc<Inner>,
+    now: TimestampMs,
+) -> Result<RetentionReport, AdminError> {
+    let _permit = admin_permit(inner).await?;
+    let count = {
+        let state = inner.state.borrow();
+        check_open(&state)?;
+        let segments = &state.segments;
+        let sealed = segments.len() - 1;
+        let mut count = 0;
+        while count < sealed && segments[count].end <= state.log_start {
+            count += 1;
+        }
+        let retention_ms = inner.config.retention_ms;
+        if retention_ms >= 0 {
+            let horizon = now.0.saturating_sub(retention_ms);
+            while count < sealed
+                && segments[count]
+                    .max_timestamp
+                    .is_some_and(|max| max.0 < horizon)
+            {
+                count += 1;
+            }
+        }
+        let retention_bytes = inner.config.retention_bytes;
+        if retention_bytes >= 0 {
+            let total: u64 = segments
+                .iter()
+                .skip(count)
+                .map(|segment| segment.size)
+                .sum();
+            let mut excess = i128::from(total) - i128::from(retention_bytes);
+            while count < sealed && excess - i128::from(segments[count].size) >= 0 {
+                excess -= i128::from(segments[count].size);
+                count += 1;
+            }
+        }
+        count
+    };
+    delete_prefix(inner, count).await
+}
+
+/// Forces a roll (if the active segment has data) and waits for it.
+pub(crate) async fn roll_now(inner: &Rc<Inner>) -> Result<(), AdminError> {
+    {
+        let mut state = inner.state.borrow_mut();
+        check_open(&state)?;
+        if state.mode == Mode::Truncating {
+            return Err(AdminError::Closed);
+        }
+        if state.assign.bytes == 0 {
+            return Ok(());
+        }
+        let base = state.next_offset;
+        state.queue.push_back(Op::Roll { base });
+        state.assign = crate::log::AssignCursor {
+            segment_base: base,
+            bytes: 0,
+            first_max_timestamp: None,
+        };
+    }
+    writer::ensure_running(inner);
+    writer::wait_idle(inner).await;
+    check_open(&inner.state.borrow())
+}
+
+/// See [`crate::log::PartitionLog::truncate_to`].
+pub(crate) async fn truncate_to(inner: &Rc<Inner>, offset: Offset) -> Result<Offset, AdminError> {
+    let _permit = admin_permit(inner).await?;
+    {
+        let mut state = inner.state.borrow_mut();
+        check_open(&state)?;
+        state.mode = Mode::Truncating;
+    }
+    writer::wait_idle(inner).await;
+    let result = truncate_idle(inner, offset).await;
+    let mut state = inner.state.borrow_mut();
+    if state.mode == Mode::Truncating {
+        state.mode = Mode::Open;
+    }
+    if result.is_err() && state.mode == Mode::Open {
+        // The files may no longer match memory: refuse appends until reopened.
+        state.mode = Mode::Failed;
+    }
+    result
+}
+
+/// The batch containing `offset` in segment `index`: its position and base offset.
+async fn find_batch(
+    inner: &Inner,
+    index: usize,
+    offset: Offset,
+) -> Result<(u64, Offset), AdminError> {
+    let (segment, mut source, file) = {
+        let state = inner.state.borrow();
+        let segment = state.segments[index].clone();
+        let source = if segment.sealed {
+            crate::log::index::IndexSource::sealed(
+                file_path(&inner.dir, segment.base, INDEX_EXTENSION),
+                segment.index_bytes,
+                OFFSET_INDEX_ENTRY_BYTES,
+            )
+        } else {
+            state.active.index.source(OFFSET_INDEX_ENTRY_BYTES)
+        };
+        let file = (!segment.sealed).then(|| state.active.log.clone());
+        (segment, source, file)
+    };
+    let file = match file {
+        Some(file) => file,
+        None => dio::open_read(&file_path(&inner.dir, segment.base, LOG_EXTENSION)).await?,
+    };
+    let bounds = crate::log::index::EntryBounds {
+        relative_end: u64::try_from(segment.end.0 - segment.base.0).expect("end >= base"),
+        size: segment.size,
+    };
+    let target = crate::log::index::relative(segment.base, offset);
+    let start = match lookup_offset(&mut source, target, bounds).await {
+        Ok(entry) => entry_position(entry).0,
+        Err(_) => 0,
+    };
+    let mut scanner = Scanner::new(file, start, segment.size, false);
+    loop {
+        match scanner.next().await? {
+            ScanItem::Batch { header, position } => {
+                if header.next_offset() > offset {
+                    assert!(
+                        header.base_offset <= offset,
+                        "{}: batch at {position} skips {offset}",
+                        inner.tp
+                    );
+                    return Ok((position, header.base_offset));
+                }
+            }
+            ScanItem::End { position } | ScanItem::Invalid { position, .. } => {
+                return Err(AdminError::Corrupt {
+                    segment: segment.base,
+                    position: FilePos(position),
+                    error: crate::batch::BatchError::Truncated { needed: 0, have: 0 },
+                });
+            }
+        }
+    }
+}
+
+/// Rebuilds a segment's index bytes from its batches in `[0, limit)` (framing only).
+pub(crate) async fn rebuild_index_bytes(
+    file: crate::io::File,
+    base: Offset,
+    limit: u64,
+    interval: u64,
+) -> Result<(Vec<u8>, Vec<u8>, IndexBuilder), AdminError> {
+    let mut builder = IndexBuilder::new(base, interval);
+    let (mut offsets, mut times) = (Vec::new(), Vec::new());
+    let mut scanner = Scanner::new(file, 0, limit, false);
+    loop {
+        match scanner.next().await? {
+            ScanItem::Batch { header, position } => {
+                let entries = builder.on_batch(header.base_offset, position, header.max_timestamp);
+                if let Some(entry) = entries.offset {
+                    offsets.extend_from_slice(&entry.encode());
+                }
+                if let Some(entry) = entries.time {
+                    times.extend_from_slice(&entry.encode());
+                }
+            }
+            ScanItem::End { .. } => break,
+            ScanItem::Invalid { position, error } => {
+                return Err(AdminError::Corrupt {
+                    segment: base,
+                    position: FilePos(position),
+                    error,
+                });
+            }
+        }
+    }
+    Ok((offsets, times, builder))
+}
+
+/// Writes `bytes` as an active index file: whole blocks on disk, the rest returned for memory.
+pub(crate) async fn write_active_index(
+    file: &crate::io::File,
+    path: std::path::PathBuf,
+    bytes: &[u8],
+) -> std::io::Result<IndexFile> {
+    let full = usize::try_from(align_down(bytes.len() as u64)).expect("fits");
+    dio::truncate(file, 0).await?;
+    if full > 0 {
+        let buffer = dio::aligned_buffer(file, &[&bytes[..full]]);
+        dio::write_at(file, buffer, 0).await?;
+    }
+    Ok(IndexFile {
+        file: file.clone(),
+        path,
+        disk_bytes: full as u64,
+        mem: bytes[full..].to_vec(),
+    })
+}
+
+/// Opens a file for writing, creating it if missing.
+pub(crate) async fn open_or_create(path: &std::path::Path) -> std::io::Result<crate::io::File> {
+    match dio::open_read_write(path).await {
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => dio::create(path).await,
+        other => other,
+    }
+}
+
+async fn truncate_idle(inner: &Rc<Inner>, offset: Offset) -> Result<Offset, AdminError> {
+    let index = {
+        let state = inner.state.borrow();
+        assert!(
+            state.queue.is_empty(),
+            "{}: truncating with queued appends",
+            inner.tp
+        );
+        if offset >= state.written {
+            return Ok(state.written);
+        }
+        if offset < state.log_start {
+            return Err(AdminError::OffsetOutOfRange {
+                requested: offset,
+                log_start: state.log_start,
+                log_end: state.written,
+            });
+        }
+        let after = state
+            .segments
+            .partition_point(|segment| segment.base <= offset);
+        after
+            .checked_sub(1)
+            .expect("offset >= log start >= first base")
+    };
+    let (cut, new_end) = find_batch(inner, index, offset).await?;
+    // Delete later segments newest first, so a crash leaves a contiguous prefix.
+    let later: Vec<Offset> = {
+        let state = inner.state.borrow();
+        state
+            .segments
+            .iter()
+            .skip(index + 1)
+            .map(|segment| segment.base)
+            .rev()
+            .collect()
+    };
+    for base in &later {
+        for extension in [LOG_EXTENSION, INDEX_EXTENSION, TIME_INDEX_EXTENSION] {
+            dio::remove(&file_path(&inner.dir, *base, extension)).await?;
+        }
+    }
+    let base = inner.state.borrow().segments[index].base;
+    let paths = [
+        file_path(&inner.dir, base, LOG_EXTENSION),
+        file_path(&inner.dir, base, INDEX_EXTENSION),
+        file_path(&inner.dir, base, TIME_INDEX_EXTENSION),
+    ];
+    let log = dio::open_read_write(&paths[0]).await?;
+    dio::truncate(&log, cut).await?;
+    dio::sync(&log).await?;
+    let (offsets, times, builder) =
+        rebuild_index_bytes(log.clone(), base, cut, inner.config.index_interval_bytes).await?;
+    let index_file = open_or_create(&paths[1]).await?;
+    let time_file = open_or_create(&paths[2]).await?;
+    let index_state = write_active_index(&index_file, paths[1].clone(), &offsets).await?;
+    let time_state = write_active_index(&time_file, paths[2].clone(), &times).await?;
+    let tail_from = align_down(cut);
+    let tail_len = usize::try_from(cut - tail_from).expect("below a block");
+    let tail = dio::read_at(&log, tail_from, tail_len).await?.to_vec();
+    dio::sync_dir(&inner.dir).await?;
+    {
+        let mut state = inner.state.borrow_mut();
+        let state = &mut *state;
+        state.segments.truncate(index + 1);
+        let segment = state.segments.back_mut().expect("kept");
+        segment.end = new_end;
+        segment.size = cut;
+        segment.max_timestamp = builder.max_timestamp();
+        segment.sealed = false;
+        segment.index_bytes = 0;
+        segment.time_index_bytes = 0;
+        state.active = ActiveSegment {
+            base,
+            log,
+            tail,
+            allocated: cut,
+            index: index_state,
+            time_index: time_state,
+            builder,
+        };
+        state.written = new_end;
+        state.synced = new_end;
+        state.next_offset = new_end;
+        state.unsynced_records = 0;
+        state.assign = cursor_of_active(state);
+        state.log_start = state.log_start.min(new_end);
+        state.high_watermark = state.high_watermark.min(new_end);
+        state.read_memo = Default::default();
+        state.sealed_file = None;
+        inner.cache.truncate_from(inner.cache_key, new_end);
+    }
+    write_checkpoint(inner).await?;
+    Ok(new_end)
+}
+
+/// See [`crate::log::PartitionLog::close`].
+pub(crate) async fn close(inner: &Rc<Inner>) -> Result<(), AdminError> {
+    let _permit = admin_permit(inner).await?;
+    let failed = {
+        let mut state = inner.state.borrow_mut();
+        if state.mode == Mode::Closed {
+            return Err(AdminError::Closed);
+        }
+        let failed = state.mode == Mode::Failed;
+        state.mode = Mode::Closed;
+        failed
+    };
+    writer::wait_idle(inner).await;
+    inner.cache.forget(inner.cache_key);
+    if failed || inner.state.borrow().mode == Mode::Failed {
+        return Err(AdminError::Failed);
+    }
+    let (index_bytes, time_index_bytes) = finish_active(inner, Finish::Close).await?;
+    write_checkpoint(inner).await?;
+    let marker = {
+        let state = inner.state.borrow();
+        let segment = state.segments.back().expect("active segment");
+        let builder = state.active.builder.state();
+        CleanShutdown {
+            active_base: segment.base,
+            log_end: state.written,
+            active_size: segment.size,
+            index_bytes: u32::try_from(index_bytes).expect("index size fits in u32"),
+            time_index_bytes: u32::try_from(time_index_bytes).expect("index size fits in u32"),
+            max: builder.max,
+            first_max_timestamp: builder.first_max_timestamp,
+            last_indexed_position: builder.last_indexed_position,
+            last_relative: builder.last_relative,
+            last_time_entry: builder.last_time_entry,
+        }
+    };
+    dio::write_file_atomic(&inner.dir, CLEAN_SHUTDOWN_FILE, &marker.encode()).await?;
+    Ok(())
+}
+
+/// See [`crate::log::PartitionLog::remove`].
+pub(crate) async fn remove(inner: &Rc<Inner>) -> Result<(), AdminError> {
+    let _permit = admin_permit(inner).await?;
+    inner.state.borrow_mut().mode = Mode::Closed;
+    writer::wait_idle(inner).await;
+    inner.removed.set(true);
+    inner.cache.forget(inner.cache_key);
+    dio::remove_dir_all(&inner.dir).await?;
+    Ok(())
+}

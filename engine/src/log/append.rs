@@ -1,0 +1,256 @@
+//! The synchronous half of an append: validate the record set, assign offsets, decide rolls,
+//! queue the batches for the writer and insert them into the cache — all before the caller's
+//! first `.await`, so call order is log order.
+//!
+//! Must not depend on: file IO (the writer does that).
+
+use bytes::{Bytes, BytesMut};
+use futures::channel::oneshot;
+
+use crate::batch::{self, BatchError, HEADER_BYTES, LOG_OVERHEAD_BYTES};
+use crate::limits::APPEND_BYTES_MAX;
+use crate::log::{
+    AppendError, AppendInfo, AssignCursor, Durability, Inner, Mode, Op, PendingAppend, StagedBatch,
+    State, Waiter, writer,
+};
+use crate::types::{LeaderEpoch, Offset, TimestampMs};
+
+/// Who assigns the offsets.
+pub(crate) enum Assign {
+    /// The log assigns offsets and stamps this leader epoch.
+    Leader(LeaderEpoch),
+    /// The batches carry offsets that must continue the log exactly.
+    Follower,
+}
+
+/// One batch of the record set, as parsed before anything is changed.
+struct Parsed {
+    start: usize,
+    len: usize,
+    base: Offset,
+    records: i64,
+    max_timestamp: TimestampMs,
+}
+
+/// Parses and checks every batch of the record set. Nothing is changed on error.
+fn parse_record_set(
+    bytes: &[u8],
+    max_batch_bytes: usize,
+    assign: &Assign,
+) -> Result<Vec<Parsed>, AppendError> {
+    if bytes.is_empty() {
+        return Err(AppendError::Empty);
+    }
+    if bytes.len() > APPEND_BYTES_MAX {
+        return Err(AppendError::RecordSetTooLarge {
+            bytes: bytes.len(),
+            limit: APPEND_BYTES_MAX,
+        });
+    }
+    let mut parsed = Vec::new();
+    let mut at = 0;
+    while at < bytes.len() {
+        let index = parsed.len();
+        let rest = &bytes[at..];
+        // Oversized batches get their own error before the general framing checks.
+        if rest.len() >= LOG_OVERHEAD_BYTES {
+            let length = i32::from_be_bytes(rest[8..12].try_into().expect("4 bytes"));
+            if let Ok(length) = usize::try_from(length)
+                && LOG_OVERHEAD_BYTES + length > max_batch_bytes
+                && length >= HEADER_BYTES - LOG_OVERHEAD_BYTES
+            {
+                return Err(AppendError::BatchTooLarge {
+                    index,
+                    bytes: LOG_OVERHEAD_BYTES + length,
+                    limit: max_batch_bytes,
+                });
+            }
+        }
+        let header = match assign {
+            Assign::Leader(_) => batch::validate_produced(rest, max_batch_bytes),
+            Assign::Follower => batch::validate(rest, max_batch_bytes),
+        }
+        .map_err(|error| AppendError::InvalidBatch { index, error })?;
+        if let Assign::Follower = assign
+            && header.base_offset.0 < 0
+        {
+            return Err(AppendError::InvalidBatch {
+                index,
+                error: BatchError::InvalidRecordCount {
+                    record_count: header.record_count,
+                    last_offset_delta: header.last_offset_delta,
+                },
+            });
+        }
+        let len = header.total_bytes();
+        parsed.push(Parsed {
+            start: at,
+            len,
+            base: header.base_offset,
+            records: i64::from(header.last_offset_delta) + 1,
+            max_timestamp: header.max_timestamp,
+        });
+        at += len;
+    }
+    assert_eq!(at, bytes.len(), "record set parse overran");
+    Ok(parsed)
+}
+
+/// Stages an append; see [`crate::log::PartitionLog::append`].
+pub(crate) fn stage(
+    inner: &std::rc::Rc<Inner>,
+    batches: Bytes,
+    assign: Assign,
+    durability: Durability,
+) -> Result<PendingAppend, AppendError> {
+    check_mode(&inner.state.borrow())?;
+    let parsed = parse_record_set(&batches, inner.config.max_batch_bytes, &assign)?;
+    if let Assign::Follower = assign {
+        let expected = inner.state.borrow().next_offset;
+        let mut next = expected;
+        for (index, batch) in parsed.iter().enumerate() {
+            if batch.base != next {
+                return Err(AppendError::OffsetMismatch {
+                    index,
+                    expected: next,
+                    found: batch.base,
+                });
+            }
+            next = batch.base.plus(batch.records);
+        }
+    }
+    // One copy of the record set when the caller still shares its buffer: the headers are
+    // rewritten in place and the result is what the writer writes and the cache holds.
+    let mut owned = match batches.try_into_mut() {
+        Ok(owned) => owned,
+        Err(shared) => BytesMut::from(&shared[..]),
+    };
+
+    let mut state = inner.state.borrow_mut();
+    let mut next = state.next_offset;
+    for batch in &parsed {
+        let bytes = &mut owned[batch.start..batch.start + batch.len];
+        match assign {
+            Assign::Leader(epoch) => {
+                batch::set_base_offset(bytes, next);
+                batch::set_leader_epoch(bytes, epoch);
+            }
+            Assign::Follower => assert_eq!(
+                batch.base, next,
+                "{}: follower offsets checked above",
+                inner.tp
+            ),
+        }
+        next = next.plus(batch.records);
+    }
+    let base_offset = state.next_offset;
+    assert!(
+        next > base_offset,
+        "{}: append of no offsets at {base_offset}",
+        inner.tp
+    );
+    let total_bytes = owned.len();
+    let max_timestamp = parsed
+        .iter()
+        .map(|batch| batch.max_timestamp)
+        .max()
+        .expect("not empty");
+    let first_max_timestamp = parsed[0].max_timestamp;
+    maybe_roll(inner, &mut state, next, total_bytes as u64, max_timestamp);
+
+    let frozen = owned.freeze();
+    let mut staged = Vec::with_capacity(parsed.len());
+    let mut offset = base_offset;
+    for batch in &parsed {
+        let batch_next = offset.plus(batch.records);
+        let bytes = frozen.slice(batch.start..batch.start + batch.len);
+        inner
+            .cache
+            .insert(inner.cache_key, offset, batch_next, bytes.clone());
+        staged.push(StagedBatch {
+            base: offset,
+            next: batch_next,
+            max_timestamp: batch.max_timestamp,
+            bytes,
+        });
+        offset = batch_next;
+    }
+    assert_eq!(offset, next);
+    state.queue.push_back(Op::Write {
+        batches: staged,
+        bytes: total_bytes,
+    });
+    state.next_offset = next;
+    let cursor = &mut state.assign;
+    cursor.bytes += total_bytes as u64;
+    cursor
+        .first_max_timestamp
+        .get_or_insert(first_max_timestamp);
+    state.stats.appends += 1;
+
+    let (done, receiver) = oneshot::channel();
+    let waiter = Waiter { target: next, done };
+    match durability {
+        Durability::Written => state.written_waiters.push_back(waiter),
+        Durability::Synced => state.synced_waiters.push_back(waiter),
+    }
+    drop(state);
+    writer::ensure_running(inner);
+
+    let record_count = u64::try_from(next.0 - base_offset.0).expect("positive");
+    Ok(PendingAppend {
+        info: AppendInfo {
+            base_offset,
+            last_offset: Offset(next.0 - 1),
+            batch_count: u32::try_from(parsed.len()).expect("batch count fits in u32"),
+            record_count,
+            max_timestamp,
+            bytes: total_bytes as u64,
+        },
+        done: receiver,
+    })
+}
+
+fn check_mode(state: &State) -> Result<(), AppendError> {
+    match state.mode {
+        Mode::Open => Ok(()),
+        Mode::Truncating => Err(AppendError::Busy),
+        Mode::Closed => Err(AppendError::Closed),
+        Mode::Failed => Err(AppendError::Failed),
+    }
+}
+
+/// Queues a roll before this append when the active segment (as the queue will have it) is
+/// non-empty and the append would pass `segment.bytes`, `segment.ms` (by record timestamps, as
+/// Kafka), or the relative-offset range of the index.
+fn maybe_roll(
+    inner: &Inner,
+    state: &mut State,
+    next: Offset,
+    bytes: u64,
+    max_timestamp: TimestampMs,
+) {
+    let cursor = state.assign;
+    if cursor.bytes == 0 {
+        return;
+    }
+    let by_size = cursor.bytes + bytes > inner.config.segment_bytes;
+    let by_time = cursor
+        .first_max_timestamp
+        .is_some_and(|first| max_timestamp.0.saturating_sub(first.0) > inner.config.segment_ms);
+    let by_offsets = next.0 - 1 - cursor.segment_base.0 > i64::from(u32::MAX);
+    if by_size || by_time || by_offsets {
+        let base = state.next_offset;
+        assert!(
+            base > cursor.segment_base,
+            "{}: roll to {base} without data",
+            inner.tp
+        );
+        state.queue.push_back(Op::Roll { base });
+        state.assign = AssignCursor {
+            segment_base: base,
+            bytes: 0,
+            first_max_timestamp: None,
+        };
+    }
+}

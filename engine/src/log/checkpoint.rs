@@ -1,0 +1,351 @@
+//! The partition checkpoint (`partition.checkpoint`: log start offset, high watermark, recovery
+//! point and the table of sealed segments) and the clean-shutdown marker (`clean_shutdown`:
+//! the active segment's state at close). Both are replaced atomically (write a temporary file,
+//! fdatasync, rename, sync the directory) and carry a CRC-32C; byte layouts in
+//! `engine/FORMAT.md`.
+//!
+//! Must not depend on: the write pipeline.
+
+use crate::types::{Offset, RelativeOffset, TimestampMs};
+
+/// File name of the partition checkpoint.
+pub(crate) const CHECKPOINT_FILE: &str = "partition.checkpoint";
+/// File name of the clean-shutdown marker.
+pub(crate) const CLEAN_SHUTDOWN_FILE: &str = "clean_shutdown";
+
+const CHECKPOINT_MAGIC: [u8; 4] = *b"SLPC";
+const CLEAN_MAGIC: [u8; 4] = *b"SLCS";
+/// The only format version this code writes and reads.
+pub(crate) const FORMAT_VERSION: u16 = 1;
+const HEADER_BYTES: usize = 12;
+const CRC_BYTES: usize = 4;
+const SEGMENT_ROW_BYTES: usize = 40;
+const CHECKPOINT_FIXED_BYTES: usize = HEADER_BYTES + 28;
+const CLEAN_BODY_BYTES: usize = 80;
+
+const _: () = assert!(CHECKPOINT_FIXED_BYTES == 40);
+
+/// One sealed segment as the checkpoint records it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct SealedRow {
+    pub base: Offset,
+    pub end: Offset,
+    pub size: u64,
+    pub max_timestamp: Option<TimestampMs>,
+    pub index_bytes: u32,
+    pub time_index_bytes: u32,
+}
+
+/// The partition checkpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Checkpoint {
+    pub log_start: Offset,
+    pub high_watermark: Offset,
+    /// Base offset of the first segment not in `sealed`: everything below is sealed and synced.
+    pub recovery_point: Offset,
+    pub sealed: Vec<SealedRow>,
+}
+
+/// The active segment's state at a clean close.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct CleanShutdown {
+    pub active_base: Offset,
+    pub log_end: Offset,
+    pub active_size: u64,
+    pub index_bytes: u32,
+    pub time_index_bytes: u32,
+    pub max: Option<(TimestampMs, Offset)>,
+    pub first_max_timestamp: Option<TimestampMs>,
+    pub last_indexed_position: u64,
+    pub last_relative: Option<RelativeOffset>,
+    pub last_time_entry: Option<TimestampMs>,
+}
+
+/// Why a checkpoint or marker could not be decoded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum DecodeError {
+    /// Wrong magic, bad length or CRC: the file is damaged (or from a crash mid-write of a
+    /// file that is not replaced atomically, which cannot happen to these).
+    Damaged(&'static str),
+    /// A format version this code does not know.
+    Version(u16),
+}
+
+struct Writer(Vec<u8>);
+
+impl Writer {
+    fn new(magic: [u8; 4], flags: u16) -> Writer {
+        let mut out = Vec::with_capacity(128);
+        out.extend_from_slice(&magic);
+        out.extend_from_slice(&FORMAT_VERSION.to_be_bytes());
+        out.extend_from_slice(&flags.to_be_bytes());
+        out.extend_from_slice(&0u32.to_be_bytes());
+        Writer(out)
+    }
+    fn i64(&mut self, value: i64) {
+        self.0.extend_from_slice(&value.to_be_bytes());
+    }
+    fn u64(&mut self, value: u64) {
+        self.0.extend_from_slice(&value.to_be_bytes());
+    }
+    fn u32(&mut self, value: u32) {
+        self.0.extend_from_slice(&value.to_be_bytes());
+    }
+    fn finish(mut self) -> Vec<u8> {
+        let length = u32::try_from(self.0.len() + CRC_BYTES).expect("checkpoint fits in u32");
+        self.0[8..12].copy_from_slice(&length.to_be_bytes());
+        let crc = crc32c::crc32c(&self.0);
+        self.0.extend_from_slice(&crc.to_be_bytes());
+        self.0
+    }
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl Reader<'_> {
+    fn i64(&mut self) -> i64 {
+        let value = i64::from_be_bytes(
+            self.bytes[self.at..self.at + 8]
+                .try_into()
+                .expect("8 bytes"),
+        );
+        self.at += 8;
+        value
+    }
+    fn u64(&mut self) -> u64 {
+        let value = u64::from_be_bytes(
+            self.bytes[self.at..self.at + 8]
+                .try_into()
+                .expect("8 bytes"),
+        );
+        self.at += 8;
+        value
+    }
+    fn u32(&mut self) -> u32 {
+        let value = u32::from_be_bytes(
+            self.bytes[self.at..self.at + 4]
+                .try_into()
+                .expect("4 bytes"),
+        );
+        self.at += 4;
+        value
+    }
+}
+
+/// Checks magic, version, length and CRC; returns the flags and a reader after the header.
+fn open_record<'a>(
+    bytes: &'a [u8],
+    magic: [u8; 4],
+    body_bytes_min: usize,
+) -> Result<(u16, Reader<'a>), DecodeError> {
+    if bytes.len() < HEADER_BYTES + CRC_BYTES || bytes[..4] != magic {
+        return Err(DecodeError::Damaged("bad magic"));
+    }
+    let version = u16::from_be_bytes([bytes[4], bytes[5]]);
+    if version != FORMAT_VERSION {
+        return Err(DecodeError::Version(version));
+    }
+    let flags = u16::from_be_bytes([bytes[6], bytes[7]]);
+    let length = u32::from_be_bytes(bytes[8..12].try_into().expect("4 bytes")) as usize;
+    if length > bytes.len() || length < HEADER_BYTES + body_bytes_min + CRC_BYTES {
+        return Err(DecodeError::Damaged("bad length"));
+    }
+    let stored = u32::from_be_bytes(
+        bytes[length - CRC_BYTES..length]
+            .try_into()
+            .expect("4 bytes"),
+    );
+    if crc32c::crc32c(&bytes[..length - CRC_BYTES]) != stored {
+        return Err(DecodeError::Damaged("crc mismatch"));
+    }
+    Ok((
+        flags,
+        Reader {
+            bytes: &bytes[..length - CRC_BYTES],
+            at: HEADER_BYTES,
+        },
+    ))
+}
+
+fn optional_timestamp(flags: u16, bit: u16, value: i64) -> Option<TimestampMs> {
+    (flags & bit != 0).then_some(TimestampMs(value))
+}
+
+impl Checkpoint {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Writer::new(CHECKPOINT_MAGIC, 0);
+        out.i64(self.log_start.0);
+        out.i64(self.high_watermark.0);
+        out.i64(self.recovery_point.0);
+        out.u32(u32::try_from(self.sealed.len()).expect("segment count fits in u32"));
+        for row in &self.sealed {
+            out.i64(row.base.0);
+            out.i64(row.end.0);
+            out.u64(row.size);
+            out.i64(row.max_timestamp.map_or(i64::MIN, |ts| ts.0));
+            out.u32(row.index_bytes);
+            out.u32(row.time_index_bytes);
+        }
+        out.finish()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Checkpoint, DecodeError> {
+        let (_flags, mut reader) = open_record(bytes, CHECKPOINT_MAGIC, 28)?;
+        let log_start = Offset(reader.i64());
+        let high_watermark = Offset(reader.i64());
+        let recovery_point = Offset(reader.i64());
+        let count = reader.u32() as usize;
+        if reader.bytes.len() != CHECKPOINT_FIXED_BYTES + count * SEGMENT_ROW_BYTES {
+            return Err(DecodeError::Damaged("segment table length"));
+        }
+        let mut sealed = Vec::with_capacity(count);
+        for _ in 0..count {
+            let base = Offset(reader.i64());
+            let end = Offset(reader.i64());
+            let size = reader.u64();
+            let max = reader.i64();
+            sealed.push(SealedRow {
+                base,
+                end,
+                size,
+                // i64::MIN marks a segment without batches' timestamps (never written by a
+                // sealed segment with batches, whose max timestamp is a batch field).
+                max_timestamp: (max != i64::MIN).then_some(TimestampMs(max)),
+                index_bytes: reader.u32(),
+                time_index_bytes: reader.u32(),
+            });
+        }
+        Ok(Checkpoint {
+            log_start,
+            high_watermark,
+            recovery_point,
+            sealed,
+        })
+    }
+}
+
+const HAS_MAX: u16 = 1;
+const HAS_FIRST_MAX: u16 = 2;
+const HAS_LAST_RELATIVE: u16 = 4;
+const HAS_LAST_TIME_ENTRY: u16 = 8;
+
+impl CleanShutdown {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut flags = 0;
+        for (present, bit) in [
+            (self.max.is_some(), HAS_MAX),
+            (self.first_max_timestamp.is_some(), HAS_FIRST_MAX),
+            (self.last_relative.is_some(), HAS_LAST_RELATIVE),
+            (self.last_time_entry.is_some(), HAS_LAST_TIME_ENTRY),
+        ] {
+            if present {
+                flags |= bit;
+            }
+        }
+        let mut out = Writer::new(CLEAN_MAGIC, flags);
+        out.i64(self.active_base.0);
+        out.i64(self.log_end.0);
+        out.u64(self.active_size);
+        out.u32(self.index_bytes);
+        out.u32(self.time_index_bytes);
+        let (max, max_offset) = self.max.map_or((0, 0), |(ts, offset)| (ts.0, offset.0));
+        out.i64(max);
+        out.i64(max_offset);
+        out.i64(self.first_max_timestamp.map_or(0, |ts| ts.0));
+        out.u64(self.last_indexed_position);
+        out.u32(self.last_relative.map_or(0, |relative| relative.0));
+        out.u32(0);
+        out.i64(self.last_time_entry.map_or(0, |ts| ts.0));
+        let encoded = out.finish();
+        assert_eq!(encoded.len(), HEADER_BYTES + CLEAN_BODY_BYTES + CRC_BYTES);
+        encoded
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<CleanShutdown, DecodeError> {
+        let (flags, mut reader) = open_record(bytes, CLEAN_MAGIC, CLEAN_BODY_BYTES)?;
+        let active_base = Offset(reader.i64());
+        let log_end = Offset(reader.i64());
+        let active_size = reader.u64();
+        let index_bytes = reader.u32();
+        let time_index_bytes = reader.u32();
+        let max = reader.i64();
+        let max_offset = reader.i64();
+        let first_max = reader.i64();
+        let last_indexed_position = reader.u64();
+        let last_relative = reader.u32();
+        let _reserved = reader.u32();
+        let last_time_entry = reader.i64();
+        Ok(CleanShutdown {
+            active_base,
+            log_end,
+            active_size,
+            index_bytes,
+            time_index_bytes,
+            max: (flags & HAS_MAX != 0).then_some((TimestampMs(max), Offset(max_offset))),
+            first_max_timestamp: optional_timestamp(flags, HAS_FIRST_MAX, first_max),
+            last_indexed_position,
+            last_relative: (flags & HAS_LAST_RELATIVE != 0)
+                .then_some(RelativeOffset(last_relative)),
+            last_time_entry: optional_timestamp(flags, HAS_LAST_TIME_ENTRY, last_time_entry),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Goal: both records round-trip, and any flipped byte or wrong version is rejected.
+    #[test]
+    fn round_trip_and_damage() {
+        let checkpoint = Checkpoint {
+            log_start: Offset(5),
+            high_watermark: Offset(90),
+            recovery_point: Offset(80),
+            sealed: vec![SealedRow {
+                base: Offset(0),
+                end: Offset(80),
+                size: 12_345,
+                max_timestamp: Some(TimestampMs(-1)),
+                index_bytes: 16,
+                time_index_bytes: 24,
+            }],
+        };
+        let bytes = checkpoint.encode();
+        assert_eq!(Checkpoint::decode(&bytes), Ok(checkpoint.clone()));
+        let mut padded = bytes.clone();
+        padded.resize(4096, 0);
+        assert_eq!(Checkpoint::decode(&padded), Ok(checkpoint));
+        for at in 0..bytes.len() {
+            let mut damaged = bytes.clone();
+            damaged[at] ^= 0x10;
+            assert!(
+                Checkpoint::decode(&damaged).is_err(),
+                "flip at {at} accepted"
+            );
+        }
+        let clean = CleanShutdown {
+            active_base: Offset(80),
+            log_end: Offset(95),
+            active_size: 999,
+            index_bytes: 8,
+            time_index_bytes: 0,
+            max: Some((TimestampMs(7), Offset(90))),
+            first_max_timestamp: None,
+            last_indexed_position: 500,
+            last_relative: Some(RelativeOffset(3)),
+            last_time_entry: None,
+        };
+        let bytes = clean.encode();
+        assert_eq!(CleanShutdown::decode(&bytes), Ok(clean));
+        let mut other_version = bytes.clone();
+        other_version[5] = 9;
+        assert_eq!(
+            CleanShutdown::decode(&other_version),
+            Err(DecodeError::Version(9))
+        );
+    }
+}

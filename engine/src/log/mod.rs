@@ -1,0 +1,537 @@
+//! The durable partition log on direct IO: segments of Kafka v2 record batches with sparse
+//! offset and time indexes, group-committed appends, a shard-wide cache of recent batches,
+//! recovery, retention and truncation.
+//!
+//! # Main types
+//!
+//! - [`PartitionLog`]: one partition's log, owned by one shard (`!Send`). Its methods take
+//!   `&self`, so many tasks of the shard can append and read concurrently; state sits in a
+//!   `RefCell` that is never borrowed across an `.await`.
+//! - [`LogConfig`]: Kafka's topic settings (`segment.bytes`, `retention.ms`, ...).
+//! - [`BatchCache`]: the shard's cache of recent batches, shared by its logs through `Rc`.
+//! - [`RecoveryReport`]: what opening the log found and repaired.
+//!
+//! # Write path
+//!
+//! [`PartitionLog::append`] validates the record set (framing, magic, CRC, size), assigns
+//! offsets and the leader epoch by rewriting the batch headers (records are never re-encoded),
+//! inserts the batches into the cache and queues them — all synchronously, before returning, so
+//! call order is log order. The returned [`PendingAppend`] knows its offsets at once and resolves
+//! when the data is written ([`Durability::Written`]) or also fdatasync'ed
+//! ([`Durability::Synced`]).
+//!
+//! One writer task per partition (spawned when work arrives, gone when idle) drains the queue:
+//! it gathers queued appends into one write round (up to `WRITE_ROUND_BYTES_MAX`), copies the
+//! in-memory partial tail block plus the new batches into one aligned buffer allocated for the
+//! write, and writes it with O_DIRECT at the tail block's aligned position. While a round is in
+//! flight, new appends queue up and go in the next round. Before each round, if any `Synced`
+//! append is waiting for written data, the writer issues one fdatasync that covers every append
+//! written so far (group commit). `flush.messages` and `flush.ms` trigger the same fdatasync for
+//! logs without `Synced` appends.
+//!
+//! A failed write (full disk, IO error) fails the appends of that round and everything queued
+//! behind it, rolls the assigned offsets back to the written end, and leaves the log readable
+//! and appendable. A failed fdatasync makes the log refuse appends until reopened (the page-cache
+//! state after a failed sync is unknown; reopening recovers from what is on the device).
+//!
+//! # Read path
+//!
+//! [`PartitionLog::read`] serves whole batches from the cache when it holds the requested
+//! offset (tailing readers), and otherwise from disk: the segment is found in memory, the
+//! position from a small memo of where recent reads stopped (sequential catch-up readers) or from
+//! the offset index, and the batches are read with aligned direct reads and CRC-checked before
+//! they are served.
+//!
+//! # Memory budget
+//!
+//! Memory does not grow with retained data:
+//!
+//! - A partition at rest holds its counters and segment table (about 80 bytes per segment),
+//!   the active segment's partially filled tail block (under 4 KiB) and the unflushed tails of
+//!   its two index files (under 4 KiB each, usually far less), a read memo of
+//!   `READ_MEMO_ENTRIES` positions, and three open files (the active segment and its two indexes)
+//!   plus at most one cached handle of a sealed segment. Sealed segments' indexes stay on disk
+//!   and are read on demand, one block per binary-search probe; sealed segment files are opened
+//!   lazily.
+//! - Writing costs one aligned buffer per write round, sized to the staged bytes (at most
+//!   `WRITE_ROUND_BYTES_MAX`, or one larger append) and freed when the write completes. Queued
+//!   appends hold their record sets (the same `Bytes` the cache holds) until written.
+//! - Reading from disk costs the requested bytes (bounded by `READ_BYTES_MAX`, or one larger
+//!   batch) plus a scan chunk.
+//! - The [`BatchCache`] is bounded by its byte budget, whatever the logs retain, and shared by
+//!   every partition of the shard.
+//!
+//! Must not depend on: the cluster or network layers, or anything that knows about sockets.
+
+mod admin;
+mod append;
+mod cache;
+mod checkpoint;
+mod config;
+mod error;
+mod index;
+mod read;
+mod recovery;
+mod segment;
+mod writer;
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use bytes::Bytes;
+use futures::channel::oneshot;
+
+pub use cache::{BatchCache, CacheStats};
+pub use config::{ConfigError, LogConfig, UNLIMITED};
+pub use error::{AdminError, AppendError, OpenError, ReadError};
+pub use index::IndexDamage;
+pub use recovery::{
+    CheckpointStatus, IndexKind, RebuiltIndex, RecoveryReport, Truncation, TruncationReason,
+};
+
+use crate::io::File;
+use crate::limits::READ_MEMO_ENTRIES;
+use crate::rt::sync::Semaphore;
+use crate::types::{LeaderEpoch, Offset, TimestampMs, TopicPartition};
+use cache::CacheKey;
+use segment::{ActiveSegment, Segment};
+
+/// How durable an append must be before its [`PendingAppend`] resolves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// The O_DIRECT write completed: the device has the data, possibly only in its volatile
+    /// cache. Survives a process crash, not necessarily a power loss.
+    Written,
+    /// Written and fdatasync'ed: survives a power loss (given the media assumptions in
+    /// `engine/FORMAT.md`).
+    Synced,
+}
+
+/// Where an append landed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AppendInfo {
+    /// Offset of the first record.
+    pub base_offset: Offset,
+    /// Offset of the last record.
+    pub last_offset: Offset,
+    /// Number of batches.
+    pub batch_count: u32,
+    /// Number of records (by offsets: `last_offset - base_offset + 1`).
+    pub record_count: u64,
+    /// Largest batch max timestamp of the record set.
+    pub max_timestamp: TimestampMs,
+    /// Bytes appended.
+    pub bytes: u64,
+}
+
+/// An append whose offsets are assigned; await it for the requested durability.
+///
+/// Dropping it does not cancel the append (the data is still written); it only stops waiting,
+/// which is what an `acks=0` producer wants.
+#[derive(Debug)]
+#[must_use = "await the append to learn whether it became durable"]
+pub struct PendingAppend {
+    info: AppendInfo,
+    done: oneshot::Receiver<Result<(), AppendError>>,
+}
+
+impl PendingAppend {
+    /// The assigned offsets, known as soon as `append` returns.
+    pub fn info(&self) -> AppendInfo {
+        self.info
+    }
+}
+
+impl std::future::Future for PendingAppend {
+    type Output = Result<AppendInfo, AppendError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let info = self.info;
+        std::pin::Pin::new(&mut self.done)
+            .poll(cx)
+            .map(|result| match result {
+                Ok(Ok(())) => Ok(info),
+                Ok(Err(error)) => Err(error),
+                // The log was dropped before finishing the write.
+                Err(oneshot::Canceled) => Err(AppendError::Closed),
+            })
+    }
+}
+
+/// Batches returned by [`PartitionLog::read`].
+#[derive(Clone, Debug, Default)]
+pub struct ReadSlice {
+    /// Whole batches, byte-for-byte as stored, in offset order; chunks may hold several batches.
+    pub chunks: Vec<Bytes>,
+    /// The offset to read from next (after the last batch returned, or the requested offset when
+    /// nothing was returned).
+    pub next_offset: Offset,
+}
+
+impl ReadSlice {
+    /// Total bytes of the chunks.
+    pub fn bytes(&self) -> usize {
+        self.chunks.iter().map(Bytes::len).sum()
+    }
+
+    /// True when no batch was returned.
+    pub fn is_empty(&self) -> bool {
+        self.chunks.is_empty()
+    }
+}
+
+/// The result of [`PartitionLog::offset_for_timestamp`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TimestampOffset {
+    /// Base offset of the first batch whose max timestamp is at least the target (not below the
+    /// log start offset).
+    pub offset: Offset,
+    /// That batch's max timestamp.
+    pub timestamp: TimestampMs,
+}
+
+/// What [`PartitionLog::apply_retention`] and [`PartitionLog::delete_records`] removed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RetentionReport {
+    /// Base offsets of the deleted segments.
+    pub deleted_segments: Vec<Offset>,
+    /// Bytes of the deleted segments.
+    pub deleted_bytes: u64,
+    /// The log start offset afterwards.
+    pub log_start_offset: Offset,
+}
+
+/// Counters of one log, for tests and metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LogStats {
+    /// Write rounds issued.
+    pub writes: u64,
+    /// fdatasyncs of the active segment issued by the writer.
+    pub syncs: u64,
+    /// Appends accepted.
+    pub appends: u64,
+    /// Segments rolled.
+    pub rolls: u64,
+    /// Reads served from disk.
+    pub disk_reads: u64,
+    /// Reads served from the batch cache.
+    pub cache_reads: u64,
+    /// Index lookups that found damaged entries and fell back to scanning.
+    pub index_fallbacks: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    Open,
+    /// `truncate_to` is running: appends are refused with `Busy`.
+    Truncating,
+    /// `close`/`remove` started: everything is refused.
+    Closed,
+    /// An fdatasync failed: appends are refused until reopened.
+    Failed,
+}
+
+/// A batch staged for writing, its header already rewritten.
+#[derive(Clone, Debug)]
+struct StagedBatch {
+    base: Offset,
+    next: Offset,
+    max_timestamp: TimestampMs,
+    bytes: Bytes,
+}
+
+#[derive(Debug)]
+enum Op {
+    /// One append call's batches.
+    Write {
+        batches: Vec<StagedBatch>,
+        bytes: usize,
+    },
+    /// Seal the active segment and start a new one at this base offset.
+    Roll { base: Offset },
+}
+
+/// Where the next assigned batch goes: the segment the queue will be writing into by then.
+#[derive(Clone, Copy, Debug)]
+struct AssignCursor {
+    segment_base: Offset,
+    /// Bytes assigned to that segment so far (written and queued).
+    bytes: u64,
+    first_max_timestamp: Option<TimestampMs>,
+}
+
+#[derive(Debug)]
+struct Waiter {
+    /// The append is done when the written (or synced) end reaches this offset.
+    target: Offset,
+    done: oneshot::Sender<Result<(), AppendError>>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct MemoEntry {
+    offset: Offset,
+    segment: Offset,
+    position: u64,
+}
+
+struct State {
+    /// Invariant: ordered by base, contiguous (`segments[i].end == segments[i + 1].base`), never
+    /// empty; the last one is the active segment, all others are sealed.
+    segments: VecDeque<Segment>,
+    active: ActiveSegment,
+    /// Invariant: `segments[0].base <= log_start <= written`.
+    log_start: Offset,
+    /// Invariant: `log_start <= high_watermark <= written` (except briefly before the cluster
+    /// layer sets it after open).
+    high_watermark: Offset,
+    /// The next offset to assign. Invariant: `next_offset >= written`.
+    next_offset: Offset,
+    assign: AssignCursor,
+    /// The log end offset: everything below is written to the device and readable.
+    /// Invariant: equals `segments.back().end`.
+    written: Offset,
+    /// Everything below is fdatasync'ed. Invariant: `synced <= written`.
+    synced: Offset,
+    unsynced_records: u64,
+    queue: VecDeque<Op>,
+    writer_running: bool,
+    flush_due: bool,
+    flush_timer_armed: bool,
+    written_waiters: VecDeque<Waiter>,
+    synced_waiters: VecDeque<Waiter>,
+    idle_waiters: Vec<oneshot::Sender<()>>,
+    mode: Mode,
+    read_memo: [Option<MemoEntry>; READ_MEMO_ENTRIES],
+    read_memo_next: usize,
+    sealed_file: Option<(Offset, File)>,
+    stats: LogStats,
+}
+
+struct Inner {
+    tp: TopicPartition,
+    dir: PathBuf,
+    config: LogConfig,
+    cache: Rc<BatchCache>,
+    cache_key: CacheKey,
+    state: RefCell<State>,
+    /// Serialises checkpoint writes (roll, retention, delete-records, truncation, close).
+    checkpoint_lock: Semaphore,
+    /// Serialises maintenance operations (retention, delete-records, truncation, close).
+    admin_lock: Semaphore,
+    /// Set when the writer task must stop touching files (the log was removed).
+    removed: Cell<bool>,
+}
+
+/// One partition's durable log. Owned by one shard; `!Send`. See the module docs.
+pub struct PartitionLog {
+    inner: Rc<Inner>,
+}
+
+impl std::fmt::Debug for PartitionLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PartitionLog")
+            .field("tp", &self.inner.tp)
+            .field("dir", &self.inner.dir)
+            .finish()
+    }
+}
+
+impl PartitionLog {
+    /// Opens (or creates) the log of `tp` under the data directory `data_dir`, in
+    /// `data_dir/TOPIC-PARTITION/`, recovering its tail (see [`RecoveryReport`]).
+    pub async fn open(
+        data_dir: &Path,
+        tp: TopicPartition,
+        config: LogConfig,
+        cache: Rc<BatchCache>,
+    ) -> Result<(PartitionLog, RecoveryReport), OpenError> {
+        let (inner, report) = recovery::open(data_dir, tp, config, cache).await?;
+        Ok((
+            PartitionLog {
+                inner: Rc::new(inner),
+            },
+            report,
+        ))
+    }
+
+    /// Appends validated v2 batches as the leader: assigns offsets (and stamps `leader_epoch`)
+    /// synchronously, then returns a [`PendingAppend`] that resolves at `durability`.
+    pub fn append(
+        &self,
+        batches: Bytes,
+        leader_epoch: LeaderEpoch,
+        durability: Durability,
+    ) -> Result<PendingAppend, AppendError> {
+        append::stage(
+            &self.inner,
+            batches,
+            append::Assign::Leader(leader_epoch),
+            durability,
+        )
+    }
+
+    /// Appends batches that already carry their offsets (a replication follower). They must
+    /// continue the log exactly: the first base offset equals [`Self::log_end_offset`] plus what
+    /// is queued, and each batch starts where the previous ends.
+    pub fn append_with_offsets(
+        &self,
+        batches: Bytes,
+        durability: Durability,
+    ) -> Result<PendingAppend, AppendError> {
+        append::stage(&self.inner, batches, append::Assign::Follower, durability)
+    }
+
+    /// Reads whole batches starting with the one containing `from`, up to `max_bytes` (at least
+    /// one batch) and only batches that end at or before `upper` (exclusive bound, such as the
+    /// high watermark; clamped to the log end).
+    pub async fn read(
+        &self,
+        from: Offset,
+        max_bytes: usize,
+        upper: Offset,
+    ) -> Result<ReadSlice, ReadError> {
+        read::read(&self.inner, from, max_bytes, upper).await
+    }
+
+    /// The first batch whose max timestamp is at least `timestamp`, or `None` if there is none.
+    pub async fn offset_for_timestamp(
+        &self,
+        timestamp: TimestampMs,
+    ) -> Result<Option<TimestampOffset>, ReadError> {
+        read::offset_for_timestamp(&self.inner, timestamp).await
+    }
+
+    /// The log start offset: the first offset that can be read.
+    pub fn log_start_offset(&self) -> Offset {
+        self.inner.state.borrow().log_start
+    }
+
+    /// The log end offset: the offset after the last written batch.
+    pub fn log_end_offset(&self) -> Offset {
+        self.inner.state.borrow().written
+    }
+
+    /// The next offset an append will be assigned (log end plus queued appends).
+    pub fn next_offset(&self) -> Offset {
+        self.inner.state.borrow().next_offset
+    }
+
+    /// The high watermark as last set (after open: the checkpointed value, at most the log end).
+    pub fn high_watermark(&self) -> Offset {
+        self.inner.state.borrow().high_watermark
+    }
+
+    /// Sets the high watermark.
+    ///
+    /// # Panics
+    /// If it would move backwards or past the log end (a replication bug).
+    pub fn set_high_watermark(&self, offset: Offset) {
+        let mut state = self.inner.state.borrow_mut();
+        assert!(
+            offset <= state.written,
+            "{}: high watermark {offset} past log end {}",
+            self.inner.tp,
+            state.written
+        );
+        assert!(
+            offset >= state.high_watermark,
+            "{}: high watermark {offset} below {}",
+            self.inner.tp,
+            state.high_watermark
+        );
+        state.high_watermark = offset;
+    }
+
+    /// Bytes of all segments (written data).
+    pub fn size_bytes(&self) -> u64 {
+        self.inner
+            .state
+            .borrow()
+            .segments
+            .iter()
+            .map(|segment| segment.size)
+            .sum()
+    }
+
+    /// Number of segments, the active one included.
+    pub fn segment_count(&self) -> usize {
+        self.inner.state.borrow().segments.len()
+    }
+
+    /// Base offsets of the segments, oldest first.
+    pub fn segment_bases(&self) -> Vec<Offset> {
+        self.inner
+            .state
+            .borrow()
+            .segments
+            .iter()
+            .map(|segment| segment.base)
+            .collect()
+    }
+
+    /// The partition directory.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// The topic-partition.
+    pub fn topic_partition(&self) -> &TopicPartition {
+        &self.inner.tp
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> LogStats {
+        self.inner.state.borrow().stats
+    }
+
+    /// Waits until every queued append is written (and any requested fdatasync done).
+    pub async fn flush(&self) {
+        writer::wait_idle(&self.inner).await;
+    }
+
+    /// fdatasyncs everything written so far.
+    pub async fn sync(&self) -> Result<(), AdminError> {
+        admin::sync(&self.inner).await
+    }
+
+    /// Advances the log start offset to `before` (Kafka DeleteRecords), persists it, and deletes
+    /// the sealed segments entirely below it. `before` must not pass the log end.
+    pub async fn delete_records(&self, before: Offset) -> Result<RetentionReport, AdminError> {
+        admin::delete_records(&self.inner, before).await
+    }
+
+    /// Deletes whole sealed segments by `retention.ms` (their max timestamp is older than
+    /// `now - retention.ms`), by `retention.bytes`, and below the log start offset. Never the
+    /// active segment.
+    pub async fn apply_retention(&self, now: TimestampMs) -> Result<RetentionReport, AdminError> {
+        admin::apply_retention(&self.inner, now).await
+    }
+
+    /// Removes every batch from the one containing `offset` on (follower truncation); returns
+    /// the new log end offset. Appends are refused with [`AppendError::Busy`] meanwhile.
+    pub async fn truncate_to(&self, offset: Offset) -> Result<Offset, AdminError> {
+        admin::truncate_to(&self.inner, offset).await
+    }
+
+    /// Rolls to a new segment now (if the active one holds data).
+    pub async fn roll(&self) -> Result<(), AdminError> {
+        admin::roll_now(&self.inner).await
+    }
+
+    /// Writes and syncs everything, trims the active segment's preallocation, writes the
+    /// checkpoint and the clean-shutdown marker (so the next open trusts the indexes), and
+    /// releases the log's files and cache entries.
+    pub async fn close(self) -> Result<(), AdminError> {
+        admin::close(&self.inner).await
+    }
+
+    /// Deletes the partition's directory and everything in it.
+    pub async fn remove(self) -> Result<(), AdminError> {
+        admin::remove(&self.inner).await
+    }
+}

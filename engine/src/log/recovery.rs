@@ -1,0 +1,948 @@
+//! Opening a partition log: reading the checkpoint and the clean-shutdown marker, trusting the
+//! sealed segments the checkpoint lists (with cheap index checks), scanning the tail segments
+//! (CRC, framing, offset continuity), truncating a torn or corrupt tail at the last whole batch,
+//! rebuilding damaged or missing indexes, and reporting all of it ([`RecoveryReport`]).
+//!
+//! The rules are specified in `engine/FORMAT.md` §Recovery.
+//!
+//! Must not depend on: the write queue (the log is not yet shared while it opens).
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, VecDeque};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use crate::batch::BatchError;
+use crate::io::{self as dio, File, align_down};
+use crate::limits::{
+    DIO_ALIGN_BYTES, OFFSET_INDEX_ENTRY_BYTES, SEGMENTS_MAX, TIME_INDEX_ENTRY_BYTES,
+};
+use crate::log::admin::{open_or_create, write_active_index};
+use crate::log::cache::BatchCache;
+use crate::log::checkpoint::{
+    CHECKPOINT_FILE, CLEAN_SHUTDOWN_FILE, Checkpoint, CleanShutdown, DecodeError, SealedRow,
+};
+use crate::log::index::{
+    EntryBounds, IndexBuilder, IndexDamage, IndexFile, check_offset_entries, check_time_entries,
+};
+use crate::log::segment::{
+    ActiveSegment, INDEX_EXTENSION, LOG_EXTENSION, ScanItem, Scanner, Segment,
+    TIME_INDEX_EXTENSION, file_path, parse_file_name,
+};
+use crate::log::writer::{checkpoint_of, create_segment, cursor_of_active};
+use crate::log::{Inner, LogConfig, LogStats, Mode, OpenError, State};
+use crate::rt::sync::Semaphore;
+use crate::types::{FilePos, Offset, TopicPartition};
+
+/// What opening a log found and did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// The partition directory was empty and a new log was created.
+    pub created: bool,
+    /// A valid clean-shutdown marker matched the active segment: nothing was scanned.
+    pub clean_shutdown: bool,
+    /// State of the checkpoint file.
+    pub checkpoint: CheckpointStatus,
+    /// Base offsets of the segments whose batches were scanned and CRC-checked.
+    pub scanned_segments: Vec<Offset>,
+    /// Tails cut off at the last whole batch.
+    pub truncations: Vec<Truncation>,
+    /// Segments deleted: after a truncated segment (the log cannot continue past it), or left
+    /// below the log start by an interrupted deletion.
+    pub deleted_segments: Vec<Offset>,
+    /// Index files rewritten, and why.
+    pub rebuilt_indexes: Vec<RebuiltIndex>,
+    /// Stray files removed (temporary files, indexes without a segment).
+    pub removed_files: Vec<String>,
+    /// The log start offset after opening.
+    pub log_start_offset: Offset,
+    /// The log end offset after opening.
+    pub log_end_offset: Offset,
+}
+
+/// State of the checkpoint file at open.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CheckpointStatus {
+    /// Present and valid: segments it lists were trusted.
+    #[default]
+    Valid,
+    /// Absent: every segment was scanned.
+    Missing,
+    /// Present but unusable (the reason): every segment was scanned.
+    Damaged(String),
+}
+
+/// A tail cut off during recovery.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Truncation {
+    /// Base offset of the segment.
+    pub segment: Offset,
+    /// Where the segment now ends.
+    pub position: FilePos,
+    /// Bytes of non-zero data discarded from there (measured up to a bound).
+    pub bytes: u64,
+    /// Why the bytes at `position` were not a valid next batch.
+    pub reason: TruncationReason,
+}
+
+/// Why recovery truncated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TruncationReason {
+    /// The bytes fail the batch checks (length, magic, CRC, or cut short).
+    InvalidBatch(BatchError),
+    /// A valid batch that does not continue the offsets.
+    OffsetGap {
+        /// The offset the log continues at.
+        expected: Offset,
+        /// The batch's base offset.
+        found: Offset,
+    },
+}
+
+/// Which index of a segment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IndexKind {
+    /// The `.index` file.
+    Offset,
+    /// The `.timeindex` file.
+    Time,
+}
+
+/// An index file recovery rewrote.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RebuiltIndex {
+    /// Base offset of the segment.
+    pub segment: Offset,
+    /// Which index.
+    pub kind: IndexKind,
+    /// What was wrong with it.
+    pub damage: IndexDamage,
+}
+
+/// The result of walking a segment's batches.
+pub(crate) struct ScanOutcome {
+    /// Position after the last good batch.
+    pub end_position: u64,
+    /// Offset after the last good batch.
+    pub end_offset: Offset,
+    pub offsets: Vec<u8>,
+    pub times: Vec<u8>,
+    pub builder: IndexBuilder,
+    /// The first bad position and why, if the walk stopped before a clean end.
+    pub stop: Option<(u64, TruncationReason)>,
+}
+
+/// Walks a segment from the start to `limit`, checking framing (and CRCs when `verify_crc`)
+/// and that offsets continue from `base`, and builds its indexes by the write path's rule.
+pub(crate) async fn scan_segment(
+    file: File,
+    base: Offset,
+    limit: u64,
+    interval: u64,
+    verify_crc: bool,
+) -> io::Result<(ScanOutcome, Scanner)> {
+    let mut scanner = Scanner::new(file, 0, limit, verify_crc);
+    let mut outcome = ScanOutcome {
+        end_position: 0,
+        end_offset: base,
+        offsets: Vec::new(),
+        times: Vec::new(),
+        builder: IndexBuilder::new(base, interval),
+        stop: None,
+    };
+    loop {
+        match scanner.next().await? {
+            ScanItem::Batch { header, position } => {
+                if header.base_offset != outcome.end_offset {
+                    let reason = TruncationReason::OffsetGap {
+                        expected: outcome.end_offset,
+                        found: header.base_offset,
+                    };
+                    outcome.stop = Some((position, reason));
+                    break;
+                }
+                let entries =
+                    outcome
+                        .builder
+                        .on_batch(header.base_offset, position, header.max_timestamp);
+                if let Some(entry) = entries.offset {
+                    outcome.offsets.extend_from_slice(&entry.encode());
+                }
+                if let Some(entry) = entries.time {
+                    outcome.times.extend_from_slice(&entry.encode());
+                }
+                outcome.end_offset = header.next_offset();
+                outcome.end_position = position + header.total_bytes() as u64;
+            }
+            ScanItem::End { position } => {
+                assert_eq!(position, outcome.end_position, "scan end moved");
+                break;
+            }
+            ScanItem::Invalid { position, error } => {
+                outcome.stop = Some((position, TruncationReason::InvalidBatch(error)));
+                break;
+            }
+        }
+    }
+    assert!(
+        outcome.end_position <= limit,
+        "scan of segment {base} ended past its limit"
+    );
+    Ok((outcome, scanner))
+}
+
+fn io_error(path: &Path) -> impl Fn(io::Error) -> OpenError + '_ {
+    move |error| OpenError::io(path, error)
+}
+
+/// Reads a whole index file; `None` when missing.
+async fn read_index(path: &Path) -> io::Result<Option<Vec<u8>>> {
+    match dio::open_read(path).await {
+        Ok(file) => {
+            let len = dio::file_len(&file).await?;
+            let len = usize::try_from(len).map_err(io::Error::other)?;
+            Ok(Some(dio::read_at(&file, 0, len).await?.to_vec()))
+        }
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(error) => Err(error),
+    }
+}
+
+fn classify(
+    on_disk: Option<&[u8]>,
+    expected: &[u8],
+    kind: IndexKind,
+    bounds: EntryBounds,
+) -> IndexDamage {
+    let Some(on_disk) = on_disk else {
+        return IndexDamage::Missing;
+    };
+    let checked = match kind {
+        IndexKind::Offset => check_offset_entries(on_disk, bounds, None),
+        IndexKind::Time => check_time_entries(on_disk, bounds, None),
+    };
+    if let Err(damage) = checked {
+        return damage;
+    }
+    if on_disk.len() < expected.len() && expected.starts_with(on_disk) {
+        IndexDamage::Incomplete
+    } else {
+        IndexDamage::Mismatch
+    }
+}
+
+/// Writes a sealed segment's index exactly (padded write, trim, sync).
+async fn write_sealed_index(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let file = open_or_create(path).await?;
+    dio::truncate(&file, 0).await?;
+    if !bytes.is_empty() {
+        let buffer = dio::aligned_buffer(&file, &[bytes]);
+        dio::write_at(&file, buffer, 0).await?;
+    }
+    dio::truncate(&file, bytes.len() as u64).await?;
+    dio::sync(&file).await
+}
+
+/// Makes a scanned segment's index file match `expected`; reports a rewrite. For the active
+/// segment, a file holding a prefix of `expected` covering its whole blocks is already right
+/// (the write path flushes only whole blocks), and the result keeps the rest in memory.
+async fn reconcile_index(
+    dir: &Path,
+    segment: &Segment,
+    kind: IndexKind,
+    expected: &[u8],
+    active: bool,
+    report: &mut RecoveryReport,
+) -> Result<Option<IndexFile>, OpenError> {
+    let path = file_path(
+        dir,
+        segment.base,
+        if kind == IndexKind::Offset {
+            INDEX_EXTENSION
+        } else {
+            TIME_INDEX_EXTENSION
+        },
+    );
+    let on_disk = read_index(&path).await.map_err(io_error(&path))?;
+    let whole_blocks = usize::try_from(align_down(expected.len() as u64)).expect("fits");
+    let good = on_disk.as_deref().is_some_and(|on_disk| {
+        if active {
+            on_disk.len() <= expected.len()
+                && on_disk.len() >= whole_blocks
+                && expected.starts_with(on_disk)
+        } else {
+            on_disk == expected
+        }
+    });
+    let bounds = bounds_of(segment);
+    if !good {
+        let damage = classify(on_disk.as_deref(), expected, kind, bounds);
+        report.rebuilt_indexes.push(RebuiltIndex {
+            segment: segment.base,
+            kind,
+            damage,
+        });
+        if !active {
+            write_sealed_index(&path, expected)
+                .await
+                .map_err(io_error(&path))?;
+        }
+    }
+    if !active {
+        return Ok(None);
+    }
+    let file = open_or_create(&path).await.map_err(io_error(&path))?;
+    if good {
+        let disk_bytes = whole_blocks as u64;
+        return Ok(Some(IndexFile {
+            file,
+            path,
+            disk_bytes,
+            mem: expected[whole_blocks..].to_vec(),
+        }));
+    }
+    let index = write_active_index(&file, path.clone(), expected)
+        .await
+        .map_err(io_error(&path))?;
+    Ok(Some(index))
+}
+
+fn bounds_of(segment: &Segment) -> EntryBounds {
+    EntryBounds {
+        relative_end: u64::try_from(segment.end.0 - segment.base.0).expect("end >= base"),
+        size: segment.size,
+    }
+}
+
+/// Cheap checks of a trusted sealed segment's index: size as recorded, and the first and last
+/// windows (one block each) well-formed and within the segment.
+async fn check_sealed_index(
+    path: &Path,
+    recorded: u64,
+    kind: IndexKind,
+    bounds: EntryBounds,
+) -> io::Result<Option<IndexDamage>> {
+    let file = match dio::open_read(path).await {
+        Ok(file) => file,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {
+            return Ok(Some(IndexDamage::Missing));
+        }
+        Err(error) => return Err(error),
+    };
+    let len = dio::file_len(&file).await?;
+    if len != recorded {
+        return Ok(Some(IndexDamage::WrongSize));
+    }
+    let entry = if kind == IndexKind::Offset {
+        OFFSET_INDEX_ENTRY_BYTES
+    } else {
+        TIME_INDEX_ENTRY_BYTES
+    } as u64;
+    if !len.is_multiple_of(entry) {
+        return Ok(Some(IndexDamage::WrongSize));
+    }
+    let window = (DIO_ALIGN_BYTES as u64 / entry) * entry;
+    let first_len = len.min(window);
+    let last_from = len - first_len;
+    for from in [0, last_from] {
+        let bytes =
+            dio::read_at(&file, from, usize::try_from(first_len).expect("one block")).await?;
+        let checked = match kind {
+            IndexKind::Offset => check_offset_entries(&bytes, bounds, None),
+            IndexKind::Time => check_time_entries(&bytes, bounds, None),
+        };
+        if let Err(damage) = checked {
+            return Ok(Some(damage));
+        }
+    }
+    Ok(None)
+}
+
+/// Rebuilds a trusted sealed segment's damaged indexes from its batches (framing only: the
+/// segment's CRCs are checked when its batches are read).
+async fn repair_sealed(
+    dir: &Path,
+    segment: &Segment,
+    damaged: [Option<IndexDamage>; 2],
+    interval: u64,
+    report: &mut RecoveryReport,
+) -> Result<(), OpenError> {
+    let log_path = file_path(dir, segment.base, LOG_EXTENSION);
+    let file = dio::open_read(&log_path)
+        .await
+        .map_err(io_error(&log_path))?;
+    let (mut outcome, _) = scan_segment(file, segment.base, segment.size, interval, false)
+        .await
+        .map_err(io_error(&log_path))?;
+    if let Some(entry) = outcome.builder.on_seal() {
+        outcome.times.extend_from_slice(&entry.encode());
+    }
+    for (slot, damage) in damaged.into_iter().enumerate() {
+        let Some(damage) = damage else { continue };
+        let (kind, extension, bytes) = if slot == 0 {
+            (IndexKind::Offset, INDEX_EXTENSION, &outcome.offsets)
+        } else {
+            (IndexKind::Time, TIME_INDEX_EXTENSION, &outcome.times)
+        };
+        let path = file_path(dir, segment.base, extension);
+        write_sealed_index(&path, bytes)
+            .await
+            .map_err(io_error(&path))?;
+        report.rebuilt_indexes.push(RebuiltIndex {
+            segment: segment.base,
+            kind,
+            damage,
+        });
+    }
+    Ok(())
+}
+
+/// Files of the partition directory by segment.
+#[derive(Default)]
+struct DiskSegments {
+    bases: BTreeMap<Offset, [bool; 3]>,
+}
+
+async fn list_segments(dir: &Path, report: &mut RecoveryReport) -> Result<DiskSegments, OpenError> {
+    let names = dio::list_dir(dir).map_err(io_error(dir))?;
+    let mut disk = DiskSegments::default();
+    for name in &names {
+        if name.ends_with(".tmp") {
+            let path = dir.join(name);
+            dio::remove(&path).await.map_err(io_error(&path))?;
+            report.removed_files.push(name.clone());
+            continue;
+        }
+        let Some((base, extension)) = parse_file_name(name) else {
+            continue;
+        };
+        let slot = match extension {
+            LOG_EXTENSION => 0,
+            INDEX_EXTENSION => 1,
+            _ => 2,
+        };
+        disk.bases.entry(base).or_default()[slot] = true;
+    }
+    let orphans: Vec<(Offset, [bool; 3])> = disk
+        .bases
+        .iter()
+        .filter(|(_, files)| !files[0])
+        .map(|(base, files)| (*base, *files))
+        .collect();
+    for (base, files) in orphans {
+        for (slot, extension) in [(1, INDEX_EXTENSION), (2, TIME_INDEX_EXTENSION)] {
+            if files[slot] {
+                let path = file_path(dir, base, extension);
+                dio::remove(&path).await.map_err(io_error(&path))?;
+                report.removed_files.push(
+                    path.file_name()
+                        .expect("named")
+                        .to_string_lossy()
+                        .into_owned(),
+                );
+            }
+        }
+        disk.bases.remove(&base);
+    }
+    if disk.bases.len() > SEGMENTS_MAX {
+        return Err(OpenError::TooManySegments {
+            path: dir.to_path_buf(),
+            count: disk.bases.len(),
+        });
+    }
+    Ok(disk)
+}
+
+async fn read_checkpoint(
+    dir: &Path,
+    report: &mut RecoveryReport,
+) -> Result<Option<Checkpoint>, OpenError> {
+    let path = dir.join(CHECKPOINT_FILE);
+    let len_max = SEGMENTS_MAX * 40 + DIO_ALIGN_BYTES;
+    let Some(bytes) = dio::read_small_file(&path, len_max)
+        .await
+        .map_err(io_error(&path))?
+    else {
+        report.checkpoint = CheckpointStatus::Missing;
+        return Ok(None);
+    };
+    match Checkpoint::decode(&bytes) {
+        Ok(checkpoint) => {
+            let rows = &checkpoint.sealed;
+            let ordered = rows.windows(2).all(|pair| pair[0].end == pair[1].base)
+                && rows.iter().all(|row| row.end > row.base && row.base.0 >= 0)
+                && rows
+                    .last()
+                    .is_none_or(|last| last.end == checkpoint.recovery_point)
+                && checkpoint.log_start.0 >= 0;
+            if ordered {
+                report.checkpoint = CheckpointStatus::Valid;
+                Ok(Some(checkpoint))
+            } else {
+                report.checkpoint = CheckpointStatus::Damaged("inconsistent segment table".into());
+                Ok(None)
+            }
+        }
+        Err(DecodeError::Damaged(reason)) => {
+            report.checkpoint = CheckpointStatus::Damaged(reason.into());
+            Ok(None)
+        }
+        Err(DecodeError::Version(version)) => Err(OpenError::Format {
+            path,
+            reason: format!("checkpoint format version {version}, this build reads version 1"),
+        }),
+    }
+}
+
+/// Reads and removes the clean-shutdown marker: from here on, a crash must be recovered from.
+async fn take_clean_marker(dir: &Path) -> Result<Option<CleanShutdown>, OpenError> {
+    let path = dir.join(CLEAN_SHUTDOWN_FILE);
+    let bytes = dio::read_small_file(&path, DIO_ALIGN_BYTES)
+        .await
+        .map_err(io_error(&path))?;
+    if bytes.is_some() {
+        dio::remove(&path).await.map_err(io_error(&path))?;
+        dio::sync_dir(dir).await.map_err(io_error(dir))?;
+    }
+    Ok(bytes.and_then(|bytes| CleanShutdown::decode(&bytes).ok()))
+}
+
+async fn delete_segment_files(dir: &Path, base: Offset) -> Result<(), OpenError> {
+    for extension in [LOG_EXTENSION, INDEX_EXTENSION, TIME_INDEX_EXTENSION] {
+        let path = file_path(dir, base, extension);
+        dio::remove(&path).await.map_err(io_error(&path))?;
+    }
+    Ok(())
+}
+
+/// Reads the partial last block `[align_down(size), size)` of a segment.
+async fn read_tail(file: &File, size: u64) -> io::Result<Vec<u8>> {
+    let from = align_down(size);
+    let len = usize::try_from(size - from).expect("below a block");
+    let tail = dio::read_at(file, from, len).await?;
+    if tail.len() != len {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "segment shorter than its size",
+        ));
+    }
+    Ok(tail.to_vec())
+}
+
+/// Opens the active segment as the clean-shutdown marker describes it, if everything matches.
+async fn open_clean(
+    dir: &Path,
+    marker: &CleanShutdown,
+    config: &LogConfig,
+) -> io::Result<Option<(Segment, ActiveSegment)>> {
+    let base = marker.active_base;
+    let log = dio::open_read_write(&file_path(dir, base, LOG_EXTENSION)).await?;
+    if dio::file_len(&log).await? != marker.active_size {
+        return Ok(None);
+    }
+    let segment = Segment {
+        base,
+        end: marker.log_end,
+        size: marker.active_size,
+        max_timestamp: marker.max.map(|(ts, _)| ts),
+        index_bytes: 0,
+        time_index_bytes: 0,
+        sealed: false,
+    };
+    let bounds = bounds_of(&segment);
+    let mut indexes = Vec::with_capacity(2);
+    for (kind, extension, recorded) in [
+        (IndexKind::Offset, INDEX_EXTENSION, marker.index_bytes),
+        (
+            IndexKind::Time,
+            TIME_INDEX_EXTENSION,
+            marker.time_index_bytes,
+        ),
+    ] {
+        let path = file_path(dir, base, extension);
+        if check_sealed_index(&path, u64::from(recorded), kind, bounds)
+            .await?
+            .is_some()
+        {
+            return Ok(None);
+        }
+        let file = dio::open_read_write(&path).await?;
+        let disk_bytes = align_down(u64::from(recorded));
+        let mem = read_tail(&file, u64::from(recorded)).await?;
+        indexes.push(IndexFile {
+            file,
+            path,
+            disk_bytes,
+            mem,
+        });
+    }
+    let time_index = indexes.pop().expect("two indexes");
+    let index = indexes.pop().expect("two indexes");
+    let tail = read_tail(&log, marker.active_size).await?;
+    let builder = IndexBuilder::resume(
+        base,
+        config.index_interval_bytes,
+        crate::log::index::BuilderResume {
+            last_indexed_position: marker.last_indexed_position,
+            last_relative: marker.last_relative,
+            max: marker.max,
+            last_time_entry: marker.last_time_entry,
+            first_max_timestamp: marker.first_max_timestamp,
+        },
+    );
+    let active = ActiveSegment {
+        base,
+        log,
+        tail,
+        allocated: marker.active_size,
+        index,
+        time_index,
+        builder,
+    };
+    Ok(Some((segment, active)))
+}
+
+/// Scans a tail segment; truncates it at the last whole batch if needed. Returns the segment
+/// and its scan.
+async fn scan_tail_segment(
+    dir: &Path,
+    base: Offset,
+    config: &LogConfig,
+    report: &mut RecoveryReport,
+) -> Result<(Segment, ScanOutcome, File), OpenError> {
+    let path = file_path(dir, base, LOG_EXTENSION);
+    let file = dio::open_read_write(&path).await.map_err(io_error(&path))?;
+    let len = dio::file_len(&file).await.map_err(io_error(&path))?;
+    let (outcome, mut scanner) =
+        scan_segment(file.clone(), base, len, config.index_interval_bytes, true)
+            .await
+            .map_err(io_error(&path))?;
+    report.scanned_segments.push(base);
+    if let Some((position, reason)) = &outcome.stop {
+        assert_eq!(
+            *position, outcome.end_position,
+            "segment {base}: stop at the end of good data"
+        );
+        let bytes = scanner
+            .garbage_bytes(*position)
+            .await
+            .map_err(io_error(&path))?;
+        tracing::warn!(segment = %base, position, bytes, ?reason, "truncating segment tail");
+        report.truncations.push(Truncation {
+            segment: base,
+            position: FilePos(*position),
+            bytes,
+            reason: reason.clone(),
+        });
+    }
+    if len > outcome.end_position {
+        // Drop the preallocated space and anything invalid after the last batch, so stale
+        // bytes can never be mistaken for batches later.
+        dio::truncate(&file, outcome.end_position)
+            .await
+            .map_err(io_error(&path))?;
+    }
+    dio::sync(&file).await.map_err(io_error(&path))?;
+    let segment = Segment {
+        base,
+        end: outcome.end_offset,
+        size: outcome.end_position,
+        max_timestamp: outcome.builder.max_timestamp(),
+        index_bytes: 0,
+        time_index_bytes: 0,
+        sealed: false,
+    };
+    Ok((segment, outcome, file))
+}
+
+/// See [`crate::log::PartitionLog::open`].
+pub(crate) async fn open(
+    data_dir: &Path,
+    tp: TopicPartition,
+    config: LogConfig,
+    cache: Rc<BatchCache>,
+) -> Result<(Inner, RecoveryReport), OpenError> {
+    config.validate()?;
+    let dir: PathBuf = data_dir.join(format!("{}-{}", tp.topic, tp.partition.0));
+    dio::create_dir(&dir).await.map_err(io_error(&dir))?;
+    let mut report = RecoveryReport::default();
+    let marker = take_clean_marker(&dir).await?;
+    let disk = list_segments(&dir, &mut report).await?;
+    let checkpoint = read_checkpoint(&dir, &mut report).await?;
+    let interval = config.index_interval_bytes;
+
+    // Trusted sealed segments: those the checkpoint lists, while their files match it.
+    let rows: Vec<SealedRow> = checkpoint
+        .as_ref()
+        .map(|checkpoint| checkpoint.sealed.clone())
+        .unwrap_or_default();
+    for row in &rows {
+        if !disk.bases.contains_key(&row.base) {
+            return Err(OpenError::MissingSegment {
+                path: dir.clone(),
+                base: row.base,
+            });
+        }
+    }
+    let mut sealed: Vec<Segment> = Vec::new();
+    for row in &rows {
+        let path = file_path(&dir, row.base, LOG_EXTENSION);
+        let file = dio::open_read(&path).await.map_err(io_error(&path))?;
+        let len = dio::file_len(&file).await.map_err(io_error(&path))?;
+        if len != row.size {
+            tracing::warn!(%tp, segment = %row.base, len, recorded = row.size, "sealed segment size changed; scanning");
+            break;
+        }
+        sealed.push(Segment {
+            base: row.base,
+            end: row.end,
+            size: row.size,
+            max_timestamp: row.max_timestamp,
+            index_bytes: u64::from(row.index_bytes),
+            time_index_bytes: u64::from(row.time_index_bytes),
+            sealed: true,
+        });
+    }
+    for segment in &sealed {
+        let bounds = bounds_of(segment);
+        let mut damaged = [None, None];
+        for (slot, (kind, extension, recorded)) in [
+            (IndexKind::Offset, INDEX_EXTENSION, segment.index_bytes),
+            (
+                IndexKind::Time,
+                TIME_INDEX_EXTENSION,
+                segment.time_index_bytes,
+            ),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let path = file_path(&dir, segment.base, extension);
+            damaged[slot] = check_sealed_index(&path, recorded, kind, bounds)
+                .await
+                .map_err(io_error(&path))?;
+        }
+        if damaged.iter().any(Option::is_some) {
+            repair_sealed(&dir, segment, damaged, interval, &mut report).await?;
+        }
+    }
+
+    // Segments below the trusted ones (or below the recovery point) are leftovers of an
+    // interrupted deletion.
+    let floor = match (&checkpoint, rows.first()) {
+        (_, Some(first)) => first.base,
+        (Some(checkpoint), None) => checkpoint.recovery_point,
+        (None, None) => Offset(i64::MIN),
+    };
+    let mut expected = sealed.last().map(|segment| segment.end);
+    let mut tail: Vec<Offset> = Vec::new();
+    for base in disk.bases.keys() {
+        if *base < floor {
+            delete_segment_files(&dir, *base).await?;
+            report.deleted_segments.push(*base);
+        } else if expected.is_none_or(|end| *base >= end) {
+            tail.push(*base);
+        }
+    }
+
+    // The tail: the first segment not trusted onwards. Scanned unless the clean marker
+    // vouches for the active segment.
+    let mut segments: Vec<Segment> = sealed;
+    let mut active: Option<ActiveSegment> = None;
+    let mut tail_iter = tail.into_iter().peekable();
+    while let Some(base) = tail_iter.next() {
+        if active.is_some() || expected.is_some_and(|end| base != end) {
+            delete_segment_files(&dir, base).await?;
+            report.deleted_segments.push(base);
+            continue;
+        }
+        let is_last = tail_iter.peek().is_none();
+        if is_last && let Some(marker) = marker.filter(|marker| marker.active_base == base) {
+            let opened = open_clean(&dir, &marker, &config)
+                .await
+                .map_err(io_error(&dir))?;
+            if let Some((segment, clean_active)) = opened {
+                report.clean_shutdown = true;
+                expected = Some(segment.end);
+                segments.push(segment);
+                active = Some(clean_active);
+                continue;
+            }
+        }
+        let (mut segment, mut outcome, file) =
+            scan_tail_segment(&dir, base, &config, &mut report).await?;
+        let truncated = outcome.stop.is_some();
+        if is_last || truncated || segment.size == 0 {
+            let index = reconcile_index(
+                &dir,
+                &segment,
+                IndexKind::Offset,
+                &outcome.offsets,
+                true,
+                &mut report,
+            )
+            .await?;
+            let time_index = reconcile_index(
+                &dir,
+                &segment,
+                IndexKind::Time,
+                &outcome.times,
+                true,
+                &mut report,
+            )
+            .await?;
+            let tail = read_tail(&file, segment.size)
+                .await
+                .map_err(io_error(&dir))?;
+            active = Some(ActiveSegment {
+                base,
+                log: file,
+                tail,
+                allocated: segment.size,
+                index: index.expect("active index"),
+                time_index: time_index.expect("active index"),
+                builder: outcome.builder,
+            });
+        } else {
+            if let Some(entry) = outcome.builder.on_seal() {
+                outcome.times.extend_from_slice(&entry.encode());
+            }
+            reconcile_index(
+                &dir,
+                &segment,
+                IndexKind::Offset,
+                &outcome.offsets,
+                false,
+                &mut report,
+            )
+            .await?;
+            reconcile_index(
+                &dir,
+                &segment,
+                IndexKind::Time,
+                &outcome.times,
+                false,
+                &mut report,
+            )
+            .await?;
+            segment.sealed = true;
+            segment.index_bytes = outcome.offsets.len() as u64;
+            segment.time_index_bytes = outcome.times.len() as u64;
+        }
+        expected = Some(segment.end);
+        segments.push(segment);
+    }
+    let active = match active {
+        Some(active) => active,
+        None => {
+            // No usable tail segment: start an empty one where the log ends.
+            let base = expected.unwrap_or_else(|| {
+                checkpoint
+                    .as_ref()
+                    .map_or(Offset(0), |c| c.recovery_point.max(c.log_start))
+            });
+            report.created = segments.is_empty();
+            let active = create_segment(&dir, base, interval, 0)
+                .await
+                .map_err(io_error(&dir))?;
+            dio::sync_dir(&dir).await.map_err(io_error(&dir))?;
+            segments.push(Segment {
+                base,
+                end: base,
+                size: 0,
+                max_timestamp: None,
+                index_bytes: 0,
+                time_index_bytes: 0,
+                sealed: false,
+            });
+            active
+        }
+    };
+    if !report.deleted_segments.is_empty() || !report.removed_files.is_empty() {
+        dio::sync_dir(&dir).await.map_err(io_error(&dir))?;
+    }
+
+    let first_base = segments[0].base;
+    let written = segments.last().expect("active segment").end;
+    let log_start = checkpoint
+        .as_ref()
+        .map_or(first_base, |c| c.log_start)
+        .max(first_base)
+        .min(written);
+    let high_watermark = checkpoint
+        .as_ref()
+        .map_or(log_start, |c| c.high_watermark)
+        .min(written)
+        .max(log_start);
+    assert_eq!(
+        active.base,
+        segments.last().expect("active").base,
+        "{tp}: active segment is the last"
+    );
+    let segments: VecDeque<Segment> = segments.into();
+    for pair in segments.iter().collect::<Vec<_>>().windows(2) {
+        assert_eq!(
+            pair[0].end, pair[1].base,
+            "{tp}: segments not contiguous at {}",
+            pair[0].end
+        );
+        assert!(
+            pair[0].sealed,
+            "{tp}: segment {} before the active one is not sealed",
+            pair[0].base
+        );
+    }
+    report.log_start_offset = log_start;
+    report.log_end_offset = written;
+
+    let mut state = State {
+        segments,
+        active,
+        log_start,
+        high_watermark,
+        next_offset: written,
+        assign: crate::log::AssignCursor {
+            segment_base: Offset(0),
+            bytes: 0,
+            first_max_timestamp: None,
+        },
+        written,
+        synced: written,
+        unsynced_records: 0,
+        queue: VecDeque::new(),
+        writer_running: false,
+        flush_due: false,
+        flush_timer_armed: false,
+        written_waiters: VecDeque::new(),
+        synced_waiters: VecDeque::new(),
+        idle_waiters: Vec::new(),
+        mode: Mode::Open,
+        read_memo: Default::default(),
+        read_memo_next: 0,
+        sealed_file: None,
+        stats: LogStats::default(),
+    };
+    state.assign = cursor_of_active(&state);
+    let fresh = checkpoint_of(&state);
+    if checkpoint.as_ref() != Some(&fresh) {
+        dio::write_file_atomic(&dir, CHECKPOINT_FILE, &fresh.encode())
+            .await
+            .map_err(io_error(&dir))?;
+    }
+    let cache_key = cache.register();
+    let inner = Inner {
+        tp,
+        dir,
+        config,
+        cache,
+        cache_key,
+        state: RefCell::new(state),
+        checkpoint_lock: Semaphore::new(1),
+        admin_lock: Semaphore::new(1),
+        removed: Cell::new(false),
+    };
+    Ok((inner, report))
+}
