@@ -89,6 +89,23 @@ pub fn block_on<T>(future: impl Future<Output = T>) -> T {
     })
 }
 
+/// I/O memory of an executor that does no storage I/O: glommio's minimum.
+const NETWORK_ONLY_IO_MEMORY_BYTES: usize = 64 << 10;
+
+/// Runs `future` to completion on a new unpinned executor on the calling thread, for programs
+/// that use only the network (the `sluice` client commands, client library users).
+///
+/// Unlike [`block_on`] it touches no directory (no direct-IO priming), registers only a
+/// minimal I/O buffer pool, and reports an executor that cannot start (no io_uring, say) as
+/// an error instead of panicking.
+pub fn try_block_on<T>(future: impl Future<Output = T>) -> std::io::Result<T> {
+    let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .io_memory(NETWORK_ONLY_IO_MEMORY_BYTES)
+        .make();
+    let executor = into_io(executor)?;
+    Ok(executor.run(future))
+}
+
 /// Runs blocking work (rare, small file-system operations such as writing the metadata file)
 /// on the executor's blocking thread pool so the shard keeps serving meanwhile.
 pub async fn spawn_blocking<F, R>(func: F) -> R
