@@ -41,7 +41,7 @@
 //!     }
 //!     for ack in futures::future::join_all(acks).await {
 //!         let metadata = ack?;
-//!         println!("{}-{} @ {}", metadata.topic, metadata.partition, metadata.offset);
+//!         assert!(metadata.offset >= 0, "acks=all reports offsets");
 //!     }
 //!     Ok::<(), Box<dyn std::error::Error>>(())
 //! })?;
@@ -82,6 +82,7 @@
 //!
 //! ```no_run
 //! # use sluice_engine::rt;
+//! use std::io::Write;
 //! use std::time::Duration;
 //! use sluice_engine::TimestampMs;
 //! use sluice_engine::rt::clock;
@@ -98,7 +99,8 @@
 //!     loop {
 //!         for record in consumer.poll(Duration::from_secs(1)).await? {
 //!             let value = record.value.as_deref().unwrap_or_default();
-//!             println!("{} {} {}", record.partition, record.offset, value.len());
+//!             let (partition, offset) = (record.partition, record.offset);
+//!             writeln!(std::io::stdout(), "{partition} {offset} {}", value.len())?;
 //!         }
 //!     }
 //!     # Ok::<(), Box<dyn std::error::Error>>(())
@@ -111,6 +113,7 @@
 //! ```no_run
 //! # use sluice_engine::rt;
 //! # use sluice_net::client::{Client, ClientConfig};
+//! use std::io::Write;
 //! use sluice_net::native::messages::OffsetQuery;
 //!
 //! rt::block_on(async {
@@ -118,8 +121,9 @@
 //!     for name in client.list_topics().await? {
 //!         let topic = client.describe_topic(&name).await?;
 //!         for p in &topic.partitions {
-//!             println!("{name}-{}: shard {} offsets {}..{}", p.partition, p.shard,
-//!                 p.log_start_offset, p.log_end_offset);
+//!             let (start, end) = (p.log_start_offset, p.log_end_offset);
+//!             writeln!(std::io::stdout(), "{name}-{}: shard {} offsets {start}..{end}",
+//!                 p.partition, p.shard)?;
 //!         }
 //!     }
 //!     client.alter_config("orders", vec![("retention.ms".into(), Some("3600000".into()))]).await?;
