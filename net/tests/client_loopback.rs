@@ -804,3 +804,38 @@ fn dropped_producer_fails_pending_records() {
         assert!(matches!(pending.await, Err(ProduceError::Closed)));
     });
 }
+
+// Goal: acks=0 records are reported sent once written, and closing the client delivers the
+// bytes still in flight instead of discarding them. Method: produce with acks=0, flush,
+// close at once, then count what the broker appended.
+#[test]
+fn acks_zero_reaches_the_broker_before_close() {
+    run(async {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let broker = start_broker(dir.path());
+        let client = Client::connect(client_config(&broker))
+            .await
+            .expect("connect");
+        client
+            .create_topic(NewTopic::new("events", 2))
+            .await
+            .expect("create");
+        let config = ProducerConfig {
+            acks: Acks::None,
+            batch_size: 1024,
+            ..ProducerConfig::default()
+        };
+        let producer = Producer::new(&client, config).expect("producer");
+        let acks: Vec<_> = (0..2000)
+            .map(|i| producer.send(record(i, Some((i % 2) as i32))))
+            .collect();
+        producer.flush().await.expect("written");
+        for ack in join_all(acks).await {
+            assert_eq!(ack.expect("sent").offset, -1, "acks=0 has no offsets");
+        }
+        client.close().await;
+        let topics = broker.topics.borrow();
+        let ends: Vec<i64> = topics["events"].partitions.iter().map(|l| l.end).collect();
+        assert_eq!(ends, vec![1000, 1000]);
+    });
+}

@@ -252,10 +252,16 @@ impl Client {
             })
     }
 
-    /// Closes every connection. Requests made afterwards fail with [`ClientError::Closed`].
+    /// Closes every connection, after the bytes of acks=0 produce requests have reached
+    /// their brokers (waiting at most `request_timeout`). Requests made afterwards fail with
+    /// [`ClientError::Closed`]. Dropping the last handle instead may lose acks=0 data still
+    /// in flight.
     pub async fn close(&self) {
         self.inner.closed.set(true);
-        self.inner.pool.close().await;
+        self.inner
+            .pool
+            .close(self.inner.config.request_timeout)
+            .await;
     }
 
     fn store_metadata(

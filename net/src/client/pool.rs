@@ -10,10 +10,11 @@
 //!
 //! Must not depend on: metadata or anything above one request/answer exchange.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::rc::Rc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -160,6 +161,17 @@ pub(crate) struct Pool {
     slots: RefCell<HashMap<SocketAddr, Slot>>,
     /// Bumped whenever a handshake ends, to wake requests waiting for it.
     changed: Notify,
+    /// Requests sent without waiting for an answer whose bytes the broker has not yet
+    /// acknowledged at the QUIC level; `close` waits for them, since closing a connection
+    /// discards data not yet delivered.
+    unanswered: Rc<Unanswered>,
+}
+
+/// Count of written-but-unacknowledged `send_only` requests.
+#[derive(Default)]
+struct Unanswered {
+    count: Cell<usize>,
+    drained: Notify,
 }
 
 /// Removes a `Connecting` slot if the handshake is abandoned (its task dropped, or failed).
@@ -194,6 +206,7 @@ impl Pool {
             configs: RefCell::new(HashMap::new()),
             slots: RefCell::new(HashMap::new()),
             changed: Notify::new(),
+            unanswered: Rc::new(Unanswered::default()),
         }
     }
 
@@ -257,10 +270,11 @@ impl Pool {
             {
                 self.evict(target.addr, &connection);
             }
+            let (send, mut recv) = result?;
             // Nothing more will be read from this stream; tell the broker not to bother.
-            result.map(|mut recv| {
-                let _ = recv.stop(quinn::VarInt::from_u32(0));
-            })
+            let _ = recv.stop(quinn::VarInt::from_u32(0));
+            self.track_unanswered(send, timeout);
+            Ok(())
         };
         with_timeout(timeout, send)
             .await
@@ -363,8 +377,31 @@ impl Pool {
         Ok(config)
     }
 
-    /// Closes every connection and waits (boundedly) for the peers to learn of it.
-    pub(crate) async fn close(&self) {
+    /// Counts `send` as unanswered until the broker has acknowledged its bytes (or `timeout`).
+    fn track_unanswered(&self, send: quinn::SendStream, timeout: Duration) {
+        let unanswered = Rc::clone(&self.unanswered);
+        unanswered.count.set(unanswered.count.get() + 1);
+        rt::spawn(async move {
+            let _ = with_timeout(timeout, send.stopped()).await;
+            unanswered.count.set(unanswered.count.get() - 1);
+            unanswered.drained.notify();
+        })
+        .detach();
+    }
+
+    /// Closes every connection once requests sent without an answer have reached their
+    /// brokers (at most `drain_timeout`), and waits briefly for the peers to learn of it.
+    pub(crate) async fn close(&self, drain_timeout: Duration) {
+        let drained = async {
+            loop {
+                let seen = self.unanswered.drained.version();
+                if self.unanswered.count.get() == 0 {
+                    return;
+                }
+                self.unanswered.drained.changed(seen).await;
+            }
+        };
+        let _ = with_timeout(drain_timeout, drained).await;
         let slots = std::mem::take(&mut *self.slots.borrow_mut());
         for slot in slots.into_values() {
             if let Slot::Ready(connection) = slot {
@@ -386,15 +423,15 @@ async fn send_frame(
     endpoint: SocketAddr,
     request: &Request,
     payload: Bytes,
-) -> Result<quinn::RecvStream, ClientError> {
+) -> Result<(quinn::SendStream, quinn::RecvStream), ClientError> {
     let (mut send, recv) = connection
         .open_bi()
         .await
         .map_err(|e| connection_error(endpoint, e))?;
     match write_frame(&mut send, request, payload).await {
-        Ok(()) => Ok(recv),
+        Ok(()) => Ok((send, recv)),
         // The broker refused the request before reading all of it; its answer says why.
-        Err(WriteFrameError::Stream(quinn::WriteError::Stopped(_))) => Ok(recv),
+        Err(WriteFrameError::Stream(quinn::WriteError::Stopped(_))) => Ok((send, recv)),
         Err(WriteFrameError::Stream(quinn::WriteError::ConnectionLost(e))) => {
             Err(connection_error(endpoint, e))
         }
@@ -414,7 +451,7 @@ async fn exchange(
     payload: Bytes,
     order: &mut WriteOrder,
 ) -> Result<Frame<Response>, ClientError> {
-    let mut recv = send_frame(connection, endpoint, request, payload).await?;
+    let (_send, mut recv) = send_frame(connection, endpoint, request, payload).await?;
     order.written();
     let frame = read_frame::<Response>(&mut recv)
         .await

@@ -574,8 +574,19 @@ impl Producer {
             epoch,
         };
         let fast = state.queue.is_empty() && state.held_bytes < config.buffer_bytes;
-        let partitions = match state.topics.get(&queued.record.topic) {
-            Some(TopicRoute::Known { partitions, .. }) if fast => Some(*partitions),
+        let mut refresh = false;
+        let partitions = match state.topics.get_mut(&queued.record.topic) {
+            Some(TopicRoute::Known {
+                partitions,
+                looked_up,
+                refreshing,
+            }) if fast => {
+                if !*refreshing && clock::now().duration_since(*looked_up) > TOPIC_ROUTE_AGE_MAX {
+                    *refreshing = true;
+                    refresh = true;
+                }
+                Some(*partitions)
+            }
             _ => None,
         };
         match partitions {
@@ -584,8 +595,13 @@ impl Producer {
                 let partition = choose_partition(config, &queued.record, partitions)
                     .map_err(|error| route_error(&queued.record.topic, error))?;
                 *state.outstanding.entry(epoch).or_default() += 1;
+                let topic = Arc::clone(&queued.record.topic);
                 let woke = append(shared, &mut state, queued, partition);
                 drop(state);
+                if refresh {
+                    // In the background: records keep using the count known so far.
+                    rt::spawn(look_up(Rc::clone(shared), topic)).detach();
+                }
                 if woke {
                     shared.work.notify();
                 }
