@@ -696,7 +696,7 @@ impl Shard {
     }
 
     fn local_metrics(&self) -> crate::metrics::MetricsSnapshot {
-        let mut snapshot = self.metrics.snapshot();
+        let mut snapshot = self.metrics.snapshot(self.id.0);
         snapshot
             .partitions_per_shard
             .push((self.id.0, self.partition_count() as u64));
