@@ -61,8 +61,8 @@ use crate::native::messages::{
     BrokerEndpoint, ErrorCode, OffsetQuery, PartitionInfo, Request, Response, TopicInfo,
 };
 use crate::native::stream::{
-    ReadFrameError, STOP_REJECTED, answer_frame_error, read_frame_body, read_prefix, write_frame,
-    write_frame_chunks,
+    ReadFrameError, STOP_REJECTED, WriteFrameError, answer_frame_error, read_frame_body,
+    read_prefix, write_frame, write_frame_chunks,
 };
 use crate::quic::tls::{self, ServerTlsOptions, TlsError};
 use crate::quic::{self, EndpointError};
@@ -387,9 +387,21 @@ async fn serve_stream(
     let api = api_name(&frame.header);
     let answer = server.dispatch(frame).await;
     drop(permit);
-    let failed = matches!(answer.header, Response::Error { .. });
-    if let Err(error) = write_frame_chunks(&mut send, &answer.header, answer.payload).await {
-        tracing::debug!(%error, api, "cannot write native answer");
+    let mut failed = matches!(answer.header, Response::Error { .. });
+    match write_frame_chunks(&mut send, &answer.header, answer.payload).await {
+        Ok(()) => {}
+        Err(WriteFrameError::Encode(error)) => {
+            // Nothing was written: say why instead of leaving the client a truncated stream
+            // (a metadata answer for very many partitions can outgrow the header limit).
+            tracing::warn!(%error, api, "native answer too large");
+            failed = true;
+            let answer = Response::Error {
+                code: ErrorCode::Internal,
+                message: format!("the answer cannot be sent: {error}"),
+            };
+            let _ = write_frame(&mut send, &answer, Bytes::new()).await;
+        }
+        Err(error) => tracing::debug!(%error, api, "cannot write native answer"),
     }
     server.record(api, started, failed);
 }
