@@ -80,7 +80,8 @@ async fn respond(
     body: &str,
 ) -> std::io::Result<()> {
     let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n",
         body.len()
     );
     stream.write_all(head.as_bytes()).await?;
@@ -202,11 +203,11 @@ pub fn render(snapshot: &MetricsSnapshot, shard: &Shard) -> String {
         );
     }
     let mut gauges = snapshot.shard_gauges.clone();
-    gauges.sort_unstable();
+    gauges.sort_unstable_by_key(|(shard, name, _)| (*name, *shard));
     let mut last_name = "";
     for (id, name, value) in &gauges {
         if *name != last_name {
-            let _ = writeln!(out, "# TYPE sluice_shard_{name} gauge");
+            let _ = writeln!(out, "# TYPE sluice_shard_{name} counter");
             last_name = name;
         }
         let _ = writeln!(out, "sluice_shard_{name}{{shard=\"{id}\"}} {value}");
