@@ -65,9 +65,15 @@ pub async fn open_read(path: &Path) -> io::Result<File> {
 /// Creates a file (truncating any old one) for reading and writing.
 pub async fn create(path: &Path) -> io::Result<File> {
     faults::check(faults::Op::Create, path)?;
-    let file =
-        open_dma(path, OpenOptions::new().read(true).write(true).create(true).truncate(true))
-            .await?;
+    let file = open_dma(
+        path,
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true),
+    )
+    .await?;
     Ok(Rc::new(file))
 }
 

@@ -104,7 +104,7 @@ pub(crate) fn stage(
     durability: Durability,
 ) -> Result<PendingAppend, AppendError> {
     check_mode(&inner.state.borrow())?;
-    let parsed = parse_record_set(&batches, inner.config.max_batch_bytes, &assign)?;
+    let parsed = parse_record_set(&batches, inner.config().max_batch_bytes, &assign)?;
     if let Assign::Follower = assign {
         let expected = inner.state.borrow().next_offset;
         let mut next = expected;
@@ -126,6 +126,7 @@ pub(crate) fn stage(
         Err(shared) => BytesMut::from(&shared[..]),
     };
 
+    let append_time = crate::rt::clock::unix_now_ms();
     let mut state = inner.state.borrow_mut();
     let mut next = state.next_offset;
     for batch in &parsed {
@@ -199,15 +200,18 @@ pub(crate) fn stage(
 
     let record_count = u64::try_from(next.0 - base_offset.0).expect("positive");
     Ok(PendingAppend {
-        info: AppendInfo {
-            base_offset,
-            last_offset: Offset(next.0 - 1),
-            batch_count: u32::try_from(parsed.len()).expect("batch count fits in u32"),
-            record_count,
-            max_timestamp,
-            bytes: total_bytes as u64,
-        },
-        done: receiver,
+        state: Ok((
+            AppendInfo {
+                base_offset,
+                last_offset: Offset(next.0 - 1),
+                batch_count: u32::try_from(parsed.len()).expect("batch count fits in u32"),
+                record_count,
+                max_timestamp,
+                append_time,
+                bytes: total_bytes as u64,
+            },
+            receiver,
+        )),
     })
 }
 
@@ -234,10 +238,10 @@ fn maybe_roll(
     if cursor.bytes == 0 {
         return;
     }
-    let by_size = cursor.bytes + bytes > inner.config.segment_bytes;
+    let by_size = cursor.bytes + bytes > inner.config().segment_bytes;
     let by_time = cursor
         .first_max_timestamp
-        .is_some_and(|first| max_timestamp.0.saturating_sub(first.0) > inner.config.segment_ms);
+        .is_some_and(|first| max_timestamp.0.saturating_sub(first.0) > inner.config().segment_ms);
     let by_offsets = next.0 - 1 - cursor.segment_base.0 > i64::from(u32::MAX);
     if by_size || by_time || by_offsets {
         let base = state.next_offset;

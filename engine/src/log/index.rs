@@ -578,7 +578,7 @@ mod tests {
             .filter_map(|e| e.offset)
             .map(|e| (e.relative.0, e.position))
             .collect();
-        assert_eq!(offsets, vec![(5, 120), (11, 400)]);
+        assert_eq!(offsets, vec![(5, 120), (10, 230), (11, 400)]);
         let times: Vec<_> = out
             .iter()
             .filter_map(|e| e.time)

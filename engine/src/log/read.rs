@@ -141,7 +141,7 @@ async fn start_position(
 
 /// Batches read from one segment.
 struct SegmentRead {
-    chunks: Vec<Bytes>,
+    batches: Vec<Bytes>,
     bytes: usize,
     next: Offset,
     position: u64,
@@ -174,7 +174,7 @@ async fn read_segment(
         segment.base
     );
     let mut out = SegmentRead {
-        chunks: Vec::new(),
+        batches: Vec::new(),
         bytes: 0,
         next: from,
         position,
@@ -203,7 +203,6 @@ async fn read_segment(
             return Err(corrupt(segment, position, error));
         }
         let mut at = 0usize;
-        let mut run: Option<(usize, usize)> = None;
         let mut stop = false;
         need = 0;
         while at < buffer.len() {
@@ -258,20 +257,17 @@ async fn read_segment(
                 stop = true;
                 break;
             }
-            run = Some(match run {
-                Some((start, end)) => {
-                    assert_eq!(end, at, "served batches are contiguous");
-                    (start, at + total)
-                }
-                None => (at, at + total),
-            });
+            assert!(
+                out.batches.is_empty() || header.base_offset == out.next,
+                "segment {}: served batches must be contiguous at {}",
+                segment.base,
+                out.next
+            );
+            out.batches.push(buffer.slice(at..at + total));
             collected += total;
             out.bytes += total;
             out.next = header.next_offset();
             at += total;
-        }
-        if let Some((start, end)) = run {
-            out.chunks.push(buffer.slice(start..end));
         }
         position += at as u64;
         out.position = position;
@@ -300,20 +296,21 @@ pub(crate) async fn read(
     };
     if from >= upper {
         return Ok(ReadSlice {
-            chunks: Vec::new(),
+            batches: Vec::new(),
             next_offset: from,
         });
     }
-    if let Some((chunks, next_offset)) = inner.cache.read(inner.cache_key, from, upper, max_bytes) {
+    if let Some((batches, next_offset)) = inner.cache.read(inner.cache_key, from, upper, max_bytes)
+    {
         inner.state.borrow_mut().stats.cache_reads += 1;
         return Ok(ReadSlice {
-            chunks,
+            batches,
             next_offset,
         });
     }
     let budget = max_bytes.min(READ_BYTES_MAX);
     let mut slice = ReadSlice {
-        chunks: Vec::new(),
+        batches: Vec::new(),
         next_offset: from,
     };
     let mut collected = 0usize;
@@ -348,7 +345,7 @@ pub(crate) async fn read(
         )
         .await?;
         collected += part.bytes;
-        slice.chunks.extend(part.chunks);
+        slice.batches.extend(part.batches);
         slice.next_offset = part.next;
         memo = Some(MemoEntry {
             offset: part.next,

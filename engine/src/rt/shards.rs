@@ -161,13 +161,13 @@ impl ShardsHandle {
     pub fn join(self) -> Result<(), StartError> {
         let mut first = Ok(());
         for (shard, handle) in self.handles.into_iter().enumerate() {
-            if let Err(error) = handle.join() {
-                if first.is_ok() {
-                    first = Err(StartError::Executor {
-                        shard,
-                        reason: error.to_string(),
-                    });
-                }
+            if let Err(error) = handle.join()
+                && first.is_ok()
+            {
+                first = Err(StartError::Executor {
+                    shard,
+                    reason: error.to_string(),
+                });
             }
         }
         first
