@@ -157,6 +157,60 @@ fn corrupt(segment: &Segment, position: u64, error: BatchError) -> ReadError {
     }
 }
 
+/// What the bytes at a position of a segment hold.
+enum Next {
+    /// A batch that passed its checks, and its length.
+    Batch(BatchHeader, usize),
+    /// At least this many bytes are needed to decide.
+    Need(usize),
+    /// Not a valid batch of this segment.
+    Bad(BatchError),
+}
+
+/// Checks the batch at the start of `rest` (which lies at `position` of `segment`): framing,
+/// CRC, and offsets within the segment.
+fn next_batch(rest: &[u8], segment: &Segment, position: u64) -> Next {
+    let in_segment = segment.size - position;
+    if rest.len() < HEADER_BYTES {
+        if rest.len() as u64 == in_segment {
+            let have = rest.len();
+            return Next::Bad(BatchError::Truncated {
+                needed: HEADER_BYTES,
+                have,
+            });
+        }
+        return Next::Need(HEADER_BYTES);
+    }
+    let header = match BatchHeader::parse(rest, BATCH_BYTES_MAX) {
+        Ok(header) => header,
+        Err(error) => return Next::Bad(error),
+    };
+    let total = header.total_bytes();
+    if total > rest.len() {
+        if total as u64 > in_segment {
+            let have = usize::try_from(in_segment).expect("below a batch size");
+            return Next::Bad(BatchError::Truncated {
+                needed: total,
+                have,
+            });
+        }
+        return Next::Need(total);
+    }
+    if let Err(error) = batch::validate(&rest[..total], BATCH_BYTES_MAX) {
+        return Next::Bad(error);
+    }
+    if header.base_offset < segment.base || header.next_offset() > segment.end {
+        return Next::Bad(BatchError::CorruptRecords(format!(
+            "batch offsets [{}, {}) outside segment [{}, {})",
+            header.base_offset,
+            header.next_offset(),
+            segment.base,
+            segment.end
+        )));
+    }
+    Next::Batch(header, total)
+}
+
 /// Reads whole batches of `segment` from `position`, skipping those that end at or before
 /// `from`, until `upper`, the byte budget, or the segment end.
 async fn read_segment(
@@ -196,59 +250,34 @@ async fn read_segment(
             .await
             .map_err(|error| ReadError::Io(Arc::new(error)))?;
         if buffer.len() < len {
+            // The file is shorter than the segment's recorded size.
             let error = BatchError::Truncated {
                 needed: len,
                 have: buffer.len(),
             };
+            if collected > 0 {
+                return Ok(out);
+            }
             return Err(corrupt(segment, position, error));
         }
         let mut at = 0usize;
         let mut stop = false;
         need = 0;
         while at < buffer.len() {
-            let rest = &buffer[at..];
             let batch_position = position + at as u64;
-            if rest.len() < HEADER_BYTES {
-                if (rest.len() as u64) == segment.size - batch_position {
-                    let error = BatchError::Truncated {
-                        needed: HEADER_BYTES,
-                        have: rest.len(),
-                    };
-                    return Err(corrupt(segment, batch_position, error));
+            let (header, total) = match next_batch(&buffer[at..], segment, batch_position) {
+                Next::Batch(header, total) => (header, total),
+                Next::Need(bytes) => {
+                    need = bytes;
+                    break;
                 }
-                need = HEADER_BYTES;
-                break;
-            }
-            let header = BatchHeader::parse(rest, BATCH_BYTES_MAX)
-                .map_err(|error| corrupt(segment, batch_position, error))?;
-            let total = header.total_bytes();
-            if total > rest.len() {
-                if total as u64 > segment.size - batch_position {
-                    let have = usize::try_from(segment.size - batch_position).expect("small");
-                    return Err(corrupt(
-                        segment,
-                        batch_position,
-                        BatchError::Truncated {
-                            needed: total,
-                            have,
-                        },
-                    ));
+                // Serve what precedes a corrupt batch; the next read reports it.
+                Next::Bad(_) if collected > 0 => {
+                    stop = true;
+                    break;
                 }
-                need = total;
-                break;
-            }
-            batch::validate(&rest[..total], BATCH_BYTES_MAX)
-                .map_err(|error| corrupt(segment, batch_position, error))?;
-            if header.base_offset < segment.base || header.next_offset() > segment.end {
-                let error = BatchError::CorruptRecords(format!(
-                    "batch offsets [{}, {}) outside segment [{}, {})",
-                    header.base_offset,
-                    header.next_offset(),
-                    segment.base,
-                    segment.end
-                ));
-                return Err(corrupt(segment, batch_position, error));
-            }
+                Next::Bad(error) => return Err(corrupt(segment, batch_position, error)),
+            };
             if header.next_offset() <= out.next {
                 at += total;
                 continue;

@@ -228,18 +228,31 @@ async fn read_index(path: &Path) -> io::Result<Option<Vec<u8>>> {
     }
 }
 
+/// Names what is wrong with an index file that does not match what its segment gives. An
+/// active index may end mid-entry (it is flushed in whole blocks), so only its whole entries
+/// are checked.
 fn classify(
     on_disk: Option<&[u8]>,
     expected: &[u8],
     kind: IndexKind,
     bounds: EntryBounds,
+    active: bool,
 ) -> IndexDamage {
     let Some(on_disk) = on_disk else {
         return IndexDamage::Missing;
     };
+    let entry_bytes = match kind {
+        IndexKind::Offset => OFFSET_INDEX_ENTRY_BYTES,
+        IndexKind::Time => TIME_INDEX_ENTRY_BYTES,
+    };
+    let whole = if active {
+        on_disk.len() - on_disk.len() % entry_bytes
+    } else {
+        on_disk.len()
+    };
     let checked = match kind {
-        IndexKind::Offset => check_offset_entries(on_disk, bounds, None),
-        IndexKind::Time => check_time_entries(on_disk, bounds, None),
+        IndexKind::Offset => check_offset_entries(&on_disk[..whole], bounds, None),
+        IndexKind::Time => check_time_entries(&on_disk[..whole], bounds, None),
     };
     if let Err(damage) = checked {
         return damage;
@@ -296,7 +309,7 @@ async fn reconcile_index(
     });
     let bounds = bounds_of(segment);
     if !good {
-        let damage = classify(on_disk.as_deref(), expected, kind, bounds);
+        let damage = classify(on_disk.as_deref(), expected, kind, bounds, active);
         report.rebuilt_indexes.push(RebuiltIndex {
             segment: segment.base,
             kind,
