@@ -7,7 +7,7 @@
 use bytes::{Bytes, BytesMut};
 use futures::channel::oneshot;
 
-use crate::batch::{self, BatchError, HEADER_BYTES, LOG_OVERHEAD_BYTES};
+use crate::batch::{self, HEADER_BYTES, LOG_OVERHEAD_BYTES};
 use crate::limits::APPEND_BYTES_MAX;
 use crate::log::{
     AppendError, AppendInfo, AssignCursor, Durability, Inner, Mode, Op, PendingAppend, StagedBatch,
@@ -71,17 +71,6 @@ fn parse_record_set(
             Assign::Follower => batch::validate(rest, max_batch_bytes),
         }
         .map_err(|error| AppendError::InvalidBatch { index, error })?;
-        if let Assign::Follower = assign
-            && header.base_offset.0 < 0
-        {
-            return Err(AppendError::InvalidBatch {
-                index,
-                error: BatchError::InvalidRecordCount {
-                    record_count: header.record_count,
-                    last_offset_delta: header.last_offset_delta,
-                },
-            });
-        }
         let len = header.total_bytes();
         parsed.push(Parsed {
             start: at,

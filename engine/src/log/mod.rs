@@ -227,6 +227,21 @@ pub struct RetentionReport {
     pub log_start_offset: Offset,
 }
 
+/// A description of one segment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SegmentInfo {
+    /// Offset of its first record.
+    pub base_offset: Offset,
+    /// Offset after its last record.
+    pub end_offset: Offset,
+    /// Bytes of batches.
+    pub size_bytes: u64,
+    /// Largest batch max timestamp, if it holds any batch.
+    pub max_timestamp: Option<TimestampMs>,
+    /// False for the active segment.
+    pub sealed: bool,
+}
+
 /// Counters of one log, for tests and metrics.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LogStats {
@@ -496,6 +511,22 @@ impl PartitionLog {
     /// Number of segments, the active one included.
     pub fn segment_count(&self) -> usize {
         self.inner.state.borrow().segments.len()
+    }
+
+    /// The segments, oldest first, the active one last.
+    pub fn segments(&self) -> Vec<SegmentInfo> {
+        let state = self.inner.state.borrow();
+        state
+            .segments
+            .iter()
+            .map(|segment| SegmentInfo {
+                base_offset: segment.base,
+                end_offset: segment.end,
+                size_bytes: segment.size,
+                max_timestamp: segment.max_timestamp,
+                sealed: segment.sealed,
+            })
+            .collect()
     }
 
     /// Base offsets of the segments, oldest first.
