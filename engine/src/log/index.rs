@@ -710,7 +710,10 @@ mod tests {
             for (dt, dr) in steps {
                 timestamp += dt;
                 relative += dr;
-                entries.push(TimeEntry { timestamp: TimestampMs(timestamp), relative: RelativeOffset(relative) });
+                entries.push(TimeEntry {
+                    timestamp: TimestampMs(timestamp),
+                    relative: RelativeOffset(relative),
+                });
             }
             let bytes: Vec<u8> = entries.iter().flat_map(|e| e.encode()).collect();
             let bounds = EntryBounds { relative_end: u64::from(relative) + 1, size: u64::MAX };

@@ -132,7 +132,8 @@ async fn start_position(
         Ok(entry) => Ok(entry_position(entry).0),
         Err(LookupError::Io(error)) => Err(ReadError::Io(Arc::new(error))),
         Err(LookupError::Damaged(damage)) => {
-            tracing::warn!(tp = %inner.tp, segment = %view.segment.base, ?damage, "index damaged; scanning");
+            let segment = view.segment.base;
+            tracing::warn!(tp = %inner.tp, %segment, ?damage, "index damaged; scanning");
             inner.state.borrow_mut().stats.index_fallbacks += 1;
             Ok(0)
         }

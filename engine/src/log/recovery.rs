@@ -728,7 +728,8 @@ pub(crate) async fn open(
         let file = dio::open_read(&path).await.map_err(io_error(&path))?;
         let len = dio::file_len(&file).await.map_err(io_error(&path))?;
         if len != row.size {
-            tracing::warn!(%tp, segment = %row.base, len, recorded = row.size, "sealed segment size changed; scanning");
+            let (segment, recorded) = (row.base, row.size);
+            tracing::warn!(%tp, %segment, len, recorded, "sealed segment size changed; scanning");
             break;
         }
         sealed.push(Segment {
