@@ -8,5 +8,7 @@
 pub mod config;
 pub mod limits;
 pub mod metadata;
+pub mod metrics;
+pub mod partition;
 pub mod placement;
-// Wired in once the engine's log API lands: metrics, partition, shard.
+pub mod shard;

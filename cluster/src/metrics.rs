@@ -25,8 +25,9 @@ pub struct TopicCounters {
 }
 
 /// Latency histogram bounds in microseconds for the Prometheus `le` buckets.
-pub const LATENCY_BUCKETS_US: &[u64] =
-    &[100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 100_000, 1_000_000];
+pub const LATENCY_BUCKETS_US: &[u64] = &[
+    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 100_000, 1_000_000,
+];
 
 /// Requests and latency of one API on one shard.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -72,7 +73,11 @@ impl MetricsSnapshot {
             if mine.latency_buckets.is_empty() {
                 mine.latency_buckets = vec![0; LATENCY_BUCKETS_US.len()];
             }
-            for (a, b) in mine.latency_buckets.iter_mut().zip(&counters.latency_buckets) {
+            for (a, b) in mine
+                .latency_buckets
+                .iter_mut()
+                .zip(&counters.latency_buckets)
+            {
                 *a += b;
             }
         }
@@ -143,6 +148,10 @@ impl ShardMetrics {
 
     /// A copy of the per-topic counters.
     pub fn topics(&self) -> Vec<(Arc<str>, TopicCounters)> {
-        self.topics.borrow().iter().map(|(k, v)| (Arc::clone(k), *v)).collect()
+        self.topics
+            .borrow()
+            .iter()
+            .map(|(k, v)| (Arc::clone(k), *v))
+            .collect()
     }
 }

@@ -6,12 +6,13 @@
 //! leader and the only in-sync replica, so the high watermark follows the written end of the
 //! log; replication moves it by follower acknowledgements instead.
 
-use std::cell::RefCell;
-use std::path::PathBuf;
+use std::cell::{Cell, RefCell};
+use std::path::Path;
 use std::rc::Rc;
+use std::time::Duration;
 
 use bytes::Bytes;
-use sluice_engine::batch::{BatchError, BatchHeader, validate_produced};
+use sluice_engine::batch::{BatchError, BatchHeader, decode_batch, validate_produced};
 use sluice_engine::log::{AppendError, BatchCache, Durability, LogConfig, PartitionLog, ReadError};
 use sluice_engine::util::Notify;
 use sluice_engine::{LeaderEpoch, Offset, ShardId, TimestampMs, TopicPartition};
@@ -28,29 +29,39 @@ pub struct PartitionReplica {
     topic_id: TopicId,
     log: PartitionLog,
     config: RefCell<TopicConfig>,
-    /// Bumped whenever the high watermark moves, waking long-polling fetches.
+    /// Bumped whenever the high watermark moves (or the replica closes), waking long-polling
+    /// fetches.
     data: Notify,
+    /// Set when the replica is closing: long polls return at once so the close is not held up.
+    closing: Cell<bool>,
 }
 
 impl PartitionReplica {
     /// Opens (recovering if needed) the partition's log in `dir`.
     pub async fn open(
-        dir: PathBuf,
+        data_dir: &Path,
         tp: TopicPartition,
         topic_id: TopicId,
         log_config: LogConfig,
         cache: Rc<BatchCache>,
         config: TopicConfig,
     ) -> Result<PartitionReplica, String> {
-        let (log, report) = PartitionLog::open(dir, tp.clone(), log_config, cache)
+        let (log, report) = PartitionLog::open(data_dir, tp.clone(), log_config, cache)
             .await
             .map_err(|e| e.to_string())?;
-        if report.truncated_bytes() > 0 || !report.rebuilt_indexes().is_empty() {
+        if !report.truncations.is_empty() || !report.rebuilt_indexes.is_empty() {
             tracing::warn!(partition = %tp, ?report, "recovered partition");
         }
         // Everything that survived recovery was written; a single replica makes it visible.
         log.set_high_watermark(log.log_end_offset());
-        Ok(PartitionReplica { tp, topic_id, log, config: RefCell::new(config), data: Notify::new() })
+        Ok(PartitionReplica {
+            tp,
+            topic_id,
+            log,
+            config: RefCell::new(config),
+            data: Notify::new(),
+            closing: Cell::new(false),
+        })
     }
 
     /// The id of the topic this replica belongs to.
@@ -65,7 +76,6 @@ impl PartitionReplica {
 
     /// Applies a changed topic config.
     pub fn update_config(&self, config: &TopicConfig) {
-        self.log.update_config(crate::shard::log_config(config));
         *self.config.borrow_mut() = config.clone();
     }
 
@@ -80,11 +90,14 @@ impl PartitionReplica {
             Acks::All => Durability::Synced,
             Acks::None | Acks::Leader => Durability::Written,
         };
+        let storage = |e: AppendError| ProduceError::Storage(e.to_string());
+        let append_time = sluice_engine::rt::clock::unix_now_ms();
         let info = self
             .log
             .append(batches, LeaderEpoch(0), durability)
+            .map_err(storage)?
             .await
-            .map_err(|e: AppendError| ProduceError::Storage(e.to_string()))?;
+            .map_err(storage)?;
         let end = info.last_offset.plus(1);
         if end > self.log.high_watermark() {
             self.log.set_high_watermark(end);
@@ -94,7 +107,7 @@ impl PartitionReplica {
             base_offset: info.base_offset,
             last_offset: info.last_offset,
             log_append_time: (timestamp_type == TimestampType::LogAppendTime)
-                .then_some(info.append_time),
+                .then_some(append_time),
             log_start_offset: self.log.log_start_offset(),
         })
     }
@@ -106,7 +119,10 @@ impl PartitionReplica {
         loop {
             let seen = self.data.version();
             let high_watermark = self.log.high_watermark();
-            if request.from < high_watermark || sluice_engine::rt::clock::now() >= deadline {
+            if request.from < high_watermark
+                || self.closing.get()
+                || sluice_engine::rt::clock::now() >= deadline
+            {
                 return self.read(request, high_watermark).await;
             }
             if request.from > high_watermark {
@@ -122,14 +138,22 @@ impl PartitionReplica {
     async fn read(&self, request: FetchRequest, upper: Offset) -> Result<FetchData, FetchError> {
         let log_start_offset = self.log.log_start_offset();
         if request.from == upper {
-            return Ok(FetchData { batches: Vec::new(), high_watermark: upper, log_start_offset });
+            return Ok(FetchData {
+                batches: Vec::new(),
+                high_watermark: upper,
+                log_start_offset,
+            });
         }
         let slice = self
             .log
             .read(request.from, request.max_bytes, upper)
             .await
             .map_err(|e| self.read_error(e))?;
-        Ok(FetchData { batches: slice.batches, high_watermark: upper, log_start_offset })
+        Ok(FetchData {
+            batches: slice.chunks,
+            high_watermark: upper,
+            log_start_offset,
+        })
     }
 
     fn out_of_range(&self, requested: Offset) -> FetchError {
@@ -155,26 +179,79 @@ impl PartitionReplica {
         match spec {
             OffsetSpec::Earliest => Ok((Some(self.log.log_start_offset()), None)),
             OffsetSpec::Latest => Ok((Some(self.log.high_watermark()), None)),
-            OffsetSpec::Timestamp(ts) => {
-                let found = self.log.offset_for_timestamp(ts).await.map_err(|e| self.read_error(e))?;
-                Ok(match found {
-                    Some((offset, timestamp)) if offset < self.log.high_watermark() => {
-                        (Some(offset), Some(timestamp))
-                    }
-                    _ => (None, None),
-                })
-            }
+            OffsetSpec::Timestamp(ts) => self.offset_for_timestamp(ts).await,
         }
+    }
+
+    /// The first record (not batch) whose timestamp is at least `target`, below the high
+    /// watermark: the log finds the first batch whose max timestamp qualifies, and the records
+    /// of that batch (and, if none of them does, the next ones) are decoded to find the record.
+    async fn offset_for_timestamp(
+        &self,
+        target: TimestampMs,
+    ) -> Result<(Option<Offset>, Option<TimestampMs>), FetchError> {
+        let high_watermark = self.log.high_watermark();
+        let found = self
+            .log
+            .offset_for_timestamp(target)
+            .await
+            .map_err(|e| self.read_error(e))?;
+        let Some(found) = found else {
+            return Ok((None, None));
+        };
+        let mut from = found.offset.max(self.log.log_start_offset());
+        // Bounded: each round moves `from` past at least one batch, and stops at the high
+        // watermark.
+        while from < high_watermark {
+            let slice = self
+                .log
+                .read(from, 1 << 20, high_watermark)
+                .await
+                .map_err(|e| self.read_error(e))?;
+            if slice.is_empty() {
+                break;
+            }
+            for chunk in &slice.chunks {
+                let mut rest = chunk.clone();
+                while !rest.is_empty() {
+                    let header = BatchHeader::parse(&rest, usize::MAX)
+                        .map_err(|e| FetchError::Storage(e.to_string()))?;
+                    let batch = rest.split_to(header.total_bytes().min(rest.len()));
+                    if header.max_timestamp >= target {
+                        let records = decode_batch(&batch, sluice_engine::limits::BATCH_BYTES_MAX)
+                            .map_err(|e| FetchError::Storage(e.to_string()))?;
+                        for record in records {
+                            let record = record.map_err(|e| FetchError::Storage(e.to_string()))?;
+                            if record.offset >= from && record.timestamp >= target {
+                                return Ok((Some(record.offset), Some(record.timestamp)));
+                            }
+                        }
+                    }
+                }
+            }
+            if slice.next_offset <= from {
+                break;
+            }
+            from = slice.next_offset;
+        }
+        Ok((None, None))
     }
 
     /// Advances the log start offset to `before` (`Offset(-1)`: the high watermark).
     pub async fn delete_records(&self, before: Offset) -> Result<Offset, FetchError> {
         let high_watermark = self.log.high_watermark();
-        let before = if before.0 == -1 { high_watermark } else { before };
+        let before = if before.0 == -1 {
+            high_watermark
+        } else {
+            before
+        };
         if before < Offset(0) || before > high_watermark {
             return Err(self.out_of_range(before));
         }
-        self.log.delete_records(before).await.map_err(|e| FetchError::Storage(e.to_string()))?;
+        self.log
+            .delete_records(before)
+            .await
+            .map_err(|e| FetchError::Storage(e.to_string()))?;
         Ok(self.log.log_start_offset())
     }
 
@@ -191,39 +268,62 @@ impl PartitionReplica {
 
     /// Deletes segments past retention; called periodically by the shard's background task.
     pub async fn apply_retention(&self) {
-        if let Err(error) = self.log.apply_retention(sluice_engine::rt::clock::unix_now_ms()).await
+        if let Err(error) = self
+            .log
+            .apply_retention(sluice_engine::rt::clock::unix_now_ms())
+            .await
         {
             tracing::warn!(partition = %self.tp, %error, "retention failed");
         }
     }
 
-    /// Flushes and closes the log (clean shutdown).
-    pub async fn close(&self) {
-        if let Err(error) = self.log.close().await {
-            tracing::error!(partition = %self.tp, %error, "close failed");
+    /// Waits for in-flight requests on `replica` to finish (long polls are woken), then
+    /// flushes and closes the log (clean shutdown), or deletes its data when `remove`.
+    pub async fn close(replica: Rc<PartitionReplica>, remove: bool) {
+        replica.closing.set(true);
+        replica.data.notify();
+        let deadline = sluice_engine::rt::clock::now() + CLOSE_WAIT;
+        // Bounded by the deadline: requests in flight hold clones of the Rc.
+        while Rc::strong_count(&replica) > 1 && sluice_engine::rt::clock::now() < deadline {
+            sluice_engine::rt::sleep(Duration::from_millis(1)).await;
         }
-    }
-
-    /// Deletes the partition's data (topic deleted).
-    pub async fn remove(&self) {
-        if let Err(error) = self.log.remove().await {
-            tracing::error!(partition = %self.tp, %error, "removing partition data failed");
+        let tp = replica.tp.clone();
+        let Ok(replica) = Rc::try_unwrap(replica) else {
+            tracing::error!(partition = %tp, "requests in flight at close; recovery will scan");
+            return;
+        };
+        let result = if remove {
+            replica.log.remove().await
+        } else {
+            replica.log.close().await
+        };
+        if let Err(error) = result {
+            tracing::error!(partition = %tp, %error, remove, "closing partition failed");
         }
     }
 }
+
+/// How long closing a partition waits for its in-flight requests.
+const CLOSE_WAIT: Duration = Duration::from_secs(10);
 
 /// Checks every batch of a produce request before anything is appended, so a bad batch in the
 /// middle leaves the log unchanged.
 fn check_batches(batches: &Bytes, max_message_bytes: u64) -> Result<(), ProduceError> {
     let mut rest: &[u8] = batches;
     if rest.is_empty() {
-        return Err(ProduceError::Corrupt(BatchError::Truncated { needed: 61, have: 0 }));
+        return Err(ProduceError::Corrupt(BatchError::Truncated {
+            needed: 61,
+            have: 0,
+        }));
     }
     while !rest.is_empty() {
         let header = BatchHeader::parse(rest, usize::MAX)?;
         let size = header.total_bytes();
         if size as u64 > max_message_bytes {
-            return Err(ProduceError::MessageTooLarge { size, max: max_message_bytes });
+            return Err(ProduceError::MessageTooLarge {
+                size,
+                max: max_message_bytes,
+            });
         }
         validate_produced(rest, sluice_engine::limits::BATCH_BYTES_MAX)?;
         rest = &rest[size..];

@@ -239,6 +239,10 @@ pub enum ShardMsg {
     },
 }
 
+/// Shares of the maintenance task queue against the default queue's 1000: retention and other
+/// background work get about 1/11 of the shard when produce and fetch are busy.
+const MAINTENANCE_SHARES: usize = 100;
+
 /// The single metadata writer, present on shard 0 only.
 struct MetadataWriter {
     store: FileMetadataStore,
@@ -284,7 +288,11 @@ impl Shard {
         store: Option<FileMetadataStore>,
     ) -> Rc<Shard> {
         let id = context.id;
-        assert_eq!(store.is_some(), id == ShardId(0), "only shard 0 writes metadata");
+        assert_eq!(
+            store.is_some(),
+            id == ShardId(0),
+            "only shard 0 writes metadata"
+        );
         let shard = Rc::new(Shard {
             id,
             count: context.count,
@@ -366,8 +374,16 @@ impl Shard {
             return self.produce_local(&tp, batches, acks).await;
         }
         let (reply, answer) = oneshot::channel();
-        self.forward(owner, ShardMsg::Produce { tp, batches, acks, reply })
-            .map_err(|()| ProduceError::Overloaded)?;
+        self.forward(
+            owner,
+            ShardMsg::Produce {
+                tp,
+                batches,
+                acks,
+                reply,
+            },
+        )
+        .map_err(|()| ProduceError::Overloaded)?;
         answer.await.unwrap_or(Err(ProduceError::ShuttingDown))
     }
 
@@ -485,10 +501,17 @@ impl Shard {
             return self.command_local(command).await;
         }
         let (reply, answer) = oneshot::channel();
-        if self.mesh().send(ShardId(0), ShardMsg::Command { command, reply }).await.is_err() {
+        if self
+            .mesh()
+            .send(ShardId(0), ShardMsg::Command { command, reply })
+            .await
+            .is_err()
+        {
             return Err(MetadataError::Storage("metadata writer is gone".into()));
         }
-        answer.await.unwrap_or(Err(MetadataError::Storage("metadata writer is gone".into())))
+        answer.await.unwrap_or(Err(MetadataError::Storage(
+            "metadata writer is gone".into(),
+        )))
     }
 
     async fn command_local(
@@ -496,9 +519,16 @@ impl Shard {
         command: MetadataCommand,
     ) -> Result<Arc<MetadataSnapshot>, MetadataError> {
         let writer = self.writer.as_ref().ok_or(MetadataError::NotController)?;
-        let _permit = writer.lock.acquire_permit(1).await.expect("semaphore never closed");
+        let _permit = writer
+            .lock
+            .acquire_permit(1)
+            .await
+            .expect("semaphore never closed");
         let current = self.metadata();
-        let context = PlacementContext { node: self.config.node, shard_count: self.count };
+        let context = PlacementContext {
+            node: self.config.node,
+            shard_count: self.count,
+        };
         let next = crate::metadata::apply(&current, &command, context)?;
         writer.store.persist(&next).await?;
         let next = Arc::new(next);
@@ -512,7 +542,10 @@ impl Shard {
         for to in 0..self.count {
             let (done, ack) = oneshot::channel();
             let to = ShardId(u16::try_from(to).expect("shard ids fit in u16"));
-            let msg = ShardMsg::Metadata { snapshot: Arc::clone(&snapshot), done };
+            let msg = ShardMsg::Metadata {
+                snapshot: Arc::clone(&snapshot),
+                done,
+            };
             if self.mesh().send(to, msg).await.is_ok() {
                 acks.push(ack);
             }
@@ -529,7 +562,12 @@ impl Shard {
 
     async fn handle(self: Rc<Self>, msg: ShardMsg) {
         match msg {
-            ShardMsg::Produce { tp, batches, acks, reply } => {
+            ShardMsg::Produce {
+                tp,
+                batches,
+                acks,
+                reply,
+            } => {
                 let _ = reply.send(self.produce_local(&tp, batches, acks).await);
             }
             ShardMsg::Fetch { tp, request, reply } => {
@@ -568,7 +606,10 @@ impl Shard {
         for topic in snapshot.topics.values() {
             for partition in &topic.partitions {
                 if partition.shard == self.id {
-                    wanted.push((TopicPartition::new(Arc::clone(&topic.name), partition.id.0), topic));
+                    wanted.push((
+                        TopicPartition::new(Arc::clone(&topic.name), partition.id.0),
+                        topic,
+                    ));
                 }
             }
         }
@@ -588,23 +629,20 @@ impl Shard {
         };
         for (tp, replica) in stale {
             self.partitions.borrow_mut().remove(&tp);
-            let deleted = snapshot.topic(&tp.topic).is_none_or(|t| t.id != replica.topic_id());
-            if deleted {
-                replica.remove().await;
-            } else {
-                replica.close().await;
-            }
+            let deleted = snapshot
+                .topic(&tp.topic)
+                .is_none_or(|t| t.id != replica.topic_id());
+            PartitionReplica::close(replica, deleted).await;
         }
-        let _ = previous;
+        drop(previous);
         for (tp, topic) in wanted {
             let existing = self.local(&tp);
             match existing {
                 Some(replica) => replica.update_config(&topic.config),
                 None => {
-                    let dir = self.config.data_dir.join(tp.to_string());
                     let config = log_config(&topic.config);
                     match PartitionReplica::open(
-                        dir,
+                        &self.config.data_dir,
                         tp.clone(),
                         topic.id,
                         config,
@@ -625,9 +663,39 @@ impl Shard {
         }
     }
 
+    /// Starts the shard's maintenance loop in a low-share background task queue: every
+    /// `interval`, retention is applied to each partition this shard owns.
+    pub fn spawn_maintenance(self: &Rc<Self>, interval: Duration) {
+        let queue = sluice_engine::rt::create_task_queue("maintenance", MAINTENANCE_SHARES);
+        let weak = Rc::downgrade(self);
+        sluice_engine::rt::spawn_into(
+            async move {
+                // Runs for the life of the shard; ends when the shard is dropped or stops.
+                loop {
+                    sluice_engine::rt::sleep(interval).await;
+                    let Some(shard) = weak.upgrade() else { return };
+                    if shard.stopping.get() {
+                        return;
+                    }
+                    let replicas: Vec<Rc<PartitionReplica>> =
+                        shard.partitions.borrow().values().cloned().collect();
+                    drop(shard);
+                    for replica in replicas {
+                        replica.apply_retention().await;
+                        sluice_engine::rt::yield_if_needed().await;
+                    }
+                }
+            },
+            queue,
+        )
+        .detach();
+    }
+
     fn local_metrics(&self) -> crate::metrics::MetricsSnapshot {
         let mut snapshot = self.metrics.snapshot();
-        snapshot.partitions_per_shard.push((self.id.0, self.partition_count() as u64));
+        snapshot
+            .partitions_per_shard
+            .push((self.id.0, self.partition_count() as u64));
         snapshot
     }
 
@@ -656,25 +724,32 @@ impl Shard {
     /// Stops accepting produce requests, then flushes and closes every partition.
     pub async fn shutdown(&self) {
         self.stopping.set(true);
-        let replicas: Vec<Rc<PartitionReplica>> =
-            self.partitions.borrow_mut().drain().map(|(_, r)| r).collect();
+        let replicas: Vec<Rc<PartitionReplica>> = self
+            .partitions
+            .borrow_mut()
+            .drain()
+            .map(|(_, r)| r)
+            .collect();
         for replica in replicas {
-            replica.close().await;
+            PartitionReplica::close(replica, false).await;
         }
     }
 }
 
 /// Maps a topic's config to the engine's log config.
 pub fn log_config(config: &crate::config::TopicConfig) -> LogConfig {
+    let unlimited = sluice_engine::log::UNLIMITED;
     LogConfig {
         segment_bytes: config.segment_bytes,
-        segment_ms: Some(Duration::from_millis(config.segment_ms.max(0) as u64)),
-        retention_ms: config.retention_ms,
-        retention_bytes: config.retention_bytes,
-        index_interval_bytes: config.index_interval_bytes,
-        flush_messages: config.flush_messages,
-        flush_ms: config.flush_ms,
-        max_batch_bytes: config.max_message_bytes as usize,
+        segment_ms: config.segment_ms,
+        retention_ms: config.retention_ms.unwrap_or(unlimited),
+        retention_bytes: config.retention_bytes.map_or(unlimited, |b| b as i64),
+        index_interval_bytes: u64::from(config.index_interval_bytes),
+        flush_messages: config.flush_messages.map_or(i64::MAX, |n| n as i64),
+        flush_ms: config.flush_ms.unwrap_or(i64::MAX),
+        // The cluster layer enforces max.message.bytes (with Kafka's error); the log's own
+        // limit is the engine's, so lowering the topic limit never strands stored batches.
+        max_batch_bytes: sluice_engine::limits::BATCH_BYTES_MAX,
         ..LogConfig::default()
     }
 }

@@ -49,7 +49,13 @@ async fn handle(shard: Rc<Shard>, mut stream: TcpStream) -> std::io::Result<()> 
         }
         request.extend_from_slice(&chunk[..n]);
         if request.len() > ADMIN_REQUEST_BYTES_MAX {
-            return respond(&mut stream, "431 Request Header Fields Too Large", "text/plain", "request too large\n").await;
+            return respond(
+                &mut stream,
+                "431 Request Header Fields Too Large",
+                "text/plain",
+                "request too large\n",
+            )
+            .await;
         }
     }
     let line = request.split(|&b| b == b'\r').next().unwrap_or_default();
@@ -74,7 +80,8 @@ async fn respond(
     body: &str,
 ) -> std::io::Result<()> {
     let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n",
         body.len()
     );
     stream.write_all(head.as_bytes()).await?;
@@ -88,7 +95,10 @@ pub fn render(snapshot: &MetricsSnapshot, shard: &Shard) -> String {
     let mut out = String::new();
     let metadata = shard.metadata();
     // Writing into a String cannot fail.
-    let _ = writeln!(out, "# HELP sluice_partitions Partitions owned by each shard.");
+    let _ = writeln!(
+        out,
+        "# HELP sluice_partitions Partitions owned by each shard."
+    );
     let _ = writeln!(out, "# TYPE sluice_partitions gauge");
     let mut per_shard = snapshot.partitions_per_shard.clone();
     per_shard.sort_unstable();
@@ -98,15 +108,32 @@ pub fn render(snapshot: &MetricsSnapshot, shard: &Shard) -> String {
     let _ = writeln!(out, "# HELP sluice_topic_partitions Partitions per topic.");
     let _ = writeln!(out, "# TYPE sluice_topic_partitions gauge");
     for topic in metadata.topics.values() {
-        let _ = writeln!(out, "sluice_topic_partitions{{topic=\"{}\"}} {}", topic.name, topic.partitions.len());
+        let _ = writeln!(
+            out,
+            "sluice_topic_partitions{{topic=\"{}\"}} {}",
+            topic.name,
+            topic.partitions.len()
+        );
     }
     let mut topics: Vec<_> = snapshot.topics.iter().collect();
     topics.sort_by(|a, b| a.0.cmp(b.0));
     for (name, help, pick) in [
-        ("sluice_topic_bytes_in_total", "Record batch bytes appended.", 0),
+        (
+            "sluice_topic_bytes_in_total",
+            "Record batch bytes appended.",
+            0,
+        ),
         ("sluice_topic_records_in_total", "Records appended.", 1),
-        ("sluice_topic_bytes_out_total", "Record batch bytes served to fetches.", 2),
-        ("sluice_topic_produce_errors_total", "Produce requests that failed.", 3),
+        (
+            "sluice_topic_bytes_out_total",
+            "Record batch bytes served to fetches.",
+            2,
+        ),
+        (
+            "sluice_topic_produce_errors_total",
+            "Produce requests that failed.",
+            3,
+        ),
     ] {
         let _ = writeln!(out, "# HELP {name} {help}");
         let _ = writeln!(out, "# TYPE {name} counter");
@@ -122,26 +149,58 @@ pub fn render(snapshot: &MetricsSnapshot, shard: &Shard) -> String {
     }
     let mut apis: Vec<_> = snapshot.apis.iter().collect();
     apis.sort_by_key(|(api, _)| **api);
-    let _ = writeln!(out, "# HELP sluice_requests_total Requests handled per API.");
+    let _ = writeln!(
+        out,
+        "# HELP sluice_requests_total Requests handled per API."
+    );
     let _ = writeln!(out, "# TYPE sluice_requests_total counter");
     for (api, counters) in &apis {
-        let _ = writeln!(out, "sluice_requests_total{{api=\"{api}\"}} {}", counters.requests);
+        let _ = writeln!(
+            out,
+            "sluice_requests_total{{api=\"{api}\"}} {}",
+            counters.requests
+        );
     }
-    let _ = writeln!(out, "# HELP sluice_request_errors_total Requests answered with an error per API.");
+    let _ = writeln!(
+        out,
+        "# HELP sluice_request_errors_total Requests answered with an error per API."
+    );
     let _ = writeln!(out, "# TYPE sluice_request_errors_total counter");
     for (api, counters) in &apis {
-        let _ = writeln!(out, "sluice_request_errors_total{{api=\"{api}\"}} {}", counters.errors);
+        let _ = writeln!(
+            out,
+            "sluice_request_errors_total{{api=\"{api}\"}} {}",
+            counters.errors
+        );
     }
-    let _ = writeln!(out, "# HELP sluice_request_latency_seconds Request latency per API.");
+    let _ = writeln!(
+        out,
+        "# HELP sluice_request_latency_seconds Request latency per API."
+    );
     let _ = writeln!(out, "# TYPE sluice_request_latency_seconds histogram");
     for (api, counters) in &apis {
         for (bound, count) in LATENCY_BUCKETS_US.iter().zip(&counters.latency_buckets) {
             let le = *bound as f64 / 1e6;
-            let _ = writeln!(out, "sluice_request_latency_seconds_bucket{{api=\"{api}\",le=\"{le}\"}} {count}");
+            let _ = writeln!(
+                out,
+                "sluice_request_latency_seconds_bucket{{api=\"{api}\",le=\"{le}\"}} {count}"
+            );
         }
-        let _ = writeln!(out, "sluice_request_latency_seconds_bucket{{api=\"{api}\",le=\"+Inf\"}} {}", counters.requests);
-        let _ = writeln!(out, "sluice_request_latency_seconds_sum{{api=\"{api}\"}} {}", counters.latency_sum_us as f64 / 1e6);
-        let _ = writeln!(out, "sluice_request_latency_seconds_count{{api=\"{api}\"}} {}", counters.requests);
+        let _ = writeln!(
+            out,
+            "sluice_request_latency_seconds_bucket{{api=\"{api}\",le=\"+Inf\"}} {}",
+            counters.requests
+        );
+        let _ = writeln!(
+            out,
+            "sluice_request_latency_seconds_sum{{api=\"{api}\"}} {}",
+            counters.latency_sum_us as f64 / 1e6
+        );
+        let _ = writeln!(
+            out,
+            "sluice_request_latency_seconds_count{{api=\"{api}\"}} {}",
+            counters.requests
+        );
     }
     let mut gauges = snapshot.shard_gauges.clone();
     gauges.sort_unstable();

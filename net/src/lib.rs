@@ -1,9 +1,17 @@
 //! sluice-net: the native QUIC protocol (server side and the Rust client library), the Kafka
 //! protocol listener, and the admin HTTP endpoint.
 //!
-//! Must not depend on: segment files or other storage internals; partitions are reached only
-//! through `sluice_cluster::shard::Shard`.
+//! Main modules: [`quic`] (quinn on the thread-per-core runtime, TLS, endpoints), [`native`]
+//! (the native protocol's frames, headers and how they travel on QUIC streams), [`client`],
+//! [`limits`].
+//!
+//! Must not depend on: segment files or other storage internals (partitions are reached only
+//! through `sluice_cluster::shard::Shard`); glommio by name (the runtime is reached through
+//! `sluice_engine::rt`).
 
+pub mod admin;
 pub mod client;
+pub mod kafka;
 pub mod limits;
 pub mod native;
+pub mod quic;

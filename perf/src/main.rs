@@ -1,6 +1,7 @@
 //! `sluice-perf`: throughput and latency harness for Sluice (native QUIC) and any
 //! Kafka-protocol broker, and the `reference` measurements every result is judged against.
 
+mod log_bench;
 mod reference;
 
 use std::path::PathBuf;
@@ -32,6 +33,30 @@ enum Command {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// Append to and read back one partition log on this disk (no network).
+    LogBench {
+        /// Directory on the disk to measure.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// Bytes to append.
+        #[arg(long, default_value_t = 2 << 30)]
+        bytes: u64,
+        /// Bytes per batch.
+        #[arg(long, default_value_t = 64 << 10)]
+        batch_bytes: usize,
+        /// Bytes per record value.
+        #[arg(long, default_value_t = 1024)]
+        record_bytes: usize,
+        /// Appends outstanding at once.
+        #[arg(long, default_value_t = 64)]
+        inflight: usize,
+        /// Wait for fdatasync (group commit) on every append.
+        #[arg(long)]
+        synced: bool,
+        /// Write the results as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
 }
 
 fn main() {
@@ -55,6 +80,30 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Reference { dir, bytes, json } => {
             let reference = reference::measure(&dir, bytes)?;
             let text = serde_json::to_string_pretty(&reference)?;
+            println!("{text}");
+            if let Some(path) = json {
+                std::fs::write(&path, text)?;
+            }
+            Ok(())
+        }
+        Command::LogBench {
+            dir,
+            bytes,
+            batch_bytes,
+            record_bytes,
+            inflight,
+            synced,
+            json,
+        } => {
+            let report = log_bench::run(log_bench::LogBenchConfig {
+                dir,
+                bytes,
+                batch_bytes,
+                record_bytes,
+                inflight,
+                synced,
+            })?;
+            let text = serde_json::to_string_pretty(&report)?;
             println!("{text}");
             if let Some(path) = json {
                 std::fs::write(&path, text)?;

@@ -6,11 +6,16 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tools/ has a parent").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tools/ has a parent")
+        .to_path_buf()
 }
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
     for entry in entries.flatten() {
         let path = entry.path();
         let name = entry.file_name();
@@ -69,7 +74,11 @@ fn formatted() {
 fn banned_apis() {
     let mut problems = Vec::new();
     for path in library_sources() {
-        let shown = path.strip_prefix(workspace_root()).expect("inside root").display().to_string();
+        let shown = path
+            .strip_prefix(workspace_root())
+            .expect("inside root")
+            .display()
+            .to_string();
         let text = non_test_text(&path);
         let in_rt = shown.starts_with("engine/src/rt/");
         let checks: &[(&str, bool)] = &[
@@ -96,10 +105,18 @@ fn banned_apis() {
 fn module_docs() {
     let missing: Vec<String> = library_sources()
         .into_iter()
-        .filter(|p| !std::fs::read_to_string(p).expect("readable").starts_with("//!"))
+        .filter(|p| {
+            !std::fs::read_to_string(p)
+                .expect("readable")
+                .starts_with("//!")
+        })
         .map(|p| p.display().to_string())
         .collect();
-    assert!(missing.is_empty(), "files without a //! module doc:\n{}", missing.join("\n"));
+    assert!(
+        missing.is_empty(),
+        "files without a //! module doc:\n{}",
+        missing.join("\n")
+    );
 }
 
 // Goal: lines stay within 100 columns (rustfmt does not wrap strings and comments).
@@ -114,7 +131,11 @@ fn line_length() {
             }
         }
     }
-    assert!(long.is_empty(), "lines over 100 columns:\n{}", long.join("\n"));
+    assert!(
+        long.is_empty(),
+        "lines over 100 columns:\n{}",
+        long.join("\n")
+    );
 }
 
 // Goal: workspace dependencies run one way: tools/perf → net → cluster → engine.
@@ -126,7 +147,10 @@ fn dependency_direction() {
         ("cluster", &["sluice-engine"]),
         ("net", &["sluice-engine", "sluice-cluster"]),
         ("perf", &["sluice-engine", "sluice-net"]),
-        ("benches", &["sluice-engine", "sluice-net", "sluice-cluster"]),
+        (
+            "benches",
+            &["sluice-engine", "sluice-net", "sluice-cluster"],
+        ),
         ("tools", &["sluice-engine", "sluice-cluster", "sluice-net"]),
     ];
     for (krate, deps) in allowed {

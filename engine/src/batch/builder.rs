@@ -16,7 +16,7 @@
 use bytes::Bytes;
 
 use super::compression::{self, CompressionError};
-use super::records::{RecordParts, encode_record};
+use super::records::{RecordParts, encode_record, varint_bytes};
 use super::{
     Attributes, Compression, HEADER_BYTES, LOG_OVERHEAD_BYTES, MAGIC_V2, OFFSET_ATTRIBUTES,
     OFFSET_BASE_OFFSET, OFFSET_BASE_SEQUENCE, OFFSET_BASE_TIMESTAMP, OFFSET_CRC,
@@ -62,8 +62,11 @@ pub struct ProducerIdentity {
 
 impl ProducerIdentity {
     /// No idempotent producer: all fields -1, as non-idempotent producers write.
-    pub const NONE: ProducerIdentity =
-        ProducerIdentity { producer_id: -1, producer_epoch: -1, base_sequence: -1 };
+    pub const NONE: ProducerIdentity = ProducerIdentity {
+        producer_id: -1,
+        producer_epoch: -1,
+        base_sequence: -1,
+    };
 }
 
 impl Default for ProducerIdentity {
@@ -118,7 +121,10 @@ impl BatchBuilder {
     /// As [`new`](Self::new), reserving room for `capacity_bytes` of records up front so that
     /// filling the batch does not reallocate.
     pub fn with_capacity(batch_bytes_max: usize, capacity_bytes: usize) -> BatchBuilder {
-        assert!(batch_bytes_max >= HEADER_BYTES, "batch_bytes_max {batch_bytes_max} < header");
+        assert!(
+            batch_bytes_max >= HEADER_BYTES,
+            "batch_bytes_max {batch_bytes_max} < header"
+        );
         assert!(
             i32::try_from(batch_bytes_max).is_ok(),
             "batch_bytes_max {batch_bytes_max} does not fit a batch length"
@@ -197,9 +203,20 @@ impl BatchBuilder {
         headers: &[(&str, Option<&[u8]>)],
         timestamp: TimestampMs,
     ) -> Result<(), BuildError> {
-        assert!(self.record_count >= 0, "negative record count {}", self.record_count);
-        assert!(self.buf.len() <= self.batch_bytes_max, "builder over its limit");
-        let base_timestamp = if self.record_count == 0 { timestamp } else { self.base_timestamp };
+        assert!(
+            self.record_count >= 0,
+            "negative record count {}",
+            self.record_count
+        );
+        assert!(
+            self.buf.len() <= self.batch_bytes_max,
+            "builder over its limit"
+        );
+        let base_timestamp = if self.record_count == 0 {
+            timestamp
+        } else {
+            self.base_timestamp
+        };
         let parts = RecordParts {
             offset_delta: self.record_count,
             // Wrapping, as Kafka computes it: decoders add it back with wrapping arithmetic.
@@ -209,13 +226,20 @@ impl BatchBuilder {
             headers,
         };
         let body_bytes = parts.body_bytes().ok_or(BuildError::FieldTooLong)?;
-        let record_bytes = parts.encoded_bytes().ok_or(BuildError::FieldTooLong)?;
+        let body_length = i32::try_from(body_bytes).expect("body_bytes checked against i32");
+        let record_bytes = body_bytes + varint_bytes(body_length);
         let needed_bytes = self.buf.len().saturating_add(record_bytes);
         if needed_bytes > self.batch_bytes_max {
-            return Err(BuildError::BatchFull { needed_bytes, limit_bytes: self.batch_bytes_max });
+            return Err(BuildError::BatchFull {
+                needed_bytes,
+                limit_bytes: self.batch_bytes_max,
+            });
         }
         let written = encode_record(&mut self.buf, &parts, body_bytes);
-        assert_eq!(written, record_bytes, "record size estimate differs from encoding");
+        assert_eq!(
+            written, record_bytes,
+            "record size estimate differs from encoding"
+        );
         if self.record_count == 0 {
             self.base_timestamp = timestamp;
             self.max_timestamp = timestamp;
@@ -276,12 +300,21 @@ impl BatchBuilder {
         put(OFFSET_LEADER_EPOCH, &self.leader_epoch.0.to_be_bytes());
         put(OFFSET_MAGIC, &MAGIC_V2.to_be_bytes());
         put(OFFSET_ATTRIBUTES, &attributes.0.to_be_bytes());
-        put(OFFSET_LAST_OFFSET_DELTA, &(self.record_count - 1).to_be_bytes());
+        put(
+            OFFSET_LAST_OFFSET_DELTA,
+            &(self.record_count - 1).to_be_bytes(),
+        );
         put(OFFSET_BASE_TIMESTAMP, &self.base_timestamp.0.to_be_bytes());
         put(OFFSET_MAX_TIMESTAMP, &self.max_timestamp.0.to_be_bytes());
         put(OFFSET_PRODUCER_ID, &self.producer.producer_id.to_be_bytes());
-        put(OFFSET_PRODUCER_EPOCH, &self.producer.producer_epoch.to_be_bytes());
-        put(OFFSET_BASE_SEQUENCE, &self.producer.base_sequence.to_be_bytes());
+        put(
+            OFFSET_PRODUCER_EPOCH,
+            &self.producer.producer_epoch.to_be_bytes(),
+        );
+        put(
+            OFFSET_BASE_SEQUENCE,
+            &self.producer.base_sequence.to_be_bytes(),
+        );
         put(OFFSET_RECORD_COUNT, &self.record_count.to_be_bytes());
     }
 }
@@ -302,7 +335,10 @@ pub struct SimpleRecord {
 impl SimpleRecord {
     /// A record with only a value, timestamp 0.
     pub fn value(value: impl Into<Vec<u8>>) -> SimpleRecord {
-        SimpleRecord { value: Some(value.into()), ..SimpleRecord::default() }
+        SimpleRecord {
+            value: Some(value.into()),
+            ..SimpleRecord::default()
+        }
     }
 }
 
@@ -316,8 +352,18 @@ pub fn build_batch(
     let mut headers: Vec<(&str, Option<&[u8]>)> = Vec::new();
     for record in records {
         headers.clear();
-        headers.extend(record.headers.iter().map(|(k, v)| (k.as_str(), v.as_deref())));
-        builder.push(record.key.as_deref(), record.value.as_deref(), &headers, record.timestamp)?;
+        headers.extend(
+            record
+                .headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_deref())),
+        );
+        builder.push(
+            record.key.as_deref(),
+            record.value.as_deref(),
+            &headers,
+            record.timestamp,
+        )?;
     }
     builder.build(compression)
 }
@@ -332,7 +378,13 @@ mod tests {
     fn hex(bytes: &[u8]) -> String {
         let lines: Vec<String> = bytes
             .chunks(16)
-            .map(|chunk| chunk.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" "))
+            .map(|chunk| {
+                chunk
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
             .collect();
         lines.join("\n")
     }
@@ -356,7 +408,12 @@ mod tests {
                 headers: vec![("h".into(), Some(b"x".to_vec()))],
                 timestamp: TimestampMs(1000),
             },
-            SimpleRecord { key: None, value: None, headers: vec![], timestamp: TimestampMs(999) },
+            SimpleRecord {
+                key: None,
+                value: None,
+                headers: vec![],
+                timestamp: TimestampMs(999),
+            },
         ];
         check(
             &records,
@@ -376,12 +433,18 @@ mod tests {
     fn header_fields_follow_settings() {
         let mut builder = BatchBuilder::new(1 << 16);
         builder
-            .set_producer(ProducerIdentity { producer_id: 7, producer_epoch: 3, base_sequence: 42 })
+            .set_producer(ProducerIdentity {
+                producer_id: 7,
+                producer_epoch: 3,
+                base_sequence: 42,
+            })
             .mark_transactional()
             .set_base_offset(Offset(100))
             .set_leader_epoch(LeaderEpoch(5));
         for ts in [50, 70, 60] {
-            builder.push(None, Some(b"v"), &[], TimestampMs(ts)).expect("push");
+            builder
+                .push(None, Some(b"v"), &[], TimestampMs(ts))
+                .expect("push");
         }
         let batch = builder.build(Compression::None).expect("build");
         let header = validate(&batch, 1 << 16).expect("valid");
@@ -413,7 +476,16 @@ mod tests {
                 Err(error) => break error,
             }
         };
-        assert!(matches!(error, BuildError::BatchFull { limit_bytes: 200, .. }), "{error:?}");
+        assert!(
+            matches!(
+                error,
+                BuildError::BatchFull {
+                    limit_bytes: 200,
+                    ..
+                }
+            ),
+            "{error:?}"
+        );
         assert_eq!(builder.record_count(), pushed);
         assert!(builder.uncompressed_bytes() <= limit);
         let batch = builder.build(Compression::None).expect("build");
@@ -437,17 +509,28 @@ mod tests {
             .collect();
         let plain = build_batch(&records, Compression::None).expect("build");
         let plain_header = validate_produced(&plain, BATCH_BYTES_MAX).expect("valid");
-        for codec in [Compression::Gzip, Compression::Snappy, Compression::Lz4, Compression::Zstd] {
+        for codec in [
+            Compression::Gzip,
+            Compression::Snappy,
+            Compression::Lz4,
+            Compression::Zstd,
+        ] {
             let batch = build_batch(&records, codec).expect("build");
             let header = validate_produced(&batch, BATCH_BYTES_MAX).expect("valid");
             assert_eq!(header.attributes.compression(), Ok(codec));
-            assert!(batch.len() < plain.len(), "{codec:?} compresses repetitive records");
+            assert!(
+                batch.len() < plain.len(),
+                "{codec:?} compresses repetitive records"
+            );
             assert_eq!(header.record_count, plain_header.record_count);
             assert_eq!(header.max_timestamp, plain_header.max_timestamp);
             let mut records_out = Vec::new();
             compression::decompress(codec, &batch[HEADER_BYTES..], 1 << 20, &mut records_out)
                 .expect("decompress");
-            assert!(records_out[..] == plain[HEADER_BYTES..], "{codec:?} records differ");
+            assert!(
+                records_out[..] == plain[HEADER_BYTES..],
+                "{codec:?} records differ"
+            );
         }
     }
 

@@ -14,6 +14,10 @@
 //! Decompression is bounded: it stops with [`CompressionError::TooLarge`] once the output
 //! passes the caller's limit (normally [`RECORDS_DECOMPRESSED_BYTES_MAX`]), and its buffer
 //! never grows past that limit plus one byte, so a small "zip bomb" cannot exhaust memory.
+//! The decoders' own buffers are bounded by their formats, not by the input: lz4 reserves at
+//! most two maximum-size blocks (2 x 4 MiB), snappy blocks are checked against the limit
+//! before allocating, and zstd's window is capped at 128 MiB of address space of which only
+//! what the output touches becomes resident.
 //!
 //! Main items: [`compress`], [`decompress`], [`CompressionError`].
 //!
@@ -150,19 +154,34 @@ pub fn decompress(
             out.extend_from_slice(input);
         }
         Compression::Gzip => {
-            read_bounded(codec, flate2::read::MultiGzDecoder::new(input), limit_bytes, out)?;
+            read_bounded(
+                codec,
+                flate2::read::MultiGzDecoder::new(input),
+                limit_bytes,
+                out,
+            )?;
         }
         Compression::Snappy => decompress_snappy(input, limit_bytes, out)?,
         Compression::Lz4 => {
-            read_bounded(codec, lz4_flex::frame::FrameDecoder::new(input), limit_bytes, out)?;
+            read_bounded(
+                codec,
+                lz4_flex::frame::FrameDecoder::new(input),
+                limit_bytes,
+                out,
+            )?;
         }
         Compression::Zstd => {
             let mut decoder = zstd::stream::read::Decoder::new(input).map_err(|e| corrupt(&e))?;
-            decoder.window_log_max(ZSTD_WINDOW_LOG_MAX).map_err(|e| corrupt(&e))?;
+            decoder
+                .window_log_max(ZSTD_WINDOW_LOG_MAX)
+                .map_err(|e| corrupt(&e))?;
             read_bounded(codec, decoder, limit_bytes, out)?;
         }
     }
-    assert!(out.len() - start <= limit_bytes, "decompressed past the limit");
+    assert!(
+        out.len() - start <= limit_bytes,
+        "decompressed past the limit"
+    );
     Ok(())
 }
 
@@ -201,7 +220,10 @@ fn read_bounded(
             Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
             Err(error) => {
                 out.truncate(start);
-                return Err(CompressionError::Corrupt { codec, reason: error.to_string() });
+                return Err(CompressionError::Corrupt {
+                    codec,
+                    reason: error.to_string(),
+                });
             }
         }
     }
@@ -271,15 +293,19 @@ fn decompress_snappy_block(
     out: &mut Vec<u8>,
 ) -> Result<(), CompressionError> {
     let codec = Compression::Snappy;
-    let corrupt =
-        |error: snap::Error| CompressionError::Corrupt { codec, reason: error.to_string() };
+    let corrupt = |error: snap::Error| CompressionError::Corrupt {
+        codec,
+        reason: error.to_string(),
+    };
     let length = snap::raw::decompress_len(block).map_err(corrupt)?;
     if length > limit_bytes {
         return Err(CompressionError::TooLarge { codec, limit_bytes });
     }
     let at = out.len();
     out.resize(at + length, 0);
-    let written = snap::raw::Decoder::new().decompress(block, &mut out[at..]).map_err(corrupt)?;
+    let written = snap::raw::Decoder::new()
+        .decompress(block, &mut out[at..])
+        .map_err(corrupt)?;
     if written != length {
         return Err(CompressionError::Corrupt {
             codec,
@@ -302,7 +328,9 @@ mod tests {
     ];
 
     fn sample(len: usize) -> Vec<u8> {
-        (0..len).map(|i| (i % 251) as u8 ^ (i / 1000) as u8).collect()
+        (0..len)
+            .map(|i| (i % 251) as u8 ^ (i / 1000) as u8)
+            .collect()
     }
 
     // Goal: every codec round-trips, including empty input and inputs spanning several blocks.
@@ -310,7 +338,14 @@ mod tests {
     #[test]
     fn round_trip_every_codec() {
         for codec in CODECS {
-            for len in [0, 1, 100, XERIAL_BLOCK_BYTES, 3 * XERIAL_BLOCK_BYTES + 17, 300_000] {
+            for len in [
+                0,
+                1,
+                100,
+                XERIAL_BLOCK_BYTES,
+                3 * XERIAL_BLOCK_BYTES + 17,
+                300_000,
+            ] {
                 let input = sample(len);
                 let mut compressed = vec![0xee];
                 compress(codec, &input, &mut compressed).expect("compress");
@@ -335,9 +370,22 @@ mod tests {
             compress(codec, &zeros, &mut compressed).expect("compress");
             let mut out = Vec::new();
             let error = decompress(codec, &compressed, limit, &mut out).expect_err("too large");
-            assert_eq!(error, CompressionError::TooLarge { codec, limit_bytes: limit });
-            assert!(out.is_empty(), "{codec:?}: output truncated back after an error");
-            assert!(out.capacity() <= 2 * (limit + 1), "{codec:?}: capacity {}", out.capacity());
+            assert_eq!(
+                error,
+                CompressionError::TooLarge {
+                    codec,
+                    limit_bytes: limit
+                }
+            );
+            assert!(
+                out.is_empty(),
+                "{codec:?}: output truncated back after an error"
+            );
+            assert!(
+                out.capacity() <= 2 * (limit + 1),
+                "{codec:?}: capacity {}",
+                out.capacity()
+            );
             // Exactly at the limit is fine.
             let mut out = Vec::new();
             decompress(codec, &compressed, zeros.len(), &mut out).expect("at the limit");
@@ -356,10 +404,14 @@ mod tests {
         assert_eq!(&framed[..16], b"\x82SNAPPY\0\0\0\0\x01\0\0\0\x01");
         let first = i32::from_be_bytes(framed[16..20].try_into().expect("4 bytes"));
         let first_block = &framed[20..20 + first as usize];
-        let decoded = snap::raw::Decoder::new().decompress_vec(first_block).expect("raw block");
+        let decoded = snap::raw::Decoder::new()
+            .decompress_vec(first_block)
+            .expect("raw block");
         assert_eq!(decoded, input[..XERIAL_BLOCK_BYTES]);
 
-        let raw = snap::raw::Encoder::new().compress_vec(&input).expect("raw compress");
+        let raw = snap::raw::Encoder::new()
+            .compress_vec(&input)
+            .expect("raw compress");
         let mut out = Vec::new();
         decompress(Compression::Snappy, &raw, input.len(), &mut out).expect("raw decode");
         assert_eq!(out, input);
@@ -376,17 +428,26 @@ mod tests {
             let truncated = &compressed[..compressed.len() / 2];
             let mut out = Vec::new();
             let error = decompress(codec, truncated, 1 << 20, &mut out);
-            assert!(matches!(error, Err(CompressionError::Corrupt { .. })), "{codec:?} {error:?}");
+            assert!(
+                matches!(error, Err(CompressionError::Corrupt { .. })),
+                "{codec:?} {error:?}"
+            );
             assert!(out.is_empty());
             let garbage = vec![0x5a_u8; 64];
             let error = decompress(codec, &garbage, 1 << 20, &mut out);
-            assert!(matches!(error, Err(CompressionError::Corrupt { .. })), "{codec:?} {error:?}");
+            assert!(
+                matches!(error, Err(CompressionError::Corrupt { .. })),
+                "{codec:?} {error:?}"
+            );
         }
         // A xerial block whose length points past the input.
         let mut framed = b"\x82SNAPPY\0\0\0\0\x01\0\0\0\x01".to_vec();
         framed.extend_from_slice(&1000_i32.to_be_bytes());
         framed.extend_from_slice(&[0; 10]);
         let error = decompress(Compression::Snappy, &framed, 1 << 20, &mut Vec::new());
-        assert!(matches!(error, Err(CompressionError::Corrupt { .. })), "{error:?}");
+        assert!(
+            matches!(error, Err(CompressionError::Corrupt { .. })),
+            "{error:?}"
+        );
     }
 }

@@ -24,6 +24,10 @@
 //! | 57 | record count | i32 |
 //! | 61 | records | |
 //!
+//! Submodules: [`builder`] builds batches ([`BatchBuilder`], [`build_batch`]), [`records`]
+//! encodes and decodes the Record v2 entries inside ([`RecordDecoder`], [`decode_batch`]), and
+//! [`compression`] implements the four Kafka codecs with bounded decompression.
+//!
 //! Must not depend on: anything network or protocol specific.
 
 use crate::types::{LeaderEpoch, Offset, TimestampMs};
@@ -291,7 +295,12 @@ impl BatchHeader {
                 last_offset_delta: header.last_offset_delta,
             });
         }
-        if header.base_offset.0.checked_add(i64::from(header.last_offset_delta)).is_none() {
+        if header
+            .base_offset
+            .0
+            .checked_add(i64::from(header.last_offset_delta))
+            .is_none()
+        {
             return Err(BatchError::OffsetOverflow {
                 base_offset: header.base_offset.0,
                 last_offset_delta: header.last_offset_delta,

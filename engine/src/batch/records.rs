@@ -179,7 +179,11 @@ pub fn encode_record(buf: &mut Vec<u8>, parts: &RecordParts<'_>, body_bytes: usi
         put_nullable(buf, Some(key.as_bytes()));
         put_nullable(buf, *value);
     }
-    assert_eq!(buf.len() - body_start, body_bytes, "record body size mismatch");
+    assert_eq!(
+        buf.len() - body_start,
+        body_bytes,
+        "record body size mismatch"
+    );
     buf.len() - start
 }
 
@@ -225,31 +229,62 @@ pub struct Record {
 /// What was wrong with one record; becomes [`BatchError::CorruptRecords`] with its position.
 #[derive(Debug)]
 enum RecordFault {
-    Truncated { field: &'static str, needed: usize, remaining: usize },
-    VarintTooLong { field: &'static str },
-    InvalidLength { field: &'static str, length: i64 },
-    OffsetDelta { delta: i32, previous: Option<i32>, last: i32 },
-    BodySize { declared: usize, consumed: usize },
+    Truncated {
+        field: &'static str,
+        needed: usize,
+        remaining: usize,
+    },
+    VarintTooLong {
+        field: &'static str,
+    },
+    InvalidLength {
+        field: &'static str,
+        length: i64,
+    },
+    OffsetDelta {
+        delta: i32,
+        previous: Option<i32>,
+        last: i32,
+    },
+    BodySize {
+        declared: usize,
+        consumed: usize,
+    },
 }
 
 impl fmt::Display for RecordFault {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            RecordFault::Truncated { field, needed, remaining } => {
+            RecordFault::Truncated {
+                field,
+                needed,
+                remaining,
+            } => {
                 write!(f, "{field} needs {needed} bytes, {remaining} remain")
             }
             RecordFault::VarintTooLong { field } => write!(f, "{field} varint too long"),
             RecordFault::InvalidLength { field, length } => {
                 write!(f, "invalid {field} {length}")
             }
-            RecordFault::OffsetDelta { delta, previous: Some(previous), last } => {
+            RecordFault::OffsetDelta {
+                delta,
+                previous: Some(previous),
+                last,
+            } => {
                 write!(f, "offset delta {delta} after {previous} not in 0..={last}")
             }
-            RecordFault::OffsetDelta { delta, previous: None, last } => {
+            RecordFault::OffsetDelta {
+                delta,
+                previous: None,
+                last,
+            } => {
                 write!(f, "offset delta {delta} not in 0..={last}")
             }
             RecordFault::BodySize { declared, consumed } => {
-                write!(f, "record declared {declared} bytes, fields take {consumed}")
+                write!(
+                    f,
+                    "record declared {declared} bytes, fields take {consumed}"
+                )
             }
         }
     }
@@ -340,8 +375,10 @@ impl<'a> Cursor<'a> {
         if length == -1 && nullable {
             return Ok(None);
         }
-        let length = usize::try_from(length)
-            .map_err(|_| RecordFault::InvalidLength { field, length: i64::from(length) })?;
+        let length = usize::try_from(length).map_err(|_| RecordFault::InvalidLength {
+            field,
+            length: i64::from(length),
+        })?;
         if length > self.remaining() {
             return Err(RecordFault::Truncated {
                 field,
@@ -389,8 +426,15 @@ impl RecordDecoder {
         decompressed_bytes_max: usize,
     ) -> Result<RecordDecoder, BatchError> {
         let total = header.total_bytes();
-        assert!(total >= HEADER_BYTES, "header with a total size below a header: {total}");
-        assert!(batch.len() >= total, "batch of {} bytes for header of {total}", batch.len());
+        assert!(
+            total >= HEADER_BYTES,
+            "header with a total size below a header: {total}"
+        );
+        assert!(
+            batch.len() >= total,
+            "batch of {} bytes for header of {total}",
+            batch.len()
+        );
         let stored = batch.slice(HEADER_BYTES..total);
         let records = match header.attributes.compression()? {
             Compression::None => stored,
@@ -410,7 +454,14 @@ impl RecordDecoder {
                 records.len()
             )));
         }
-        Ok(RecordDecoder { header, records, pos: 0, yielded: 0, previous_delta: None, done: false })
+        Ok(RecordDecoder {
+            header,
+            records,
+            pos: 0,
+            yielded: 0,
+            previous_delta: None,
+            done: false,
+        })
     }
 
     /// The batch header.
@@ -434,7 +485,10 @@ impl RecordDecoder {
     }
 
     fn decode_next(&mut self) -> Result<Record, RecordFault> {
-        let mut outer = Cursor { buf: &self.records, pos: self.pos };
+        let mut outer = Cursor {
+            buf: &self.records,
+            pos: self.pos,
+        };
         let length = outer.length("length", false)?.expect("not nullable");
         let body_range = outer.take("record body", length)?;
         let body_start = body_range.start;
@@ -443,7 +497,9 @@ impl RecordDecoder {
         let timestamp_delta = cursor.varlong("timestamp delta")?;
         let offset_delta = cursor.varint("offset delta")?;
         let last = self.header.last_offset_delta;
-        let increasing = self.previous_delta.is_none_or(|previous| offset_delta > previous);
+        let increasing = self
+            .previous_delta
+            .is_none_or(|previous| offset_delta > previous);
         if offset_delta < 0 || offset_delta > last || !increasing {
             return Err(RecordFault::OffsetDelta {
                 delta: offset_delta,
@@ -451,11 +507,18 @@ impl RecordDecoder {
                 last,
             });
         }
-        let offset = self.header.base_offset.0.checked_add(i64::from(offset_delta)).ok_or(
-            RecordFault::InvalidLength { field: "offset", length: i64::from(offset_delta) },
-        )?;
+        let offset = self
+            .header
+            .base_offset
+            .0
+            .checked_add(i64::from(offset_delta))
+            .ok_or(RecordFault::InvalidLength {
+                field: "offset",
+                length: i64::from(offset_delta),
+            })?;
         let slice = |range: Range<usize>| {
-            self.records.slice(body_start + range.start..body_start + range.end)
+            self.records
+                .slice(body_start + range.start..body_start + range.end)
         };
         let key = match cursor.length("key length", true)? {
             None => None,
@@ -466,9 +529,11 @@ impl RecordDecoder {
             Some(length) => Some(slice(cursor.take("value", length)?)),
         };
         let header_count = cursor.varint("header count")?;
-        let header_count = usize::try_from(header_count).map_err(|_| {
-            RecordFault::InvalidLength { field: "header count", length: i64::from(header_count) }
-        })?;
+        let header_count =
+            usize::try_from(header_count).map_err(|_| RecordFault::InvalidLength {
+                field: "header count",
+                length: i64::from(header_count),
+            })?;
         if header_count.saturating_mul(HEADER_RECORD_BYTES_MIN) > cursor.remaining() {
             return Err(RecordFault::Truncated {
                 field: "headers",
@@ -479,7 +544,9 @@ impl RecordDecoder {
         // Capacity bounded by the bytes left in this record, checked just above.
         let mut headers = Vec::with_capacity(header_count);
         for _ in 0..header_count {
-            let key_length = cursor.length("header key length", false)?.expect("not nullable");
+            let key_length = cursor
+                .length("header key length", false)?
+                .expect("not nullable");
             let key = slice(cursor.take("header key", key_length)?);
             let value = match cursor.length("header value length", true)? {
                 None => None,
@@ -488,7 +555,10 @@ impl RecordDecoder {
             headers.push(Header { key, value });
         }
         if cursor.remaining() != 0 {
-            return Err(RecordFault::BodySize { declared: length, consumed: cursor.pos });
+            return Err(RecordFault::BodySize {
+                declared: length,
+                consumed: cursor.pos,
+            });
         }
         let timestamp = if self.header.attributes.is_log_append_time() {
             self.header.max_timestamp
@@ -497,7 +567,13 @@ impl RecordDecoder {
         };
         self.pos = outer.pos;
         self.previous_delta = Some(offset_delta);
-        Ok(Record { offset: Offset(offset), timestamp, key, value, headers })
+        Ok(Record {
+            offset: Offset(offset),
+            timestamp,
+            key,
+            value,
+            headers,
+        })
     }
 }
 
@@ -532,7 +608,11 @@ impl Iterator for RecordDecoder {
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
-        if self.done { (0, Some(0)) } else { (0, Some(self.remaining_count() + 1)) }
+        if self.done {
+            (0, Some(0))
+        } else {
+            (0, Some(self.remaining_count() + 1))
+        }
     }
 }
 
@@ -586,7 +666,9 @@ mod tests {
     fn raw_batch(records: &[u8], record_count: i32, last_offset_delta: i32) -> Bytes {
         let mut builder = BatchBuilder::new(BATCH_BYTES_MAX);
         builder.set_base_offset(Offset(100));
-        builder.push(None, Some(b"x"), &[], TimestampMs(5_000)).expect("push");
+        builder
+            .push(None, Some(b"x"), &[], TimestampMs(5_000))
+            .expect("push");
         let built = builder.build(Compression::None).expect("build");
         let mut batch = built[..HEADER_BYTES].to_vec();
         batch.extend_from_slice(records);
@@ -643,7 +725,10 @@ mod tests {
         }
         assert_eq!(varlong_bytes(i64::MIN), VARLONG_BYTES_MAX);
         // Overlong and overflowing encodings are rejected, as is a missing final byte.
-        for bad in [&[0xff_u8, 0xff, 0xff, 0xff, 0xff, 0x01][..], &[0xff, 0xff, 0xff, 0xff, 0x10]] {
+        for bad in [
+            &[0xff_u8, 0xff, 0xff, 0xff, 0xff, 0x01][..],
+            &[0xff, 0xff, 0xff, 0xff, 0x10],
+        ] {
             assert!(Cursor::new(bad).varint("n").is_err(), "{bad:?}");
         }
         assert!(Cursor::new(&[0x80]).varint("n").is_err());
@@ -703,7 +788,10 @@ mod tests {
             .expect("decodes");
         let value = record.value.expect("value");
         let batch_range = batch.as_ptr() as usize..batch.as_ptr() as usize + batch.len();
-        assert!(batch_range.contains(&(value.as_ptr() as usize)), "value is a slice of batch");
+        assert!(
+            batch_range.contains(&(value.as_ptr() as usize)),
+            "value is a slice of batch"
+        );
     }
 
     // Goal: with log-append time every record carries the batch's max timestamp.
@@ -711,10 +799,18 @@ mod tests {
     #[test]
     fn log_append_time_uses_max_timestamp() {
         let records = [
-            SimpleRecord { timestamp: TimestampMs(10), ..SimpleRecord::value("a") },
-            SimpleRecord { timestamp: TimestampMs(30), ..SimpleRecord::value("b") },
+            SimpleRecord {
+                timestamp: TimestampMs(10),
+                ..SimpleRecord::value("a")
+            },
+            SimpleRecord {
+                timestamp: TimestampMs(30),
+                ..SimpleRecord::value("b")
+            },
         ];
-        let mut batch = build_batch(&records, Compression::None).expect("build").to_vec();
+        let mut batch = build_batch(&records, Compression::None)
+            .expect("build")
+            .to_vec();
         batch[22] |= 0x08;
         let crc = compute_crc(&batch);
         batch[17..21].copy_from_slice(&crc.to_be_bytes());
@@ -738,7 +834,10 @@ mod tests {
             second
         }]
         .concat();
-        check(&raw_batch(&ok, 1, 0), expect![[r#"@100 ts=5000 key=null value="v" headers=[]"#]]);
+        check(
+            &raw_batch(&ok, 1, 0),
+            expect![[r#"@100 ts=5000 key=null value="v" headers=[]"#]],
+        );
         check(
             &raw_batch(&two_ok, 2, 1),
             expect![[r#"
@@ -780,9 +879,23 @@ mod tests {
             raw_record(&[&[0, 0, 0], &varint(-2), &varint(1), b"v", &varint(0)]),
             raw_record(&[&[0, 0, 0], &varint(-1), &varint(1), b"v", &varint(-5)]),
             raw_record(&[&[0, 0, 0], &varint(-1), &varint(1), b"v", &varint(i32::MAX)]),
-            raw_record(&[&[0, 0, 0], &varint(-1), &varint(1), b"v", &varint(1), &[1, 1]]),
+            raw_record(&[
+                &[0, 0, 0],
+                &varint(-1),
+                &varint(1),
+                b"v",
+                &varint(1),
+                &[1, 1],
+            ]),
             raw_record(&[&[0, 0, 0], &varint(-1), &varint(1), b"v", &varint(0), &[0]]),
-            raw_record(&[&[0, 0], &[0xff; 6], &varint(-1), &varint(1), b"v", &varint(0)]),
+            raw_record(&[
+                &[0, 0],
+                &[0xff; 6],
+                &varint(-1),
+                &varint(1),
+                b"v",
+                &varint(0),
+            ]),
             raw_record(&[&[0, 0, 4], &varint(-1), &varint(1), b"v", &varint(0)]),
         ];
         let dumps: Vec<String> = cases.iter().map(|r| dump(&raw_batch(r, 1, 1))).collect();

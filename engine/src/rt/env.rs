@@ -18,7 +18,8 @@ pub const IO_MEMORY_BYTES_DEFAULT: usize = 4 << 20;
 pub enum EnvError {
     /// io_uring cannot be set up.
     #[error(
-        "io_uring is not available ({0}); sluice needs Linux 5.8+ with io_uring enabled (sysctl kernel.io_uring_disabled=0)"
+        "io_uring is not available ({0}); sluice needs Linux 5.8+ with io_uring enabled \
+         (sysctl kernel.io_uring_disabled=0)"
     )]
     NoIoUring(std::io::Error),
     /// The data directory cannot be created or written.
@@ -31,7 +32,8 @@ pub enum EnvError {
     },
     /// The data directory's file system rejects O_DIRECT (tmpfs, some overlay file systems).
     #[error(
-        "the file system of {path} does not support O_DIRECT ({source}); put --data-dir on ext4, xfs or btrfs"
+        "the file system of {path} does not support O_DIRECT ({source}); \
+         put --data-dir on ext4, xfs or btrfs"
     )]
     NoDirectIo {
         /// The directory.

@@ -7,7 +7,8 @@
 //!
 //! Compatibility rule: variants and fields are only ever appended; the protocol version in the
 //! frame prefix is bumped whenever a header's layout changes, and a server that does not know a
-//! client's version answers with `ErrorCode::UnsupportedVersion`.
+//! client's version answers with `ErrorCode::UnsupportedVersion`, sent as a version-rejection
+//! frame (`frame::encode_rejection`) because a header of another version cannot be read.
 //!
 //! Must not depend on: storage or Kafka types.
 

@@ -1,0 +1,207 @@
+//! The one mapping from Sluice's domain errors to Kafka error codes (STYLE §6).
+//!
+//! Handlers never pick a code for a domain error themselves: they call [`error_code`]. Codes
+//! that describe the request rather than a domain failure (an invalid `acks`, an unknown topic
+//! id, an unsupported resource type) are chosen where the request is read.
+//!
+//! Must not depend on: sockets or the connection loop.
+
+use kafka_protocol::ResponseError;
+use sluice_cluster::config::ConfigError;
+use sluice_cluster::metadata::MetadataError;
+use sluice_cluster::shard::{FetchError, ProduceError};
+use sluice_engine::batch::BatchError;
+
+/// A domain error from the shard API, borrowed for mapping.
+#[derive(Clone, Copy, Debug)]
+pub enum DomainError<'a> {
+    /// A produce to one partition failed.
+    Produce(&'a ProduceError),
+    /// A fetch, offset lookup or record deletion on one partition failed.
+    Fetch(&'a FetchError),
+    /// A metadata change (topics, partitions, configs) was refused.
+    Metadata(&'a MetadataError),
+}
+
+impl<'a> From<&'a ProduceError> for DomainError<'a> {
+    fn from(error: &'a ProduceError) -> Self {
+        DomainError::Produce(error)
+    }
+}
+
+impl<'a> From<&'a FetchError> for DomainError<'a> {
+    fn from(error: &'a FetchError) -> Self {
+        DomainError::Fetch(error)
+    }
+}
+
+impl<'a> From<&'a MetadataError> for DomainError<'a> {
+    fn from(error: &'a MetadataError) -> Self {
+        DomainError::Metadata(error)
+    }
+}
+
+/// The Kafka error code a client sees for `error`.
+///
+/// Retriable conditions (a full shard inbox, a broker shutting down) map to codes Kafka clients
+/// retry; errors in what the client sent map to non-retriable codes where Kafka has one.
+pub fn error_code<'a>(error: impl Into<DomainError<'a>>) -> ResponseError {
+    match error.into() {
+        DomainError::Produce(error) => match error {
+            ProduceError::UnknownTopicOrPartition(_) => ResponseError::UnknownTopicOrPartition,
+            ProduceError::Corrupt(batch) => batch_error_code(batch),
+            ProduceError::MessageTooLarge { .. } => ResponseError::MessageTooLarge,
+            ProduceError::Storage(_) => ResponseError::KafkaStorageError,
+            // The owner's inbox is full: Kafka's retriable "did not complete in time".
+            ProduceError::Overloaded => ResponseError::RequestTimedOut,
+            // Clients refresh metadata and retry, as in Kafka's controlled shutdown.
+            ProduceError::ShuttingDown => ResponseError::NotLeaderOrFollower,
+            _ => ResponseError::UnknownServerError,
+        },
+        DomainError::Fetch(error) => match error {
+            FetchError::UnknownTopicOrPartition(_) => ResponseError::UnknownTopicOrPartition,
+            FetchError::OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange,
+            FetchError::Storage(_) => ResponseError::KafkaStorageError,
+            FetchError::Overloaded => ResponseError::RequestTimedOut,
+            _ => ResponseError::UnknownServerError,
+        },
+        DomainError::Metadata(error) => match error {
+            MetadataError::TopicExists(_) => ResponseError::TopicAlreadyExists,
+            MetadataError::UnknownTopic(_) => ResponseError::UnknownTopicOrPartition,
+            MetadataError::InvalidTopicName(_) => ResponseError::InvalidTopicException,
+            MetadataError::InvalidPartitions(_) => ResponseError::InvalidPartitions,
+            MetadataError::InvalidReplicationFactor { .. } => {
+                ResponseError::InvalidReplicationFactor
+            }
+            MetadataError::Config(
+                ConfigError::UnknownKey(_) | ConfigError::InvalidValue { .. },
+            ) => ResponseError::InvalidConfig,
+            MetadataError::Storage(_) => ResponseError::KafkaStorageError,
+            MetadataError::NotController => ResponseError::NotController,
+            _ => ResponseError::UnknownServerError,
+        },
+    }
+}
+
+/// Kafka answers a batch that fails its CRC or framing with CORRUPT_MESSAGE, an old magic with
+/// UNSUPPORTED_FOR_MESSAGE_FORMAT, and records that fail validation with INVALID_RECORD.
+fn batch_error_code(error: &BatchError) -> ResponseError {
+    match error {
+        BatchError::UnsupportedMagic(_) => ResponseError::UnsupportedForMessageFormat,
+        BatchError::InvalidRecordCount { .. }
+        | BatchError::UnknownCompression(_)
+        | BatchError::CorruptRecords(_) => ResponseError::InvalidRecord,
+        _ => ResponseError::CorruptMessage,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_engine::Offset;
+
+    // Goal: every domain error maps to the Kafka code clients expect, and retriable conditions
+    // map to retriable codes. Method: a table of (error, expected code, expected retriable).
+    #[test]
+    fn error_code_table() {
+        let produce = |e: ProduceError| error_code(&e);
+        let fetch = |e: FetchError| error_code(&e);
+        let metadata = |e: MetadataError| error_code(&e);
+        let table: Vec<(ResponseError, i16, bool)> = vec![
+            (
+                produce(ProduceError::UnknownTopicOrPartition("t-0".into())),
+                3,
+                true,
+            ),
+            (
+                produce(ProduceError::Corrupt(BatchError::CrcMismatch {
+                    stored: 1,
+                    computed: 2,
+                })),
+                2,
+                true,
+            ),
+            (
+                produce(ProduceError::Corrupt(BatchError::Truncated {
+                    needed: 61,
+                    have: 0,
+                })),
+                2,
+                true,
+            ),
+            (
+                produce(ProduceError::Corrupt(BatchError::UnsupportedMagic(1))),
+                43,
+                false,
+            ),
+            (
+                produce(ProduceError::Corrupt(BatchError::UnknownCompression(7))),
+                87,
+                false,
+            ),
+            (
+                produce(ProduceError::Corrupt(BatchError::InvalidRecordCount {
+                    record_count: -1,
+                    last_offset_delta: 0,
+                })),
+                87,
+                false,
+            ),
+            (
+                produce(ProduceError::MessageTooLarge { size: 10, max: 5 }),
+                10,
+                false,
+            ),
+            (produce(ProduceError::Storage("disk full".into())), 56, true),
+            (produce(ProduceError::Overloaded), 7, true),
+            (produce(ProduceError::ShuttingDown), 6, true),
+            (
+                fetch(FetchError::UnknownTopicOrPartition("t-0".into())),
+                3,
+                true,
+            ),
+            (
+                fetch(FetchError::OffsetOutOfRange {
+                    requested: Offset(9),
+                    log_start: Offset(0),
+                    log_end: Offset(3),
+                }),
+                1,
+                false,
+            ),
+            (fetch(FetchError::Storage("io".into())), 56, true),
+            (fetch(FetchError::Overloaded), 7, true),
+            (metadata(MetadataError::TopicExists("t".into())), 36, false),
+            (metadata(MetadataError::UnknownTopic("t".into())), 3, true),
+            (
+                metadata(MetadataError::InvalidTopicName("a/b".into())),
+                17,
+                false,
+            ),
+            (metadata(MetadataError::InvalidPartitions(0)), 37, false),
+            (
+                metadata(MetadataError::InvalidReplicationFactor {
+                    factor: 3,
+                    brokers: 1,
+                }),
+                38,
+                false,
+            ),
+            (
+                metadata(MetadataError::Config(ConfigError::UnknownKey("x".into()))),
+                40,
+                false,
+            ),
+            (metadata(MetadataError::Storage("fsync".into())), 56, true),
+            (metadata(MetadataError::NotController), 41, true),
+        ];
+        for (i, (code, expected, retriable)) in table.iter().enumerate() {
+            assert_eq!(code.code(), *expected, "row {i}: {code:?}");
+            assert_eq!(
+                code.is_retriable(),
+                *retriable,
+                "row {i}: {code:?} retriable"
+            );
+        }
+    }
+}

@@ -1,0 +1,110 @@
+//! Produce: split a request per partition, append through the shard API (which forwards to
+//! the owning shard), join the answers.
+//!
+//! The `records` bytes of each partition are a slice of the request frame and go to
+//! [`Shard::produce`](sluice_cluster::shard::Shard::produce) unchanged: the broker validates
+//! (CRC, framing, size) but never decompresses or re-encodes; producer id, epoch and sequence
+//! are stored as sent.
+
+use std::sync::Arc;
+
+use kafka_protocol::ResponseError;
+use kafka_protocol::messages::ResponseKind;
+use kafka_protocol::messages::produce_request::ProduceRequest;
+use kafka_protocol::messages::produce_response::{
+    PartitionProduceResponse, ProduceResponse, TopicProduceResponse,
+};
+use kafka_protocol::protocol::StrBytes;
+use sluice_cluster::shard::{Acks, ProduceError, ProduceOk};
+use sluice_engine::TopicPartition;
+
+use super::error::error_code;
+use super::handler::{Context, Outcome};
+
+impl Context {
+    /// Handles Produce. With acks=0 nothing is answered, and a failure closes the connection.
+    pub async fn produce(&self, version: i16, request: ProduceRequest) -> Outcome {
+        let acks = match request.acks {
+            0 => Some(Acks::None),
+            1 => Some(Acks::Leader),
+            -1 => Some(Acks::All),
+            _ => None,
+        };
+        let mut appends = Vec::new();
+        let mut shape = Vec::with_capacity(request.topic_data.len());
+        for topic in request.topic_data {
+            let name: Arc<str> = Arc::from(&*topic.name.0);
+            let mut partitions = Vec::with_capacity(topic.partition_data.len());
+            for partition in topic.partition_data {
+                partitions.push(partition.index);
+                let tp = TopicPartition::new(Arc::clone(&name), partition.index);
+                let records = partition.records.unwrap_or_default();
+                appends.push(async move {
+                    match acks {
+                        Some(acks) => Ok(self.shard.produce(tp, records, acks).await),
+                        None => Err(ResponseError::InvalidRequiredAcks),
+                    }
+                });
+            }
+            shape.push((topic.name, partitions));
+        }
+        let mut results = futures::future::join_all(appends).await.into_iter();
+        if acks == Some(Acks::None) {
+            let failed = results.by_ref().find_map(|r| match r {
+                Ok(Err(error)) => Some(error),
+                _ => None,
+            });
+            return match failed {
+                Some(error) => Outcome::Close(format!("acks=0 produce failed: {error}")),
+                None => Outcome::Silent,
+            };
+        }
+        let responses = shape
+            .into_iter()
+            .map(|(name, partitions)| {
+                let partition_responses = partitions
+                    .into_iter()
+                    .map(|index| {
+                        let result = results.next().expect("one result per partition");
+                        partition_response(version, index, result)
+                    })
+                    .collect();
+                TopicProduceResponse::default()
+                    .with_name(name)
+                    .with_partition_responses(partition_responses)
+            })
+            .collect();
+        Outcome::Respond {
+            body: ResponseKind::Produce(ProduceResponse::default().with_responses(responses)),
+            capacity: 256,
+        }
+    }
+}
+
+fn partition_response(
+    version: i16,
+    index: i32,
+    result: Result<Result<ProduceOk, ProduceError>, ResponseError>,
+) -> PartitionProduceResponse {
+    let response = PartitionProduceResponse::default().with_index(index);
+    let (error, text) = match result {
+        Ok(Ok(ok)) => {
+            let response = response
+                .with_base_offset(ok.base_offset.0)
+                .with_log_append_time_ms(ok.log_append_time.map_or(-1, |t| t.0));
+            return if version >= 5 {
+                response.with_log_start_offset(ok.log_start_offset.0)
+            } else {
+                response
+            };
+        }
+        Ok(Err(error)) => (error_code(&error), error.to_string()),
+        Err(error) => (error, error.to_string()),
+    };
+    let response = response.with_error_code(error.code()).with_base_offset(-1);
+    if version >= 8 {
+        response.with_error_message(Some(StrBytes::from_string(text)))
+    } else {
+        response
+    }
+}
