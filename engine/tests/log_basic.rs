@@ -186,3 +186,93 @@ fn flush_policies_sync_in_background() {
         log.close().await.unwrap();
     });
 }
+
+// Goal: a tailing reader (reading right after each append) is served from the batch cache and
+// never touches the disk; a reader that falls behind the cache budget reads from disk.
+#[test]
+fn tailing_readers_never_touch_the_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    block_on(async {
+        let tp = tp("tail");
+        let small = std::rc::Rc::new(sluice_engine::log::BatchCache::new(64 << 10));
+        let (log, _) = open(dir.path(), &tp, config(1 << 20), &small).await;
+        let mut next = Offset(0);
+        for i in 0..200 {
+            append(&log, batch(2, 1_000, 0, i), Durability::Written).await;
+            let slice = log.read(next, 1 << 20, log.log_end_offset()).await.unwrap();
+            assert_eq!(slice.batches.len(), 1);
+            next = slice.next_offset;
+        }
+        assert_eq!(log.stats().disk_reads, 0, "{:?}", log.stats());
+        assert_eq!(log.stats().cache_reads, 200);
+        assert!(
+            small.used_bytes() <= 64 << 10,
+            "the cache stays within its budget"
+        );
+        assert!(small.stats().evictions > 0);
+        // The beginning was evicted: reading it goes to disk.
+        let slice = log
+            .read(Offset(0), 1 << 20, log.log_end_offset())
+            .await
+            .unwrap();
+        assert!(!slice.is_empty());
+        assert_eq!(log.stats().disk_reads, 1);
+        log.close().await.unwrap();
+    });
+}
+
+// Goal: segment.ms rolls by record timestamps (Kafka's rule: the incoming batch's max timestamp
+// against the active segment's first batch's).
+#[test]
+fn segment_ms_rolls_by_record_time() {
+    let dir = tempfile::tempdir().unwrap();
+    block_on(async {
+        let tp = tp("segment-ms");
+        let config = LogConfig {
+            segment_ms: 1_000,
+            ..config(1 << 20)
+        };
+        let (log, _) = open(dir.path(), &tp, config, &cache()).await;
+        for (i, timestamp) in [0, 500, 1_000, 1_001, 1_500, 2_001, 2_002]
+            .into_iter()
+            .enumerate()
+        {
+            append(&log, batch(1, 10, timestamp, i as u64), Durability::Written).await;
+        }
+        // First batches at 0 and 1_001 start segments; 1_001 - 0 > 1000 and 2_002 - 1_001 > 1000.
+        assert_eq!(log.segment_bases(), vec![Offset(0), Offset(3), Offset(6)]);
+        log.close().await.unwrap();
+    });
+}
+
+// Goal: remove deletes the partition's directory and leaves the log closed.
+#[test]
+fn remove_deletes_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    block_on(async {
+        let tp = tp("remove");
+        let (log, _) = open(dir.path(), &tp, config(8 << 10), &cache()).await;
+        for i in 0..20 {
+            append(&log, batch(2, 500, 0, i), Durability::Written).await;
+        }
+        let path = log.dir().to_path_buf();
+        assert!(path.join("00000000000000000000.log").exists());
+        log.remove().await.unwrap();
+        assert!(!path.exists());
+        let result = log
+            .append(batch(1, 1, 0, 0), LeaderEpoch(0), Durability::Written)
+            .await;
+        assert!(matches!(
+            result,
+            Err(sluice_engine::log::AppendError::Closed)
+        ));
+        assert!(matches!(
+            log.read(Offset(0), 1, Offset(1)).await,
+            Err(ReadError::Closed)
+        ));
+        let (log, report) = open(dir.path(), &tp, config(8 << 10), &cache()).await;
+        assert!(report.created);
+        assert_eq!(log.log_end_offset(), Offset(0));
+        log.close().await.unwrap();
+    });
+}
