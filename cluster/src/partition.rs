@@ -20,7 +20,8 @@ use sluice_engine::{LeaderEpoch, Offset, ShardId, TimestampMs, TopicPartition};
 use crate::config::{TimestampType, TopicConfig};
 use crate::metadata::TopicId;
 use crate::shard::{
-    Acks, FetchData, FetchError, FetchRequest, OffsetSpec, PartitionStatus, ProduceError, ProduceOk,
+    Acks, FetchData, FetchError, FetchRequest, OffsetAnswer, OffsetSpec, PartitionStatus,
+    ProduceError, ProduceOk,
 };
 
 /// One partition's replica on its owning shard.
@@ -175,10 +176,7 @@ impl PartitionReplica {
     }
 
     /// Looks up the earliest, latest, or first offset at or after a timestamp.
-    pub async fn list_offset(
-        &self,
-        spec: OffsetSpec,
-    ) -> Result<(Option<Offset>, Option<TimestampMs>), FetchError> {
+    pub async fn list_offset(&self, spec: OffsetSpec) -> Result<OffsetAnswer, FetchError> {
         match spec {
             OffsetSpec::Earliest => Ok((Some(self.log.log_start_offset()), None)),
             OffsetSpec::Latest => Ok((Some(self.log.high_watermark()), None)),
@@ -189,10 +187,7 @@ impl PartitionReplica {
     /// The first record (not batch) whose timestamp is at least `target`, below the high
     /// watermark: the log finds the first batch whose max timestamp qualifies, and the records
     /// of that batch (and, if none of them does, the next ones) are decoded to find the record.
-    async fn offset_for_timestamp(
-        &self,
-        target: TimestampMs,
-    ) -> Result<(Option<Offset>, Option<TimestampMs>), FetchError> {
+    async fn offset_for_timestamp(&self, target: TimestampMs) -> Result<OffsetAnswer, FetchError> {
         let high_watermark = self.log.high_watermark();
         let found = self
             .log

@@ -20,8 +20,8 @@ use crate::config::BrokerConfig;
 
 /// Runs the broker until a stop signal; returns when every shard has shut down.
 pub fn run(config: BrokerConfig) -> anyhow::Result<()> {
-    let io_memory = env::IO_MEMORY_BYTES_DEFAULT;
-    let report = env::check(&config.data_dir, config.cores, io_memory)?;
+    let report = env::check(&config.data_dir, config.cores, env::IO_MEMORY_BYTES_DEFAULT)?;
+    let io_memory = report.io_memory_bytes;
     for warning in &report.warnings {
         tracing::warn!("{warning}");
     }
