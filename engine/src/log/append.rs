@@ -8,7 +8,7 @@ use bytes::{Bytes, BytesMut};
 use futures::channel::oneshot;
 
 use crate::batch::{self, HEADER_BYTES, LOG_OVERHEAD_BYTES};
-use crate::limits::APPEND_BYTES_MAX;
+use crate::limits::{APPEND_BYTES_MAX, QUEUED_BYTES_MAX};
 use crate::log::{
     AppendError, AppendInfo, AssignCursor, Durability, Inner, Mode, Op, PendingAppend, StagedBatch,
     State, Waiter, writer,
@@ -92,7 +92,17 @@ pub(crate) fn stage(
     assign: Assign,
     durability: Durability,
 ) -> Result<PendingAppend, AppendError> {
-    check_mode(&inner.state.borrow())?;
+    {
+        let state = inner.state.borrow();
+        check_mode(&state)?;
+        // Backpressure: at least one append is always accepted, so any size can get through.
+        if state.queued_bytes > 0 && state.queued_bytes + batches.len() > QUEUED_BYTES_MAX {
+            return Err(AppendError::Overloaded {
+                queued_bytes: state.queued_bytes,
+                limit: QUEUED_BYTES_MAX,
+            });
+        }
+    }
     let parsed = parse_record_set(&batches, inner.config().max_batch_bytes, &assign)?;
     if let Assign::Follower = assign {
         let expected = inner.state.borrow().next_offset;
@@ -166,6 +176,7 @@ pub(crate) fn stage(
         offset = batch_next;
     }
     assert_eq!(offset, next);
+    state.queued_bytes += total_bytes;
     state.queue.push_back(Op::Write {
         batches: staged,
         bytes: total_bytes,
@@ -178,6 +189,8 @@ pub(crate) fn stage(
         .get_or_insert(first_max_timestamp);
     state.stats.appends += 1;
 
+    // One small allocation per append (the completion channel); the record set itself was
+    // copied at most once above.
     let (done, receiver) = oneshot::channel();
     let waiter = Waiter { target: next, done };
     match durability {

@@ -29,6 +29,9 @@
 //! written so far (group commit). `flush.messages` and `flush.ms` trigger the same fdatasync for
 //! logs without `Synced` appends.
 //!
+//! A partition queues at most `QUEUED_BYTES_MAX` of appends for its writer; beyond that appends
+//! fail with [`AppendError::Overloaded`] (backpressure) instead of growing memory.
+//!
 //! A failed write (full disk, IO error) fails the appends of that round and everything queued
 //! behind it, rolls the assigned offsets back to the written end, and leaves the log readable
 //! and appendable. A failed fdatasync makes the log refuse appends until reopened (the page-cache
@@ -46,16 +49,17 @@
 //!
 //! Memory does not grow with retained data:
 //!
-//! - A partition at rest holds its counters and segment table (about 80 bytes per segment),
-//!   the active segment's partially filled tail block (under 4 KiB) and the unflushed tails of
-//!   its two index files (under 4 KiB each, usually far less), a read memo of
-//!   `READ_MEMO_ENTRIES` positions, and three open files (the active segment and its two indexes)
-//!   plus at most one cached handle of a sealed segment. Sealed segments' indexes stay on disk
-//!   and are read on demand, one block per binary-search probe; sealed segment files are opened
-//!   lazily.
+//! - A partition at rest costs about 1 KiB of counters and state, 80 bytes per segment in its
+//!   segment table, the active segment's partially filled tail block and the unflushed tails of
+//!   its two index files (each under 4 KiB, the index tails usually a few hundred bytes), a read
+//!   memo of `READ_MEMO_ENTRIES` positions, and three open files (the active segment and its two
+//!   indexes) plus at most one cached handle of a sealed segment. Sealed segments' indexes stay
+//!   on disk and are read on demand, one block per binary-search probe; sealed segment files are
+//!   opened lazily. An idle partition has no task.
 //! - Writing costs one aligned buffer per write round, sized to the staged bytes (at most
 //!   `WRITE_ROUND_BYTES_MAX`, or one larger append) and freed when the write completes. Queued
-//!   appends hold their record sets (the same `Bytes` the cache holds) until written.
+//!   appends hold their record sets (the same `Bytes` the cache holds) until written, at most
+//!   `QUEUED_BYTES_MAX` per partition.
 //! - Reading from disk costs the requested bytes (bounded by `READ_BYTES_MAX`, or one larger
 //!   batch) plus a scan chunk.
 //! - The [`BatchCache`] is bounded by its byte budget, whatever the logs retain, and shared by
@@ -335,6 +339,9 @@ struct State {
     synced: Offset,
     unsynced_records: u64,
     queue: VecDeque<Op>,
+    /// Invariant: the bytes of the `Op::Write`s in `queue`; at most `QUEUED_BYTES_MAX` plus one
+    /// append.
+    queued_bytes: usize,
     writer_running: bool,
     flush_due: bool,
     flush_timer_armed: bool,

@@ -949,6 +949,7 @@ pub(crate) async fn open(
         synced: written,
         unsynced_records: 0,
         queue: VecDeque::new(),
+        queued_bytes: 0,
         writer_running: false,
         flush_due: false,
         flush_timer_armed: false,

@@ -110,6 +110,12 @@ fn next_step(inner: &Inner) -> Step {
                 };
                 round.extend(batches);
             }
+            assert!(
+                state.queued_bytes >= round_bytes,
+                "{}: queued bytes accounting",
+                inner.tp
+            );
+            state.queued_bytes -= round_bytes;
             Step::Write(round)
         }
     }
@@ -367,6 +373,7 @@ pub(crate) fn fail_pending(inner: &Inner, error: AppendError) {
     let state = &mut *state;
     tracing::warn!(tp = %inner.tp, %error, written = %state.written, "append failed");
     state.queue.clear();
+    state.queued_bytes = 0;
     state.next_offset = state.written;
     state.assign = cursor_of_active(state);
     inner.cache.truncate_from(inner.cache_key, state.written);
@@ -396,6 +403,7 @@ pub(crate) fn fail_pending(inner: &Inner, error: AppendError) {
 
 fn fail_all(state: &mut State, error: &AppendError) {
     state.queue.clear();
+    state.queued_bytes = 0;
     for waiter in state
         .written_waiters
         .drain(..)
