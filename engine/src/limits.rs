@@ -91,10 +91,13 @@ pub const READ_BYTES_MAX: usize = 64 << 20;
 /// sequential catch-up readers skip the index lookup. 24 bytes each.
 pub const READ_MEMO_ENTRIES: usize = 4;
 
-/// Most bytes recovery reads past a corrupt tail to measure how much garbage it discards.
+/// Most bytes recovery reads past a corrupt tail to measure how much it discards (it stops
+/// earlier, at the first whole block of zeros, which is where preallocated space begins).
 ///
-/// Only sizes the report; truncation does not depend on it.
-pub const RECOVERY_GARBAGE_PROBE_BYTES_MAX: u64 = 4 << 20;
+/// A whole segment: the report must say how much was really discarded (a flipped byte early in
+/// an active segment discards the rest of it). The cost is one sequential read of the discarded
+/// bytes, only when recovery truncates. Truncation itself does not depend on it.
+pub const RECOVERY_GARBAGE_PROBE_BYTES_MAX: u64 = SEGMENT_BYTES_MAX + APPEND_BYTES_MAX as u64;
 
 /// Most segments one partition may hold; bounds the in-memory segment table (about 100 bytes
 /// each) and the checkpoint (40 bytes each). At the default 1 GiB segment size this is 64 TiB.
