@@ -47,7 +47,8 @@ impl PartitionReplica {
         cache: Rc<BatchCache>,
         config: TopicConfig,
     ) -> Result<PartitionReplica, String> {
-        let (log, report) = PartitionLog::open(data_dir, tp.clone(), log_config, cache)
+        let dir = sluice_engine::log::partition_dir(data_dir, &tp);
+        let (log, report) = PartitionLog::open(dir, tp.clone(), log_config, cache)
             .await
             .map_err(|e| e.to_string())?;
         if !report.truncations.is_empty() || !report.rebuilt_indexes.is_empty() {
@@ -77,6 +78,9 @@ impl PartitionReplica {
 
     /// Applies a changed topic config.
     pub fn update_config(&self, config: &TopicConfig) {
+        if let Err(error) = self.log.update_config(crate::shard::log_config(config)) {
+            tracing::warn!(partition = %self.tp, %error, "log config not applied");
+        }
         *self.config.borrow_mut() = config.clone();
     }
 
@@ -96,7 +100,6 @@ impl PartitionReplica {
         let info = self
             .log
             .append(batches, LeaderEpoch(0), durability)
-            .map_err(storage)?
             .await
             .map_err(storage)?;
         let end = info.last_offset.plus(1);
@@ -151,7 +154,7 @@ impl PartitionReplica {
             .await
             .map_err(|e| self.read_error(e))?;
         Ok(FetchData {
-            batches: slice.chunks,
+            batches: slice.batches,
             high_watermark: upper,
             log_start_offset,
         })
@@ -206,7 +209,7 @@ impl PartitionReplica {
             if slice.is_empty() {
                 break;
             }
-            for chunk in &slice.chunks {
+            for chunk in &slice.batches {
                 let mut rest = chunk.clone();
                 while !rest.is_empty() {
                     let header = BatchHeader::parse(&rest, usize::MAX)

@@ -742,15 +742,14 @@ impl Shard {
 
 /// Maps a topic's config to the engine's log config.
 pub fn log_config(config: &crate::config::TopicConfig) -> LogConfig {
-    let unlimited = sluice_engine::log::UNLIMITED;
     LogConfig {
         segment_bytes: config.segment_bytes,
         segment_ms: config.segment_ms,
-        retention_ms: config.retention_ms.unwrap_or(unlimited),
-        retention_bytes: config.retention_bytes.map_or(unlimited, |b| b as i64),
-        index_interval_bytes: u64::from(config.index_interval_bytes),
-        flush_messages: config.flush_messages.map_or(i64::MAX, |n| n as i64),
-        flush_ms: config.flush_ms.unwrap_or(i64::MAX),
+        retention_ms: config.retention_ms,
+        retention_bytes: config.retention_bytes,
+        index_interval_bytes: config.index_interval_bytes,
+        flush_messages: config.flush_messages,
+        flush_ms: config.flush_ms,
         // The cluster layer enforces max.message.bytes (with Kafka's error); the log's own
         // limit is the engine's, so lowering the topic limit never strands stored batches.
         max_batch_bytes: sluice_engine::limits::BATCH_BYTES_MAX,

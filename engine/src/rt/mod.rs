@@ -39,6 +39,9 @@ pub type Task<T> = glommio::Task<T>;
 pub type TaskQueueHandle = glommio::TaskQueueHandle;
 
 /// Spawns a future on the current shard.
+///
+/// glommio runs the new task at once, inside this call, until its first suspension point; the
+/// caller must not hold a `RefCell` borrow the task may need.
 pub fn spawn<T: 'static>(future: impl Future<Output = T> + 'static) -> Task<T> {
     glommio::spawn_local(future)
 }
