@@ -81,6 +81,58 @@ pub const UDP_SEND_BUFFER_BYTES: usize = 4 << 20;
 /// per blocked connection.
 pub const UDP_SEND_RETRY_WAIT_US: u64 = 100;
 
+/// Default per-connection byte budget of the native server for request frames being read or
+/// handled (header and payload bytes, as declared in each frame's prefix).
+///
+/// A stream reserves its frame's declared size before reading it and releases it once the
+/// request is handled; a stream that does not fit waits (QUIC flow control then stops the
+/// client), and a frame larger than the whole budget is refused. Twice the largest payload, so
+/// a maximal produce never waits for a lone smaller one, and 32 maximal batches of the usual
+/// 1 MiB in flight fit. Costs up to this much memory per connection, on top of what quinn
+/// buffers (`QUIC_CONNECTION_RECEIVE_WINDOW_BYTES`).
+pub const NATIVE_CONNECTION_BUFFER_BYTES_DEFAULT: usize = 2 * FRAME_PAYLOAD_BYTES_MAX;
+
+/// Smallest per-connection budget a server may be configured with: room for a few ordinary
+/// requests. Below it, every produce would be refused as too large.
+pub const NATIVE_CONNECTION_BUFFER_BYTES_MIN: usize = 64 << 10;
+
+/// Streams of one connection that may wait for budget at once; a stream beyond them is
+/// answered `Overloaded` (retriable) and stopped instead of waiting.
+///
+/// A waiting stream leaves up to one stream window of data unread in quinn, and unread data
+/// counts against the connection's flow-control window. If waiting streams could fill that
+/// window, the streams holding budget could never receive the rest of their frames and the
+/// connection would stall for good. Bounding waiters so that their windows leave at least one
+/// stream window free keeps the streams that hold budget moving.
+pub const NATIVE_BUDGET_WAITERS_MAX: usize =
+    (QUIC_CONNECTION_RECEIVE_WINDOW_BYTES / QUIC_STREAM_RECEIVE_WINDOW_BYTES) as usize - 1;
+
+/// Longest a native fetch may long-poll, whatever `max_wait_ms` the client asks for: as the
+/// Kafka listener's cap, it keeps a misbehaving client from parking work for hours.
+pub const NATIVE_FETCH_WAIT_MS_MAX: u64 = 30_000;
+
+/// On shutdown, how long the native server waits for in-flight requests to finish before it
+/// closes its connections anyway. Long polls are cut short at once, so this only waits for
+/// produces and admin changes, which take milliseconds; 5 s covers a slow fdatasync.
+pub const NATIVE_DRAIN_WAIT_MS_MAX: u64 = 5_000;
+
+/// After closing its endpoint, how long the native server waits for the close to reach its
+/// clients (so they see "shutting down" rather than an idle timeout). One loopback or LAN
+/// round trip suffices; a lost close costs the client one idle timeout.
+pub const NATIVE_CLOSE_WAIT_MS_MAX: u64 = 1_000;
+
+const _: () = assert!(NATIVE_CONNECTION_BUFFER_BYTES_DEFAULT >= FRAME_PAYLOAD_BYTES_MAX);
+const _: () = assert!(
+    NATIVE_CONNECTION_BUFFER_BYTES_DEFAULT >= FRAME_HEADER_BYTES_MAX + FRAME_PAYLOAD_BYTES_MAX
+);
+const _: () = assert!(NATIVE_CONNECTION_BUFFER_BYTES_MIN <= NATIVE_CONNECTION_BUFFER_BYTES_DEFAULT);
+const _: () = assert!(NATIVE_BUDGET_WAITERS_MAX >= 1);
+const _: () = assert!(
+    (NATIVE_BUDGET_WAITERS_MAX as u64 + 1) * QUIC_STREAM_RECEIVE_WINDOW_BYTES as u64
+        <= QUIC_CONNECTION_RECEIVE_WINDOW_BYTES as u64
+);
+const _: () = assert!(NATIVE_CLOSE_WAIT_MS_MAX < NATIVE_DRAIN_WAIT_MS_MAX);
+
 /// Largest admin HTTP request head. Scrapers send a few hundred bytes; 8 KiB is generous and
 /// bounds memory per admin connection.
 pub const ADMIN_REQUEST_BYTES_MAX: usize = 8 << 10;
