@@ -117,6 +117,8 @@ impl MetricsSnapshot {
 pub struct ShardMetrics {
     topics: RefCell<HashMap<Arc<str>, TopicCounters>>,
     apis: RefCell<HashMap<&'static str, ApiCounters>>,
+    /// Runtime counters accumulated from `rt::stats_delta`.
+    runtime: RefCell<HashMap<&'static str, u64>>,
     /// Produce requests handled on this shard.
     pub produce_requests: Cell<u64>,
     /// Fetch requests handled on this shard.
@@ -163,11 +165,20 @@ impl ShardMetrics {
         }
     }
 
-    /// A `Send` copy of this shard's counters.
-    pub fn snapshot(&self) -> MetricsSnapshot {
+    /// A `Send` copy of this shard's counters; `shard` labels the runtime counters. Must run on
+    /// the shard's own executor (it reads the runtime's statistics).
+    pub fn snapshot(&self, shard: u16) -> MetricsSnapshot {
+        let mut runtime = self.runtime.borrow_mut();
+        for (name, delta) in sluice_engine::rt::stats_delta() {
+            *runtime.entry(name).or_default() += delta;
+        }
         MetricsSnapshot {
             topics: self.topics.borrow().clone(),
             apis: self.apis.borrow().clone(),
+            shard_gauges: runtime
+                .iter()
+                .map(|(name, value)| (shard, *name, *value))
+                .collect(),
             ..MetricsSnapshot::default()
         }
     }

@@ -23,7 +23,8 @@ use sluice_engine::{LeaderEpoch, Offset, ShardId, TimestampMs, TopicPartition};
 use crate::config::{TimestampType, TopicConfig};
 use crate::metadata::TopicId;
 use crate::shard::{
-    Acks, FetchData, FetchError, FetchRequest, OffsetSpec, PartitionStatus, ProduceError, ProduceOk,
+    Acks, FetchData, FetchError, FetchRequest, OffsetAnswer, OffsetSpec, PartitionStatus,
+    ProduceError, ProduceOk,
 };
 
 /// One partition's replica on its owning shard.
@@ -49,7 +50,8 @@ impl PartitionReplica {
         cache: Rc<BatchCache>,
         config: TopicConfig,
     ) -> Result<PartitionReplica, String> {
-        let (log, report) = PartitionLog::open(data_dir, tp.clone(), log_config, cache)
+        let dir = sluice_engine::log::partition_dir(data_dir, &tp);
+        let (log, report) = PartitionLog::open(dir, tp.clone(), log_config, cache)
             .await
             .map_err(|e| e.to_string())?;
         if !report.truncations.is_empty() || !report.rebuilt_indexes.is_empty() {
@@ -79,6 +81,9 @@ impl PartitionReplica {
 
     /// Applies a changed topic config.
     pub fn update_config(&self, config: &TopicConfig) {
+        if let Err(error) = self.log.update_config(crate::shard::log_config(config)) {
+            tracing::warn!(partition = %self.tp, %error, "log config not applied");
+        }
         *self.config.borrow_mut() = config.clone();
     }
 
@@ -91,7 +96,7 @@ impl PartitionReplica {
         check_batches(&batches, max_bytes)?;
         let storage = |e: AppendError| ProduceError::Storage(e.to_string());
         let append_time = sluice_engine::rt::clock::unix_now_ms();
-        let info = self.append_ordered(batches, acks)?.await.map_err(storage)?;
+        let info = self.append_ordered(batches, acks).await.map_err(storage)?;
         self.appended(info);
         Ok(ProduceOk {
             base_offset: info.base_offset,
@@ -105,18 +110,12 @@ impl PartitionReplica {
     /// Appends batches built by the broker itself (the group coordinator's records) without
     /// the producer checks. Offsets are assigned before this returns, so call order is log
     /// order; await the result, then call [`Self::appended`].
-    pub fn append_ordered(
-        &self,
-        batches: Bytes,
-        acks: Acks,
-    ) -> Result<PendingAppend, ProduceError> {
+    pub fn append_ordered(&self, batches: Bytes, acks: Acks) -> PendingAppend {
         let durability = match acks {
             Acks::All => Durability::Synced,
             Acks::None | Acks::Leader => Durability::Written,
         };
-        self.log
-            .append(batches, LeaderEpoch(0), durability)
-            .map_err(|e| ProduceError::Storage(e.to_string()))
+        self.log.append(batches, LeaderEpoch(0), durability)
     }
 
     /// Makes an append that has become durable visible: advances the high watermark (a single
@@ -167,7 +166,7 @@ impl PartitionReplica {
             .await
             .map_err(|e| self.read_error(e))?;
         Ok(FetchData {
-            batches: slice.chunks,
+            batches: slice.batches,
             high_watermark: upper,
             log_start_offset,
         })
@@ -189,10 +188,7 @@ impl PartitionReplica {
     }
 
     /// Looks up the earliest, latest, or first offset at or after a timestamp.
-    pub async fn list_offset(
-        &self,
-        spec: OffsetSpec,
-    ) -> Result<(Option<Offset>, Option<TimestampMs>), FetchError> {
+    pub async fn list_offset(&self, spec: OffsetSpec) -> Result<OffsetAnswer, FetchError> {
         match spec {
             OffsetSpec::Earliest => Ok((Some(self.log.log_start_offset()), None)),
             OffsetSpec::Latest => Ok((Some(self.log.high_watermark()), None)),
@@ -203,10 +199,7 @@ impl PartitionReplica {
     /// The first record (not batch) whose timestamp is at least `target`, below the high
     /// watermark: the log finds the first batch whose max timestamp qualifies, and the records
     /// of that batch (and, if none of them does, the next ones) are decoded to find the record.
-    async fn offset_for_timestamp(
-        &self,
-        target: TimestampMs,
-    ) -> Result<(Option<Offset>, Option<TimestampMs>), FetchError> {
+    async fn offset_for_timestamp(&self, target: TimestampMs) -> Result<OffsetAnswer, FetchError> {
         let high_watermark = self.log.high_watermark();
         let found = self
             .log
@@ -228,7 +221,7 @@ impl PartitionReplica {
             if slice.is_empty() {
                 break;
             }
-            for chunk in &slice.chunks {
+            for chunk in &slice.batches {
                 let mut rest = chunk.clone();
                 while !rest.is_empty() {
                     let header = BatchHeader::parse(&rest, usize::MAX)

@@ -169,8 +169,9 @@ pub struct PartitionStatus {
 
 type Reply<T> = oneshot::Sender<T>;
 
-/// An offset lookup's answer: the offset and its timestamp if looked up by time.
-type OffsetLookup = Result<(Option<Offset>, Option<TimestampMs>), FetchError>;
+/// An offset lookup's answer: the offset (`None`: no record at or after the timestamp) and, for
+/// lookups by time, the matching record's timestamp.
+pub type OffsetAnswer = (Option<Offset>, Option<TimestampMs>);
 
 /// The one message type between shards. Each variant says who sends it to whom, its lane, and
 /// what happens if it is dropped or the inbox is full.
@@ -204,7 +205,7 @@ pub enum ShardMsg {
         /// Which offset.
         spec: OffsetSpec,
         /// Reply lane: offset and its timestamp if looked up by time (`None` offset: no match).
-        reply: Reply<OffsetLookup>,
+        reply: Reply<Result<OffsetAnswer, FetchError>>,
     },
     /// net on any shard → owner of `tp`. Full inbox: retriable error to the client.
     DeleteRecords {
@@ -473,7 +474,7 @@ impl Shard {
         &self,
         tp: TopicPartition,
         spec: OffsetSpec,
-    ) -> Result<(Option<Offset>, Option<TimestampMs>), FetchError> {
+    ) -> Result<OffsetAnswer, FetchError> {
         let Some(owner) = self.owner(&tp) else {
             return Err(FetchError::UnknownTopicOrPartition(tp.to_string()));
         };
@@ -854,7 +855,7 @@ impl Shard {
     }
 
     fn local_metrics(&self) -> crate::metrics::MetricsSnapshot {
-        let mut snapshot = self.metrics.snapshot();
+        let mut snapshot = self.metrics.snapshot(self.id.0);
         snapshot
             .partitions_per_shard
             .push((self.id.0, self.partition_count() as u64));
@@ -912,15 +913,14 @@ impl Shard {
 
 /// Maps a topic's config to the engine's log config.
 pub fn log_config(config: &crate::config::TopicConfig) -> LogConfig {
-    let unlimited = sluice_engine::log::UNLIMITED;
     LogConfig {
         segment_bytes: config.segment_bytes,
         segment_ms: config.segment_ms,
-        retention_ms: config.retention_ms.unwrap_or(unlimited),
-        retention_bytes: config.retention_bytes.map_or(unlimited, |b| b as i64),
-        index_interval_bytes: u64::from(config.index_interval_bytes),
-        flush_messages: config.flush_messages.map_or(i64::MAX, |n| n as i64),
-        flush_ms: config.flush_ms.unwrap_or(i64::MAX),
+        retention_ms: config.retention_ms,
+        retention_bytes: config.retention_bytes,
+        index_interval_bytes: config.index_interval_bytes,
+        flush_messages: config.flush_messages,
+        flush_ms: config.flush_ms,
         // The cluster layer enforces max.message.bytes (with Kafka's error); the log's own
         // limit is the engine's, so lowering the topic limit never strands stored batches.
         max_batch_bytes: sluice_engine::limits::BATCH_BYTES_MAX,

@@ -57,6 +57,14 @@ pub const INDEX_INTERVAL_BYTES_MAX: u64 = 1 << 30;
 /// NVMe, and keeps one round well under a millisecond.
 pub const WRITE_ROUND_BYTES_MAX: usize = 1 << 20;
 
+/// Most bytes of appends one partition queues for its writer; further appends fail with
+/// `AppendError::Overloaded` until the device catches up.
+///
+/// Bounds the memory a partition's backlog holds when producers outpace the disk (the network
+/// layers bound requests per connection, not per partition). 64 MiB is about 30 ms of a fast
+/// NVMe drive's write bandwidth: far more than group commit needs to batch.
+pub const QUEUED_BYTES_MAX: usize = 64 << 20;
+
 /// Default preallocation step of the active segment (`fallocate`).
 ///
 /// One `fallocate` per step; at most one step of unused but reserved disk space per active
@@ -83,10 +91,13 @@ pub const READ_BYTES_MAX: usize = 64 << 20;
 /// sequential catch-up readers skip the index lookup. 24 bytes each.
 pub const READ_MEMO_ENTRIES: usize = 4;
 
-/// Most bytes recovery reads past a corrupt tail to measure how much garbage it discards.
+/// Most bytes recovery reads past a corrupt tail to measure how much it discards (it stops
+/// earlier, at the first whole block of zeros, which is where preallocated space begins).
 ///
-/// Only sizes the report; truncation does not depend on it.
-pub const RECOVERY_GARBAGE_PROBE_BYTES_MAX: u64 = 4 << 20;
+/// A whole segment: the report must say how much was really discarded (a flipped byte early in
+/// an active segment discards the rest of it). The cost is one sequential read of the discarded
+/// bytes, only when recovery truncates. Truncation itself does not depend on it.
+pub const RECOVERY_GARBAGE_PROBE_BYTES_MAX: u64 = SEGMENT_BYTES_MAX + APPEND_BYTES_MAX as u64;
 
 /// Most segments one partition may hold; bounds the in-memory segment table (about 100 bytes
 /// each) and the checkpoint (40 bytes each). At the default 1 GiB segment size this is 64 TiB.
@@ -100,6 +111,7 @@ const _: () = assert!(BATCH_BYTES_MAX.is_multiple_of(DIO_ALIGN_BYTES));
 const _: () = assert!(SEGMENT_BYTES_MIN <= SEGMENT_BYTES_MAX);
 const _: () = assert!(SEGMENT_BYTES_MAX + APPEND_BYTES_MAX as u64 <= u32::MAX as u64);
 const _: () = assert!(APPEND_BYTES_MAX >= BATCH_BYTES_MAX);
+const _: () = assert!(QUEUED_BYTES_MAX >= WRITE_ROUND_BYTES_MAX);
 const _: () = assert!(WRITE_ROUND_BYTES_MAX.is_multiple_of(DIO_ALIGN_BYTES));
 const _: () = assert!(PREALLOCATE_BYTES_DEFAULT.is_multiple_of(DIO_ALIGN_BYTES as u64));
 const _: () = assert!(PREALLOCATE_BYTES_MAX.is_multiple_of(DIO_ALIGN_BYTES as u64));

@@ -218,11 +218,11 @@ pub fn render(snapshot: &MetricsSnapshot, shard: &Shard) -> String {
         );
     }
     let mut gauges = snapshot.shard_gauges.clone();
-    gauges.sort_unstable();
+    gauges.sort_unstable_by_key(|(shard, name, _)| (*name, *shard));
     let mut last_name = "";
     for (id, name, value) in &gauges {
         if *name != last_name {
-            let _ = writeln!(out, "# TYPE sluice_shard_{name} gauge");
+            let _ = writeln!(out, "# TYPE sluice_shard_{name} counter");
             last_name = name;
         }
         let _ = writeln!(out, "sluice_shard_{name}{{shard=\"{id}\"}} {value}");

@@ -2,8 +2,9 @@
 //! protocol listener, and the admin HTTP endpoint.
 //!
 //! Main modules: [`quic`] (quinn on the thread-per-core runtime, TLS, endpoints), [`native`]
-//! (the native protocol's frames, headers and how they travel on QUIC streams), [`client`],
-//! [`limits`].
+//! (the native protocol's frames, headers, streams and its per-shard server), [`kafka`] (the
+//! Kafka listener), [`domain`] (what both protocols share over the shard API), [`admin`],
+//! [`client`], [`limits`].
 //!
 //! Must not depend on: segment files or other storage internals (partitions are reached only
 //! through `sluice_cluster::shard::Shard`); glommio by name (the runtime is reached through
@@ -11,6 +12,7 @@
 
 pub mod admin;
 pub mod client;
+pub mod domain;
 pub mod kafka;
 pub mod limits;
 pub mod native;

@@ -81,9 +81,130 @@ pub const UDP_SEND_BUFFER_BYTES: usize = 4 << 20;
 /// per blocked connection.
 pub const UDP_SEND_RETRY_WAIT_US: u64 = 100;
 
+/// Default per-connection byte budget of the native server for request frames being read or
+/// handled (header and payload bytes, as declared in each frame's prefix).
+///
+/// A stream reserves its frame's declared size before reading it and releases it once the
+/// request is handled; a stream that does not fit waits (QUIC flow control then stops the
+/// client), and a frame larger than the whole budget is refused. Twice the largest payload, so
+/// a maximal produce never waits for a lone smaller one, and 32 maximal batches of the usual
+/// 1 MiB in flight fit. Costs up to this much memory per connection, on top of what quinn
+/// buffers (`QUIC_CONNECTION_RECEIVE_WINDOW_BYTES`).
+pub const NATIVE_CONNECTION_BUFFER_BYTES_DEFAULT: usize = 2 * FRAME_PAYLOAD_BYTES_MAX;
+
+/// Smallest per-connection budget a server may be configured with: room for a few ordinary
+/// requests. Below it, every produce would be refused as too large.
+pub const NATIVE_CONNECTION_BUFFER_BYTES_MIN: usize = 64 << 10;
+
+/// Streams of one connection that may wait for budget at once; a stream beyond them is
+/// answered `Overloaded` (retriable) and stopped instead of waiting.
+///
+/// A waiting stream leaves up to one stream window of data unread in quinn, and unread data
+/// counts against the connection's flow-control window. If waiting streams could fill that
+/// window, the streams holding budget could never receive the rest of their frames and the
+/// connection would stall for good. Bounding waiters so that their windows leave at least one
+/// stream window free keeps the streams that hold budget moving.
+pub const NATIVE_BUDGET_WAITERS_MAX: usize =
+    (QUIC_CONNECTION_RECEIVE_WINDOW_BYTES / QUIC_STREAM_RECEIVE_WINDOW_BYTES) as usize - 1;
+
+/// Longest a native fetch may long-poll, whatever `max_wait_ms` the client asks for: as the
+/// Kafka listener's cap, it keeps a misbehaving client from parking work for hours.
+pub const NATIVE_FETCH_WAIT_MS_MAX: u64 = 30_000;
+
+/// On shutdown, how long the native server waits for in-flight requests to finish before it
+/// closes its connections anyway. Long polls are cut short at once, so this only waits for
+/// produces and admin changes, which take milliseconds; 5 s covers a slow fdatasync.
+pub const NATIVE_DRAIN_WAIT_MS_MAX: u64 = 5_000;
+
+/// After closing its endpoint, how long the native server waits for the close to reach its
+/// clients (so they see "shutting down" rather than an idle timeout). One loopback or LAN
+/// round trip suffices; a lost close costs the client one idle timeout.
+pub const NATIVE_CLOSE_WAIT_MS_MAX: u64 = 1_000;
+
+const _: () = assert!(NATIVE_CONNECTION_BUFFER_BYTES_DEFAULT >= FRAME_PAYLOAD_BYTES_MAX);
+const _: () = assert!(
+    NATIVE_CONNECTION_BUFFER_BYTES_DEFAULT >= FRAME_HEADER_BYTES_MAX + FRAME_PAYLOAD_BYTES_MAX
+);
+const _: () = assert!(NATIVE_CONNECTION_BUFFER_BYTES_MIN <= NATIVE_CONNECTION_BUFFER_BYTES_DEFAULT);
+const _: () = assert!(NATIVE_BUDGET_WAITERS_MAX >= 1);
+const _: () = assert!(
+    (NATIVE_BUDGET_WAITERS_MAX as u64 + 1) * QUIC_STREAM_RECEIVE_WINDOW_BYTES as u64
+        <= QUIC_CONNECTION_RECEIVE_WINDOW_BYTES as u64
+);
+const _: () = assert!(NATIVE_CLOSE_WAIT_MS_MAX < NATIVE_DRAIN_WAIT_MS_MAX);
+
 /// Largest admin HTTP request head. Scrapers send a few hundred bytes; 8 KiB is generous and
 /// bounds memory per admin connection.
 pub const ADMIN_REQUEST_BYTES_MAX: usize = 8 << 10;
+
+/// Default `ProducerConfig::batch_size`: a batch is closed once its records reach this size.
+///
+/// Kafka's `batch.size` default, so the producer behaves as users of Kafka expect; a batch
+/// costs this much memory while it fills. Throughput runs raise it (256 KiB to 1 MiB batches
+/// amortise per-request costs far better).
+pub const PRODUCER_BATCH_BYTES_DEFAULT: usize = 16 << 10;
+
+/// Default `ProducerConfig::linger_ms`: how long a batch may wait for more records.
+///
+/// Kafka 3.x's `linger.ms` is 5 ms: enough to batch a busy producer, invisible next to a
+/// network round trip for a slow one.
+pub const PRODUCER_LINGER_MS_DEFAULT: u64 = 5;
+
+/// Default `ProducerConfig::buffer_bytes`: records held by a producer (accumulating and in
+/// flight) before `send_and_forget` refuses and `ready` waits.
+///
+/// Kafka's `buffer.memory`: 32 MiB keeps 2k default batches in flight, far more than one
+/// connection's round trip needs.
+pub const PRODUCER_BUFFER_BYTES_DEFAULT: usize = 32 << 20;
+
+/// Default `ProducerConfig::in_flight_max`: produce requests outstanding per partition.
+///
+/// Kafka's `max.in.flight.requests.per.connection`. Five hide a round trip behind the next
+/// batches; a partition's requests are written in order on one connection (net/PROTOCOL.md).
+pub const PRODUCER_IN_FLIGHT_PER_PARTITION_DEFAULT: usize = 5;
+
+/// Default `ProducerConfig::request_bytes_max`: the largest batch the producer builds.
+///
+/// Kafka's `max.request.size` (1 MiB): larger records fail at `send` with a clear error
+/// rather than at the broker. A topic's `max.message.bytes` may still be smaller.
+pub const PRODUCER_REQUEST_BYTES_DEFAULT: usize = 1 << 20;
+
+/// Default `ClientConfig::request_timeout`: how long one request may take before it fails
+/// and is retried (Kafka's `request.timeout.ms`). Long-poll fetches get their wait on top.
+pub const CLIENT_REQUEST_TIMEOUT_MS_DEFAULT: u64 = 30_000;
+
+/// Default `ClientConfig::connect_timeout`: how long a QUIC handshake may take.
+///
+/// A dead UDP port gives no error (QUIC ignores ICMP), so without this a client would wait
+/// for the full idle timeout before trying the next broker.
+pub const CLIENT_CONNECT_TIMEOUT_MS_DEFAULT: u64 = 5_000;
+
+/// Default `ClientConfig::retries`: attempts after the first for a request that failed with
+/// a retriable error. With the backoff below they span about 8 s, enough for a broker restart
+/// or a leader move, short enough that a dead cluster is reported quickly.
+pub const CLIENT_RETRIES_DEFAULT: u32 = 10;
+
+/// Default `ClientConfig::retry_backoff`: wait before the first retry; doubles per retry.
+pub const CLIENT_RETRY_BACKOFF_MS_DEFAULT: u64 = 50;
+
+/// Default `ClientConfig::retry_backoff_max`: the longest wait between two retries.
+pub const CLIENT_RETRY_BACKOFF_MS_MAX_DEFAULT: u64 = 1_000;
+
+/// Default `ConsumerConfig::fetch_wait_max`: how long the broker holds a fetch that found no
+/// new record (Kafka's `fetch.max.wait.ms`). A tailing consumer sees a new record at once; an
+/// idle one costs two requests a second per partition.
+pub const CONSUMER_FETCH_WAIT_MS_DEFAULT: u32 = 500;
+
+/// Default `ConsumerConfig::fetch_bytes_max`: soft byte limit of one fetch for one partition
+/// (Kafka's `max.partition.fetch.bytes`). The broker returns at least one whole batch.
+pub const CONSUMER_FETCH_BYTES_DEFAULT: u32 = 1 << 20;
+
+/// Default `ConsumerConfig::buffer_bytes`: record bytes a consumer prefetches before its
+/// fetchers pause. At most one more fetch per partition arrives after the bound is reached.
+pub const CONSUMER_BUFFER_BYTES_DEFAULT: usize = 64 << 20;
+
+/// Default `ConsumerConfig::poll_records_max`: records one `poll` returns at most.
+pub const CONSUMER_POLL_RECORDS_DEFAULT: usize = 10_000;
 
 /// Largest Kafka request frame accepted, as Kafka's `socket.request.max.bytes` default
 /// (100 MiB). A larger declared size closes the connection before anything is allocated.
@@ -131,3 +252,8 @@ const _: () = assert!(QUIC_CONNECTION_RECEIVE_WINDOW_BYTES >= QUIC_STREAM_RECEIV
 const _: () = assert!(QUIC_KEEP_ALIVE_INTERVAL_MS < QUIC_IDLE_TIMEOUT_MS);
 const _: () = assert!(UDP_RECV_BUFFER_BYTES <= i32::MAX as usize);
 const _: () = assert!(UDP_SEND_BUFFER_BYTES <= i32::MAX as usize);
+const _: () = assert!(PRODUCER_BATCH_BYTES_DEFAULT <= PRODUCER_REQUEST_BYTES_DEFAULT);
+const _: () = assert!(PRODUCER_REQUEST_BYTES_DEFAULT <= BATCH_BYTES_MAX);
+const _: () = assert!(PRODUCER_BUFFER_BYTES_DEFAULT >= PRODUCER_REQUEST_BYTES_DEFAULT);
+const _: () = assert!(CLIENT_RETRY_BACKOFF_MS_DEFAULT <= CLIENT_RETRY_BACKOFF_MS_MAX_DEFAULT);
+const _: () = assert!(CONSUMER_FETCH_BYTES_DEFAULT as usize <= FRAME_PAYLOAD_BYTES_MAX);

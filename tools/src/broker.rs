@@ -15,13 +15,15 @@ use sluice_cluster::metadata::{BrokerInfo, FileMetadataStore, replace_missing_sh
 use sluice_cluster::shard::{Shard, ShardConfig};
 use sluice_engine::BrokerId;
 use sluice_engine::rt::{self, env, shards};
+use sluice_net::native::NativeServerConfig;
+use sluice_net::quic::tls::{self, CertKeyPaths, ServerIdentity, ServerTlsOptions};
 
 use crate::config::BrokerConfig;
 
 /// Runs the broker until a stop signal; returns when every shard has shut down.
 pub fn run(config: BrokerConfig) -> anyhow::Result<()> {
-    let io_memory = env::IO_MEMORY_BYTES_DEFAULT;
-    let report = env::check(&config.data_dir, config.cores, io_memory)?;
+    let report = env::check(&config.data_dir, config.cores, env::IO_MEMORY_BYTES_DEFAULT)?;
+    let io_memory = report.io_memory_bytes;
     for warning in &report.warnings {
         tracing::warn!("{warning}");
     }
@@ -62,6 +64,9 @@ pub fn run(config: BrokerConfig) -> anyhow::Result<()> {
         quic: quic_addrs,
     }];
     let snapshot = Arc::new(snapshot);
+    // TLS is set up once, before the shards start: it reads PEM files (and makes the
+    // self-signed identity on first start), which the shards must not race on.
+    let native = native_config(&config)?;
 
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
@@ -90,22 +95,55 @@ pub fn run(config: BrokerConfig) -> anyhow::Result<()> {
         let config = Arc::clone(&config);
         let snapshot = Arc::clone(&snapshot);
         let stop = Arc::clone(&stop);
+        let native = native.clone();
         // Shard 0 takes the metadata store; the lock is touched once per shard at start-up.
         let store = if context.id.0 == 0 {
             store.lock().expect("start-up lock not poisoned").take()
         } else {
             None
         };
-        async move { run_shard(context, config, snapshot, store, stop).await }
+        async move { run_shard(context, config, native, snapshot, store, stop).await }
     })?;
     handle.join()?;
     tracing::info!("broker stopped");
     Ok(())
 }
 
+/// The native server configuration every shard starts from (each sets its own address).
+fn native_config(config: &BrokerConfig) -> anyhow::Result<NativeServerConfig> {
+    let identity = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => ServerIdentity::Files(CertKeyPaths {
+            cert: cert.clone(),
+            key: key.clone(),
+        }),
+        _ => {
+            let mut names = tls::default_self_signed_names();
+            let ip = config.quic_listen.ip();
+            if !ip.is_loopback() && !ip.is_unspecified() {
+                names.push(ip.to_string());
+            }
+            ServerIdentity::SelfSigned {
+                dir: config.data_dir.join("tls"),
+                names,
+            }
+        }
+    };
+    let tls = ServerTlsOptions {
+        identity,
+        client_ca: config.ca.clone(),
+    };
+    let mut native = NativeServerConfig::new(config.quic_listen, &tls)
+        .context("cannot set up TLS for the QUIC listener")?;
+    native.auto_create_topics = config.auto_create_topics;
+    native.default_partitions = config.default_partitions;
+    native.validate().map_err(anyhow::Error::msg)?;
+    Ok(native)
+}
+
 async fn run_shard(
     context: shards::ShardContext<sluice_cluster::shard::ShardMsg>,
     config: Arc<BrokerConfig>,
+    mut native: NativeServerConfig,
     snapshot: Arc<sluice_cluster::metadata::MetadataSnapshot>,
     store: Option<FileMetadataStore>,
     stop: Arc<AtomicBool>,
@@ -129,6 +167,19 @@ async fn run_shard(
         "kafka",
         sluice_net::kafka::serve_kafka(Rc::clone(&shard), kafka),
     )));
+    // Shard i binds the endpoint metadata advertises for it (`--quic-listen` port + i).
+    native.listen = shard
+        .metadata()
+        .broker(shard.node())
+        .and_then(|broker| broker.quic.get(usize::from(id.0)).copied())
+        .expect("run() advertises one QUIC endpoint per shard");
+    let (stop_native, native_stopped) = futures::channel::oneshot::channel::<()>();
+    let native = rt::spawn(log_exit(
+        "quic",
+        sluice_net::native::serve_native_until(Rc::clone(&shard), native, async {
+            let _ = native_stopped.await;
+        }),
+    ));
     if id.0 == 0 {
         listeners.push(rt::spawn(log_exit(
             "admin",
@@ -145,6 +196,10 @@ async fn run_shard(
     while !stop.load(Ordering::Relaxed) {
         rt::sleep(Duration::from_millis(50)).await;
     }
+    // The native server drains (in-flight requests answered, connections closed with a
+    // reason) before the partitions close; the other listeners just stop.
+    let _ = stop_native.send(());
+    native.await;
     drop(listeners);
     shard.shutdown().await;
     tracing::info!(shard = id.0, "shard stopped");

@@ -5,6 +5,7 @@
 //! flags (STYLE §2).
 
 mod broker;
+mod cli;
 mod config;
 mod format;
 
@@ -21,6 +22,13 @@ struct Cli {
 enum Command {
     /// Run a broker.
     Broker(config::BrokerArgs),
+    /// Create, list, describe, delete and configure topics.
+    #[command(subcommand)]
+    Topic(cli::topic::TopicCommand),
+    /// Produce standard input to a topic, one record per line.
+    Produce(cli::produce::ProduceArgs),
+    /// Print a topic's records to standard output, one per line.
+    Consume(cli::consume::ConsumeArgs),
 }
 
 fn main() {
@@ -32,9 +40,17 @@ fn main() {
             std::process::exit(code);
         }
     };
-    init_logging();
+    // Client commands log only warnings by default: their stderr is for errors.
+    init_logging(if matches!(cli.command, Command::Broker(_)) {
+        "info"
+    } else {
+        "warn"
+    });
     let result = match cli.command {
         Command::Broker(args) => args.resolve().and_then(broker::run),
+        Command::Topic(command) => cli::topic::main(command),
+        Command::Produce(args) => cli::produce::main(args),
+        Command::Consume(args) => cli::consume::main(args),
     };
     if let Err(error) = result {
         eprintln!("error: {}", one_line(&error));
@@ -42,20 +58,32 @@ fn main() {
     }
 }
 
-/// Joins an error chain into one lowercase line: `context: cause: cause`.
+/// Joins an error chain into one lowercase line: `context: cause: cause`. A cause whose text
+/// its parent already includes (errors that print their source) is not repeated.
 fn one_line(error: &anyhow::Error) -> String {
-    error
-        .chain()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(": ")
+    let mut line = String::new();
+    let mut previous = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if !previous.is_empty() && previous.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+        previous = text;
+    }
+    line
 }
 
-fn init_logging() {
+fn init_logging(default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
 }

@@ -121,11 +121,8 @@ impl GroupBackend {
                     let _ = reply.send(response);
                 }
                 Action::Append { id, records } => {
-                    let pending = encode(&records).and_then(|batch| {
-                        self.replica
-                            .append_ordered(batch, Acks::All)
-                            .map_err(|e| GroupError::Storage(e.to_string()))
-                    });
+                    let pending =
+                        encode(&records).map(|batch| self.replica.append_ordered(batch, Acks::All));
                     let mut appends = self.appends.borrow_mut();
                     assert!(
                         appends.back().is_none_or(|(last, _)| *last < id),
@@ -202,7 +199,7 @@ impl GroupBackend {
             if slice.next_offset <= from {
                 break;
             }
-            for chunk in &slice.chunks {
+            for chunk in &slice.batches {
                 records += backend.replay_chunk(chunk);
             }
             from = slice.next_offset;

@@ -171,8 +171,7 @@ pub(crate) async fn apply_retention(
         while count < sealed && segments[count].end <= state.log_start {
             count += 1;
         }
-        let retention_ms = inner.config.retention_ms;
-        if retention_ms >= 0 {
+        if let Some(retention_ms) = inner.config().retention_ms {
             let horizon = now.0.saturating_sub(retention_ms);
             while count < sealed
                 && segments[count]
@@ -182,8 +181,7 @@ pub(crate) async fn apply_retention(
                 count += 1;
             }
         }
-        let retention_bytes = inner.config.retention_bytes;
-        if retention_bytes >= 0 {
+        if let Some(retention_bytes) = inner.config().retention_bytes {
             let total: u64 = segments
                 .iter()
                 .skip(count)
@@ -416,8 +414,13 @@ async fn truncate_idle(inner: &Rc<Inner>, offset: Offset) -> Result<Offset, Admi
     let log = dio::open_read_write(&paths[0]).await?;
     dio::truncate(&log, cut).await?;
     dio::sync(&log).await?;
-    let (offsets, times, builder) =
-        rebuild_index_bytes(log.clone(), base, cut, inner.config.index_interval_bytes).await?;
+    let (offsets, times, builder) = rebuild_index_bytes(
+        log.clone(),
+        base,
+        cut,
+        u64::from(inner.config().index_interval_bytes),
+    )
+    .await?;
     let index_file = open_or_create(&paths[1]).await?;
     let time_file = open_or_create(&paths[2]).await?;
     let index_state = write_active_index(&index_file, paths[1].clone(), &offsets).await?;

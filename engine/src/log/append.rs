@@ -7,8 +7,8 @@
 use bytes::{Bytes, BytesMut};
 use futures::channel::oneshot;
 
-use crate::batch::{self, BatchError, HEADER_BYTES, LOG_OVERHEAD_BYTES};
-use crate::limits::APPEND_BYTES_MAX;
+use crate::batch::{self, HEADER_BYTES, LOG_OVERHEAD_BYTES};
+use crate::limits::{APPEND_BYTES_MAX, QUEUED_BYTES_MAX};
 use crate::log::{
     AppendError, AppendInfo, AssignCursor, Durability, Inner, Mode, Op, PendingAppend, StagedBatch,
     State, Waiter, writer,
@@ -71,17 +71,6 @@ fn parse_record_set(
             Assign::Follower => batch::validate(rest, max_batch_bytes),
         }
         .map_err(|error| AppendError::InvalidBatch { index, error })?;
-        if let Assign::Follower = assign
-            && header.base_offset.0 < 0
-        {
-            return Err(AppendError::InvalidBatch {
-                index,
-                error: BatchError::InvalidRecordCount {
-                    record_count: header.record_count,
-                    last_offset_delta: header.last_offset_delta,
-                },
-            });
-        }
         let len = header.total_bytes();
         parsed.push(Parsed {
             start: at,
@@ -103,8 +92,18 @@ pub(crate) fn stage(
     assign: Assign,
     durability: Durability,
 ) -> Result<PendingAppend, AppendError> {
-    check_mode(&inner.state.borrow())?;
-    let parsed = parse_record_set(&batches, inner.config.max_batch_bytes, &assign)?;
+    {
+        let state = inner.state.borrow();
+        check_mode(&state)?;
+        // Backpressure: at least one append is always accepted, so any size can get through.
+        if state.queued_bytes > 0 && state.queued_bytes + batches.len() > QUEUED_BYTES_MAX {
+            return Err(AppendError::Overloaded {
+                queued_bytes: state.queued_bytes,
+                limit: QUEUED_BYTES_MAX,
+            });
+        }
+    }
+    let parsed = parse_record_set(&batches, inner.config().max_batch_bytes, &assign)?;
     if let Assign::Follower = assign {
         let expected = inner.state.borrow().next_offset;
         let mut next = expected;
@@ -126,6 +125,7 @@ pub(crate) fn stage(
         Err(shared) => BytesMut::from(&shared[..]),
     };
 
+    let append_time = crate::rt::clock::unix_now_ms();
     let mut state = inner.state.borrow_mut();
     let mut next = state.next_offset;
     for batch in &parsed {
@@ -176,6 +176,7 @@ pub(crate) fn stage(
         offset = batch_next;
     }
     assert_eq!(offset, next);
+    state.queued_bytes += total_bytes;
     state.queue.push_back(Op::Write {
         batches: staged,
         bytes: total_bytes,
@@ -188,6 +189,8 @@ pub(crate) fn stage(
         .get_or_insert(first_max_timestamp);
     state.stats.appends += 1;
 
+    // One small allocation per append (the completion channel); the record set itself was
+    // copied at most once above.
     let (done, receiver) = oneshot::channel();
     let waiter = Waiter { target: next, done };
     match durability {
@@ -199,15 +202,18 @@ pub(crate) fn stage(
 
     let record_count = u64::try_from(next.0 - base_offset.0).expect("positive");
     Ok(PendingAppend {
-        info: AppendInfo {
-            base_offset,
-            last_offset: Offset(next.0 - 1),
-            batch_count: u32::try_from(parsed.len()).expect("batch count fits in u32"),
-            record_count,
-            max_timestamp,
-            bytes: total_bytes as u64,
-        },
-        done: receiver,
+        state: Ok((
+            AppendInfo {
+                base_offset,
+                last_offset: Offset(next.0 - 1),
+                batch_count: u32::try_from(parsed.len()).expect("batch count fits in u32"),
+                record_count,
+                max_timestamp,
+                append_time,
+                bytes: total_bytes as u64,
+            },
+            receiver,
+        )),
     })
 }
 
@@ -234,10 +240,10 @@ fn maybe_roll(
     if cursor.bytes == 0 {
         return;
     }
-    let by_size = cursor.bytes + bytes > inner.config.segment_bytes;
+    let by_size = cursor.bytes + bytes > inner.config().segment_bytes;
     let by_time = cursor
         .first_max_timestamp
-        .is_some_and(|first| max_timestamp.0.saturating_sub(first.0) > inner.config.segment_ms);
+        .is_some_and(|first| max_timestamp.0.saturating_sub(first.0) > inner.config().segment_ms);
     let by_offsets = next.0 - 1 - cursor.segment_base.0 > i64::from(u32::MAX);
     if by_size || by_time || by_offsets {
         let base = state.next_offset;

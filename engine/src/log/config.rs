@@ -5,12 +5,9 @@
 
 use crate::limits;
 
-/// Kafka's "unlimited" for `retention.ms` and `retention.bytes`.
-pub const UNLIMITED: i64 = -1;
-
 /// Settings of one partition log. Field names follow Kafka's topic configs; `_ms` fields are
 /// milliseconds as in the configs.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LogConfig {
     /// `segment.bytes`: roll to a new segment when an append would make the active segment
     /// larger than this. Default 1 GiB.
@@ -19,19 +16,20 @@ pub struct LogConfig {
     /// max timestamp of the active segment's first batch. Default 7 days.
     pub segment_ms: i64,
     /// `retention.ms`: sealed segments whose max timestamp is older than this are deleted by
-    /// [`super::PartitionLog::apply_retention`]; `-1` keeps them. Default 7 days.
-    pub retention_ms: i64,
+    /// [`super::PartitionLog::apply_retention`]; `None` (Kafka's -1) keeps them. Default 7 days.
+    pub retention_ms: Option<i64>,
     /// `retention.bytes`: oldest sealed segments are deleted while the log stays at least this
-    /// large without them; `-1` keeps them. Default `-1`.
-    pub retention_bytes: i64,
+    /// large without them; `None` (Kafka's -1, the default) keeps them.
+    pub retention_bytes: Option<u64>,
     /// `index.interval.bytes`: bytes of log between offset index entries. Default 4096.
-    pub index_interval_bytes: u64,
+    pub index_interval_bytes: u32,
     /// `flush.messages`: fdatasync after this many unsynced records even when no append asked
-    /// for it. Default `i64::MAX` (never; durability comes from replication and `Synced`).
-    pub flush_messages: i64,
-    /// `flush.ms`: fdatasync unsynced data at most this long after it was written. Default
-    /// `i64::MAX` (never).
-    pub flush_ms: i64,
+    /// for it. `None` (the default, Kafka's `Long.MAX_VALUE`): never; durability comes from
+    /// replication and `Synced` appends.
+    pub flush_messages: Option<u64>,
+    /// `flush.ms`: fdatasync unsynced data at most this long after it was written. `None` (the
+    /// default): never.
+    pub flush_ms: Option<i64>,
     /// `max.message.bytes`: largest batch accepted, header included. Default 1 MiB + 12.
     pub max_batch_bytes: usize,
     /// Bytes the active segment is preallocated by at a time (`fallocate`); `0` disables
@@ -45,11 +43,11 @@ impl Default for LogConfig {
         LogConfig {
             segment_bytes: 1 << 30,
             segment_ms: WEEK_MS,
-            retention_ms: WEEK_MS,
-            retention_bytes: UNLIMITED,
+            retention_ms: Some(WEEK_MS),
+            retention_bytes: None,
             index_interval_bytes: 4096,
-            flush_messages: i64::MAX,
-            flush_ms: i64::MAX,
+            flush_messages: None,
+            flush_ms: None,
             max_batch_bytes: (1 << 20) + 12,
             preallocate_bytes: limits::PREALLOCATE_BYTES_DEFAULT,
         }
@@ -96,35 +94,32 @@ impl LogConfig {
             self.segment_ms,
             "must be at least 1",
         )?;
+        let retention_ms = self.retention_ms.unwrap_or(0);
         check(
-            self.retention_ms >= UNLIMITED,
+            retention_ms >= 0,
             "retention.ms",
-            self.retention_ms,
-            "must be -1 (unlimited) or at least 0",
+            retention_ms,
+            "must be unlimited or at least 0",
         )?;
         check(
-            self.retention_bytes >= UNLIMITED,
-            "retention.bytes",
-            self.retention_bytes,
-            "must be -1 (unlimited) or at least 0",
-        )?;
-        check(
-            self.index_interval_bytes <= limits::INDEX_INTERVAL_BYTES_MAX,
+            u64::from(self.index_interval_bytes) <= limits::INDEX_INTERVAL_BYTES_MAX,
             "index.interval.bytes",
-            as_i64(self.index_interval_bytes),
+            i64::from(self.index_interval_bytes),
             "must be at most 1073741824",
         )?;
+        let flush_messages = self.flush_messages.unwrap_or(1);
         check(
-            self.flush_messages >= 1,
+            flush_messages >= 1,
             "flush.messages",
-            self.flush_messages,
+            as_i64(flush_messages),
             "must be at least 1",
         )?;
+        let flush_ms = self.flush_ms.unwrap_or(0);
         check(
-            self.flush_ms >= 0,
+            flush_ms >= 0,
             "flush.ms",
-            self.flush_ms,
-            "must be at least 0",
+            flush_ms,
+            "must be never or at least 0",
         )?;
         check(
             self.max_batch_bytes >= crate::batch::HEADER_BYTES
@@ -168,11 +163,7 @@ mod tests {
                 ..LogConfig::default()
             },
             LogConfig {
-                retention_ms: -2,
-                ..LogConfig::default()
-            },
-            LogConfig {
-                retention_bytes: -2,
+                retention_ms: Some(-1),
                 ..LogConfig::default()
             },
             LogConfig {
@@ -180,11 +171,11 @@ mod tests {
                 ..LogConfig::default()
             },
             LogConfig {
-                flush_messages: 0,
+                flush_messages: Some(0),
                 ..LogConfig::default()
             },
             LogConfig {
-                flush_ms: -1,
+                flush_ms: Some(-1),
                 ..LogConfig::default()
             },
             LogConfig {

@@ -119,6 +119,15 @@ pub enum AppendError {
     /// A write failed. The log stays readable; later appends retry the write.
     #[error("write failed: {0}")]
     Io(#[source] Arc<io::Error>),
+    /// The partition's write backlog is full (the device is slower than the producers);
+    /// retry later.
+    #[error("write backlog of {queued_bytes} bytes is full (limit {limit})")]
+    Overloaded {
+        /// Bytes queued for the writer.
+        queued_bytes: usize,
+        /// The limit.
+        limit: usize,
+    },
     /// The log is being truncated; retry after [`super::PartitionLog::truncate_to`] returns.
     #[error("log is being truncated")]
     Busy,

@@ -578,7 +578,7 @@ mod tests {
             .filter_map(|e| e.offset)
             .map(|e| (e.relative.0, e.position))
             .collect();
-        assert_eq!(offsets, vec![(5, 120), (11, 400)]);
+        assert_eq!(offsets, vec![(5, 120), (10, 230), (11, 400)]);
         let times: Vec<_> = out
             .iter()
             .filter_map(|e| e.time)
@@ -636,5 +636,121 @@ mod tests {
             check_offset_entries(&past, bounds, None),
             Err(IndexDamage::PastEnd)
         );
+    }
+
+    /// Entries split between a real file (whole blocks) and memory, as an active index is.
+    /// Files belong to the executor that opened them: call from the test's `block_on`.
+    async fn source_over(
+        bytes: &[u8],
+        entry_bytes: usize,
+        disk_blocks_fraction: f64,
+    ) -> IndexSource {
+        let disk_bytes = crate::io::align_down((bytes.len() as f64 * disk_blocks_fraction) as u64);
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("index");
+        let file = crate::io::create(&path).await.expect("create");
+        if disk_bytes > 0 {
+            let buffer = crate::io::aligned_buffer(&file, &[&bytes[..disk_bytes as usize]]);
+            crate::io::write_at(&file, buffer, 0).await.expect("write");
+        }
+        // The file stays open; the directory may go (Linux keeps the inode).
+        drop(dir);
+        IndexSource {
+            file: Some(file),
+            path,
+            disk_bytes,
+            mem: bytes[disk_bytes as usize..].to_vec(),
+            entry_bytes,
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 64, ..Default::default() })]
+
+        // Goal: offset lookups agree with a reference model (the last entry at or below the
+        // target) whatever the split between disk and memory.
+        // Method: random strictly increasing entries, random split, random targets.
+        #[test]
+        fn offset_lookup_matches_reference(
+            steps in proptest::collection::vec((1u32..50, 1u32..9_000), 0..1_500),
+            fraction in 0.0..1.0f64,
+            targets in proptest::collection::vec(0u32..80_000, 1..40),
+        ) {
+            let mut entries = Vec::new();
+            let (mut relative, mut position) = (0u32, 0u32);
+            for (dr, dp) in steps {
+                relative += dr;
+                position += dp;
+                entries.push(OffsetEntry { relative: RelativeOffset(relative), position });
+            }
+            let bytes: Vec<u8> = entries.iter().flat_map(|e| e.encode()).collect();
+            let bounds = EntryBounds {
+                relative_end: u64::from(relative) + 1,
+                size: u64::from(position) + 1,
+            };
+            crate::rt::block_on(async {
+                let mut source = source_over(&bytes, OFFSET_INDEX_ENTRY_BYTES, fraction).await;
+                for target in targets {
+                    let expected = entries.iter().rev().find(|e| e.relative.0 <= target).copied();
+                    let found = lookup_offset(&mut source, RelativeOffset(target), bounds).await;
+                    assert_eq!(found.expect("valid index"), expected, "target {target}");
+                }
+            });
+        }
+
+        // Goal: time lookups agree with a reference model (the last entry below the target).
+        #[test]
+        fn time_lookup_matches_reference(
+            steps in proptest::collection::vec((1i64..100, 0u32..30), 0..1_000),
+            fraction in 0.0..1.0f64,
+            targets in proptest::collection::vec(-10i64..60_000, 1..40),
+        ) {
+            let mut entries = Vec::new();
+            let (mut timestamp, mut relative) = (0i64, 0u32);
+            for (dt, dr) in steps {
+                timestamp += dt;
+                relative += dr;
+                entries.push(TimeEntry {
+                    timestamp: TimestampMs(timestamp),
+                    relative: RelativeOffset(relative),
+                });
+            }
+            let bytes: Vec<u8> = entries.iter().flat_map(|e| e.encode()).collect();
+            let bounds = EntryBounds { relative_end: u64::from(relative) + 1, size: u64::MAX };
+            crate::rt::block_on(async {
+                let mut source = source_over(&bytes, TIME_INDEX_ENTRY_BYTES, fraction).await;
+                for target in targets {
+                    let expected = entries.iter().rev().find(|e| e.timestamp.0 < target).copied();
+                    let found = lookup_time(&mut source, TimestampMs(target), bounds).await;
+                    assert_eq!(found.expect("valid index"), expected, "target {target}");
+                }
+            });
+        }
+    }
+
+    // Goal: a lookup that meets entries breaking the invariants reports damage instead of
+    // answering (pair assertion with the append-time checks).
+    #[test]
+    fn lookup_reports_damaged_entries() {
+        let entry = |r, p| {
+            OffsetEntry {
+                relative: RelativeOffset(r),
+                position: p,
+            }
+            .encode()
+        };
+        let bytes: Vec<u8> = [entry(5, 100), entry(3, 200), entry(9, 300)].concat();
+        let bounds = EntryBounds {
+            relative_end: 100,
+            size: 1_000,
+        };
+        let found = crate::rt::block_on(async {
+            let mut source = source_over(&bytes, OFFSET_INDEX_ENTRY_BYTES, 0.0).await;
+            lookup_offset(&mut source, RelativeOffset(4), bounds).await
+        });
+        assert!(matches!(
+            found,
+            Err(LookupError::Damaged(IndexDamage::NonMonotonic))
+        ));
     }
 }

@@ -29,6 +29,9 @@
 //! written so far (group commit). `flush.messages` and `flush.ms` trigger the same fdatasync for
 //! logs without `Synced` appends.
 //!
+//! A partition queues at most `QUEUED_BYTES_MAX` of appends for its writer; beyond that appends
+//! fail with [`AppendError::Overloaded`] (backpressure) instead of growing memory.
+//!
 //! A failed write (full disk, IO error) fails the appends of that round and everything queued
 //! behind it, rolls the assigned offsets back to the written end, and leaves the log readable
 //! and appendable. A failed fdatasync makes the log refuse appends until reopened (the page-cache
@@ -46,16 +49,17 @@
 //!
 //! Memory does not grow with retained data:
 //!
-//! - A partition at rest holds its counters and segment table (about 80 bytes per segment),
-//!   the active segment's partially filled tail block (under 4 KiB) and the unflushed tails of
-//!   its two index files (under 4 KiB each, usually far less), a read memo of
-//!   `READ_MEMO_ENTRIES` positions, and three open files (the active segment and its two indexes)
-//!   plus at most one cached handle of a sealed segment. Sealed segments' indexes stay on disk
-//!   and are read on demand, one block per binary-search probe; sealed segment files are opened
-//!   lazily.
+//! - A partition at rest costs about 1 KiB of counters and state, 80 bytes per segment in its
+//!   segment table, the active segment's partially filled tail block and the unflushed tails of
+//!   its two index files (each under 4 KiB, the index tails usually a few hundred bytes), a read
+//!   memo of `READ_MEMO_ENTRIES` positions, and three open files (the active segment and its two
+//!   indexes) plus at most one cached handle of a sealed segment. Sealed segments' indexes stay
+//!   on disk and are read on demand, one block per binary-search probe; sealed segment files are
+//!   opened lazily. An idle partition has no task.
 //! - Writing costs one aligned buffer per write round, sized to the staged bytes (at most
 //!   `WRITE_ROUND_BYTES_MAX`, or one larger append) and freed when the write completes. Queued
-//!   appends hold their record sets (the same `Bytes` the cache holds) until written.
+//!   appends hold their record sets (the same `Bytes` the cache holds) until written, at most
+//!   `QUEUED_BYTES_MAX` per partition.
 //! - Reading from disk costs the requested bytes (bounded by `READ_BYTES_MAX`, or one larger
 //!   batch) plus a scan chunk.
 //! - The [`BatchCache`] is bounded by its byte budget, whatever the logs retain, and shared by
@@ -84,7 +88,7 @@ use bytes::Bytes;
 use futures::channel::oneshot;
 
 pub use cache::{BatchCache, CacheStats};
-pub use config::{ConfigError, LogConfig, UNLIMITED};
+pub use config::{ConfigError, LogConfig};
 pub use error::{AdminError, AppendError, OpenError, ReadError};
 pub use index::IndexDamage;
 pub use recovery::{
@@ -122,25 +126,41 @@ pub struct AppendInfo {
     pub record_count: u64,
     /// Largest batch max timestamp of the record set.
     pub max_timestamp: TimestampMs,
+    /// Broker wall-clock time when the append was accepted (for `LogAppendTime` topics).
+    pub append_time: TimestampMs,
     /// Bytes appended.
     pub bytes: u64,
 }
 
-/// An append whose offsets are assigned; await it for the requested durability.
+/// Resolves when the writer has made an append as durable as asked.
+type AppendDone = oneshot::Receiver<Result<(), AppendError>>;
+
+/// An append, already validated and given its offsets (or rejected); await it for the
+/// requested durability.
 ///
 /// Dropping it does not cancel the append (the data is still written); it only stops waiting,
 /// which is what an `acks=0` producer wants.
 #[derive(Debug)]
 #[must_use = "await the append to learn whether it became durable"]
 pub struct PendingAppend {
-    info: AppendInfo,
-    done: oneshot::Receiver<Result<(), AppendError>>,
+    state: Result<(AppendInfo, AppendDone), Option<AppendError>>,
 }
 
 impl PendingAppend {
-    /// The assigned offsets, known as soon as `append` returns.
-    pub fn info(&self) -> AppendInfo {
-        self.info
+    fn rejected(error: AppendError) -> PendingAppend {
+        PendingAppend {
+            state: Err(Some(error)),
+        }
+    }
+
+    /// The assigned offsets (known as soon as `append` returns), or why the append was
+    /// rejected before anything was queued.
+    pub fn info(&self) -> Result<AppendInfo, AppendError> {
+        match &self.state {
+            Ok((info, _)) => Ok(*info),
+            Err(Some(error)) => Err(error.clone()),
+            Err(None) => Err(AppendError::Closed),
+        }
     }
 }
 
@@ -151,37 +171,42 @@ impl std::future::Future for PendingAppend {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Self::Output> {
-        let info = self.info;
-        std::pin::Pin::new(&mut self.done)
-            .poll(cx)
-            .map(|result| match result {
-                Ok(Ok(())) => Ok(info),
-                Ok(Err(error)) => Err(error),
-                // The log was dropped before finishing the write.
-                Err(oneshot::Canceled) => Err(AppendError::Closed),
-            })
+        match &mut self.state {
+            Err(error) => std::task::Poll::Ready(Err(error.take().unwrap_or(AppendError::Closed))),
+            Ok((info, done)) => {
+                let info = *info;
+                std::pin::Pin::new(done)
+                    .poll(cx)
+                    .map(|result| match result {
+                        Ok(Ok(())) => Ok(info),
+                        Ok(Err(error)) => Err(error),
+                        // The writer was dropped with the log before finishing.
+                        Err(oneshot::Canceled) => Err(AppendError::Closed),
+                    })
+            }
+        }
     }
 }
 
 /// Batches returned by [`PartitionLog::read`].
 #[derive(Clone, Debug, Default)]
 pub struct ReadSlice {
-    /// Whole batches, byte-for-byte as stored, in offset order; chunks may hold several batches.
-    pub chunks: Vec<Bytes>,
+    /// Whole batches, one per element, byte-for-byte as stored, in offset order.
+    pub batches: Vec<Bytes>,
     /// The offset to read from next (after the last batch returned, or the requested offset when
     /// nothing was returned).
     pub next_offset: Offset,
 }
 
 impl ReadSlice {
-    /// Total bytes of the chunks.
+    /// Total bytes of the batches.
     pub fn bytes(&self) -> usize {
-        self.chunks.iter().map(Bytes::len).sum()
+        self.batches.iter().map(Bytes::len).sum()
     }
 
     /// True when no batch was returned.
     pub fn is_empty(&self) -> bool {
-        self.chunks.is_empty()
+        self.batches.is_empty()
     }
 }
 
@@ -204,6 +229,21 @@ pub struct RetentionReport {
     pub deleted_bytes: u64,
     /// The log start offset afterwards.
     pub log_start_offset: Offset,
+}
+
+/// A description of one segment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SegmentInfo {
+    /// Offset of its first record.
+    pub base_offset: Offset,
+    /// Offset after its last record.
+    pub end_offset: Offset,
+    /// Bytes of batches.
+    pub size_bytes: u64,
+    /// Largest batch max timestamp, if it holds any batch.
+    pub max_timestamp: Option<TimestampMs>,
+    /// False for the active segment.
+    pub sealed: bool,
 }
 
 /// Counters of one log, for tests and metrics.
@@ -299,6 +339,9 @@ struct State {
     synced: Offset,
     unsynced_records: u64,
     queue: VecDeque<Op>,
+    /// Invariant: the bytes of the `Op::Write`s in `queue`; at most `QUEUED_BYTES_MAX` plus one
+    /// append.
+    queued_bytes: usize,
     writer_running: bool,
     flush_due: bool,
     flush_timer_armed: bool,
@@ -312,10 +355,17 @@ struct State {
     stats: LogStats,
 }
 
+impl Inner {
+    fn config(&self) -> LogConfig {
+        self.config.get()
+    }
+}
+
 struct Inner {
     tp: TopicPartition,
     dir: PathBuf,
-    config: LogConfig,
+    /// The settings in force; replaced whole by [`PartitionLog::update_config`].
+    config: Cell<LogConfig>,
     cache: Rc<BatchCache>,
     cache_key: CacheKey,
     state: RefCell<State>,
@@ -342,48 +392,55 @@ impl std::fmt::Debug for PartitionLog {
 }
 
 impl PartitionLog {
-    /// Opens (or creates) the log of `tp` under the data directory `data_dir`, in
-    /// `data_dir/TOPIC-PARTITION/`, recovering its tail (see [`RecoveryReport`]).
+    /// Opens (or creates) the log of `tp` in the partition directory `dir` (conventionally
+    /// [`partition_dir`]`(data_dir, &tp)`), recovering its tail (see [`RecoveryReport`]).
     pub async fn open(
-        data_dir: &Path,
+        dir: impl AsRef<Path>,
         tp: TopicPartition,
         config: LogConfig,
         cache: Rc<BatchCache>,
     ) -> Result<(PartitionLog, RecoveryReport), OpenError> {
-        let (inner, report) = recovery::open(data_dir, tp, config, cache).await?;
-        Ok((
-            PartitionLog {
-                inner: Rc::new(inner),
-            },
-            report,
-        ))
+        let (inner, report) = recovery::open(dir.as_ref(), tp, config, cache).await?;
+        let log = PartitionLog {
+            inner: Rc::new(inner),
+        };
+        Ok((log, report))
     }
 
-    /// Appends validated v2 batches as the leader: assigns offsets (and stamps `leader_epoch`)
-    /// synchronously, then returns a [`PendingAppend`] that resolves at `durability`.
+    /// Appends validated v2 batches as the leader. Validation and offset assignment (and the
+    /// stamping of `leader_epoch`) happen in this call, before the caller's first `.await`, so
+    /// call order is log order; the returned [`PendingAppend`] knows its offsets at once and
+    /// resolves at `durability`. A rejected append resolves at once with its error.
     pub fn append(
         &self,
         batches: Bytes,
         leader_epoch: LeaderEpoch,
         durability: Durability,
-    ) -> Result<PendingAppend, AppendError> {
-        append::stage(
-            &self.inner,
-            batches,
-            append::Assign::Leader(leader_epoch),
-            durability,
-        )
+    ) -> PendingAppend {
+        let assign = append::Assign::Leader(leader_epoch);
+        append::stage(&self.inner, batches, assign, durability)
+            .unwrap_or_else(PendingAppend::rejected)
     }
 
     /// Appends batches that already carry their offsets (a replication follower). They must
-    /// continue the log exactly: the first base offset equals [`Self::log_end_offset`] plus what
-    /// is queued, and each batch starts where the previous ends.
-    pub fn append_with_offsets(
-        &self,
-        batches: Bytes,
-        durability: Durability,
-    ) -> Result<PendingAppend, AppendError> {
+    /// continue the log exactly: the first base offset equals [`Self::next_offset`], and each
+    /// batch starts where the previous ends. Leader epochs are kept as they are.
+    pub fn append_with_offsets(&self, batches: Bytes, durability: Durability) -> PendingAppend {
         append::stage(&self.inner, batches, append::Assign::Follower, durability)
+            .unwrap_or_else(PendingAppend::rejected)
+    }
+
+    /// Replaces the settings. Size, time, flush and retention settings apply from the next
+    /// append or retention pass; the index interval applies from the next segment.
+    pub fn update_config(&self, config: LogConfig) -> Result<(), ConfigError> {
+        config.validate()?;
+        self.inner.config.set(config);
+        Ok(())
+    }
+
+    /// The settings in force.
+    pub fn config(&self) -> LogConfig {
+        self.inner.config()
     }
 
     /// Reads whole batches starting with the one containing `from`, up to `max_bytes` (at least
@@ -463,6 +520,22 @@ impl PartitionLog {
         self.inner.state.borrow().segments.len()
     }
 
+    /// The segments, oldest first, the active one last.
+    pub fn segments(&self) -> Vec<SegmentInfo> {
+        let state = self.inner.state.borrow();
+        state
+            .segments
+            .iter()
+            .map(|segment| SegmentInfo {
+                base_offset: segment.base,
+                end_offset: segment.end,
+                size_bytes: segment.size,
+                max_timestamp: segment.max_timestamp,
+                sealed: segment.sealed,
+            })
+            .collect()
+    }
+
     /// Base offsets of the segments, oldest first.
     pub fn segment_bases(&self) -> Vec<Offset> {
         self.inner
@@ -525,13 +598,19 @@ impl PartitionLog {
 
     /// Writes and syncs everything, trims the active segment's preallocation, writes the
     /// checkpoint and the clean-shutdown marker (so the next open trusts the indexes), and
-    /// releases the log's files and cache entries.
-    pub async fn close(self) -> Result<(), AdminError> {
+    /// releases the log's cache entries. Afterwards every operation fails with `Closed`; the
+    /// files are released when the log is dropped.
+    pub async fn close(&self) -> Result<(), AdminError> {
         admin::close(&self.inner).await
     }
 
-    /// Deletes the partition's directory and everything in it.
-    pub async fn remove(self) -> Result<(), AdminError> {
+    /// Deletes the partition's directory and everything in it; the log is closed afterwards.
+    pub async fn remove(&self) -> Result<(), AdminError> {
         admin::remove(&self.inner).await
     }
+}
+
+/// The conventional partition directory of `tp` under a data directory: `DATA/TOPIC-PARTITION`.
+pub fn partition_dir(data_dir: &Path, tp: &TopicPartition) -> PathBuf {
+    data_dir.join(tp.to_string())
 }

@@ -132,7 +132,8 @@ async fn start_position(
         Ok(entry) => Ok(entry_position(entry).0),
         Err(LookupError::Io(error)) => Err(ReadError::Io(Arc::new(error))),
         Err(LookupError::Damaged(damage)) => {
-            tracing::warn!(tp = %inner.tp, segment = %view.segment.base, ?damage, "index damaged; scanning");
+            let segment = view.segment.base;
+            tracing::warn!(tp = %inner.tp, %segment, ?damage, "index damaged; scanning");
             inner.state.borrow_mut().stats.index_fallbacks += 1;
             Ok(0)
         }
@@ -141,7 +142,7 @@ async fn start_position(
 
 /// Batches read from one segment.
 struct SegmentRead {
-    chunks: Vec<Bytes>,
+    batches: Vec<Bytes>,
     bytes: usize,
     next: Offset,
     position: u64,
@@ -155,6 +156,60 @@ fn corrupt(segment: &Segment, position: u64, error: BatchError) -> ReadError {
         position: FilePos(position),
         error,
     }
+}
+
+/// What the bytes at a position of a segment hold.
+enum Next {
+    /// A batch that passed its checks, and its length.
+    Batch(BatchHeader, usize),
+    /// At least this many bytes are needed to decide.
+    Need(usize),
+    /// Not a valid batch of this segment.
+    Bad(BatchError),
+}
+
+/// Checks the batch at the start of `rest` (which lies at `position` of `segment`): framing,
+/// CRC, and offsets within the segment.
+fn next_batch(rest: &[u8], segment: &Segment, position: u64) -> Next {
+    let in_segment = segment.size - position;
+    if rest.len() < HEADER_BYTES {
+        if rest.len() as u64 == in_segment {
+            let have = rest.len();
+            return Next::Bad(BatchError::Truncated {
+                needed: HEADER_BYTES,
+                have,
+            });
+        }
+        return Next::Need(HEADER_BYTES);
+    }
+    let header = match BatchHeader::parse(rest, BATCH_BYTES_MAX) {
+        Ok(header) => header,
+        Err(error) => return Next::Bad(error),
+    };
+    let total = header.total_bytes();
+    if total > rest.len() {
+        if total as u64 > in_segment {
+            let have = usize::try_from(in_segment).expect("below a batch size");
+            return Next::Bad(BatchError::Truncated {
+                needed: total,
+                have,
+            });
+        }
+        return Next::Need(total);
+    }
+    if let Err(error) = batch::validate(&rest[..total], BATCH_BYTES_MAX) {
+        return Next::Bad(error);
+    }
+    if header.base_offset < segment.base || header.next_offset() > segment.end {
+        return Next::Bad(BatchError::CorruptRecords(format!(
+            "batch offsets [{}, {}) outside segment [{}, {})",
+            header.base_offset,
+            header.next_offset(),
+            segment.base,
+            segment.end
+        )));
+    }
+    Next::Batch(header, total)
 }
 
 /// Reads whole batches of `segment` from `position`, skipping those that end at or before
@@ -174,7 +229,7 @@ async fn read_segment(
         segment.base
     );
     let mut out = SegmentRead {
-        chunks: Vec::new(),
+        batches: Vec::new(),
         bytes: 0,
         next: from,
         position,
@@ -196,60 +251,34 @@ async fn read_segment(
             .await
             .map_err(|error| ReadError::Io(Arc::new(error)))?;
         if buffer.len() < len {
+            // The file is shorter than the segment's recorded size.
             let error = BatchError::Truncated {
                 needed: len,
                 have: buffer.len(),
             };
+            if collected > 0 {
+                return Ok(out);
+            }
             return Err(corrupt(segment, position, error));
         }
         let mut at = 0usize;
-        let mut run: Option<(usize, usize)> = None;
         let mut stop = false;
         need = 0;
         while at < buffer.len() {
-            let rest = &buffer[at..];
             let batch_position = position + at as u64;
-            if rest.len() < HEADER_BYTES {
-                if (rest.len() as u64) == segment.size - batch_position {
-                    let error = BatchError::Truncated {
-                        needed: HEADER_BYTES,
-                        have: rest.len(),
-                    };
-                    return Err(corrupt(segment, batch_position, error));
+            let (header, total) = match next_batch(&buffer[at..], segment, batch_position) {
+                Next::Batch(header, total) => (header, total),
+                Next::Need(bytes) => {
+                    need = bytes;
+                    break;
                 }
-                need = HEADER_BYTES;
-                break;
-            }
-            let header = BatchHeader::parse(rest, BATCH_BYTES_MAX)
-                .map_err(|error| corrupt(segment, batch_position, error))?;
-            let total = header.total_bytes();
-            if total > rest.len() {
-                if total as u64 > segment.size - batch_position {
-                    let have = usize::try_from(segment.size - batch_position).expect("small");
-                    return Err(corrupt(
-                        segment,
-                        batch_position,
-                        BatchError::Truncated {
-                            needed: total,
-                            have,
-                        },
-                    ));
+                // Serve what precedes a corrupt batch; the next read reports it.
+                Next::Bad(_) if collected > 0 => {
+                    stop = true;
+                    break;
                 }
-                need = total;
-                break;
-            }
-            batch::validate(&rest[..total], BATCH_BYTES_MAX)
-                .map_err(|error| corrupt(segment, batch_position, error))?;
-            if header.base_offset < segment.base || header.next_offset() > segment.end {
-                let error = BatchError::CorruptRecords(format!(
-                    "batch offsets [{}, {}) outside segment [{}, {})",
-                    header.base_offset,
-                    header.next_offset(),
-                    segment.base,
-                    segment.end
-                ));
-                return Err(corrupt(segment, batch_position, error));
-            }
+                Next::Bad(error) => return Err(corrupt(segment, batch_position, error)),
+            };
             if header.next_offset() <= out.next {
                 at += total;
                 continue;
@@ -258,20 +287,17 @@ async fn read_segment(
                 stop = true;
                 break;
             }
-            run = Some(match run {
-                Some((start, end)) => {
-                    assert_eq!(end, at, "served batches are contiguous");
-                    (start, at + total)
-                }
-                None => (at, at + total),
-            });
+            assert!(
+                out.batches.is_empty() || header.base_offset == out.next,
+                "segment {}: served batches must be contiguous at {}",
+                segment.base,
+                out.next
+            );
+            out.batches.push(buffer.slice(at..at + total));
             collected += total;
             out.bytes += total;
             out.next = header.next_offset();
             at += total;
-        }
-        if let Some((start, end)) = run {
-            out.chunks.push(buffer.slice(start..end));
         }
         position += at as u64;
         out.position = position;
@@ -300,20 +326,21 @@ pub(crate) async fn read(
     };
     if from >= upper {
         return Ok(ReadSlice {
-            chunks: Vec::new(),
+            batches: Vec::new(),
             next_offset: from,
         });
     }
-    if let Some((chunks, next_offset)) = inner.cache.read(inner.cache_key, from, upper, max_bytes) {
+    if let Some((batches, next_offset)) = inner.cache.read(inner.cache_key, from, upper, max_bytes)
+    {
         inner.state.borrow_mut().stats.cache_reads += 1;
         return Ok(ReadSlice {
-            chunks,
+            batches,
             next_offset,
         });
     }
     let budget = max_bytes.min(READ_BYTES_MAX);
     let mut slice = ReadSlice {
-        chunks: Vec::new(),
+        batches: Vec::new(),
         next_offset: from,
     };
     let mut collected = 0usize;
@@ -348,7 +375,7 @@ pub(crate) async fn read(
         )
         .await?;
         collected += part.bytes;
-        slice.chunks.extend(part.chunks);
+        slice.batches.extend(part.batches);
         slice.next_offset = part.next;
         memo = Some(MemoEntry {
             offset: part.next,

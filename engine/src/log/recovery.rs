@@ -61,6 +61,23 @@ pub struct RecoveryReport {
     pub log_end_offset: Offset,
 }
 
+impl RecoveryReport {
+    /// Bytes discarded by truncations.
+    pub fn truncated_bytes(&self) -> u64 {
+        self.truncations
+            .iter()
+            .map(|truncation| truncation.bytes)
+            .sum()
+    }
+
+    /// True when nothing was truncated, deleted or rebuilt.
+    pub fn is_clean(&self) -> bool {
+        self.truncations.is_empty()
+            && self.deleted_segments.is_empty()
+            && self.rebuilt_indexes.is_empty()
+    }
+}
+
 /// State of the checkpoint file at open.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -211,18 +228,31 @@ async fn read_index(path: &Path) -> io::Result<Option<Vec<u8>>> {
     }
 }
 
+/// Names what is wrong with an index file that does not match what its segment gives. An
+/// active index may end mid-entry (it is flushed in whole blocks), so only its whole entries
+/// are checked.
 fn classify(
     on_disk: Option<&[u8]>,
     expected: &[u8],
     kind: IndexKind,
     bounds: EntryBounds,
+    active: bool,
 ) -> IndexDamage {
     let Some(on_disk) = on_disk else {
         return IndexDamage::Missing;
     };
+    let entry_bytes = match kind {
+        IndexKind::Offset => OFFSET_INDEX_ENTRY_BYTES,
+        IndexKind::Time => TIME_INDEX_ENTRY_BYTES,
+    };
+    let whole = if active {
+        on_disk.len() - on_disk.len() % entry_bytes
+    } else {
+        on_disk.len()
+    };
     let checked = match kind {
-        IndexKind::Offset => check_offset_entries(on_disk, bounds, None),
-        IndexKind::Time => check_time_entries(on_disk, bounds, None),
+        IndexKind::Offset => check_offset_entries(&on_disk[..whole], bounds, None),
+        IndexKind::Time => check_time_entries(&on_disk[..whole], bounds, None),
     };
     if let Err(damage) = checked {
         return damage;
@@ -279,7 +309,7 @@ async fn reconcile_index(
     });
     let bounds = bounds_of(segment);
     if !good {
-        let damage = classify(on_disk.as_deref(), expected, kind, bounds);
+        let damage = classify(on_disk.as_deref(), expected, kind, bounds, active);
         report.rebuilt_indexes.push(RebuiltIndex {
             segment: segment.base,
             kind,
@@ -584,7 +614,7 @@ async fn open_clean(
     let tail = read_tail(&log, marker.active_size).await?;
     let builder = IndexBuilder::resume(
         base,
-        config.index_interval_bytes,
+        u64::from(config.index_interval_bytes),
         crate::log::index::BuilderResume {
             last_indexed_position: marker.last_indexed_position,
             last_relative: marker.last_relative,
@@ -616,10 +646,15 @@ async fn scan_tail_segment(
     let path = file_path(dir, base, LOG_EXTENSION);
     let file = dio::open_read_write(&path).await.map_err(io_error(&path))?;
     let len = dio::file_len(&file).await.map_err(io_error(&path))?;
-    let (outcome, mut scanner) =
-        scan_segment(file.clone(), base, len, config.index_interval_bytes, true)
-            .await
-            .map_err(io_error(&path))?;
+    let (outcome, mut scanner) = scan_segment(
+        file.clone(),
+        base,
+        len,
+        u64::from(config.index_interval_bytes),
+        true,
+    )
+    .await
+    .map_err(io_error(&path))?;
     report.scanned_segments.push(base);
     if let Some((position, reason)) = &outcome.stop {
         assert_eq!(
@@ -660,19 +695,19 @@ async fn scan_tail_segment(
 
 /// See [`crate::log::PartitionLog::open`].
 pub(crate) async fn open(
-    data_dir: &Path,
+    dir: &Path,
     tp: TopicPartition,
     config: LogConfig,
     cache: Rc<BatchCache>,
 ) -> Result<(Inner, RecoveryReport), OpenError> {
     config.validate()?;
-    let dir: PathBuf = data_dir.join(format!("{}-{}", tp.topic, tp.partition.0));
+    let dir: PathBuf = dir.to_path_buf();
     dio::create_dir(&dir).await.map_err(io_error(&dir))?;
     let mut report = RecoveryReport::default();
     let marker = take_clean_marker(&dir).await?;
     let disk = list_segments(&dir, &mut report).await?;
     let checkpoint = read_checkpoint(&dir, &mut report).await?;
-    let interval = config.index_interval_bytes;
+    let interval = u64::from(config.index_interval_bytes);
 
     // Trusted sealed segments: those the checkpoint lists, while their files match it.
     let rows: Vec<SealedRow> = checkpoint
@@ -693,7 +728,8 @@ pub(crate) async fn open(
         let file = dio::open_read(&path).await.map_err(io_error(&path))?;
         let len = dio::file_len(&file).await.map_err(io_error(&path))?;
         if len != row.size {
-            tracing::warn!(%tp, segment = %row.base, len, recorded = row.size, "sealed segment size changed; scanning");
+            let (segment, recorded) = (row.base, row.size);
+            tracing::warn!(%tp, %segment, len, recorded, "sealed segment size changed; scanning");
             break;
         }
         sealed.push(Segment {
@@ -913,6 +949,7 @@ pub(crate) async fn open(
         synced: written,
         unsynced_records: 0,
         queue: VecDeque::new(),
+        queued_bytes: 0,
         writer_running: false,
         flush_due: false,
         flush_timer_armed: false,
@@ -936,7 +973,7 @@ pub(crate) async fn open(
     let inner = Inner {
         tp,
         dir,
-        config,
+        config: Cell::new(config),
         cache,
         cache_key,
         state: RefCell::new(state),

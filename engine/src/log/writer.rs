@@ -76,7 +76,7 @@ fn sync_owed(inner: &Inner, state: &State) -> bool {
     if state.synced >= state.written {
         return false;
     }
-    let flush_messages = u64::try_from(inner.config.flush_messages).unwrap_or(u64::MAX);
+    let flush_messages = inner.config().flush_messages.unwrap_or(u64::MAX);
     state
         .synced_waiters
         .front()
@@ -110,6 +110,12 @@ fn next_step(inner: &Inner) -> Step {
                 };
                 round.extend(batches);
             }
+            assert!(
+                state.queued_bytes >= round_bytes,
+                "{}: queued bytes accounting",
+                inner.tp
+            );
+            state.queued_bytes -= round_bytes;
             Step::Write(round)
         }
     }
@@ -176,7 +182,7 @@ async fn write_round(inner: &Rc<Inner>, batches: Vec<StagedBatch>) -> Result<(),
         let tail_to = usize::try_from(new_size - position).expect("in buffer");
         let new_tail = buffer.as_bytes()[tail_from..tail_to].to_vec();
         let write_end = position + buffer.len() as u64;
-        let step = inner.config.preallocate_bytes;
+        let step = inner.config().preallocate_bytes;
         let allocate_to =
             (step > 0 && write_end > active.allocated).then(|| round_up(write_end, step));
         (
@@ -295,10 +301,9 @@ fn wake(
 
 /// Arms the `flush.ms` timer when unsynced data exists and no timer is armed.
 fn arm_flush_timer(inner: &Rc<Inner>) {
-    let flush_ms = inner.config.flush_ms;
-    if flush_ms == i64::MAX {
+    let Some(flush_ms) = inner.config().flush_ms else {
         return;
-    }
+    };
     let mut state = inner.state.borrow_mut();
     if state.flush_timer_armed || state.synced >= state.written {
         return;
@@ -368,6 +373,7 @@ pub(crate) fn fail_pending(inner: &Inner, error: AppendError) {
     let state = &mut *state;
     tracing::warn!(tp = %inner.tp, %error, written = %state.written, "append failed");
     state.queue.clear();
+    state.queued_bytes = 0;
     state.next_offset = state.written;
     state.assign = cursor_of_active(state);
     inner.cache.truncate_from(inner.cache_key, state.written);
@@ -397,6 +403,7 @@ pub(crate) fn fail_pending(inner: &Inner, error: AppendError) {
 
 fn fail_all(state: &mut State, error: &AppendError) {
     state.queue.clear();
+    state.queued_bytes = 0;
     for waiter in state
         .written_waiters
         .drain(..)
@@ -550,8 +557,9 @@ async fn roll(inner: &Rc<Inner>, base: Offset) -> Result<(), RollFailure> {
             inner.tp
         );
     }
-    let interval = inner.config.index_interval_bytes;
-    let new = create_segment(&inner.dir, base, interval, inner.config.preallocate_bytes)
+    let config = inner.config();
+    let interval = u64::from(config.index_interval_bytes);
+    let new = create_segment(&inner.dir, base, interval, config.preallocate_bytes)
         .await
         .map_err(|error| RollFailure::Create(Arc::new(error)))?;
     let fatal = |error: io::Error| RollFailure::Fatal(Arc::new(error));

@@ -48,6 +48,8 @@ pub enum EnvError {
 pub struct EnvReport {
     /// `RLIMIT_MEMLOCK` soft limit in bytes after any raise.
     pub memlock_bytes: u64,
+    /// Registered io buffer bytes per shard that fit under the limit (at most what was asked).
+    pub io_memory_bytes: usize,
     /// Human-readable notes on degraded settings.
     pub warnings: Vec<String>,
 }
@@ -62,8 +64,19 @@ pub fn check(
     io_uring::IoUring::new(8).map_err(EnvError::NoIoUring)?;
     let mut warnings = Vec::new();
     // glommio registers the pool with three rings per executor.
-    let needed = (shards * io_memory_bytes * 3) as u64 + (1 << 20);
+    let needed = (shards * io_memory_bytes * RINGS_PER_SHARD) as u64 + MEMLOCK_SLACK_BYTES;
     let memlock_bytes = raise_memlock(needed, &mut warnings);
+    // Shrink the pool to what the limit allows rather than lose registration altogether.
+    let fitting =
+        memlock_bytes.saturating_sub(MEMLOCK_SLACK_BYTES) / (shards * RINGS_PER_SHARD) as u64;
+    let io_memory_bytes =
+        (fitting.min(io_memory_bytes as u64) as usize) & !(IO_MEMORY_STEP_BYTES - 1);
+    if io_memory_bytes < io_memory_bytes_min() {
+        warnings.push(format!(
+            "RLIMIT_MEMLOCK of {memlock_bytes} bytes leaves no room for registered io buffers; \
+             io will use unregistered buffers (raise it with `ulimit -l` or limits.conf)"
+        ));
+    }
     std::fs::create_dir_all(data_dir).map_err(|source| EnvError::DataDir {
         path: data_dir.display().to_string(),
         source,
@@ -71,8 +84,21 @@ pub fn check(
     probe_direct_io(data_dir)?;
     Ok(EnvReport {
         memlock_bytes,
+        io_memory_bytes: io_memory_bytes.max(io_memory_bytes_min()),
         warnings,
     })
+}
+
+/// glommio registers the buffer pool with each of its three rings (main, latency, poll).
+const RINGS_PER_SHARD: usize = 3;
+/// Locked memory left for everything else (ring structures, other libraries).
+const MEMLOCK_SLACK_BYTES: u64 = 1 << 20;
+/// Pool sizes are multiples of this.
+const IO_MEMORY_STEP_BYTES: usize = 64 << 10;
+
+/// glommio's own floor for the pool.
+fn io_memory_bytes_min() -> usize {
+    IO_MEMORY_STEP_BYTES
 }
 
 fn raise_memlock(needed: u64, warnings: &mut Vec<String>) -> u64 {
@@ -102,12 +128,8 @@ fn raise_memlock(needed: u64, warnings: &mut Vec<String>) -> u64 {
     };
     // SAFETY: as above.
     unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &soft) };
-    warnings.push(format!(
-        "RLIMIT_MEMLOCK is {} bytes but {needed} are wanted for registered io buffers; \
-         io will use unregistered buffers (raise it with `ulimit -l` or limits.conf)",
-        limit.rlim_cur
-    ));
-    limit.rlim_cur
+    // Could not raise the hard limit: the caller shrinks the buffer pool to fit.
+    limit.rlim_max.min(needed).max(limit.rlim_cur)
 }
 
 fn probe_direct_io(data_dir: &Path) -> Result<(), EnvError> {

@@ -33,8 +33,11 @@ pub async fn prime_direct_io(dir: &Path) {
     if PRIMED.with(|primed| primed.borrow().contains(&device)) {
         return;
     }
+    // Unique per process and thread: processes sharing a directory (the temp dir) must not
+    // remove each other's probe between glommio's open and its statfs, which panics.
     let probe = dir.join(format!(
-        ".sluice-dio-probe-{:?}",
+        ".sluice-dio-probe-{}-{:?}",
+        std::process::id(),
         std::thread::current().id()
     ));
     // One 4 KiB file written once per device and thread at start-up: not on the data path.

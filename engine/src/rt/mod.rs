@@ -39,6 +39,9 @@ pub type Task<T> = glommio::Task<T>;
 pub type TaskQueueHandle = glommio::TaskQueueHandle;
 
 /// Spawns a future on the current shard.
+///
+/// glommio runs the new task at once, inside this call, until its first suspension point; the
+/// caller must not hold a `RefCell` borrow the task may need.
 pub fn spawn<T: 'static>(future: impl Future<Output = T> + 'static) -> Task<T> {
     glommio::spawn_local(future)
 }
@@ -89,6 +92,23 @@ pub fn block_on<T>(future: impl Future<Output = T>) -> T {
     })
 }
 
+/// I/O memory of an executor that does no storage I/O: glommio's minimum.
+const NETWORK_ONLY_IO_MEMORY_BYTES: usize = 64 << 10;
+
+/// Runs `future` to completion on a new unpinned executor on the calling thread, for programs
+/// that use only the network (the `sluice` client commands, client library users).
+///
+/// Unlike [`block_on`] it touches no directory (no direct-IO priming), registers only a
+/// minimal I/O buffer pool, and reports an executor that cannot start (no io_uring, say) as
+/// an error instead of panicking.
+pub fn try_block_on<T>(future: impl Future<Output = T>) -> std::io::Result<T> {
+    let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .io_memory(NETWORK_ONLY_IO_MEMORY_BYTES)
+        .make();
+    let executor = into_io(executor)?;
+    Ok(executor.run(future))
+}
+
 /// Runs blocking work (rare, small file-system operations such as writing the metadata file)
 /// on the executor's blocking thread pool so the shard keeps serving meanwhile.
 pub async fn spawn_blocking<F, R>(func: F) -> R
@@ -106,4 +126,41 @@ pub type RtError = glommio::GlommioError<()>;
 /// so it cannot travel inside `anyhow` or most error enums).
 pub fn into_io<T>(result: Result<T, RtError>) -> std::io::Result<T> {
     result.map_err(std::io::Error::from)
+}
+
+/// Counters the runtime kept for this shard since the previous call (glommio hands out deltas
+/// and resets), as `(name, value)` pairs with units in the names. Callers accumulate them.
+pub fn stats_delta() -> Vec<(&'static str, u64)> {
+    let executor = glommio::executor();
+    let stats = executor.executor_stats();
+    let io = executor.io_stats();
+    let rings = io.all_rings();
+    let (file_reads, file_read_bytes) = rings.file_reads();
+    let (file_writes, file_write_bytes) = rings.file_writes();
+    let mut out = vec![
+        ("tasks_executed_total", stats.tasks_executed()),
+        ("scheduler_runs_total", stats.scheduler_runs()),
+        (
+            "runtime_microseconds_total",
+            u64::try_from(stats.total_runtime().as_micros()).unwrap_or(u64::MAX),
+        ),
+        ("file_reads_total", file_reads),
+        ("file_read_bytes_total", file_read_bytes),
+        ("file_writes_total", file_writes),
+        ("file_write_bytes_total", file_write_bytes),
+    ];
+    let queues: Vec<glommio::TaskQueueStats> = executor.all_task_queue_stats(Vec::new());
+    let maintenance: u64 = queues
+        .iter()
+        .filter(|q| q.current_shares() < 1000)
+        .map(|q| u64::try_from(q.runtime().as_micros()).unwrap_or(u64::MAX))
+        .sum();
+    let foreground: u64 = queues
+        .iter()
+        .filter(|q| q.current_shares() >= 1000)
+        .map(|q| u64::try_from(q.runtime().as_micros()).unwrap_or(u64::MAX))
+        .sum();
+    out.push(("foreground_queue_runtime_microseconds_total", foreground));
+    out.push(("background_queue_runtime_microseconds_total", maintenance));
+    out
 }

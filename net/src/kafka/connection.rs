@@ -101,11 +101,11 @@ async fn read_loop(
                 if api == ApiKey::Fetch {
                     let context = Rc::clone(context);
                     Pending::Later(spawn(async move {
-                        let outcome = context.handle(request).await;
+                        let outcome = handle_measured(&context, request, api).await;
                         reply(api, version, correlation_id, outcome)
                     }))
                 } else {
-                    let outcome = context.handle(request).await;
+                    let outcome = handle_measured(context, request, api).await;
                     Pending::Ready(reply(api, version, correlation_id, outcome))
                 }
             }
@@ -117,6 +117,37 @@ async fn read_loop(
         if closing {
             return Ok(());
         }
+    }
+}
+
+/// Handles one request and counts it, with its latency, in the shard's per-API metrics.
+async fn handle_measured(
+    context: &Rc<Context>,
+    request: super::codec::Request,
+    api: ApiKey,
+) -> Outcome {
+    let start = sluice_engine::rt::clock::now();
+    let outcome = context.handle(request).await;
+    let failed = matches!(outcome, Outcome::Close(_));
+    context
+        .shard
+        .metrics
+        .record_request(metric_name(api), start.elapsed(), failed);
+    outcome
+}
+
+/// The `api` label of a Kafka API in `/metrics`.
+fn metric_name(api: ApiKey) -> &'static str {
+    match api {
+        ApiKey::Produce => "kafka_produce",
+        ApiKey::Fetch => "kafka_fetch",
+        ApiKey::ListOffsets => "kafka_list_offsets",
+        ApiKey::Metadata => "kafka_metadata",
+        ApiKey::ApiVersions => "kafka_api_versions",
+        ApiKey::CreateTopics => "kafka_create_topics",
+        ApiKey::DeleteTopics => "kafka_delete_topics",
+        ApiKey::FindCoordinator => "kafka_find_coordinator",
+        _ => "kafka_other",
     }
 }
 

@@ -13,42 +13,7 @@ use sluice_cluster::metadata::MetadataError;
 use sluice_cluster::shard::{FetchError, ProduceError};
 use sluice_engine::batch::BatchError;
 
-/// A domain error from the shard API, borrowed for mapping.
-#[derive(Clone, Copy, Debug)]
-pub enum DomainError<'a> {
-    /// A produce to one partition failed.
-    Produce(&'a ProduceError),
-    /// A fetch, offset lookup or record deletion on one partition failed.
-    Fetch(&'a FetchError),
-    /// A metadata change (topics, partitions, configs) was refused.
-    Metadata(&'a MetadataError),
-    /// A consumer group request failed.
-    Group(&'a GroupError),
-}
-
-impl<'a> From<&'a GroupError> for DomainError<'a> {
-    fn from(error: &'a GroupError) -> Self {
-        DomainError::Group(error)
-    }
-}
-
-impl<'a> From<&'a ProduceError> for DomainError<'a> {
-    fn from(error: &'a ProduceError) -> Self {
-        DomainError::Produce(error)
-    }
-}
-
-impl<'a> From<&'a FetchError> for DomainError<'a> {
-    fn from(error: &'a FetchError) -> Self {
-        DomainError::Fetch(error)
-    }
-}
-
-impl<'a> From<&'a MetadataError> for DomainError<'a> {
-    fn from(error: &'a MetadataError) -> Self {
-        DomainError::Metadata(error)
-    }
-}
+pub use crate::domain::DomainError;
 
 /// The Kafka error code a client sees for `error`.
 ///

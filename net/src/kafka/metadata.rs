@@ -5,7 +5,6 @@
 //! the answer, so the client sees the new topic's partitions at once). FindCoordinator answers
 //! COORDINATOR_NOT_AVAILABLE with a message until consumer groups exist.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use kafka_protocol::ResponseError;
@@ -20,9 +19,7 @@ use kafka_protocol::messages::metadata_response::{
 use kafka_protocol::messages::{BrokerId, TopicName};
 use kafka_protocol::protocol::StrBytes;
 use sluice_cluster::group::is_internal_topic;
-use sluice_cluster::metadata::{
-    MetadataCommand, MetadataError, MetadataSnapshot, TopicMeta, validate_topic_name,
-};
+use sluice_cluster::metadata::{MetadataSnapshot, TopicMeta, validate_topic_name};
 
 use super::handler::Context;
 
@@ -116,23 +113,9 @@ impl Context {
     }
 
     async fn auto_create(&self, name: &str) -> Option<Arc<MetadataSnapshot>> {
-        let command = MetadataCommand::CreateTopic {
-            name: name.to_owned(),
-            partitions: self.config.default_partitions,
-            replication: 1,
-            overrides: BTreeMap::new(),
-        };
-        match self.shard.command(command).await {
-            Ok(snapshot) => {
-                tracing::info!(topic = name, "auto-created topic");
-                Some(snapshot)
-            }
-            Err(MetadataError::TopicExists(_)) => Some(self.shard.metadata()),
-            Err(error) => {
-                tracing::warn!(topic = name, %error, "auto-creating topic failed");
-                None
-            }
-        }
+        crate::domain::auto_create_topic(&self.shard, name, self.config.default_partitions)
+            .await
+            .ok()
     }
 
     fn topic_metadata(&self, version: i16, topic: &TopicMeta) -> MetadataResponseTopic {

@@ -3,9 +3,9 @@
 //! Main items: [`Prefix`] (the fixed 24 bytes), [`FrameHeader`] (the header types a frame
 //! carries: `messages::Request` and `messages::Response`, serialised with rkyv and validated
 //! with bytecheck on receipt), [`Frame`] (a decoded frame), [`decode`] (incremental decoding
-//! from a byte buffer), [`encode_head`] / [`encode`] / [`encode_rejection`], and
-//! [`FrameError`]. The byte layout and the version rules are specified in `net/PROTOCOL.md`;
-//! change both together.
+//! from a byte buffer), [`encode_head`] / [`encode_head_chunks`] / [`encode`] /
+//! [`encode_rejection`], and [`FrameError`]. The byte layout and the version rules are
+//! specified in `net/PROTOCOL.md`; change both together.
 //!
 //! This module is sans-IO: it never touches a socket or the runtime (see `stream` for
 //! quinn streams). It must not depend on storage types; the payload is opaque bytes (record
@@ -313,9 +313,20 @@ pub enum EncodeError {
 /// Encodes the prefix and header of a frame carrying `payload`, for sending the payload
 /// separately without copying it. The CRC covers `payload`, so send exactly these bytes.
 pub fn encode_head<H: FrameHeader>(header: &H, payload: &[u8]) -> Result<BytesMut, EncodeError> {
-    if payload.len() > FRAME_PAYLOAD_BYTES_MAX {
+    encode_head_chunks(header, &[payload])
+}
+
+/// Encodes the prefix and header of a frame whose payload is `chunks` concatenated (for
+/// example stored record batches), so the chunks can be sent as they are, without copying
+/// them into one buffer. The CRC covers the chunks in order; send exactly these bytes.
+pub fn encode_head_chunks<H: FrameHeader, C: AsRef<[u8]>>(
+    header: &H,
+    chunks: &[C],
+) -> Result<BytesMut, EncodeError> {
+    let payload_bytes: usize = chunks.iter().map(|chunk| chunk.as_ref().len()).sum();
+    if payload_bytes > FRAME_PAYLOAD_BYTES_MAX {
         return Err(EncodeError::PayloadTooLarge {
-            bytes: payload.len(),
+            bytes: payload_bytes,
             max: FRAME_PAYLOAD_BYTES_MAX,
         });
     }
@@ -330,8 +341,12 @@ pub fn encode_head<H: FrameHeader>(header: &H, payload: &[u8]) -> Result<BytesMu
         version: PROTOCOL_VERSION,
         flags: 0,
         header_bytes: u32::try_from(header_bytes.len()).expect("checked against the limit"),
-        payload_bytes: u32::try_from(payload.len()).expect("checked against the limit"),
-        crc32c: crc32c::crc32c_append(crc32c::crc32c(&header_bytes), payload),
+        payload_bytes: u32::try_from(payload_bytes).expect("checked against the limit"),
+        crc32c: chunks
+            .iter()
+            .fold(crc32c::crc32c(&header_bytes), |crc, chunk| {
+                crc32c::crc32c_append(crc, chunk.as_ref())
+            }),
     };
     let mut head = BytesMut::with_capacity(PREFIX_BYTES + header_bytes.len());
     head.put_slice(&prefix.to_bytes());
@@ -499,6 +514,13 @@ mod tests {
             let mut split = encode_head(&header, &body).expect("encode head");
             split.extend_from_slice(&body);
             assert_eq!(buffer, split);
+            // The same payload in uneven chunks gives the same bytes.
+            let (first, rest) = body.split_at(len / 3);
+            let (second, third) = rest.split_at(rest.len() / 2);
+            let mut chunked =
+                encode_head_chunks(&header, &[first, second, third]).expect("encode chunks");
+            chunked.extend_from_slice(&body);
+            assert_eq!(buffer, chunked);
             let decoded = decode::<H>(&mut buffer).expect("valid frame");
             let Decoded::Frame(frame) = decoded else {
                 panic!("whole frame: {decoded:?}")

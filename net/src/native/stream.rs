@@ -1,8 +1,10 @@
 //! Frames on quinn streams: each request and its answer travel on one bidirectional stream,
 //! one frame each way, and each side finishes its half after its frame.
 //!
-//! Main items: [`read_frame`], [`write_frame`], [`answer_frame_error`] (the answer a server
-//! sends to a request that failed to decode: an error header, or a version rejection).
+//! Main items: [`read_frame`] (or [`read_prefix`] then [`read_frame_body`], for a reader that
+//! budgets memory by the declared lengths), [`write_frame`] / [`write_frame_chunks`],
+//! [`answer_frame_error`] (the answer a server sends to a request that failed to decode: an
+//! error header, or a version rejection).
 //!
 //! Must not depend on: the shard runtime by name (quinn's futures run on whatever runtime the
 //! endpoint was built with), storage.
@@ -59,13 +61,31 @@ pub enum WriteFrameError {
 /// for rkyv) and the payload into one buffer of the declared size.
 ///
 /// Memory: up to one header and one payload at their limits per call; callers that read many
-/// streams at once must bound their sum (a per-connection byte budget).
+/// streams at once must bound their sum (a per-connection byte budget), for which they read
+/// the prefix ([`read_prefix`]) and the rest ([`read_frame_body`]) separately.
 pub async fn read_frame<H: FrameHeader>(
     recv: &mut quinn::RecvStream,
 ) -> Result<Frame<H>, ReadFrameError> {
+    let prefix = read_prefix(recv).await?;
+    read_frame_body(recv, &prefix).await
+}
+
+/// Reads and checks the fixed prefix of a frame (magic, version, reserved bits, lengths
+/// within the limits). Nothing is allocated from the declared lengths.
+pub async fn read_prefix(recv: &mut quinn::RecvStream) -> Result<Prefix, ReadFrameError> {
     let mut prefix_bytes = [0u8; PREFIX_BYTES];
     read_exact(recv, &mut prefix_bytes, 0).await?;
-    let prefix = Prefix::parse(&prefix_bytes)?;
+    Ok(Prefix::parse(&prefix_bytes)?)
+}
+
+/// Reads the header and payload that follow `prefix` (as returned by [`read_prefix`] on the
+/// same stream), then checks the CRC and validates the header.
+///
+/// Allocates exactly the declared lengths, which [`Prefix::parse`] bounded by the limits.
+pub async fn read_frame_body<H: FrameHeader>(
+    recv: &mut quinn::RecvStream,
+    prefix: &Prefix,
+) -> Result<Frame<H>, ReadFrameError> {
     let mut header = AlignedVec::<16>::with_capacity(prefix.header_bytes as usize);
     read_into(recv, prefix.header_bytes as usize, PREFIX_BYTES, |chunk| {
         header.extend_from_slice(chunk)
@@ -78,7 +98,7 @@ pub async fn read_frame<H: FrameHeader>(
         payload.extend_from_slice(chunk)
     })
     .await?;
-    Ok(Frame::from_parts(&prefix, &header, payload.freeze())?)
+    Ok(Frame::from_parts(prefix, &header, payload.freeze())?)
 }
 
 async fn read_exact(
@@ -135,8 +155,19 @@ pub async fn write_frame<H: FrameHeader>(
     header: &H,
     payload: Bytes,
 ) -> Result<(), WriteFrameError> {
-    let head = frame::encode_head(header, &payload)?.freeze();
-    send.write_all_chunks(&mut [head, payload]).await?;
+    write_frame_chunks(send, header, vec![payload]).await
+}
+
+/// Writes one frame whose payload is `chunks` concatenated (stored record batches, for
+/// example) and finishes the stream. The chunks are handed to quinn as they are: no copy.
+pub async fn write_frame_chunks<H: FrameHeader>(
+    send: &mut quinn::SendStream,
+    header: &H,
+    mut chunks: Vec<Bytes>,
+) -> Result<(), WriteFrameError> {
+    let head = frame::encode_head_chunks(header, &chunks)?.freeze();
+    chunks.insert(0, head);
+    send.write_all_chunks(&mut chunks).await?;
     send.finish()?;
     Ok(())
 }

@@ -1,0 +1,466 @@
+//! Bad input and failing storage: malformed batches, oversized batches, write, allocation and
+//! sync failures injected through `sluice_engine::io::faults`, and a real full file system
+//! (a small loop-mounted ext4 image). In every case the failing append gets a typed error,
+//! nothing already stored changes, and the log stays readable.
+
+// STYLE §6: unwrap is allowed in tests.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use bytes::{Bytes, BytesMut};
+use common::{append, batch, cache, config, open, payload, read_all, tp};
+use sluice_engine::batch::BatchError;
+use sluice_engine::io::faults::{self, Failure, Op, Plan};
+use sluice_engine::log::{AdminError, AppendError, Durability, LogConfig, PartitionLog};
+use sluice_engine::rt::block_on;
+use sluice_engine::{LeaderEpoch, Offset};
+
+fn edit(b: &Bytes, f: impl FnOnce(&mut BytesMut)) -> Bytes {
+    let mut owned = BytesMut::from(&b[..]);
+    f(&mut owned);
+    owned.freeze()
+}
+
+/// Tells whether an error is the one a case expects.
+type Matcher = Box<dyn Fn(&AppendError) -> bool>;
+
+async fn check_unchanged(log: &PartitionLog, good: &[Bytes]) {
+    assert_eq!(log.log_end_offset(), Offset(good.len() as i64 * 2));
+    assert_eq!(log.next_offset(), log.log_end_offset());
+    let got = read_all(log, Offset(0)).await;
+    assert_eq!(got.len(), good.len());
+    for (g, s) in got.iter().zip(good) {
+        assert_eq!(payload(g), payload(s));
+    }
+}
+
+// Goal: malformed input gets a typed error naming the problem and leaves the log unchanged,
+// including when a bad batch follows a good one in the same record set.
+#[test]
+fn bad_batches_are_rejected_without_side_effects() {
+    let dir = tempfile::tempdir().unwrap();
+    block_on(async {
+        let tp = tp("bad-input");
+        let config = LogConfig {
+            max_batch_bytes: 4_000,
+            ..config(1 << 20)
+        };
+        let (log, _) = open(dir.path(), &tp, config, &cache()).await;
+        let good = batch(2, 100, 0, 1);
+        append(&log, good.clone(), Durability::Synced).await;
+        let len = good.len();
+        let cases: Vec<(&str, Bytes, Matcher)> = vec![
+            (
+                "wrong crc",
+                edit(&good, |b| b[len - 1] ^= 1),
+                Box::new(|e| {
+                    matches!(
+                        e,
+                        AppendError::InvalidBatch {
+                            index: 0,
+                            error: BatchError::CrcMismatch { .. }
+                        }
+                    )
+                }),
+            ),
+            (
+                "wrong magic",
+                edit(&good, |b| b[16] = 1),
+                Box::new(|e| {
+                    matches!(
+                        e,
+                        AppendError::InvalidBatch {
+                            error: BatchError::UnsupportedMagic(1),
+                            ..
+                        }
+                    )
+                }),
+            ),
+            (
+                "length below a header",
+                edit(&good, |b| b[8..12].copy_from_slice(&5i32.to_be_bytes())),
+                Box::new(|e| {
+                    matches!(
+                        e,
+                        AppendError::InvalidBatch {
+                            error: BatchError::InvalidLength { .. },
+                            ..
+                        }
+                    )
+                }),
+            ),
+            (
+                "negative length",
+                edit(&good, |b| b[8..12].copy_from_slice(&(-1i32).to_be_bytes())),
+                Box::new(|e| {
+                    matches!(
+                        e,
+                        AppendError::InvalidBatch {
+                            error: BatchError::InvalidLength { .. },
+                            ..
+                        }
+                    )
+                }),
+            ),
+            (
+                "length past the buffer",
+                edit(&good, |b| {
+                    b[8..12].copy_from_slice(&(len as i32 + 100).to_be_bytes())
+                }),
+                Box::new(|e| {
+                    matches!(
+                        e,
+                        AppendError::InvalidBatch {
+                            error: BatchError::Truncated { .. },
+                            ..
+                        }
+                    )
+                }),
+            ),
+            (
+                "impossible length",
+                edit(&good, |b| b[8..12].copy_from_slice(&i32::MAX.to_be_bytes())),
+                Box::new(|e| matches!(e, AppendError::BatchTooLarge { limit: 4_000, .. })),
+            ),
+            (
+                "oversized batch",
+                batch(4, 2_000, 0, 2),
+                Box::new(|e| {
+                    matches!(
+                        e,
+                        AppendError::BatchTooLarge {
+                            index: 0,
+                            limit: 4_000,
+                            ..
+                        }
+                    )
+                }),
+            ),
+            (
+                "good then bad",
+                [good.clone(), edit(&good, |b| b[len - 1] ^= 1)]
+                    .concat()
+                    .into(),
+                Box::new(|e| matches!(e, AppendError::InvalidBatch { index: 1, .. })),
+            ),
+            (
+                "empty",
+                Bytes::new(),
+                Box::new(|e| matches!(e, AppendError::Empty)),
+            ),
+            (
+                "truncated header",
+                good.slice(..30),
+                Box::new(|e| {
+                    matches!(
+                        e,
+                        AppendError::InvalidBatch {
+                            error: BatchError::Truncated { .. },
+                            ..
+                        }
+                    )
+                }),
+            ),
+        ];
+        for (name, input, expected) in &cases {
+            let error = log
+                .append(input.clone(), LeaderEpoch(1), Durability::Synced)
+                .await
+                .unwrap_err();
+            assert!(expected(&error), "{name}: unexpected {error:?}");
+            check_unchanged(&log, std::slice::from_ref(&good)).await;
+        }
+        log.close().await.unwrap();
+        let (log, report) = open(dir.path(), &tp, config, &cache()).await;
+        assert!(report.is_clean());
+        check_unchanged(&log, std::slice::from_ref(&good)).await;
+        log.close().await.unwrap();
+    });
+}
+
+// Goal: a failed write fails the appends of its round and those queued behind it, rolls the
+// assigned offsets back, keeps the log (and the cache) readable, and the next append reuses
+// the offsets.
+// Method: issue four appends without awaiting. The first goes out at once (rt::spawn runs the
+// writer until its first IO), the other three queue behind it; the injected fault fails the
+// second write, which carries the queued three.
+#[test]
+fn failed_write_fails_the_round_and_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    block_on(async {
+        let tp = tp("write-fails");
+        let (log, _) = open(dir.path(), &tp, config(1 << 20), &cache()).await;
+        faults::inject(Plan {
+            op: Op::Write,
+            path_contains: ".log".into(),
+            skip: 1,
+            count: 1,
+            failure: Failure::Io,
+        });
+        let good = vec![batch(2, 100, 0, 1)];
+        let mut pending = vec![log.append(good[0].clone(), LeaderEpoch(1), Durability::Written)];
+        for i in 0..3 {
+            pending.push(log.append(
+                batch(2, 100, 0, 10 + i),
+                LeaderEpoch(1),
+                Durability::Written,
+            ));
+        }
+        let bases: Vec<_> = pending
+            .iter()
+            .map(|p| p.info().unwrap().base_offset)
+            .collect();
+        assert_eq!(bases, vec![Offset(0), Offset(2), Offset(4), Offset(6)]);
+        let results = futures::future::join_all(pending).await;
+        assert!(results[0].is_ok(), "{:?}", results[0]);
+        for result in &results[1..] {
+            assert!(matches!(result, Err(AppendError::Io(_))), "{result:?}");
+        }
+        faults::clear();
+        check_unchanged(&log, &good).await;
+        assert_eq!(
+            append(&log, batch(2, 100, 0, 2), Durability::Synced).await,
+            Offset(2)
+        );
+
+        // Allocation failure (a full disk at a preallocation step) is typed as no space.
+        faults::inject(Plan {
+            op: Op::Allocate,
+            path_contains: String::new(),
+            skip: 0,
+            count: 1,
+            failure: Failure::NoSpace,
+        });
+        let big = batch(1, 70_000, 0, 3);
+        let result = log
+            .append(big.clone(), LeaderEpoch(1), Durability::Written)
+            .await;
+        assert!(matches!(result, Err(AppendError::NoSpace(_))), "{result:?}");
+        faults::clear();
+        assert_eq!(append(&log, big, Durability::Written).await, Offset(4));
+        log.close().await.unwrap();
+    });
+}
+
+// Goal: a failed fdatasync fails the Synced appends waiting on it and makes the log refuse
+// appends (the state of unsynced data is unknown) while reads keep working; reopening recovers.
+#[test]
+fn failed_sync_poisons_until_reopened() {
+    let dir = tempfile::tempdir().unwrap();
+    block_on(async {
+        let tp = tp("sync-fails");
+        let (log, _) = open(dir.path(), &tp, config(1 << 20), &cache()).await;
+        let first = batch(2, 100, 0, 1);
+        append(&log, first.clone(), Durability::Synced).await;
+        faults::inject(Plan {
+            op: Op::Sync,
+            path_contains: ".log".into(),
+            skip: 0,
+            count: 1,
+            failure: Failure::Io,
+        });
+        let result = log
+            .append(batch(2, 100, 0, 2), LeaderEpoch(1), Durability::Synced)
+            .await;
+        assert!(matches!(result, Err(AppendError::Failed)), "{result:?}");
+        faults::clear();
+        let result = log
+            .append(batch(2, 100, 0, 3), LeaderEpoch(1), Durability::Written)
+            .await;
+        assert!(matches!(result, Err(AppendError::Failed)), "{result:?}");
+        assert_eq!(
+            read_all(&log, Offset(0)).await.len(),
+            2,
+            "written data stays readable"
+        );
+        assert!(matches!(log.close().await, Err(AdminError::Failed)));
+        drop(log);
+        let (log, report) = open(dir.path(), &tp, config(1 << 20), &cache()).await;
+        assert!(!report.clean_shutdown);
+        assert_eq!(log.log_end_offset(), Offset(4));
+        assert_eq!(
+            append(&log, batch(1, 10, 0, 4), Durability::Synced).await,
+            Offset(4)
+        );
+        log.close().await.unwrap();
+    });
+}
+
+/// A small ext4 file system on a loop device, unmounted when dropped.
+struct SmallFs {
+    _dir: tempfile::TempDir,
+    mount: PathBuf,
+}
+
+impl SmallFs {
+    fn new() -> Option<SmallFs> {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("fs.img");
+        let mount = dir.path().join("mnt");
+        std::fs::create_dir(&mount).unwrap();
+        let run = |program: &str, args: &[&str]| {
+            Command::new(program)
+                .args(args)
+                .output()
+                .is_ok_and(|out| out.status.success())
+        };
+        let image_arg = image.to_str().unwrap();
+        let ok = run("truncate", &["-s", "64M", image_arg])
+            && run("mkfs.ext4", &["-q", image_arg])
+            && run("mount", &["-o", "loop", image_arg, mount.to_str().unwrap()]);
+        ok.then_some(SmallFs { _dir: dir, mount })
+    }
+
+    fn free_bytes(&self) -> u64 {
+        let path = std::ffi::CString::new(self.mount.to_str().unwrap()).unwrap();
+        // SAFETY: statvfs is plain old data; all-zero is a valid value.
+        let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: path is a valid C string and stat a valid out pointer.
+        assert_eq!(unsafe { libc::statvfs(path.as_ptr(), &mut stat) }, 0);
+        stat.f_bavail * stat.f_frsize
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        // Lazy: the executor may not have closed every descriptor of the log's files yet (they
+        // close asynchronously); the kernel finishes the unmount when they are gone.
+        let _ = Command::new("umount").arg("-l").arg(&self.mount).status();
+    }
+}
+
+fn ballast(path: &Path, bytes: u64) {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::File::create(path).unwrap();
+    // SAFETY: fallocate on a file descriptor we own.
+    let result = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, bytes as libc::off_t) };
+    assert_eq!(result, 0, "ballast allocation");
+}
+
+// Goal: on a really full file system the append fails with NoSpace, everything acknowledged
+// stays readable, and appends work again once space is freed (also after a reopen).
+// Method: mount a 64 MiB ext4 image, fill most of it with a ballast file, append 64 KiB batches
+// until the disk is full, delete the ballast, append again. Needs root (mount); skipped with a
+// message otherwise.
+#[test]
+fn full_disk_fails_cleanly_and_recovers() {
+    let Some(fs) = SmallFs::new() else {
+        eprintln!("skipping full_disk_fails_cleanly_and_recovers: cannot mount a loop file system");
+        return;
+    };
+    let data = fs.mount.join("data");
+    std::fs::create_dir(&data).unwrap();
+    let ballast_path = fs.mount.join("ballast");
+    ballast(&ballast_path, fs.free_bytes() - (6 << 20));
+    block_on(async {
+        let tp = tp("full");
+        let config = LogConfig {
+            segment_bytes: 1 << 30,
+            preallocate_bytes: 1 << 20,
+            ..LogConfig::default()
+        };
+        let (log, _) = open(&data, &tp, config, &cache()).await;
+        let mut acked = Vec::new();
+        let mut failure = None;
+        for i in 0..400u64 {
+            let b = batch(1, 64 << 10, 0, i);
+            match log
+                .append(b.clone(), LeaderEpoch(1), Durability::Synced)
+                .await
+            {
+                Ok(_) => acked.push(b),
+                Err(error) => {
+                    failure = Some(error);
+                    break;
+                }
+            }
+        }
+        let failure = failure.expect("the disk filled up");
+        assert!(matches!(failure, AppendError::NoSpace(_)), "{failure:?}");
+        assert!(acked.len() > 10, "some appends fit: {}", acked.len());
+        let check = |got: Vec<Bytes>, acked: &[Bytes]| {
+            assert_eq!(got.len(), acked.len());
+            for (g, a) in got.iter().zip(acked) {
+                assert_eq!(payload(g), payload(a));
+            }
+        };
+        check(read_all(&log, Offset(0)).await, &acked);
+        // Still full: still a clean error.
+        let again = log
+            .append(
+                batch(1, 64 << 10, 0, 999),
+                LeaderEpoch(1),
+                Durability::Synced,
+            )
+            .await;
+        assert!(matches!(again, Err(AppendError::NoSpace(_))), "{again:?}");
+
+        std::fs::remove_file(&ballast_path).unwrap();
+        for i in 0..5u64 {
+            let b = batch(1, 64 << 10, 0, 1_000 + i);
+            append(&log, b.clone(), Durability::Synced).await;
+            acked.push(b);
+        }
+        check(read_all(&log, Offset(0)).await, &acked);
+        log.close().await.unwrap();
+        let (log, report) = open(&data, &tp, config, &cache()).await;
+        assert!(report.clean_shutdown, "{report:?}");
+        check(read_all(&log, Offset(0)).await, &acked);
+        log.close().await.unwrap();
+    });
+    drop(fs);
+}
+
+// Goal: the per-partition write backlog is bounded: appends beyond it fail with a typed,
+// retriable error instead of growing memory, and everything accepted is written.
+// Method: queue 80 appends of 1 MiB without awaiting (the device cannot keep up within one
+// call), count rejections, then check the log holds exactly the accepted ones.
+#[test]
+fn write_backlog_is_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    block_on(async {
+        let tp = tp("backlog");
+        let config = LogConfig {
+            max_batch_bytes: 2 << 20,
+            ..config(1 << 30)
+        };
+        let (log, _) = open(dir.path(), &tp, config, &cache()).await;
+        let big = batch(1, 1 << 20, 0, 1);
+        let pending: Vec<_> = (0..80)
+            .map(|_| log.append(big.clone(), LeaderEpoch(1), Durability::Written))
+            .collect();
+        let mut accepted = 0i64;
+        let mut overloaded = 0;
+        for result in futures::future::join_all(pending).await {
+            match result {
+                Ok(info) => {
+                    assert_eq!(
+                        info.base_offset,
+                        Offset(accepted),
+                        "accepted appends are dense"
+                    );
+                    accepted += 1;
+                }
+                Err(AppendError::Overloaded { limit, .. }) => {
+                    assert_eq!(limit, sluice_engine::limits::QUEUED_BYTES_MAX);
+                    overloaded += 1;
+                }
+                Err(other) => panic!("unexpected {other:?}"),
+            }
+        }
+        assert!(
+            overloaded > 0,
+            "80 MiB queued at once exceeds the backlog bound"
+        );
+        assert!(
+            accepted >= 64,
+            "the bound admits at least its size: {accepted}"
+        );
+        assert_eq!(log.log_end_offset(), Offset(accepted));
+        log.close().await.unwrap();
+    });
+}

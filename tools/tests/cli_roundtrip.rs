@@ -1,0 +1,591 @@
+//! The native client library and the `sluice` client commands against a real broker process
+//! (`sluice broker --cores 1` on free loopback ports, see `support`).
+//!
+//! Covers: records produced through the library at every acks level and with every codec come
+//! back per partition in order with identical keys, values, headers and timestamps; CLI
+//! produce → consume with `--format`; seeks by timestamp; independent consumers; and bad input
+//! (unknown topic, partition out of range, record over `max.message.bytes`, usage errors)
+//! getting one clear error line while the broker keeps serving.
+
+mod support;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::process::Command;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::{Either, select};
+use sluice_engine::TimestampMs;
+use sluice_engine::batch::Compression;
+use sluice_engine::rt;
+use sluice_net::client::{
+    Acks, Client, ClientConfig, Consumer, ConsumerConfig, ConsumerRecord, DefaultPartitioner,
+    NewTopic, Partitioner, Producer, ProducerConfig, ProducerRecord, Seek,
+};
+use sluice_net::native::messages::ErrorCode;
+use support::{Broker, assert_error, assert_success, run_with_input, sluice_bin};
+
+/// Far beyond what any test here needs; only a hang reaches it.
+const TEST_DEADLINE: Duration = Duration::from_secs(300);
+
+/// Records per acks level and per codec in the round-trip test.
+const ROUND_TRIP_RECORDS: usize = 100_000;
+
+const PARTITIONS: i32 = 4;
+
+/// Runs `future` on a client executor on this thread, failing the test if it hangs.
+fn run<T>(future: impl Future<Output = T>) -> T {
+    rt::try_block_on(async move {
+        let deadline = rt::sleep(TEST_DEADLINE);
+        futures::pin_mut!(future, deadline);
+        match select(future, deadline).await {
+            Either::Left((output, _)) => output,
+            Either::Right(_) => panic!("test did not finish within {TEST_DEADLINE:?}"),
+        }
+    })
+    .expect("executor starts")
+}
+
+async fn connect(broker: &Broker) -> Client {
+    Client::connect(ClientConfig::new([broker.brokers()]))
+        .await
+        .unwrap_or_else(|error| panic!("connect: {error}\nbroker log:\n{}", broker.log()))
+}
+
+/// The record number `i` of a round-trip run: keyed, with a header and an explicit time.
+fn record(topic: &str, i: usize) -> ProducerRecord {
+    ProducerRecord::new(topic, format!("value-{i:08}-{}", "x".repeat(i % 50)))
+        .with_key(format!("key-{}", i % 1000))
+        .with_header("seq", Some(Bytes::from(i.to_string())))
+        .with_header("null", None)
+        .with_timestamp(TimestampMs(1_700_000_000_000 + i as i64))
+}
+
+/// The records a partition must hold, in order, when `count` records were sent with keys.
+fn expected_by_partition(topic: &str, count: usize) -> HashMap<i32, Vec<ProducerRecord>> {
+    let partitioner = DefaultPartitioner::new();
+    let mut expected: HashMap<i32, Vec<ProducerRecord>> = HashMap::new();
+    for i in 0..count {
+        let record = record(topic, i);
+        let partition = partitioner.partition(record.key.as_deref(), PARTITIONS);
+        expected.entry(partition).or_default().push(record);
+    }
+    expected
+}
+
+/// Reads partition `partition` from the beginning until `count` records came.
+async fn read_partition(
+    client: &Client,
+    topic: &str,
+    partition: i32,
+    count: usize,
+) -> Vec<ConsumerRecord> {
+    let consumer = Consumer::new(client, ConsumerConfig::default());
+    consumer.assign(&[(topic, partition)]);
+    let mut records = Vec::with_capacity(count);
+    while records.len() < count {
+        let batch = consumer
+            .poll(Duration::from_secs(30))
+            .await
+            .unwrap_or_else(|error| panic!("{topic}-{partition}: {error}"));
+        assert!(
+            !batch.is_empty(),
+            "{topic}-{partition}: nothing new within 30 s after {} of {count} records",
+            records.len()
+        );
+        records.extend(batch);
+    }
+    assert!(
+        consumer
+            .poll(Duration::from_millis(100))
+            .await
+            .expect("poll")
+            .is_empty(),
+        "{topic}-{partition}: more records than produced"
+    );
+    records
+}
+
+fn assert_same(topic: &str, partition: i32, consumed: &[ConsumerRecord], sent: &[ProducerRecord]) {
+    assert_eq!(
+        consumed.len(),
+        sent.len(),
+        "{topic}-{partition}: record count"
+    );
+    for (index, (got, want)) in consumed.iter().zip(sent).enumerate() {
+        let at = format!("{topic}-{partition} offset {}", got.offset);
+        assert_eq!(got.offset, index as i64, "{at}: offsets dense from 0");
+        assert_eq!(got.key, want.key, "{at}: key");
+        assert_eq!(got.value, want.value, "{at}: value");
+        assert_eq!(Some(got.timestamp), want.timestamp, "{at}: timestamp");
+        let headers: Vec<(&[u8], Option<&[u8]>)> = got
+            .headers
+            .iter()
+            .map(|h| (&h.key[..], h.value.as_deref()))
+            .collect();
+        let wanted: Vec<(&[u8], Option<&[u8]>)> = want
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_bytes(), v.as_deref()))
+            .collect();
+        assert_eq!(headers, wanted, "{at}: headers");
+    }
+}
+
+// Goal: every acks level and every codec delivers 100k keyed records that come back per
+// partition in send order, with identical keys, values, headers and timestamps, and (with
+// acks 1 and all) the offsets the producer reported.
+// Method: one topic of 4 partitions per case; produce through the library with pipelining,
+// then read each partition from the beginning with its own consumer and compare with the
+// records the partitioner routed to it.
+#[test]
+fn library_round_trip_every_acks_and_codec() {
+    let broker = Broker::start();
+    run(async {
+        let client = connect(&broker).await;
+        let mut cases: Vec<(String, Acks, Compression)> = [Acks::None, Acks::Leader, Acks::All]
+            .into_iter()
+            .map(|acks| (format!("acks-{}", acks.wire()), acks, Compression::None))
+            .collect();
+        for codec in [
+            Compression::Gzip,
+            Compression::Snappy,
+            Compression::Lz4,
+            Compression::Zstd,
+        ] {
+            cases.push((
+                format!("codec-{codec:?}").to_lowercase(),
+                Acks::Leader,
+                codec,
+            ));
+        }
+        for (topic, acks, compression) in cases {
+            client
+                .create_topic(NewTopic::new(topic.clone(), PARTITIONS))
+                .await
+                .unwrap_or_else(|error| panic!("create {topic}: {error}"));
+            let config = ProducerConfig {
+                acks,
+                compression,
+                batch_size: 64 << 10,
+                ..ProducerConfig::default()
+            };
+            let producer = Producer::new(&client, config).expect("producer");
+            let mut reported = Vec::new();
+            for i in 0..ROUND_TRIP_RECORDS {
+                let ack = producer.send(record(&topic, i));
+                if acks != Acks::None && i % 997 == 0 {
+                    reported.push((i, ack));
+                }
+            }
+            producer
+                .flush()
+                .await
+                .unwrap_or_else(|error| panic!("{topic}: {error}"));
+            let expected = expected_by_partition(&topic, ROUND_TRIP_RECORDS);
+            for (i, ack) in reported {
+                let metadata = ack.await.unwrap_or_else(|error| panic!("{topic}: {error}"));
+                let position = expected[&metadata.partition]
+                    .iter()
+                    .position(|r| r.value == record(&topic, i).value)
+                    .expect("sent record is expected");
+                assert_eq!(metadata.offset, position as i64, "{topic} record {i}");
+            }
+            for (partition, sent) in &expected {
+                let consumed = read_partition(&client, &topic, *partition, sent.len()).await;
+                assert_same(&topic, *partition, &consumed, sent);
+            }
+        }
+    });
+}
+
+// Goal: the CLI produces one record per stdin line (keys split at --key-separator) and
+// consumes them back with --format, per partition in input order, honouring --partition,
+// --from, --count, --timeout-ms and SLUICE_BROKERS.
+// Method: pipe 1000 lines through `sluice produce`, read them with `sluice consume` in
+// several ways, and compare with the input and the partitioner.
+#[test]
+fn cli_produce_then_consume() {
+    let broker = Broker::start();
+    let created = broker.sluice(&["topic", "create", "lines", "--partitions", "2"], b"");
+    assert_eq!(assert_success(&created).trim(), "created topic lines");
+    let input: String = (0..1000)
+        .map(|i| format!("k{}|line {i}\n", i % 10))
+        .collect();
+    let produced = broker.sluice(
+        &["produce", "lines", "--key-separator", "|"],
+        input.as_bytes(),
+    );
+    assert_success(&produced);
+
+    let consumed = broker.sluice(
+        &[
+            "consume",
+            "lines",
+            "--count",
+            "1000",
+            "--format",
+            "%p;%o;%k;%s;%T\\n",
+        ],
+        b"",
+    );
+    let stdout = assert_success(&consumed);
+    let partitioner = DefaultPartitioner::new();
+    let mut per_partition: HashMap<i32, Vec<(i64, String, String)>> = HashMap::new();
+    for line in stdout.lines() {
+        let fields: Vec<&str> = line.split(';').collect();
+        assert_eq!(fields.len(), 5, "{line}");
+        let partition: i32 = fields[0].parse().expect("partition");
+        let offset: i64 = fields[1].parse().expect("offset");
+        assert!(fields[4].parse::<i64>().expect("timestamp") > 0, "{line}");
+        assert_eq!(
+            partitioner.partition(Some(fields[2].as_bytes()), 2),
+            partition,
+            "key {} on the partition its hash picks",
+            fields[2]
+        );
+        per_partition.entry(partition).or_default().push((
+            offset,
+            fields[2].to_owned(),
+            fields[3].to_owned(),
+        ));
+    }
+    assert_eq!(per_partition.values().map(Vec::len).sum::<usize>(), 1000);
+    for (partition, records) in &per_partition {
+        let offsets: Vec<i64> = records.iter().map(|r| r.0).collect();
+        assert_eq!(offsets, (0..records.len() as i64).collect::<Vec<_>>());
+        let expected: Vec<(String, String)> = (0..1000)
+            .map(|i| (format!("k{}", i % 10), format!("line {i}")))
+            .filter(|(k, _)| partitioner.partition(Some(k.as_bytes()), 2) == *partition)
+            .collect();
+        let got: Vec<(String, String)> =
+            records.iter().map(|r| (r.1.clone(), r.2.clone())).collect();
+        assert_eq!(got, expected, "partition {partition} in input order");
+    }
+
+    let from_offset = broker.sluice(
+        &[
+            "consume",
+            "lines",
+            "--partition",
+            "1",
+            "--from",
+            "3",
+            "--count",
+            "2",
+            "--format",
+            "%o\\n",
+        ],
+        b"",
+    );
+    assert_eq!(assert_success(&from_offset), "3\n4\n");
+
+    // No --count: ends once nothing new came for --timeout-ms; the default prints values.
+    let mut command = Command::new(sluice_bin());
+    command
+        .args(["consume", "lines", "--timeout-ms", "500"])
+        .env("SLUICE_BROKERS", broker.brokers());
+    let all = assert_success(&run_with_input(command, b""));
+    assert_eq!(all.lines().count(), 1000);
+    assert!(all.lines().all(|l| l.starts_with("line ")), "values only");
+
+    // --from end prints nothing that was there before.
+    let end = broker.sluice(
+        &["consume", "lines", "--from", "end", "--timeout-ms", "200"],
+        b"",
+    );
+    assert_eq!(assert_success(&end), "");
+}
+
+// Goal: a consumer seeks by timestamp to the first record at or after the time, through the
+// library and with `--from @UNIX_MS`; a time after every record means the end.
+// Method: 100 records 10 ms apart on one partition; seek to the 51st record's time.
+#[test]
+fn seek_by_timestamp() {
+    let broker = Broker::start();
+    let base = 1_700_000_000_000i64;
+    run(async {
+        let client = connect(&broker).await;
+        client
+            .create_topic(NewTopic::new("times", 1))
+            .await
+            .expect("create");
+        let producer = Producer::new(&client, ProducerConfig::default()).expect("producer");
+        for i in 0..100 {
+            let record = ProducerRecord::new("times", format!("t{i}"))
+                .with_timestamp(TimestampMs(base + 10 * i));
+            producer.send_and_forget(record).expect("room");
+        }
+        producer.flush().await.expect("acknowledged");
+        let consumer = Consumer::new(&client, ConsumerConfig::default());
+        consumer.assign(&[("times", 0)]);
+        consumer
+            .seek("times", 0, Seek::Timestamp(TimestampMs(base + 495)))
+            .expect("seek");
+        assert_eq!(consumer.position("times", 0).await.expect("position"), 50);
+        let records = consumer.poll(Duration::from_secs(30)).await.expect("poll");
+        assert_eq!(records.first().map(|r| r.offset), Some(50));
+        assert_eq!(
+            records.first().map(|r| r.timestamp),
+            Some(TimestampMs(base + 500))
+        );
+        consumer
+            .seek("times", 0, Seek::Timestamp(TimestampMs(base + 10_000)))
+            .expect("seek");
+        assert_eq!(consumer.position("times", 0).await.expect("position"), 100);
+    });
+    let at = format!("@{}", base + 500);
+    let output = broker.sluice(
+        &[
+            "consume",
+            "times",
+            "--from",
+            &at,
+            "--count",
+            "2",
+            "--format",
+            "%o %T %s\\n",
+        ],
+        b"",
+    );
+    assert_eq!(
+        assert_success(&output),
+        format!("50 {} t50\n51 {} t51\n", base + 500, base + 510)
+    );
+}
+
+// Goal: consumers are independent: two read the same partitions completely, each at its own
+// pace, and a third that starts at the end sees only records produced after it started,
+// delivered by its long poll.
+// Method: produce, read with two consumers, then tail with a third while producing more.
+#[test]
+fn independent_consumers() {
+    let broker = Broker::start();
+    run(async {
+        let client = connect(&broker).await;
+        client
+            .create_topic(NewTopic::new("shared", 2))
+            .await
+            .expect("create");
+        let producer = Producer::new(&client, ProducerConfig::default()).expect("producer");
+        for i in 0..500 {
+            producer
+                .send_and_forget(record("shared", i).with_partition((i % 2) as i32))
+                .expect("room");
+        }
+        producer.flush().await.expect("acknowledged");
+        let first = Consumer::new(&client, ConsumerConfig::default());
+        let second = Consumer::new(
+            &client,
+            ConsumerConfig {
+                poll_records_max: 7,
+                ..ConsumerConfig::default()
+            },
+        );
+        for consumer in [&first, &second] {
+            consumer.assign(&[("shared", 0), ("shared", 1)]);
+        }
+        let mut counts = [0usize; 2];
+        while counts[0] < 500 || counts[1] < 500 {
+            for (index, consumer) in [&first, &second].into_iter().enumerate() {
+                if counts[index] < 500 {
+                    counts[index] += consumer
+                        .poll(Duration::from_secs(30))
+                        .await
+                        .expect("poll")
+                        .len();
+                }
+            }
+        }
+        assert_eq!(counts, [500, 500]);
+
+        let tail = Consumer::new(
+            &client,
+            ConsumerConfig {
+                start: Seek::End,
+                ..ConsumerConfig::default()
+            },
+        );
+        tail.assign(&[("shared", 1)]);
+        assert_eq!(tail.position("shared", 1).await.expect("position"), 250);
+        let sent = producer.send(ProducerRecord::new("shared", "late").with_partition(1));
+        let metadata = sent.await.expect("acknowledged");
+        assert_eq!(metadata.offset, 250);
+        let mut got = Vec::new();
+        while got.is_empty() {
+            got = tail.poll(Duration::from_secs(30)).await.expect("poll");
+        }
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].value.as_deref(), Some(&b"late"[..]));
+    });
+}
+
+// Goal: bad input gets one clear error line (exit 1) or a usage error (exit 2), through the
+// CLI and the library, and the broker keeps serving afterwards.
+// Method: unknown topics, a partition out of range, a record over the topic's
+// max.message.bytes, a duplicate topic and malformed flags; then a normal round trip.
+#[test]
+fn bad_input_gets_clear_errors() {
+    let broker = Broker::start();
+    assert_error(
+        &broker.sluice(&["consume", "nope", "--count", "1"], b""),
+        1,
+        "unknown topic nope",
+    );
+    assert_error(
+        &broker.sluice(&["produce", "nope"], b"x\n"),
+        1,
+        "unknown topic nope",
+    );
+    let created = broker.sluice(
+        &[
+            "topic",
+            "create",
+            "small",
+            "--partitions",
+            "2",
+            "-c",
+            "max.message.bytes=1024",
+        ],
+        b"",
+    );
+    assert_success(&created);
+    assert_error(
+        &broker.sluice(&["topic", "create", "small"], b""),
+        1,
+        "TopicExists",
+    );
+    assert_error(
+        &broker.sluice(&["consume", "small", "--partition", "7"], b""),
+        1,
+        "topic small has no partition 7 (it has 2)",
+    );
+    assert_error(
+        &broker.sluice(&["produce", "small", "--partition", "7"], b"x\n"),
+        1,
+        "has no partition 7",
+    );
+    let big_line = format!("{}\n", "y".repeat(4000));
+    assert_error(
+        &broker.sluice(
+            &["produce", "small", "--partition", "0"],
+            big_line.as_bytes(),
+        ),
+        1,
+        "MessageTooLarge",
+    );
+    assert_error(
+        &broker.sluice(&["consume", "small", "--from", "yesterday"], b""),
+        2,
+        "--from",
+    );
+    assert_error(
+        &broker.sluice(&["produce", "small", "--acks", "2"], b""),
+        2,
+        "--acks",
+    );
+    assert_error(
+        &broker.sluice(&["consume", "small", "--format", "%x"], b""),
+        2,
+        "%x",
+    );
+    assert_error(
+        &broker.sluice(&["topic", "create", "t", "-c", "novalue"], b""),
+        2,
+        "KEY=VALUE",
+    );
+
+    run(async {
+        let client = connect(&broker).await;
+        let producer = Producer::new(&client, ProducerConfig::default()).expect("producer");
+        let error = producer
+            .send(ProducerRecord::new("small", vec![0u8; 4000]).with_partition(1))
+            .await
+            .expect_err("over max.message.bytes");
+        assert_eq!(error.code(), Some(ErrorCode::MessageTooLarge), "{error}");
+        let error = producer
+            .send(ProducerRecord::new("small", "x").with_partition(2))
+            .await
+            .expect_err("no partition 2");
+        assert!(error.to_string().contains("has no partition 2"), "{error}");
+        let error = producer
+            .send(ProducerRecord::new("missing", "x"))
+            .await
+            .expect_err("no such topic");
+        assert!(
+            error.to_string().contains("unknown topic missing"),
+            "{error}"
+        );
+        // The broker still serves this connection and others.
+        let metadata = producer
+            .send(ProducerRecord::new("small", "fine").with_partition(1))
+            .await
+            .expect("a good record after bad ones");
+        assert_eq!(metadata.offset, 0);
+    });
+    let output = broker.sluice(
+        &["consume", "small", "--partition", "1", "--count", "1"],
+        b"",
+    );
+    assert_eq!(assert_success(&output), "fine\n");
+}
+
+// Goal: the topic admin commands do what they say and print what scripts can parse.
+// Method: create with a config, list, describe, alter, describe again, delete, list.
+#[test]
+fn topic_commands() {
+    let broker = Broker::start();
+    let created = broker.sluice(
+        &[
+            "topic",
+            "create",
+            "admin",
+            "--partitions",
+            "3",
+            "--replicas",
+            "1",
+            "-c",
+            "retention.ms=3600000",
+        ],
+        b"",
+    );
+    assert_success(&created);
+    let list = assert_success(&broker.sluice(&["topic", "list"], b""));
+    assert!(list.lines().any(|l| l == "admin"), "{list}");
+    let described = assert_success(&broker.sluice(&["topic", "describe", "admin"], b""));
+    assert!(
+        described.starts_with("Topic: admin\tPartitions: 3\tReplicationFactor: 1\n"),
+        "{described}"
+    );
+    for partition in 0..3 {
+        let line = format!("\tPartition: {partition}\tShard: 0\tLeader: ");
+        assert!(described.contains(&line), "{described}");
+    }
+    assert!(
+        described.contains("LogStartOffset: 0\tLogEndOffset: 0"),
+        "{described}"
+    );
+    assert!(
+        described.contains("\tretention.ms=3600000 (override)\n"),
+        "{described}"
+    );
+    let altered = broker.sluice(
+        &["topic", "alter-config", "admin", "-c", "retention.ms=60000"],
+        b"",
+    );
+    assert_success(&altered);
+    let described = assert_success(&broker.sluice(&["topic", "describe", "admin"], b""));
+    assert!(
+        described.contains("\tretention.ms=60000 (override)\n"),
+        "{described}"
+    );
+    assert_success(&broker.sluice(&["topic", "delete", "admin"], b""));
+    let list = assert_success(&broker.sluice(&["topic", "list"], b""));
+    assert!(!list.lines().any(|l| l == "admin"), "{list}");
+    assert_error(
+        &broker.sluice(&["topic", "describe", "admin"], b""),
+        1,
+        "admin",
+    );
+}
