@@ -159,9 +159,13 @@ pub const PRODUCER_BUFFER_BYTES_DEFAULT: usize = 32 << 20;
 
 /// Default `ProducerConfig::in_flight_max`: produce requests outstanding per partition.
 ///
-/// Kafka's `max.in.flight.requests.per.connection`. Five hide a round trip behind the next
-/// batches; a partition's requests are written in order on one connection (net/PROTOCOL.md).
-pub const PRODUCER_IN_FLIGHT_PER_PARTITION_DEFAULT: usize = 5;
+/// One, so a partition's records land in order whatever the broker does with concurrent
+/// streams; throughput does not depend on it much, because each request carries every batch
+/// ready for the partition (up to `request_bytes_max`): the longer a request takes, the more
+/// the next one carries. More than one hides the round trip as well, and keeps order only if
+/// the broker applies a connection's requests for a partition in stream order (the rule in
+/// net/PROTOCOL.md, "Ordering").
+pub const PRODUCER_IN_FLIGHT_PER_PARTITION_DEFAULT: usize = 1;
 
 /// Default `ProducerConfig::request_bytes_max`: the largest batch the producer builds.
 ///

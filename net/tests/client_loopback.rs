@@ -121,6 +121,15 @@ impl Broker {
         match request {
             Request::Metadata { topics: wanted } => {
                 let topics = self.topics.borrow();
+                // As the real broker without auto-creation: a named topic must exist.
+                let missing = wanted
+                    .iter()
+                    .flatten()
+                    .find(|name| !topics.contains_key(*name));
+                if let Some(name) = missing {
+                    let message = format!("unknown topic {name}");
+                    return (error(ErrorCode::UnknownTopicOrPartition, message), empty);
+                }
                 let topics = topics
                     .iter()
                     .filter(|(n, _)| wanted.as_ref().is_none_or(|w| w.contains(n)))

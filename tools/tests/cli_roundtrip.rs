@@ -290,6 +290,21 @@ fn cli_produce_then_consume() {
     assert_eq!(all.lines().count(), 1000);
     assert!(all.lines().all(|l| l.starts_with("line ")), "values only");
 
+    // Producing to a topic that does not exist creates it (the broker auto-creates topics
+    // by default, as Kafka does); reading one that does not exist does not.
+    assert_success(&broker.sluice(&["produce", "fresh"], b"first\n"));
+    let list = assert_success(&broker.sluice(&["topic", "list"], b""));
+    assert!(list.lines().any(|l| l == "fresh"), "{list}");
+    let output = broker.sluice(&["consume", "fresh", "--count", "1"], b"");
+    assert_eq!(assert_success(&output), "first\n");
+    assert_error(
+        &broker.sluice(&["consume", "absent"], b""),
+        1,
+        "unknown topic absent",
+    );
+    let list = assert_success(&broker.sluice(&["topic", "list"], b""));
+    assert!(!list.lines().any(|l| l == "absent"), "{list}");
+
     // --from end prints nothing that was there before.
     let end = broker.sluice(
         &["consume", "lines", "--from", "end", "--timeout-ms", "200"],
@@ -423,11 +438,12 @@ fn independent_consumers() {
 
 // Goal: bad input gets one clear error line (exit 1) or a usage error (exit 2), through the
 // CLI and the library, and the broker keeps serving afterwards.
-// Method: unknown topics, a partition out of range, a record over the topic's
-// max.message.bytes, a duplicate topic and malformed flags; then a normal round trip.
+// Method: on a broker that does not auto-create topics: unknown topics, a partition out of
+// range, a record over the topic's max.message.bytes, a duplicate topic and malformed flags;
+// then a normal round trip.
 #[test]
 fn bad_input_gets_clear_errors() {
-    let broker = Broker::start();
+    let broker = Broker::start_with(&["--auto-create-topics", "false"]);
     assert_error(
         &broker.sluice(&["consume", "nope", "--count", "1"], b""),
         1,

@@ -50,6 +50,11 @@ pub struct ClientConfig {
     pub retry_backoff: Duration,
     /// Longest wait between retries.
     pub retry_backoff_max: Duration,
+    /// Let lookups of a topic create it when the broker auto-creates topics (Kafka's
+    /// `allow.auto.create.topics`): a topic is looked up by name, which such a broker takes as
+    /// a request to create it. When false, topics are looked up in the list of all topics,
+    /// and an unknown topic is an error.
+    pub auto_create_topics: bool,
 }
 
 impl Default for ClientConfig {
@@ -63,6 +68,7 @@ impl Default for ClientConfig {
             retries: CLIENT_RETRIES_DEFAULT,
             retry_backoff: Duration::from_millis(CLIENT_RETRY_BACKOFF_MS_DEFAULT),
             retry_backoff_max: Duration::from_millis(CLIENT_RETRY_BACKOFF_MS_MAX_DEFAULT),
+            auto_create_topics: true,
         }
     }
 }
@@ -227,15 +233,36 @@ impl Client {
     }
 
     /// Reads the metadata of `topics` from the cluster, keeping what is known of others.
+    ///
+    /// With `auto_create_topics`, the topics are asked for by name (a broker that
+    /// auto-creates topics creates missing ones) and a topic that still does not exist is
+    /// [`ClientError::UnknownTopic`]; without, every topic is read and missing ones are
+    /// simply absent from the result.
     pub async fn refresh_topics(
         &self,
         topics: &[String],
     ) -> Result<Rc<ClusterMetadata>, ClientError> {
+        if !self.inner.config.auto_create_topics {
+            return self.refresh_metadata().await;
+        }
         let request = Request::Metadata {
             topics: Some(topics.to_vec()),
         };
-        let frame = self.control_request(&request).await?;
-        self.store_metadata(frame, Some(topics))
+        match self.control_request(&request).await {
+            Ok(frame) => self.store_metadata(frame, Some(topics)),
+            Err(error) if error.code() == Some(ErrorCode::UnknownTopicOrPartition) => {
+                for topic in topics {
+                    self.forget_topic(topic);
+                }
+                match topics {
+                    [topic] => Err(ClientError::UnknownTopic {
+                        topic: topic.clone(),
+                    }),
+                    _ => Err(error),
+                }
+            }
+            Err(error) => Err(error),
+        }
     }
 
     /// The partition count of `topic`, from the metadata, refreshing it if the topic is not

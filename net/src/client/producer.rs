@@ -11,16 +11,21 @@
 //!   and records that find the buffer full, wait in one FIFO queue that the driver drains in
 //!   call order, so a later record never overtakes an earlier one of its partition.
 //! - **Driver** (one task per producer): drains the queue as memory frees up, closes
-//!   lingering batches, and starts a send task per batch while the partition has fewer than
-//!   `in_flight_max` requests outstanding.
-//! - **Send tasks** build the batch (compressing it: the heavy CPU part, done off the
-//!   enqueue path with a yield first) and send it on the client's connection to the owning
-//!   shard. A partition's requests are written in order (`WriteOrder`).
-//! - **Retries**: a batch that fails retriably pauses its partition; once the partition's
-//!   other requests have finished, the failed batches are resent one at a time, oldest first,
-//!   before any later batch, after a backoff. Batches already in flight behind a failed one
-//!   may land before it (as in Kafka without idempotence): use `in_flight_max = 1` when order
-//!   must hold across retries too.
+//!   lingering batches, and starts a request per partition while the partition has fewer
+//!   than `in_flight_max` requests outstanding. A request carries every batch ready for the
+//!   partition, oldest first, up to `request_bytes_max`, so with the default of one request
+//!   in flight the next request grows while the current one is out: throughput follows the
+//!   broker's latency instead of being capped by it.
+//! - **Send tasks** build the batches (compressing them: the heavy CPU part, done off the
+//!   enqueue path with a yield first) and send them on the client's connection to the owning
+//!   shard. A partition's requests are written in order (`WriteOrder`); with more than one in
+//!   flight, order on the broker also needs its stream-order rule (net/PROTOCOL.md).
+//! - **Retries**: a request that fails retriably pauses its partition; once the partition's
+//!   other requests have finished, the failed batches are resent, one request at a time,
+//!   oldest first, before any later batch, after a backoff. A request of several batches that
+//!   fails for good is split and each batch resent alone, so only the batch at fault fails.
+//!   With `in_flight_max > 1`, requests already in flight behind a failed one may land before
+//!   it (as in Kafka without idempotence).
 //!
 //! # Memory
 //!
@@ -343,6 +348,9 @@ struct ClosedBatch {
     bytes: usize,
     /// Attempts made so far.
     attempts: u32,
+    /// Sent in a request of its own: set after a request of several batches failed for a
+    /// reason retrying cannot fix, to find which batch it was.
+    solo: bool,
 }
 
 #[derive(Default)]
@@ -350,8 +358,9 @@ struct PartitionQueue {
     open: Option<OpenBatch>,
     /// Invariant: sorted by `seq`.
     ready: VecDeque<ClosedBatch>,
+    /// Requests outstanding (each carries one or more batches).
     in_flight: usize,
-    /// Failed attempts whose resend decision is pending; nothing is sent meanwhile.
+    /// Failed requests whose resend decision is pending; nothing is sent meanwhile.
     deciding: usize,
     next_seq: u64,
     /// While set, batches up to this seq are being resent one at a time.
@@ -773,6 +782,7 @@ fn close_open(queue: &mut PartitionQueue) {
         members: open.members,
         bytes: open.bytes,
         attempts: 0,
+        solo: false,
     });
 }
 
@@ -868,10 +878,10 @@ fn step(shared: &Rc<Shared>) -> Option<Instant> {
             }
             queue.retry_after = None;
         }
-        while let Some(batch) = next_to_send(config, queue) {
+        while let Some(batches) = next_to_send(config, queue) {
             let order = WriteOrder::chain(&mut queue.last_write);
             queue.in_flight += 1;
-            sends.push((key.clone(), batch, order));
+            sends.push((key.clone(), batches, order));
         }
     }
     for (topic, partition) in &closed {
@@ -883,12 +893,12 @@ fn step(shared: &Rc<Shared>) -> Option<Instant> {
     for topic in lookups {
         rt::spawn(look_up(Rc::clone(shared), topic)).detach();
     }
-    for ((topic, partition), batch, order) in sends {
-        rt::spawn(send_batch(
+    for ((topic, partition), batches, order) in sends {
+        rt::spawn(send_request(
             Rc::clone(shared),
             topic,
             partition,
-            batch,
+            batches,
             order,
         ))
         .detach();
@@ -896,18 +906,20 @@ fn step(shared: &Rc<Shared>) -> Option<Instant> {
     deadline
 }
 
-/// The next batch a partition may send now, taken off its ready queue.
-fn next_to_send(config: &ProducerConfig, queue: &mut PartitionQueue) -> Option<ClosedBatch> {
+/// The next request a partition may send now: its oldest ready batch and, unless a batch
+/// must go alone, the ready batches behind it up to `request_bytes_max`, taken off the ready
+/// queue in order.
+fn next_to_send(config: &ProducerConfig, queue: &mut PartitionQueue) -> Option<Vec<ClosedBatch>> {
     let front = queue.ready.front()?;
     if queue.deciding > 0 {
         return None;
     }
     let limit = match queue.retry_through {
-        // Resending: one at a time, once everything sent before has finished. The mode ends
-        // when the last failed batch is done (`finish`).
+        // Resending: one request at a time, once everything sent before has finished. The
+        // mode ends when the last failed batch is done (`end_retry_mode`).
         Some(through) => {
             assert!(
-                front.seq <= through || queue.in_flight > 0 || queue.deciding > 0,
+                front.seq <= through || queue.in_flight > 0,
                 "retry mode outlived its last failed batch"
             );
             1
@@ -917,7 +929,20 @@ fn next_to_send(config: &ProducerConfig, queue: &mut PartitionQueue) -> Option<C
     if queue.in_flight >= limit {
         return None;
     }
-    queue.ready.pop_front()
+    // Sizes before compression, headers included: an upper bound on what is sent.
+    let cost = |batch: &ClosedBatch| HEADER_BYTES + batch.bytes;
+    let first = queue.ready.pop_front().expect("front exists");
+    let mut bytes = cost(&first);
+    let solo = first.solo;
+    let mut request = vec![first];
+    while let Some(next) = queue.ready.front() {
+        if solo || next.solo || bytes + cost(next) > config.request_bytes_max {
+            break;
+        }
+        bytes += cost(next);
+        request.push(queue.ready.pop_front().expect("front exists"));
+    }
+    Some(request)
 }
 
 /// Moves queued records into batches, in order, while memory allows and their topics'
@@ -1012,88 +1037,150 @@ async fn look_up(shared: Rc<Shared>, topic: Arc<str>) {
     shared.progress.notify();
 }
 
-/// Builds (first attempt) and sends one batch, then answers for its records or requeues it.
-async fn send_batch(
+/// Builds the batches not built yet, sends them as one request, then answers for their
+/// records or requeues them.
+async fn send_request(
     shared: Rc<Shared>,
     topic: Arc<str>,
     partition: i32,
-    mut batch: ClosedBatch,
+    batches: Vec<ClosedBatch>,
     order: WriteOrder,
 ) {
     let config = &shared.config;
-    let payload = match std::mem::replace(&mut batch.payload, Payload::Taken) {
-        Payload::Built(bytes) => bytes,
-        Payload::Unbuilt(builder) => {
-            // Compression is the heavy part: let the shard's other work run first.
-            rt::yield_if_needed().await;
-            match builder.build(config.compression) {
-                Ok(bytes) => bytes,
-                Err(source) => {
-                    let failure = ProduceError::Build {
-                        topic: Arc::clone(&topic),
-                        partition,
-                        source,
-                    };
-                    finish(&shared, &topic, partition, batch, Err(failure));
-                    return;
-                }
+    assert!(
+        !batches.is_empty(),
+        "{topic}-{partition}: a request without batches"
+    );
+    let requested_through = batches.last().expect("not empty").seq;
+    let mut built = Vec::with_capacity(batches.len());
+    for mut batch in batches {
+        match build_payload(config, &mut batch).await {
+            Ok(()) => built.push(batch),
+            Err(source) => {
+                let failure = ProduceError::Build {
+                    topic: Arc::clone(&topic),
+                    partition,
+                    source,
+                };
+                answer_batches(&shared, &topic, partition, vec![batch], &Err(failure));
             }
         }
-        Payload::Taken => panic!(
-            "{topic}-{partition}: batch {} sent twice at once",
-            batch.seq
-        ),
+    }
+    let Some(last_seq) = built.last().map(|b| b.seq) else {
+        with_queue(&shared, &topic, partition, |queue| {
+            queue.in_flight -= 1;
+            end_retry_mode(queue, requested_through);
+        });
+        shared.work.notify();
+        return;
     };
-    batch.payload = Payload::Built(payload.clone());
-    batch.attempts += 1;
+    let payload = request_payload(&built);
+    for batch in &mut built {
+        batch.attempts += 1;
+    }
     let result = shared
         .transport
         .produce(Arc::clone(&topic), partition, config.acks, payload, order)
         .await;
     let error = match result {
         Ok(produced) => {
-            finish(&shared, &topic, partition, batch, Ok(produced));
+            with_queue(&shared, &topic, partition, |queue| {
+                queue.in_flight -= 1;
+                end_retry_mode(queue, last_seq);
+            });
+            answer_batches(&shared, &topic, partition, built, &Ok(produced));
             return;
         }
         Err(error) => Arc::new(error),
     };
-    // Pause the partition while deciding, so no later batch is sent ahead of this one.
+    // Pause the partition while deciding, so no later batch is sent ahead of these.
     with_queue(&shared, &topic, partition, |queue| {
         queue.in_flight -= 1;
         queue.deciding += 1;
     });
-    let retry = batch.attempts <= config.retries
+    let attempts = built.iter().map(|b| b.attempts).max().expect("not empty");
+    let retry = attempts <= config.retries
         && shared
             .transport
             .worth_retrying(Arc::clone(&topic), partition, Arc::clone(&error))
             .await;
     with_queue(&shared, &topic, partition, |queue| queue.deciding -= 1);
-    if retry {
-        tracing::debug!(%topic, partition, %error, attempts = batch.attempts, "resending batch");
-        let backoff_until = clock::now() + config.backoff(batch.attempts - 1);
+    if retry || built.len() > 1 {
+        // A request of several batches that cannot succeed as a whole is split: each batch
+        // is resent alone, so only the batch at fault fails.
+        let split = !retry;
+        tracing::debug!(%topic, partition, %error, attempts, split, "resending");
+        let backoff_until = clock::now() + config.backoff(attempts - 1);
         with_queue(&shared, &topic, partition, |queue| {
-            let at = queue.ready.partition_point(|b| b.seq < batch.seq);
-            queue.retry_through = Some(queue.retry_through.map_or(batch.seq, |s| s.max(batch.seq)));
-            queue.retry_after = Some(
-                queue
+            queue.retry_through = Some(queue.retry_through.map_or(last_seq, |s| s.max(last_seq)));
+            if retry {
+                let after = queue
                     .retry_after
-                    .map_or(backoff_until, |t| t.max(backoff_until)),
-            );
-            queue.ready.insert(at, batch);
+                    .map_or(backoff_until, |t| t.max(backoff_until));
+                queue.retry_after = Some(after);
+            }
+            for mut batch in built.into_iter().rev() {
+                batch.solo |= split;
+                let at = queue.ready.partition_point(|b| b.seq < batch.seq);
+                queue.ready.insert(at, batch);
+            }
         });
-    } else {
-        let failure = ProduceError::Send {
-            topic: Arc::clone(&topic),
-            partition,
-            source: error,
-        };
-        // `finish` expects the batch counted in flight.
-        with_queue(&shared, &topic, partition, |queue| queue.in_flight += 1);
-        finish(&shared, &topic, partition, batch, Err(failure));
+        shared.work.notify();
+        shared.progress.notify();
         return;
     }
-    shared.work.notify();
-    shared.progress.notify();
+    with_queue(&shared, &topic, partition, |queue| {
+        end_retry_mode(queue, last_seq)
+    });
+    let failure = ProduceError::Send {
+        topic: Arc::clone(&topic),
+        partition,
+        source: error,
+    };
+    answer_batches(&shared, &topic, partition, built, &Err(failure));
+}
+
+/// Builds a batch's payload if it is not built yet (compressing it: the heavy part, so the
+/// shard's other work runs first).
+async fn build_payload(
+    config: &ProducerConfig,
+    batch: &mut ClosedBatch,
+) -> Result<(), sluice_engine::batch::BuildError> {
+    match std::mem::replace(&mut batch.payload, Payload::Taken) {
+        Payload::Unbuilt(builder) => {
+            rt::yield_if_needed().await;
+            batch.payload = Payload::Built(builder.build(config.compression)?);
+        }
+        built => batch.payload = built,
+    }
+    Ok(())
+}
+
+/// The request payload: the built batches back to back (one copy when there are several).
+fn request_payload(batches: &[ClosedBatch]) -> Bytes {
+    let built = |batch: &ClosedBatch| match &batch.payload {
+        Payload::Built(bytes) => bytes.clone(),
+        _ => panic!("batch {} sent before it was built", batch.seq),
+    };
+    if let [only] = batches {
+        return built(only);
+    }
+    let total = batches.iter().map(|b| built(b).len()).sum();
+    let mut payload = bytes::BytesMut::with_capacity(total);
+    for batch in batches {
+        payload.extend_from_slice(&built(batch));
+    }
+    payload.freeze()
+}
+
+/// Ends retry mode once the batch with seq `done` finished and no batch it covers waits.
+fn end_retry_mode(queue: &mut PartitionQueue, done: u64) {
+    if let Some(through) = queue.retry_through
+        && done >= through
+        && queue.ready.front().is_none_or(|next| next.seq > through)
+    {
+        queue.retry_through = None;
+    }
 }
 
 fn with_queue<T>(
@@ -1110,62 +1197,64 @@ fn with_queue<T>(
     f(queue)
 }
 
-/// Answers for every record of a batch that is done (acknowledged or failed for good).
-fn finish(
+/// Answers for every record of batches that are done (acknowledged together, or failed for
+/// good) and releases their memory. Acknowledged batches were appended back to back, so
+/// their records hold consecutive offsets from `base_offset`.
+fn answer_batches(
     shared: &Shared,
     topic: &Arc<str>,
     partition: i32,
-    batch: ClosedBatch,
-    result: Result<Produced, ProduceError>,
+    batches: Vec<ClosedBatch>,
+    result: &Result<Produced, ProduceError>,
 ) {
     {
         let mut state = shared.state.borrow_mut();
         let state = &mut *state;
-        let queue = state
-            .partitions
-            .get_mut(&(Arc::clone(topic), partition))
-            .expect("a partition with a batch in flight has a queue");
-        assert!(
-            queue.in_flight > 0,
-            "{topic}-{partition}: batch {} finished with nothing in flight",
-            batch.seq
-        );
-        queue.in_flight -= 1;
-        // Retry mode ends when the last failed batch is done and no batch it covers waits.
-        if let Some(through) = queue.retry_through
-            && batch.seq >= through
-            && queue.ready.front().is_none_or(|next| next.seq > through)
-        {
-            queue.retry_through = None;
+        let mut index: i64 = 0;
+        for batch in batches {
+            assert!(
+                state.held_bytes >= batch.bytes,
+                "{topic}-{partition}: released more bytes than held"
+            );
+            state.held_bytes -= batch.bytes;
+            for member in batch.members {
+                let answer = match result {
+                    Ok(produced) => {
+                        let offset = if produced.base_offset >= 0 {
+                            produced.base_offset + index
+                        } else {
+                            -1
+                        };
+                        let timestamp = if produced.log_append_time >= 0 {
+                            TimestampMs(produced.log_append_time)
+                        } else {
+                            member.timestamp
+                        };
+                        Ok(RecordMetadata {
+                            topic: Arc::clone(topic),
+                            partition,
+                            offset,
+                            timestamp,
+                        })
+                    }
+                    Err(error) => Err(error.clone()),
+                };
+                index += 1;
+                complete(state, member.completion, member.epoch, answer);
+            }
         }
-        assert!(
-            state.held_bytes >= batch.bytes,
-            "{topic}-{partition}: released more bytes than held"
-        );
-        state.held_bytes -= batch.bytes;
-        for (index, member) in batch.members.into_iter().enumerate() {
-            let answer = match &result {
-                Ok(produced) => {
-                    let offset = if produced.base_offset >= 0 {
-                        produced.base_offset + index as i64
-                    } else {
-                        -1
-                    };
-                    let timestamp = if produced.log_append_time >= 0 {
-                        TimestampMs(produced.log_append_time)
-                    } else {
-                        member.timestamp
-                    };
-                    Ok(RecordMetadata {
-                        topic: Arc::clone(topic),
-                        partition,
-                        offset,
-                        timestamp,
-                    })
-                }
-                Err(error) => Err(error.clone()),
-            };
-            complete(state, member.completion, member.epoch, answer);
+        if let Ok(produced) = result
+            && produced.base_offset >= 0
+            && produced.last_offset != produced.base_offset + index - 1
+        {
+            tracing::warn!(
+                %topic,
+                partition,
+                sent = index,
+                base_offset = produced.base_offset,
+                last_offset = produced.last_offset,
+                "the broker acknowledged another record count; reported offsets may be wrong"
+            );
         }
     }
     shared.work.notify();
@@ -1210,8 +1299,9 @@ mod tests {
         gated: bool,
         /// Values per partition in append order.
         log: RefCell<HashMap<i32, Vec<String>>>,
-        /// Requests in the order they were written (after their write-order turn).
-        written: RefCell<Vec<(i32, Vec<String>)>>,
+        /// Requests in the order they were written (after their write-order turn): the
+        /// partition and the values of each batch.
+        written: RefCell<Vec<(i32, Vec<Vec<String>>)>>,
         held: RefCell<VecDeque<Held>>,
         /// Errors for the next requests, in order, before any is appended.
         script: RefCell<VecDeque<ClientError>>,
@@ -1235,14 +1325,24 @@ mod tests {
         }))
     }
 
-    fn batch_values(batch: &Bytes) -> Vec<String> {
-        decode_batch(batch, BATCH_BYTES_MAX)
-            .expect("the producer builds valid batches")
-            .map(|r| {
-                let value = r.expect("record decodes").value.expect("value");
-                String::from_utf8(value.to_vec()).expect("utf8")
-            })
-            .collect()
+    /// The values of each batch in a request payload.
+    fn batch_values(payload: &Bytes) -> Vec<Vec<String>> {
+        let mut batches = Vec::new();
+        let mut at = 0;
+        while at < payload.len() {
+            let rest = payload.slice(at..);
+            let decoder =
+                decode_batch(&rest, BATCH_BYTES_MAX).expect("the producer builds valid batches");
+            at += decoder.header().total_bytes();
+            let values = decoder
+                .map(|r| {
+                    let value = r.expect("record decodes").value.expect("value");
+                    String::from_utf8(value.to_vec()).expect("utf8")
+                })
+                .collect();
+            batches.push(values);
+        }
+        batches
     }
 
     impl ProduceTransport for FakeTransport {
@@ -1274,8 +1374,9 @@ mod tests {
             let fake = Rc::clone(&self.0);
             Box::pin(async move {
                 order.wait_turn().await;
-                let values = batch_values(&batch);
-                fake.written.borrow_mut().push((partition, values.clone()));
+                let batches = batch_values(&batch);
+                let values: Vec<String> = batches.iter().flatten().cloned().collect();
+                fake.written.borrow_mut().push((partition, batches));
                 order.written();
                 fake.changed.notify();
                 // Interleave with other tasks, as a network would.
@@ -1344,8 +1445,28 @@ mod tests {
                 .unwrap_or_default()
         }
 
-        fn written(&self) -> Vec<(i32, Vec<String>)> {
-            self.0.written.borrow().clone()
+        /// Each written request's batches (the values of each).
+        fn written(&self) -> Vec<Vec<Vec<String>>> {
+            self.0
+                .written
+                .borrow()
+                .iter()
+                .map(|(_, batches)| batches.clone())
+                .collect()
+        }
+
+        /// Every written value, in write order.
+        fn written_values(&self) -> Vec<String> {
+            self.written().into_iter().flatten().flatten().collect()
+        }
+
+        /// Record counts of every written batch, in write order.
+        fn batch_sizes(&self) -> Vec<usize> {
+            self.written()
+                .into_iter()
+                .flatten()
+                .map(|b| b.len())
+                .collect()
         }
 
         fn answer_next(&self, result: Result<(), ClientError>) -> Held {
@@ -1415,20 +1536,17 @@ mod tests {
                 .map(|i| producer.send(record(0, format!("v{i:02}"))))
                 .collect();
             transport
-                .until("two full batches", |f| f.written.borrow().len() == 2)
-                .await;
-            let written = transport.written();
-            assert_eq!(written[0].1.len(), 10);
-            assert_eq!(written[1].1.len(), 10);
-            transport
                 .until("two appended batches", |f| {
                     f.log.borrow().get(&0).is_some_and(|l| l.len() == 20)
                 })
                 .await;
-            assert_eq!(transport.written().len(), 2, "the partial batch lingers");
+            assert_eq!(
+                transport.batch_sizes(),
+                vec![10, 10],
+                "the partial batch lingers"
+            );
             producer.flush().await.expect("flushed");
-            assert_eq!(transport.written().len(), 3);
-            assert_eq!(transport.written()[2].1.len(), 5);
+            assert_eq!(transport.batch_sizes(), vec![10, 10, 5]);
             let offsets: Vec<i64> = join_all(acks)
                 .await
                 .into_iter()
@@ -1510,6 +1628,8 @@ mod tests {
             let transport = fake(1, true);
             let config = ProducerConfig {
                 batch_size: HEADER_BYTES + size_of("a"),
+                // One batch per request, to see each batch's fate.
+                request_bytes_max: HEADER_BYTES + size_of("a"),
                 linger: Duration::from_secs(3600),
                 in_flight_max: 2,
                 retry_backoff: Duration::from_millis(1),
@@ -1529,12 +1649,7 @@ mod tests {
             transport
                 .until("a resent", |f| f.held.borrow().len() == 1)
                 .await;
-            let written: Vec<String> = transport
-                .written()
-                .into_iter()
-                .flat_map(|(_, v)| v)
-                .collect();
-            assert_eq!(written, vec!["a", "b", "a"]);
+            assert_eq!(transport.written_values(), vec!["a", "b", "a"]);
             transport.answer_next(Ok(()));
             transport
                 .until("c held", |f| f.held.borrow().len() == 1)
@@ -1558,6 +1673,7 @@ mod tests {
             let one = size_of("r0");
             let config = ProducerConfig {
                 batch_size: HEADER_BYTES + one,
+                request_bytes_max: HEADER_BYTES + one,
                 linger: Duration::from_secs(3600),
                 in_flight_max: 5,
                 buffer_bytes: 3 * one,
@@ -1677,6 +1793,91 @@ mod tests {
             producer.flush().await.expect("failures are reported once");
             assert_eq!(transport.log(1), Vec::<String>::new());
             assert_eq!(transport.log(0), vec!["warm", "delivered"]);
+        });
+    }
+
+    // Goal: with one request in flight, the batches that become ready meanwhile travel
+    // together in the next request, in order, and get consecutive offsets.
+    // Method: a gated fake holds the first request while three more batches fill.
+    #[test]
+    fn ready_batches_share_a_request() {
+        run(async {
+            let transport = fake(1, true);
+            let config = ProducerConfig {
+                batch_size: HEADER_BYTES + size_of("a"),
+                linger: Duration::from_secs(3600),
+                in_flight_max: 1,
+                ..ProducerConfig::default()
+            };
+            let producer = producer(&transport, config);
+            let a = producer.send(record(0, "a"));
+            transport
+                .until("a held", |f| f.held.borrow().len() == 1)
+                .await;
+            let later: Vec<_> = ["b", "c", "d"]
+                .into_iter()
+                .map(|v| producer.send(record(0, v)))
+                .collect();
+            transport.answer_next(Ok(()));
+            transport
+                .until("b, c and d held", |f| f.held.borrow().len() == 1)
+                .await;
+            transport.answer_next(Ok(()));
+            let offsets: Vec<i64> = join_all(later)
+                .await
+                .into_iter()
+                .map(|ack| ack.expect("acknowledged").offset)
+                .collect();
+            assert_eq!(a.await.expect("a").offset, 0);
+            assert_eq!(offsets, vec![1, 2, 3]);
+            let shape: Vec<Vec<usize>> = transport
+                .written()
+                .iter()
+                .map(|request| request.iter().map(Vec::len).collect())
+                .collect();
+            assert_eq!(shape, vec![vec![1], vec![1, 1, 1]]);
+        });
+    }
+
+    // Goal: a request of several batches that fails for a reason retrying cannot fix is
+    // split, so only the batch at fault fails and the others land, in order.
+    // Method: the fake refuses the combined request and then the first batch resent alone.
+    #[test]
+    fn failed_combined_request_is_split() {
+        run(async {
+            let transport = fake(1, false);
+            let config = ProducerConfig {
+                batch_size: HEADER_BYTES + size_of("a"),
+                linger: Duration::from_secs(3600),
+                ..ProducerConfig::default()
+            };
+            let producer = producer(&transport, config);
+            // Learn the topic first, so the next three batches are ready at once.
+            producer.send(record(0, "w")).await.expect("warm up");
+            for _ in 0..2 {
+                transport.0.script.borrow_mut().push_back(not_retriable());
+            }
+            let sent: Vec<_> = ["x", "y", "z"]
+                .into_iter()
+                .map(|v| producer.send(record(0, v)))
+                .collect();
+            let results = join_all(sent).await;
+            assert_eq!(
+                results[0].as_ref().err().and_then(ProduceError::code),
+                Some(ErrorCode::MessageTooLarge)
+            );
+            assert_eq!(results[1].as_ref().expect("y lands").offset, 1);
+            assert_eq!(results[2].as_ref().expect("z lands").offset, 2);
+            assert_eq!(transport.log(0), vec!["w", "y", "z"]);
+            let shape: Vec<Vec<usize>> = transport
+                .written()
+                .iter()
+                .map(|request| request.iter().map(Vec::len).collect())
+                .collect();
+            assert_eq!(
+                shape,
+                vec![vec![1], vec![1, 1, 1], vec![1], vec![1], vec![1]]
+            );
         });
     }
 

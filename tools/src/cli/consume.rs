@@ -14,7 +14,7 @@ use sluice_engine::TimestampMs;
 use sluice_engine::rt::clock;
 use sluice_net::client::{Consumer, ConsumerConfig, Seek};
 
-use super::{ConnectArgs, run};
+use super::{ConnectArgs, TopicLookup, run};
 use crate::format::{Format, RecordView};
 
 /// How long one poll waits at most when no timeout applies; only bounds how often the loop
@@ -77,7 +77,7 @@ pub fn main(args: ConsumeArgs) -> anyhow::Result<()> {
 }
 
 async fn consume(args: ConsumeArgs, mut out: Box<dyn Write>) -> anyhow::Result<()> {
-    let client = args.connect.connect().await?;
+    let client = args.connect.connect(TopicLookup::ExistingOnly).await?;
     let topic = args.topic.as_str();
     let partitions = client
         .partition_count(topic)

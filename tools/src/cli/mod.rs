@@ -35,23 +35,35 @@ pub struct ConnectArgs {
 }
 
 impl ConnectArgs {
-    /// The client configuration these flags describe.
-    pub fn client_config(&self) -> ClientConfig {
+    /// The client configuration these flags describe. `topics` says whether looking a topic
+    /// up may create it (on a broker that auto-creates topics): true for `produce`, as
+    /// Kafka's console producer; false for commands that only read or describe.
+    pub fn client_config(&self, topics: TopicLookup) -> ClientConfig {
         ClientConfig {
             tls: ClientTlsOptions {
                 ca: self.ca.clone(),
                 identity: None,
             },
+            auto_create_topics: topics == TopicLookup::MayCreate,
             ..ClientConfig::new(self.brokers.iter().map(|b| b.trim().to_owned()))
         }
     }
 
     /// Connects to the cluster.
-    pub async fn connect(&self) -> anyhow::Result<Client> {
-        Client::connect(self.client_config())
+    pub async fn connect(&self, topics: TopicLookup) -> anyhow::Result<Client> {
+        Client::connect(self.client_config(topics))
             .await
             .context("cannot connect to the cluster")
     }
+}
+
+/// Whether a command's topic lookups may create the topic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TopicLookup {
+    /// The broker may auto-create a missing topic (its `--auto-create-topics`).
+    MayCreate,
+    /// A missing topic is an error.
+    ExistingOnly,
 }
 
 /// Runs a command's body on a fresh executor on this thread.

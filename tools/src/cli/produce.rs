@@ -15,7 +15,7 @@ use sluice_engine::batch::Compression;
 use sluice_engine::rt;
 use sluice_net::client::{Acks, Producer, ProducerConfig, ProducerRecord};
 
-use super::{ConnectArgs, run};
+use super::{ConnectArgs, TopicLookup, run};
 
 /// Lines read from standard input per chunk, at most.
 const CHUNK_LINES_MAX: usize = 4096;
@@ -65,7 +65,7 @@ pub fn main(args: ProduceArgs) -> anyhow::Result<()> {
 }
 
 async fn produce(args: ProduceArgs, input: Box<dyn Read + Send>) -> anyhow::Result<()> {
-    let client = args.connect.connect().await?;
+    let client = args.connect.connect(TopicLookup::MayCreate).await?;
     let topic = args.topic.as_str();
     // Fail before reading any input when the records could not go anywhere.
     let partitions = client

@@ -10,7 +10,7 @@ use anyhow::Context;
 use sluice_net::client::NewTopic;
 use sluice_net::native::messages::TopicInfo;
 
-use super::{ConnectArgs, parse_key_value, run};
+use super::{ConnectArgs, TopicLookup, parse_key_value, run};
 
 /// The `topic` subcommands.
 #[derive(clap::Subcommand, Debug)]
@@ -88,7 +88,7 @@ pub fn main(command: TopicCommand) -> anyhow::Result<()> {
                 configs,
                 connect,
             } => {
-                let client = connect.connect().await?;
+                let client = connect.connect(TopicLookup::ExistingOnly).await?;
                 let topic = NewTopic {
                     name: name.clone(),
                     partitions,
@@ -102,14 +102,14 @@ pub fn main(command: TopicCommand) -> anyhow::Result<()> {
                 writeln!(out, "created topic {name}")?;
             }
             TopicCommand::List { connect } => {
-                let client = connect.connect().await?;
+                let client = connect.connect(TopicLookup::ExistingOnly).await?;
                 let names = client.list_topics().await.context("cannot list topics")?;
                 for name in names {
                     writeln!(out, "{name}")?;
                 }
             }
             TopicCommand::Describe { name, connect } => {
-                let client = connect.connect().await?;
+                let client = connect.connect(TopicLookup::ExistingOnly).await?;
                 let topic = client
                     .describe_topic(&name)
                     .await
@@ -117,7 +117,7 @@ pub fn main(command: TopicCommand) -> anyhow::Result<()> {
                 out.write_all(describe_text(&topic).as_bytes())?;
             }
             TopicCommand::Delete { name, connect } => {
-                let client = connect.connect().await?;
+                let client = connect.connect(TopicLookup::ExistingOnly).await?;
                 client
                     .delete_topic(&name)
                     .await
@@ -130,7 +130,7 @@ pub fn main(command: TopicCommand) -> anyhow::Result<()> {
                 delete_config,
                 connect,
             } => {
-                let client = connect.connect().await?;
+                let client = connect.connect(TopicLookup::ExistingOnly).await?;
                 let changes = configs
                     .into_iter()
                     .map(|(key, value)| (key, Some(value)))

@@ -57,6 +57,11 @@ pub struct Broker {
 impl Broker {
     /// Starts a broker and waits until `/health` answers 200.
     pub fn start() -> Broker {
+        Broker::start_with(&[])
+    }
+
+    /// Starts a broker with extra flags and waits until `/health` answers 200.
+    pub fn start_with(flags: &[&str]) -> Broker {
         let dir = tempfile::tempdir().expect("temp dir");
         let quic: SocketAddr = format!("127.0.0.1:{}", free_udp_port())
             .parse()
@@ -76,6 +81,7 @@ impl Broker {
             .args(["--kafka-listen", &kafka.to_string()])
             .args(["--admin-listen", &admin.to_string()])
             .args(["--cores", "1"])
+            .args(flags)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
