@@ -218,7 +218,7 @@ fn stable_pair(group: &str, topic: &str) -> ((Raw, String), (Raw, String), i32) 
     });
     let mut raw_b = Raw::connect();
     let joined_b = join_new(&mut raw_b, group, topic);
-    let (mut raw_a, joined_a) = a.join().expect("member a joins");
+    let (raw_a, joined_a) = a.join().expect("member a joins");
     assert_eq!(joined_a.error_code, NONE);
     assert_eq!(joined_b.error_code, NONE);
     assert_eq!(joined_a.generation_id, joined_b.generation_id);
