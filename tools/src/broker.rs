@@ -21,8 +21,16 @@ use sluice_net::quic::tls::{self, CertKeyPaths, ServerIdentity, ServerTlsOptions
 use crate::config::BrokerConfig;
 
 /// Runs the broker until a stop signal; returns when every shard has shut down.
-pub fn run(config: BrokerConfig) -> anyhow::Result<()> {
+pub fn run(mut config: BrokerConfig) -> anyhow::Result<()> {
     let report = env::check(&config.data_dir, config.cores, env::IO_MEMORY_BYTES_DEFAULT)?;
+    // The check created the directory. Shards open files relative to it from their own
+    // threads, and glommio fails relative paths there (EBADF), so pin it down once here.
+    config.data_dir = std::fs::canonicalize(&config.data_dir).with_context(|| {
+        format!(
+            "cannot resolve data directory {}",
+            config.data_dir.display()
+        )
+    })?;
     let io_memory = report.io_memory_bytes;
     for warning in &report.warnings {
         tracing::warn!("{warning}");
