@@ -4,8 +4,10 @@
 //!
 //! | record | key (version prefix, fields) | value (version prefix, fields) |
 //! |---|---|---|
-//! | committed offset | `1`: group, topic, partition | `3`: offset, leader epoch, metadata, commit timestamp |
-//! | group metadata | `2`: group | `3`: protocol type, generation, protocol, leader, state timestamp, members |
+//! | committed offset | `1`: group, topic, partition | `3`: offset, leader epoch, metadata, |
+//! | | | commit timestamp |
+//! | group metadata | `2`: group | `3`: protocol type, generation, protocol, leader, |
+//! | | | state timestamp, members |
 //!
 //! A null value is a tombstone (the offset or the group was deleted). Encodings are Kafka's
 //! non-flexible ones: big-endian integers, strings as `i16` length + UTF-8 (`-1`: null), bytes

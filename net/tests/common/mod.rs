@@ -1,7 +1,8 @@
 //! In-process broker for the Kafka compatibility tests: a std thread runs
 //! `sluice_engine::rt::shards::start` with two shards, each building a `Shard` (with its group
 //! coordinators) on a temp data dir and serving Kafka on 127.0.0.1 at a free port, and admin
-//! HTTP on shard 0. [`RunningBroker`] is a broker that can be stopped and restarted. One broker is shared by the tests of a
+//! HTTP on shard 0. [`RunningBroker`] is a broker that can be stopped and restarted. One broker
+//! is shared by the tests of a
 //! test binary (each test uses its own topics), which also shows that one client's bad input
 //! leaves the broker serving the others.
 
