@@ -57,6 +57,16 @@ pub const INDEX_INTERVAL_BYTES_MAX: u64 = 1 << 30;
 /// NVMe, and keeps one round well under a millisecond.
 pub const WRITE_ROUND_BYTES_MAX: usize = 1 << 20;
 
+/// Most write rounds one partition keeps in flight at once.
+///
+/// One round at a time leaves the device idle while each completion is processed and the next
+/// round is built, and a single 1 MiB request cannot fill a queue that wants several; four
+/// overlapping rounds match the queue depth of the `sluice-perf reference` disk measurement.
+/// Rounds complete in any order but acknowledgements follow log order. Costs up to four round
+/// buffers (`WRITE_ROUNDS_INFLIGHT_MAX * WRITE_ROUND_BYTES_MAX` = 4 MiB) per partition that is
+/// writing at full speed.
+pub const WRITE_ROUNDS_INFLIGHT_MAX: usize = 4;
+
 /// Most bytes of appends one partition queues for its writer; further appends fail with
 /// `AppendError::Overloaded` until the device catches up.
 ///
@@ -112,6 +122,8 @@ const _: () = assert!(SEGMENT_BYTES_MIN <= SEGMENT_BYTES_MAX);
 const _: () = assert!(SEGMENT_BYTES_MAX + APPEND_BYTES_MAX as u64 <= u32::MAX as u64);
 const _: () = assert!(APPEND_BYTES_MAX >= BATCH_BYTES_MAX);
 const _: () = assert!(QUEUED_BYTES_MAX >= WRITE_ROUND_BYTES_MAX);
+const _: () = assert!(WRITE_ROUNDS_INFLIGHT_MAX >= 1);
+const _: () = assert!(QUEUED_BYTES_MAX >= WRITE_ROUNDS_INFLIGHT_MAX * WRITE_ROUND_BYTES_MAX);
 const _: () = assert!(WRITE_ROUND_BYTES_MAX.is_multiple_of(DIO_ALIGN_BYTES));
 const _: () = assert!(PREALLOCATE_BYTES_DEFAULT.is_multiple_of(DIO_ALIGN_BYTES as u64));
 const _: () = assert!(PREALLOCATE_BYTES_MAX.is_multiple_of(DIO_ALIGN_BYTES as u64));

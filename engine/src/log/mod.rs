@@ -21,13 +21,17 @@
 //! ([`Durability::Synced`]).
 //!
 //! One writer task per partition (spawned when work arrives, gone when idle) drains the queue:
-//! it gathers queued appends into one write round (up to `WRITE_ROUND_BYTES_MAX`), copies the
+//! it gathers queued appends into write rounds (up to `WRITE_ROUND_BYTES_MAX` each), copies the
 //! in-memory partial tail block plus the new batches into one aligned buffer allocated for the
-//! write, and writes it with O_DIRECT at the tail block's aligned position. While a round is in
-//! flight, new appends queue up and go in the next round. Before each round, if any `Synced`
-//! append is waiting for written data, the writer issues one fdatasync that covers every append
-//! written so far (group commit). `flush.messages` and `flush.ms` trigger the same fdatasync for
-//! logs without `Synced` appends.
+//! write, and writes it with O_DIRECT at the tail block's aligned position. Up to
+//! `WRITE_ROUNDS_INFLIGHT_MAX` rounds are in flight at once; completions are applied in issue
+//! order, so the written end only covers a contiguous prefix of the log. Rounds in flight
+//! together never write the same block: while others are in flight (or more appends wait), a
+//! round writes only whole blocks and carries the partial last block into the next round. As
+//! soon as a `Synced` append is covered by written data, the writer issues one fdatasync that
+//! covers every append written so far (group commit) and keeps writing while it runs.
+//! `flush.messages` and `flush.ms` trigger the same fdatasync for logs without `Synced`
+//! appends. The `writer` module has the details.
 //!
 //! A partition queues at most `QUEUED_BYTES_MAX` of appends for its writer; beyond that appends
 //! fail with [`AppendError::Overloaded`] (backpressure) instead of growing memory.
@@ -56,8 +60,9 @@
 //!   indexes) plus at most one cached handle of a sealed segment. Sealed segments' indexes stay
 //!   on disk and are read on demand, one block per binary-search probe; sealed segment files are
 //!   opened lazily. An idle partition has no task.
-//! - Writing costs one aligned buffer per write round, sized to the staged bytes (at most
-//!   `WRITE_ROUND_BYTES_MAX`, or one larger append) and freed when the write completes. Queued
+//! - Writing costs one aligned buffer per write round in flight, sized to the staged bytes (at
+//!   most `WRITE_ROUND_BYTES_MAX`, or one larger append) and freed when the write completes:
+//!   at most `WRITE_ROUNDS_INFLIGHT_MAX` of them per partition. Queued
 //!   appends hold their record sets (the same `Bytes` the cache holds) until written, at most
 //!   `QUEUED_BYTES_MAX` per partition.
 //! - Reading from disk costs the requested bytes (bounded by `READ_BYTES_MAX`, or one larger
@@ -343,6 +348,10 @@ struct State {
     /// append.
     queued_bytes: usize,
     writer_running: bool,
+    /// Set when work arrives for a running writer; the writer clears it when it looks for work.
+    writer_kicked: bool,
+    /// Wakes the running writer while it waits for its IO to complete.
+    writer_waker: Option<std::task::Waker>,
     flush_due: bool,
     flush_timer_armed: bool,
     written_waiters: VecDeque<Waiter>,

@@ -951,6 +951,8 @@ pub(crate) async fn open(
         queue: VecDeque::new(),
         queued_bytes: 0,
         writer_running: false,
+        writer_kicked: false,
+        writer_waker: None,
         flush_due: false,
         flush_timer_armed: false,
         written_waiters: VecDeque::new(),
