@@ -93,6 +93,22 @@ pub const SCAN_CHUNK_BYTES: usize = 256 << 10;
 /// Smallest disk read the fetch path issues; smaller reads waste an IO on header-sized reads.
 pub const READ_CHUNK_BYTES_MIN: usize = 64 << 10;
 
+/// Bytes of one read-ahead chunk: one direct read issued ahead of a sequential catch-up reader.
+///
+/// 1 MiB is the request size of the `sluice-perf reference` read measurement, large enough
+/// that per-request costs vanish; a batch straddling two chunks is copied once (at most one
+/// batch per chunk).
+pub const READ_AHEAD_CHUNK_BYTES: usize = 1 << 20;
+
+/// Read-ahead chunks a partition keeps in flight (or read and not yet consumed) for its
+/// sequential reader.
+///
+/// Four overlapping reads keep the device busy while the reader checks and serves the chunk
+/// it holds (the reference measures reads at the same queue depth). Costs at most
+/// `(READ_AHEAD_CHUNKS + 1) * READ_AHEAD_CHUNK_BYTES` = 5 MiB per partition with a catch-up
+/// reader; a partition whose reads are served from the cache has none.
+pub const READ_AHEAD_CHUNKS: usize = 4;
+
 /// Largest fetch a single `read` call serves (beyond the first batch, which is always served
 /// whole). Bounds the read buffer of one fetch.
 pub const READ_BYTES_MAX: usize = 64 << 20;
@@ -130,6 +146,8 @@ const _: () = assert!(PREALLOCATE_BYTES_MAX.is_multiple_of(DIO_ALIGN_BYTES as u6
 const _: () = assert!(SCAN_CHUNK_BYTES.is_multiple_of(DIO_ALIGN_BYTES));
 const _: () = assert!(READ_CHUNK_BYTES_MIN.is_multiple_of(DIO_ALIGN_BYTES));
 const _: () = assert!(READ_BYTES_MAX >= READ_CHUNK_BYTES_MIN);
+const _: () = assert!(READ_AHEAD_CHUNK_BYTES.is_multiple_of(DIO_ALIGN_BYTES));
+const _: () = assert!(READ_AHEAD_CHUNKS >= 1);
 const _: () = assert!(DIO_ALIGN_BYTES.is_multiple_of(OFFSET_INDEX_ENTRY_BYTES));
 // Any batch accepted uncompressed must also decode when its records arrive compressed.
 const _: () = assert!(RECORDS_DECOMPRESSED_BYTES_MAX >= BATCH_BYTES_MAX);

@@ -46,8 +46,9 @@
 //! [`PartitionLog::read`] serves whole batches from the cache when it holds the requested
 //! offset (tailing readers), and otherwise from disk: the segment is found in memory, the
 //! position from a small memo of where recent reads stopped (sequential catch-up readers) or from
-//! the offset index, and the batches are read with aligned direct reads and CRC-checked before
-//! they are served.
+//! the offset index, and the batches are read with direct reads and CRC-checked before they are
+//! served. A reader continuing where it stopped is served through a read-ahead stream that
+//! keeps `READ_AHEAD_CHUNKS` reads in flight ahead of it (module `read_ahead`).
 //!
 //! # Memory budget
 //!
@@ -66,7 +67,9 @@
 //!   appends hold their record sets (the same `Bytes` the cache holds) until written, at most
 //!   `QUEUED_BYTES_MAX` per partition.
 //! - Reading from disk costs the requested bytes (bounded by `READ_BYTES_MAX`, or one larger
-//!   batch) plus a scan chunk.
+//!   batch) plus a scan chunk. A partition with a sequential catch-up reader also holds its
+//!   read-ahead stream: at most `READ_AHEAD_CHUNKS + 1` chunks of `READ_AHEAD_CHUNK_BYTES`
+//!   (plus the chunks one batch larger than a chunk spans).
 //! - The [`BatchCache`] is bounded by its byte budget, whatever the logs retain, and shared by
 //!   every partition of the shard.
 //!
@@ -80,6 +83,7 @@ mod config;
 mod error;
 mod index;
 mod read;
+mod read_ahead;
 mod recovery;
 mod segment;
 mod writer;
@@ -266,6 +270,8 @@ pub struct LogStats {
     pub disk_reads: u64,
     /// Reads served from the batch cache.
     pub cache_reads: u64,
+    /// Chunks read ahead of sequential readers.
+    pub read_ahead_chunks: u64,
     /// Index lookups that found damaged entries and fell back to scanning.
     pub index_fallbacks: u64,
 }
@@ -361,6 +367,10 @@ struct State {
     read_memo: [Option<MemoEntry>; READ_MEMO_ENTRIES],
     read_memo_next: usize,
     sealed_file: Option<(Offset, File)>,
+    /// The sequential reader's read-ahead stream. Invariant: holds only bytes below the
+    /// written size of its segment as they are now (a truncation discards it).
+    read_ahead: Option<read_ahead::ReadAhead>,
+    read_ahead_next_id: u64,
     stats: LogStats,
 }
 

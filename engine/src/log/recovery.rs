@@ -962,6 +962,8 @@ pub(crate) async fn open(
         read_memo: Default::default(),
         read_memo_next: 0,
         sealed_file: None,
+        read_ahead: None,
+        read_ahead_next_id: 0,
         stats: LogStats::default(),
     };
     state.assign = cursor_of_active(&state);
