@@ -3,10 +3,11 @@
 //! in flight instead of one at a time.
 //!
 //! A partition keeps at most one read-ahead stream ([`ReadAhead`]): up to
-//! `READ_AHEAD_CHUNKS` reads of `READ_AHEAD_CHUNK_BYTES` (plus one chunk a reader gave back
-//! partly used), contiguous, of one segment, each a direct read running in its own task. A read continuing where the previous one
-//! stopped is served from the stream (a slice of a chunk, without copying, unless a batch
-//! straddles two chunks); any other read restarts the stream at its position. Only data below
+//! `READ_AHEAD_CHUNKS` reads of `READ_AHEAD_CHUNK_BYTES` (plus the chunks a reader gave back
+//! partly used), contiguous, of one segment, each a direct read running in its own task. A
+//! read continuing where the previous one stopped is served from the stream (a slice of a
+//! chunk, without copying, unless a batch straddles two chunks); any other read restarts the
+//! stream at its position. Only data below
 //! the segment's written size is ever read ahead, so the stream never holds bytes the log may
 //! still change, except after a truncation, which discards the stream
 //! ([`crate::log::State::read_ahead`]).
