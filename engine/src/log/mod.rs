@@ -107,7 +107,7 @@ pub use recovery::{
 use crate::io::File;
 use crate::limits::READ_MEMO_ENTRIES;
 use crate::rt::sync::Semaphore;
-use crate::types::{LeaderEpoch, Offset, TimestampMs, TopicPartition};
+use crate::types::{FilePos, LeaderEpoch, Offset, TimestampMs, TopicPartition};
 use cache::CacheKey;
 use segment::{ActiveSegment, Segment};
 
@@ -472,6 +472,14 @@ impl PartitionLog {
         upper: Offset,
     ) -> Result<ReadSlice, ReadError> {
         read::read(&self.inner, from, max_bytes, upper).await
+    }
+
+    /// Where a disk read of `offset` starts without the sequential-reader memo: the base offset
+    /// of the segment holding it and the file position of the index entry at or before it
+    /// (the segment start if the index is damaged). Reads index blocks from disk for sealed
+    /// segments; for diagnostics and the `offset_index_lookup` benchmark.
+    pub async fn index_position(&self, offset: Offset) -> Result<(Offset, FilePos), ReadError> {
+        read::index_position(&self.inner, offset).await
     }
 
     /// The first batch whose max timestamp is at least `timestamp`, or `None` if there is none.

@@ -457,6 +457,36 @@ pub(crate) async fn read(
     Ok(slice)
 }
 
+/// See [`crate::log::PartitionLog::index_position`].
+pub(crate) async fn index_position(
+    inner: &Rc<Inner>,
+    offset: Offset,
+) -> Result<(Offset, FilePos), ReadError> {
+    let found = {
+        let state = inner.state.borrow();
+        if state.mode == Mode::Closed {
+            return Err(ReadError::Closed);
+        }
+        if offset < state.log_start || offset >= state.written {
+            return Err(out_of_range(&state, offset));
+        }
+        segment_index(&state, offset).map(|index| view(inner, &state, index, offset))
+    };
+    let Some(mut view) = found else {
+        return Err(out_of_range(&inner.state.borrow(), offset));
+    };
+    // The index, not the memo of sequential readers.
+    view.memo_position = None;
+    let position = start_position(inner, &mut view, offset).await?;
+    assert!(
+        position <= view.segment.size,
+        "{}: index position {position} past segment {} size",
+        inner.tp,
+        view.segment.base
+    );
+    Ok((view.segment.base, FilePos(position)))
+}
+
 /// See [`crate::log::PartitionLog::offset_for_timestamp`].
 pub(crate) async fn offset_for_timestamp(
     inner: &Rc<Inner>,
