@@ -95,6 +95,36 @@ pub fn aligned_buffer(file: &DmaFile, parts: &[&[u8]]) -> crate::rt::fs::DmaBuff
     buffer
 }
 
+/// Builds an aligned buffer of exactly `len` bytes (a multiple of the block size) holding the
+/// first `len` bytes of `parts` back to back, followed by zeros when `parts` hold fewer. Bytes
+/// of `parts` past `len` are left out: the writer keeps them for its next write. Allocated for
+/// this write and freed when the write completes.
+pub fn aligned_buffer_of_len(
+    file: &DmaFile,
+    parts: &[&[u8]],
+    len: usize,
+) -> crate::rt::fs::DmaBuffer {
+    assert!(len > 0, "aligned buffer of nothing");
+    assert!(
+        len.is_multiple_of(DIO_ALIGN_BYTES),
+        "unaligned buffer length {len}"
+    );
+    let mut buffer = file.alloc_dma_buffer(len);
+    let bytes = buffer.as_bytes_mut();
+    let mut at = 0;
+    for part in parts {
+        if at == len {
+            break;
+        }
+        let take = part.len().min(len - at);
+        bytes[at..at + take].copy_from_slice(&part[..take]);
+        at += take;
+    }
+    bytes[at..].fill(0);
+    assert!(at <= len);
+    buffer
+}
+
 /// Writes a whole aligned buffer at the aligned position `pos`. A short write is an error: the
 /// device ran out of space part-way.
 pub async fn write_at(

@@ -57,6 +57,16 @@ pub const INDEX_INTERVAL_BYTES_MAX: u64 = 1 << 30;
 /// NVMe, and keeps one round well under a millisecond.
 pub const WRITE_ROUND_BYTES_MAX: usize = 1 << 20;
 
+/// Most write rounds one partition keeps in flight at once.
+///
+/// One round at a time leaves the device idle while each completion is processed and the next
+/// round is built, and a single 1 MiB request cannot fill a queue that wants several; four
+/// overlapping rounds match the queue depth of the `sluice-perf reference` disk measurement.
+/// Rounds complete in any order but acknowledgements follow log order. Costs up to four round
+/// buffers (`WRITE_ROUNDS_INFLIGHT_MAX * WRITE_ROUND_BYTES_MAX` = 4 MiB) per partition that is
+/// writing at full speed.
+pub const WRITE_ROUNDS_INFLIGHT_MAX: usize = 4;
+
 /// Most bytes of appends one partition queues for its writer; further appends fail with
 /// `AppendError::Overloaded` until the device catches up.
 ///
@@ -82,6 +92,22 @@ pub const SCAN_CHUNK_BYTES: usize = 256 << 10;
 
 /// Smallest disk read the fetch path issues; smaller reads waste an IO on header-sized reads.
 pub const READ_CHUNK_BYTES_MIN: usize = 64 << 10;
+
+/// Bytes of one read-ahead chunk: one direct read issued ahead of a sequential catch-up reader.
+///
+/// 1 MiB is the request size of the `sluice-perf reference` read measurement, large enough
+/// that per-request costs vanish; a batch straddling two chunks is copied once (at most one
+/// batch per chunk).
+pub const READ_AHEAD_CHUNK_BYTES: usize = 1 << 20;
+
+/// Read-ahead chunks a partition keeps in flight (or read and not yet consumed) for its
+/// sequential reader.
+///
+/// Four overlapping reads keep the device busy while the reader checks and serves the chunk
+/// it holds (the reference measures reads at the same queue depth). Costs at most
+/// `(READ_AHEAD_CHUNKS + 1) * READ_AHEAD_CHUNK_BYTES` = 5 MiB per partition with a catch-up
+/// reader; a partition whose reads are served from the cache has none.
+pub const READ_AHEAD_CHUNKS: usize = 4;
 
 /// Largest fetch a single `read` call serves (beyond the first batch, which is always served
 /// whole). Bounds the read buffer of one fetch.
@@ -112,12 +138,16 @@ const _: () = assert!(SEGMENT_BYTES_MIN <= SEGMENT_BYTES_MAX);
 const _: () = assert!(SEGMENT_BYTES_MAX + APPEND_BYTES_MAX as u64 <= u32::MAX as u64);
 const _: () = assert!(APPEND_BYTES_MAX >= BATCH_BYTES_MAX);
 const _: () = assert!(QUEUED_BYTES_MAX >= WRITE_ROUND_BYTES_MAX);
+const _: () = assert!(WRITE_ROUNDS_INFLIGHT_MAX >= 1);
+const _: () = assert!(QUEUED_BYTES_MAX >= WRITE_ROUNDS_INFLIGHT_MAX * WRITE_ROUND_BYTES_MAX);
 const _: () = assert!(WRITE_ROUND_BYTES_MAX.is_multiple_of(DIO_ALIGN_BYTES));
 const _: () = assert!(PREALLOCATE_BYTES_DEFAULT.is_multiple_of(DIO_ALIGN_BYTES as u64));
 const _: () = assert!(PREALLOCATE_BYTES_MAX.is_multiple_of(DIO_ALIGN_BYTES as u64));
 const _: () = assert!(SCAN_CHUNK_BYTES.is_multiple_of(DIO_ALIGN_BYTES));
 const _: () = assert!(READ_CHUNK_BYTES_MIN.is_multiple_of(DIO_ALIGN_BYTES));
 const _: () = assert!(READ_BYTES_MAX >= READ_CHUNK_BYTES_MIN);
+const _: () = assert!(READ_AHEAD_CHUNK_BYTES.is_multiple_of(DIO_ALIGN_BYTES));
+const _: () = assert!(READ_AHEAD_CHUNKS >= 1);
 const _: () = assert!(DIO_ALIGN_BYTES.is_multiple_of(OFFSET_INDEX_ENTRY_BYTES));
 // Any batch accepted uncompressed must also decode when its records arrive compressed.
 const _: () = assert!(RECORDS_DECOMPRESSED_BYTES_MAX >= BATCH_BYTES_MAX);

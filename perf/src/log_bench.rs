@@ -29,6 +29,8 @@ pub struct LogBenchConfig {
     pub record_bytes: usize,
     pub inflight: usize,
     pub synced: bool,
+    /// The log's preallocation step (`LogConfig::preallocate_bytes`); `None` keeps the default.
+    pub preallocate_bytes: Option<u64>,
 }
 
 /// Results, with the reference they are judged against.
@@ -37,6 +39,8 @@ pub struct LogBenchReport {
     pub config: LogBenchConfig,
     pub append_mb_per_sec: f64,
     pub append_ratio_to_direct_write: f64,
+    /// Against writes into freshly preallocated blocks, which is what a log segment writes.
+    pub append_ratio_to_direct_write_fresh: f64,
     pub read_mb_per_sec: f64,
     pub read_ratio_to_direct_read: f64,
     pub peak_rss_mib: f64,
@@ -54,6 +58,7 @@ pub fn run(config: LogBenchConfig) -> anyhow::Result<LogBenchReport> {
     let _ = std::fs::remove_dir_all(config.dir.join("sluice-log-bench"));
     Ok(LogBenchReport {
         append_ratio_to_direct_write: append / reference.direct_write_mb_per_sec,
+        append_ratio_to_direct_write_fresh: append / reference.direct_write_fresh_mb_per_sec,
         read_ratio_to_direct_read: read / reference.direct_read_mb_per_sec,
         append_mb_per_sec: append,
         read_mb_per_sec: read,
@@ -79,9 +84,13 @@ fn template_batch(config: &LogBenchConfig) -> anyhow::Result<Bytes> {
 
 async fn passes(config: &LogBenchConfig, dir: &std::path::Path) -> anyhow::Result<(f64, f64)> {
     let batch = template_batch(config)?;
+    let defaults = LogConfig::default();
     let log_config = LogConfig {
         max_batch_bytes: config.batch_bytes.max(batch.len()),
-        ..LogConfig::default()
+        preallocate_bytes: config
+            .preallocate_bytes
+            .unwrap_or(defaults.preallocate_bytes),
+        ..defaults
     };
     // A tiny cache so the read pass measures disk reads, not memory.
     let cache = Rc::new(BatchCache::new(1 << 20));

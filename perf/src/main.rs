@@ -53,6 +53,9 @@ enum Command {
         /// Wait for fdatasync (group commit) on every append.
         #[arg(long)]
         synced: bool,
+        /// The log's preallocation step in bytes (default: the engine's).
+        #[arg(long)]
+        preallocate_bytes: Option<u64>,
         /// Write the results as JSON here.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -93,6 +96,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             record_bytes,
             inflight,
             synced,
+            preallocate_bytes,
             json,
         } => {
             let report = log_bench::run(log_bench::LogBenchConfig {
@@ -102,6 +106,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 record_bytes,
                 inflight,
                 synced,
+                preallocate_bytes,
             })?;
             let text = serde_json::to_string_pretty(&report)?;
             println!("{text}");

@@ -1,9 +1,10 @@
 //! `sluice-perf reference`: this machine's limits, measured in the same run as the benchmark
 //! they judge.
 //!
-//! - Direct-IO sequential write bandwidth into a preallocated file and into a growing file,
-//!   and read bandwidth: 1 MiB blocks, `QUEUE_DEPTH` in flight (like the broker's pipelined
-//!   appends), through the same glommio DMA path the broker uses.
+//! - Direct-IO sequential write bandwidth into a preallocated file (overwriting written
+//!   blocks), into a growing file, and into a freshly `fallocate`d file (never-written blocks,
+//!   as a log segment's), and read bandwidth: 1 MiB blocks, `QUEUE_DEPTH` in flight (like the
+//!   broker's pipelined appends), through the same glommio DMA path the broker uses.
 //! - fdatasync latency percentiles for 4 KiB and 64 KiB appends (each write followed by
 //!   fdatasync, the acks=all cost floor).
 //! - Loopback TCP bandwidth between two threads (the Kafka protocol's transport limit).
@@ -25,6 +26,10 @@ const BLOCK_BYTES: usize = 1 << 20;
 pub struct Reference {
     pub direct_write_mb_per_sec: f64,
     pub direct_write_new_file_mb_per_sec: f64,
+    /// Writes into a file just `fallocate`d to its full size: the blocks a log segment writes
+    /// (allocated, never written). Slower than overwriting where the file system or the
+    /// virtual disk pays for first writes (unwritten extents, thin provisioning).
+    pub direct_write_fresh_mb_per_sec: f64,
     pub direct_read_mb_per_sec: f64,
     pub fdatasync_4k_us: Percentiles,
     pub fdatasync_64k_us: Percentiles,
@@ -84,6 +89,7 @@ async fn measure_disk(path: PathBuf, bytes: u64) -> anyhow::Result<Reference> {
     rt::into_io(file.fdatasync().await).context("fdatasync")?;
     let read = read_pass(&file, blocks).await?;
     let total = blocks * BLOCK_BYTES as u64;
+    let fresh = fresh_write_pass(&path.with_extension("fresh"), blocks, total).await?;
     let fdatasync_4k_us = Percentiles::of(&sync_latency(&file, 4096, 2000).await?);
     let fdatasync_64k_us = Percentiles::of(&sync_latency(&file, 65536, 1000).await?);
     Rc::try_unwrap(file)
@@ -94,6 +100,7 @@ async fn measure_disk(path: PathBuf, bytes: u64) -> anyhow::Result<Reference> {
     Ok(Reference {
         direct_write_mb_per_sec: mb_per_sec(total, preallocated),
         direct_write_new_file_mb_per_sec: mb_per_sec(total, new_file),
+        direct_write_fresh_mb_per_sec: mb_per_sec(total, fresh),
         direct_read_mb_per_sec: mb_per_sec(total, read),
         fdatasync_4k_us,
         fdatasync_64k_us,
@@ -128,6 +135,18 @@ async fn write_pass(file: &Rc<DmaFile>, blocks: u64) -> anyhow::Result<Duration>
         rt::into_io(task.await).context("direct write")?;
     }
     Ok(start.elapsed())
+}
+
+/// Writes `blocks` into a new file preallocated (not written) to `total` bytes, then removes it.
+async fn fresh_write_pass(path: &Path, blocks: u64, total: u64) -> anyhow::Result<Duration> {
+    let _ = std::fs::remove_file(path);
+    let file = Rc::new(open(path).await?);
+    rt::into_io(file.pre_allocate(total, false).await).context("fallocate")?;
+    let elapsed = write_pass(&file, blocks).await;
+    let _ = std::fs::remove_file(path);
+    let file = Rc::try_unwrap(file).map_err(|_| anyhow::anyhow!("file still shared"))?;
+    file.close().await.map_err(std::io::Error::from)?;
+    elapsed
 }
 
 async fn read_pass(file: &Rc<DmaFile>, blocks: u64) -> anyhow::Result<Duration> {

@@ -98,6 +98,13 @@ async fn delete_prefix(inner: &Inner, count: usize) -> Result<RetentionReport, A
         {
             state.sealed_file = None;
         }
+        if state
+            .read_ahead
+            .as_ref()
+            .is_some_and(|stream| stream.segment() < first)
+        {
+            state.read_ahead = None;
+        }
         inner.cache.remove_before(inner.cache_key, state.log_start);
         report.log_start_offset = state.log_start;
     }
@@ -458,6 +465,8 @@ async fn truncate_idle(inner: &Rc<Inner>, offset: Offset) -> Result<Offset, Admi
         state.high_watermark = state.high_watermark.min(new_end);
         state.read_memo = Default::default();
         state.sealed_file = None;
+        // Read-ahead may hold bytes the truncation removed (and appends will overwrite).
+        state.read_ahead = None;
         inner.cache.truncate_from(inner.cache_key, new_end);
     }
     write_checkpoint(inner).await?;
@@ -474,6 +483,7 @@ pub(crate) async fn close(inner: &Rc<Inner>) -> Result<(), AdminError> {
         }
         let failed = state.mode == Mode::Failed;
         state.mode = Mode::Closed;
+        state.read_ahead = None;
         failed
     };
     writer::wait_idle(inner).await;

@@ -21,13 +21,17 @@
 //! ([`Durability::Synced`]).
 //!
 //! One writer task per partition (spawned when work arrives, gone when idle) drains the queue:
-//! it gathers queued appends into one write round (up to `WRITE_ROUND_BYTES_MAX`), copies the
+//! it gathers queued appends into write rounds (up to `WRITE_ROUND_BYTES_MAX` each), copies the
 //! in-memory partial tail block plus the new batches into one aligned buffer allocated for the
-//! write, and writes it with O_DIRECT at the tail block's aligned position. While a round is in
-//! flight, new appends queue up and go in the next round. Before each round, if any `Synced`
-//! append is waiting for written data, the writer issues one fdatasync that covers every append
-//! written so far (group commit). `flush.messages` and `flush.ms` trigger the same fdatasync for
-//! logs without `Synced` appends.
+//! write, and writes it with O_DIRECT at the tail block's aligned position. Up to
+//! `WRITE_ROUNDS_INFLIGHT_MAX` rounds are in flight at once; completions are applied in issue
+//! order, so the written end only covers a contiguous prefix of the log. Rounds in flight
+//! together never write the same block: while others are in flight (or more appends wait), a
+//! round writes only whole blocks and carries the partial last block into the next round. As
+//! soon as a `Synced` append is covered by written data, the writer issues one fdatasync that
+//! covers every append written so far (group commit) and keeps writing while it runs.
+//! `flush.messages` and `flush.ms` trigger the same fdatasync for logs without `Synced`
+//! appends. The `writer` module has the details.
 //!
 //! A partition queues at most `QUEUED_BYTES_MAX` of appends for its writer; beyond that appends
 //! fail with [`AppendError::Overloaded`] (backpressure) instead of growing memory.
@@ -42,8 +46,9 @@
 //! [`PartitionLog::read`] serves whole batches from the cache when it holds the requested
 //! offset (tailing readers), and otherwise from disk: the segment is found in memory, the
 //! position from a small memo of where recent reads stopped (sequential catch-up readers) or from
-//! the offset index, and the batches are read with aligned direct reads and CRC-checked before
-//! they are served.
+//! the offset index, and the batches are read with direct reads and CRC-checked before they are
+//! served. A reader continuing where it stopped is served through a read-ahead stream that
+//! keeps `READ_AHEAD_CHUNKS` reads in flight ahead of it (module `read_ahead`).
 //!
 //! # Memory budget
 //!
@@ -56,12 +61,15 @@
 //!   indexes) plus at most one cached handle of a sealed segment. Sealed segments' indexes stay
 //!   on disk and are read on demand, one block per binary-search probe; sealed segment files are
 //!   opened lazily. An idle partition has no task.
-//! - Writing costs one aligned buffer per write round, sized to the staged bytes (at most
-//!   `WRITE_ROUND_BYTES_MAX`, or one larger append) and freed when the write completes. Queued
+//! - Writing costs one aligned buffer per write round in flight, sized to the staged bytes (at
+//!   most `WRITE_ROUND_BYTES_MAX`, or one larger append) and freed when the write completes:
+//!   at most `WRITE_ROUNDS_INFLIGHT_MAX` of them per partition. Queued
 //!   appends hold their record sets (the same `Bytes` the cache holds) until written, at most
 //!   `QUEUED_BYTES_MAX` per partition.
 //! - Reading from disk costs the requested bytes (bounded by `READ_BYTES_MAX`, or one larger
-//!   batch) plus a scan chunk.
+//!   batch) plus a scan chunk. A partition with a sequential catch-up reader also holds its
+//!   read-ahead stream: at most `READ_AHEAD_CHUNKS + 1` chunks of `READ_AHEAD_CHUNK_BYTES`
+//!   (plus the chunks one batch larger than a chunk spans).
 //! - The [`BatchCache`] is bounded by its byte budget, whatever the logs retain, and shared by
 //!   every partition of the shard.
 //!
@@ -75,6 +83,7 @@ mod config;
 mod error;
 mod index;
 mod read;
+mod read_ahead;
 mod recovery;
 mod segment;
 mod writer;
@@ -98,7 +107,7 @@ pub use recovery::{
 use crate::io::File;
 use crate::limits::READ_MEMO_ENTRIES;
 use crate::rt::sync::Semaphore;
-use crate::types::{LeaderEpoch, Offset, TimestampMs, TopicPartition};
+use crate::types::{FilePos, LeaderEpoch, Offset, TimestampMs, TopicPartition};
 use cache::CacheKey;
 use segment::{ActiveSegment, Segment};
 
@@ -261,6 +270,8 @@ pub struct LogStats {
     pub disk_reads: u64,
     /// Reads served from the batch cache.
     pub cache_reads: u64,
+    /// Chunks read ahead of sequential readers.
+    pub read_ahead_chunks: u64,
     /// Index lookups that found damaged entries and fell back to scanning.
     pub index_fallbacks: u64,
 }
@@ -343,6 +354,10 @@ struct State {
     /// append.
     queued_bytes: usize,
     writer_running: bool,
+    /// Set when work arrives for a running writer; the writer clears it when it looks for work.
+    writer_kicked: bool,
+    /// Wakes the running writer while it waits for its IO to complete.
+    writer_waker: Option<std::task::Waker>,
     flush_due: bool,
     flush_timer_armed: bool,
     written_waiters: VecDeque<Waiter>,
@@ -352,6 +367,10 @@ struct State {
     read_memo: [Option<MemoEntry>; READ_MEMO_ENTRIES],
     read_memo_next: usize,
     sealed_file: Option<(Offset, File)>,
+    /// The sequential reader's read-ahead stream. Invariant: holds only bytes below the
+    /// written size of its segment as they are now (a truncation discards it).
+    read_ahead: Option<read_ahead::ReadAhead>,
+    read_ahead_next_id: u64,
     stats: LogStats,
 }
 
@@ -453,6 +472,14 @@ impl PartitionLog {
         upper: Offset,
     ) -> Result<ReadSlice, ReadError> {
         read::read(&self.inner, from, max_bytes, upper).await
+    }
+
+    /// Where a disk read of `offset` starts without the sequential-reader memo: the base offset
+    /// of the segment holding it and the file position of the index entry at or before it
+    /// (the segment start if the index is damaged). Reads index blocks from disk for sealed
+    /// segments; for diagnostics and the `offset_index_lookup` benchmark.
+    pub async fn index_position(&self, offset: Offset) -> Result<(Offset, FilePos), ReadError> {
+        read::index_position(&self.inner, offset).await
     }
 
     /// The first batch whose max timestamp is at least `timestamp`, or `None` if there is none.

@@ -22,7 +22,9 @@ use crate::log::index::{
 use crate::log::segment::{
     INDEX_EXTENSION, LOG_EXTENSION, ScanItem, Scanner, Segment, TIME_INDEX_EXTENSION, file_path,
 };
-use crate::log::{Inner, MemoEntry, Mode, ReadError, ReadSlice, State, TimestampOffset};
+use crate::log::{
+    Inner, MemoEntry, Mode, ReadError, ReadSlice, State, TimestampOffset, read_ahead,
+};
 use crate::types::{FilePos, Offset, TimestampMs};
 
 fn out_of_range(state: &State, requested: Offset) -> ReadError {
@@ -212,9 +214,48 @@ fn next_batch(rest: &[u8], segment: &Segment, position: u64) -> Next {
     Next::Batch(header, total)
 }
 
+/// How a segment read gets its bytes.
+enum Fetch<'a> {
+    /// One direct read per request (random access: the position came from the index).
+    Direct,
+    /// Through the partition's read-ahead stream (a reader continuing where it stopped).
+    Ahead(&'a Inner),
+}
+
+impl Fetch<'_> {
+    /// Bytes of `file` from `position`: at least `min_len` and at most `max_len` (fewer only at
+    /// the end of the file).
+    async fn bytes(
+        &self,
+        file: &File,
+        segment: &Segment,
+        position: u64,
+        min_len: usize,
+        max_len: usize,
+    ) -> io::Result<Bytes> {
+        match self {
+            Fetch::Direct => dio::read_at(file, position, max_len).await,
+            Fetch::Ahead(inner) => {
+                read_ahead::read(
+                    inner,
+                    segment.base,
+                    file,
+                    position,
+                    min_len,
+                    max_len,
+                    segment.size,
+                )
+                .await
+            }
+        }
+    }
+}
+
 /// Reads whole batches of `segment` from `position`, skipping those that end at or before
 /// `from`, until `upper`, the byte budget, or the segment end.
+#[allow(clippy::too_many_arguments)]
 async fn read_segment(
+    fetch: Fetch<'_>,
     file: &File,
     segment: &Segment,
     mut position: u64,
@@ -247,13 +288,16 @@ async fn read_segment(
             .max(need)
             .max(READ_CHUNK_BYTES_MIN);
         let len = usize::try_from(remaining.min(want as u64)).expect("bounded by budget");
-        let buffer = dio::read_at(file, position, len)
+        // At least the batch (or header) the previous pass found incomplete.
+        let min_len = need.clamp(1, len);
+        let buffer = fetch
+            .bytes(file, segment, position, min_len, len)
             .await
             .map_err(|error| ReadError::Io(Arc::new(error)))?;
-        if buffer.len() < len {
+        if buffer.len() < min_len {
             // The file is shorter than the segment's recorded size.
             let error = BatchError::Truncated {
-                needed: len,
+                needed: min_len,
                 have: buffer.len(),
             };
             if collected > 0 {
@@ -268,6 +312,11 @@ async fn read_segment(
             let batch_position = position + at as u64;
             let (header, total) = match next_batch(&buffer[at..], segment, batch_position) {
                 Next::Batch(header, total) => (header, total),
+                // A batch that would not fit the budget anyway is not fetched whole.
+                Next::Need(bytes) if collected > 0 && collected + bytes > budget => {
+                    stop = true;
+                    break;
+                }
                 Next::Need(bytes) => {
                     need = bytes;
                     break;
@@ -352,6 +401,8 @@ pub(crate) async fn read(
                 .map(|index| view(inner, &state, index, slice.next_offset))
         };
         let Some(mut view) = found else { break };
+        // A reader continuing where a previous read stopped is read ahead of.
+        let sequential = view.memo_position.is_some();
         let position = start_position(inner, &mut view, slice.next_offset).await?;
         let file = match view.file.take() {
             Some(file) => file,
@@ -364,7 +415,13 @@ pub(crate) async fn read(
                 Err(error) => return Err(ReadError::Io(Arc::new(error))),
             },
         };
+        let fetch = if sequential {
+            Fetch::Ahead(inner)
+        } else {
+            Fetch::Direct
+        };
         let part = read_segment(
+            fetch,
             &file,
             &view.segment,
             position,
@@ -398,6 +455,36 @@ pub(crate) async fn read(
         return Err(out_of_range(&state, from));
     }
     Ok(slice)
+}
+
+/// See [`crate::log::PartitionLog::index_position`].
+pub(crate) async fn index_position(
+    inner: &Rc<Inner>,
+    offset: Offset,
+) -> Result<(Offset, FilePos), ReadError> {
+    let found = {
+        let state = inner.state.borrow();
+        if state.mode == Mode::Closed {
+            return Err(ReadError::Closed);
+        }
+        if offset < state.log_start || offset >= state.written {
+            return Err(out_of_range(&state, offset));
+        }
+        segment_index(&state, offset).map(|index| view(inner, &state, index, offset))
+    };
+    let Some(mut view) = found else {
+        return Err(out_of_range(&inner.state.borrow(), offset));
+    };
+    // The index, not the memo of sequential readers.
+    view.memo_position = None;
+    let position = start_position(inner, &mut view, offset).await?;
+    assert!(
+        position <= view.segment.size,
+        "{}: index position {position} past segment {} size",
+        inner.tp,
+        view.segment.base
+    );
+    Ok((view.segment.base, FilePos(position)))
 }
 
 /// See [`crate::log::PartitionLog::offset_for_timestamp`].

@@ -951,6 +951,8 @@ pub(crate) async fn open(
         queue: VecDeque::new(),
         queued_bytes: 0,
         writer_running: false,
+        writer_kicked: false,
+        writer_waker: None,
         flush_due: false,
         flush_timer_armed: false,
         written_waiters: VecDeque::new(),
@@ -960,6 +962,8 @@ pub(crate) async fn open(
         read_memo: Default::default(),
         read_memo_next: 0,
         sealed_file: None,
+        read_ahead: None,
+        read_ahead_next_id: 0,
         stats: LogStats::default(),
     };
     state.assign = cursor_of_active(&state);

@@ -1,25 +1,45 @@
 //! The asynchronous half of appends: the per-partition writer task that turns queued appends
-//! into O_DIRECT write rounds, group-commits fdatasyncs, rolls segments, flushes index blocks,
-//! and fails or poisons the log when IO fails.
+//! into O_DIRECT write rounds, keeps several rounds in flight, group-commits fdatasyncs while
+//! writes continue, rolls segments, flushes index blocks, and fails or poisons the log when IO
+//! fails.
 //!
-//! The writer is spawned when work is queued and exits when the queue is drained, so an idle
-//! partition has no task. It is the only code that changes the active segment while the log is
-//! open (maintenance operations first wait for it to go idle). State is borrowed only in the
-//! synchronous sections between awaits.
+//! The writer is spawned when work is queued and exits when the queue is drained and nothing is
+//! in flight, so an idle partition has no task. It is the only code that changes the active
+//! segment while the log is open (maintenance operations first wait for it to go idle). State is
+//! borrowed only in the synchronous sections between awaits.
+//!
+//! # Pipelining
+//!
+//! Up to `WRITE_ROUNDS_INFLIGHT_MAX` rounds are in flight at once. Rounds complete in any order;
+//! their completions are applied in issue order, so the written end (and every acknowledgement)
+//! only ever covers a contiguous prefix of the log. Two rounds in flight never write the same
+//! block: a round issued while others are in flight, or while more appends are queued, writes
+//! only whole blocks and keeps the partially filled last block in memory for the next round
+//! (its batches are acknowledged by that round). A partial block is zero-padded and written
+//! only when nothing else is in flight; a later round that must rewrite that block waits for it.
+//! fdatasync (group commit) and index block writes run beside the data writes: a sync covers
+//! the written end at the moment it is issued.
 //!
 //! Must not depend on: the read path.
 
+use std::collections::VecDeque;
+use std::future::Future;
 use std::io;
 use std::path::Path;
+use std::pin::Pin;
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use futures::StreamExt;
 use futures::channel::oneshot;
+use futures::stream::FuturesOrdered;
 
-use crate::io::{self as dio, align_down};
+use crate::io::{self as dio, File, align_down, align_up};
 use crate::limits::{
     DIO_ALIGN_BYTES, OFFSET_INDEX_ENTRY_BYTES, TIME_INDEX_ENTRY_BYTES, WRITE_ROUND_BYTES_MAX,
+    WRITE_ROUNDS_INFLIGHT_MAX,
 };
 use crate::log::checkpoint::{CHECKPOINT_FILE, Checkpoint, SealedRow};
 use crate::log::index::{IndexBuilder, IndexFile};
@@ -29,10 +49,14 @@ use crate::log::segment::{
 use crate::log::{AppendError, AssignCursor, Inner, Mode, Op, StagedBatch, State, Waiter};
 use crate::types::Offset;
 
-/// Starts the writer task unless it is running.
+/// Starts the writer task unless it is running; wakes it if it is waiting for its IO.
 pub(crate) fn ensure_running(inner: &Rc<Inner>) {
     let mut state = inner.state.borrow_mut();
     if state.writer_running {
+        state.writer_kicked = true;
+        if let Some(waker) = state.writer_waker.take() {
+            waker.wake();
+        }
         return;
     }
     state.writer_running = true;
@@ -40,24 +64,164 @@ pub(crate) fn ensure_running(inner: &Rc<Inner>) {
     crate::rt::spawn(run(inner.clone())).detach();
 }
 
-enum Step {
-    Write(Vec<StagedBatch>),
-    Roll(Offset),
-    Sync,
-    Idle,
+type IoFuture = Pin<Box<dyn Future<Output = io::Result<()>>>>;
+type RoundFuture = Pin<Box<dyn Future<Output = (Round, io::Result<()>)>>>;
+
+/// What a write round in flight will have written when it completes.
+struct Round {
+    /// The pipeline generation it was issued in; completions of abandoned generations are
+    /// ignored.
+    generation: u64,
+    /// End of the write (aligned).
+    write_end: u64,
+    /// Batches whose last byte this round writes, in log order: written when it completes.
+    covered: Vec<StagedBatch>,
+    /// Segment size once the covered batches are written, with the bytes of its partially
+    /// filled last block; `None` when the round completes no batch.
+    covered_end: Option<(u64, Vec<u8>)>,
+    /// The partially filled block this round pads with zeros, if any.
+    padded_block: Option<u64>,
 }
 
-/// The writer loop: runs until the queue is drained and no sync is owed.
+/// An fdatasync in flight.
+struct SyncInFlight {
+    /// The written end when it was issued: what it makes durable.
+    target: Offset,
+    records: u64,
+    future: IoFuture,
+}
+
+/// Index block writes in flight: `(time index?, position, bytes)` of each job.
+struct IndexFlushInFlight {
+    jobs: Vec<(bool, u64, usize)>,
+    future: IoFuture,
+}
+
+/// The writer's view of the active segment beyond what is written: batches taken from the
+/// queue, and writes, syncs and index flushes in flight. Lives in the writer task only.
+struct Pipeline {
+    generation: u64,
+    rounds: FuturesOrdered<RoundFuture>,
+    /// Segment size once every batch taken from the queue is written.
+    /// Invariant: `placed >= covered_end >= segment.size`.
+    placed: u64,
+    /// Bytes `[align_down(placed), placed)`: the partially filled last block.
+    tail: Vec<u8>,
+    /// Batches taken from the queue that no issued round completes yet, in log order.
+    uncovered: VecDeque<StagedBatch>,
+    /// Segment size after the last batch an issued round completes.
+    covered_end: u64,
+    /// Offset after the last batch taken from the queue.
+    next: Offset,
+    /// The partially filled block a padded round in flight is writing: no other round may
+    /// write it until that one completes.
+    padded_block: Option<u64>,
+    sync: Option<SyncInFlight>,
+    index_flush: Option<IndexFlushInFlight>,
+    /// A preallocation in flight and the file size it grows to.
+    allocation: Option<(u64, IoFuture)>,
+    /// A write failed or the log failed: no round is issued until the abandoned ones drained.
+    draining: bool,
+    /// Largest end of a write of an abandoned generation that succeeded: stale batches that
+    /// must be scrubbed before the segment is written again.
+    stale_end: u64,
+}
+
+impl Pipeline {
+    fn new(state: &State) -> Pipeline {
+        let mut pipeline = Pipeline {
+            generation: 0,
+            rounds: FuturesOrdered::new(),
+            placed: 0,
+            tail: Vec::new(),
+            uncovered: VecDeque::new(),
+            covered_end: 0,
+            next: Offset(0),
+            padded_block: None,
+            sync: None,
+            index_flush: None,
+            allocation: None,
+            draining: false,
+            stale_end: 0,
+        };
+        pipeline.reset(state);
+        pipeline
+    }
+
+    /// Restarts from what is written. Nothing may be in flight.
+    fn reset(&mut self, state: &State) {
+        assert!(
+            self.rounds.is_empty(),
+            "pipeline reset with rounds in flight"
+        );
+        let size = state
+            .segments
+            .back()
+            .expect("log has an active segment")
+            .size;
+        self.placed = size;
+        self.covered_end = size;
+        self.tail = state.active.tail.clone();
+        self.uncovered.clear();
+        self.next = state.written;
+        self.padded_block = None;
+        self.draining = false;
+        self.stale_end = 0;
+    }
+
+    /// Forgets everything not yet written: completions of rounds in flight are ignored, and no
+    /// round is issued until they drained.
+    fn abandon(&mut self) {
+        self.generation += 1;
+        self.uncovered.clear();
+        self.draining = true;
+    }
+
+    fn io_in_flight(&self) -> bool {
+        !self.rounds.is_empty()
+            || self.sync.is_some()
+            || self.index_flush.is_some()
+            || self.allocation.is_some()
+    }
+}
+
+/// What the writer loop does next.
+enum Plan {
+    /// Wait for IO in flight (or new work).
+    Wait,
+    /// Nothing to do; the writer has gone idle.
+    Idle,
+    /// Seal the active segment and start a new one at this base. Nothing is in flight.
+    Roll(Offset),
+    /// Overwrite stale data of abandoned rounds, then restart the pipeline. Nothing is in
+    /// flight.
+    Scrub(File, u64, crate::rt::fs::DmaBuffer),
+}
+
+/// Something that happened while the writer waited.
+enum Event {
+    Round(Round, io::Result<()>),
+    Synced(io::Result<()>),
+    IndexFlushed(io::Result<()>),
+    Allocated(io::Result<()>),
+    Kicked,
+}
+
+/// The writer loop: runs until the queue is drained and nothing is in flight.
 async fn run(inner: Rc<Inner>) {
+    let mut pipeline = Pipeline::new(&inner.state.borrow());
     loop {
-        match next_step(&inner) {
-            Step::Idle => return,
-            Step::Write(batches) => {
-                if let Err(error) = write_round(&inner, batches).await {
-                    fail_pending(&inner, AppendError::from_io(error));
-                }
+        match plan(&inner, &mut pipeline) {
+            Plan::Idle => {
+                assert!(
+                    !pipeline.io_in_flight(),
+                    "{}: idle with IO in flight",
+                    inner.tp
+                );
+                return;
             }
-            Step::Roll(base) => {
+            Plan::Wait => {}
+            Plan::Roll(base) => {
                 if let Err(failure) = roll(&inner, base).await {
                     match failure {
                         RollFailure::Create(error) => {
@@ -66,10 +230,57 @@ async fn run(inner: Rc<Inner>) {
                         RollFailure::Fatal(error) => poison(&inner, &error),
                     }
                 }
+                pipeline.reset(&inner.state.borrow());
+                continue;
             }
-            Step::Sync => sync_step(&inner).await,
+            Plan::Scrub(file, position, buffer) => {
+                if let Err(error) = dio::write_at(&file, buffer, position).await {
+                    // The file may hold batches that were never acknowledged: stop appending.
+                    poison(&inner, &Arc::new(error));
+                }
+                pipeline.reset(&inner.state.borrow());
+                continue;
+            }
+        }
+        let event = std::future::poll_fn(|cx| poll_event(&inner, &mut pipeline, cx)).await;
+        match event {
+            Event::Kicked => {}
+            Event::Round(round, result) => complete_round(&inner, &mut pipeline, round, result),
+            Event::Synced(result) => complete_sync(&inner, &mut pipeline, result),
+            Event::IndexFlushed(result) => complete_index_flush(&inner, &mut pipeline, result),
+            Event::Allocated(result) => complete_allocation(&inner, &mut pipeline, result),
         }
     }
+}
+
+fn poll_event(inner: &Inner, pipeline: &mut Pipeline, cx: &mut Context<'_>) -> Poll<Event> {
+    if let Some(sync) = pipeline.sync.as_mut()
+        && let Poll::Ready(result) = sync.future.as_mut().poll(cx)
+    {
+        return Poll::Ready(Event::Synced(result));
+    }
+    if let Some(flush) = pipeline.index_flush.as_mut()
+        && let Poll::Ready(result) = flush.future.as_mut().poll(cx)
+    {
+        return Poll::Ready(Event::IndexFlushed(result));
+    }
+    if let Some((_, future)) = pipeline.allocation.as_mut()
+        && let Poll::Ready(result) = future.as_mut().poll(cx)
+    {
+        return Poll::Ready(Event::Allocated(result));
+    }
+    if !pipeline.rounds.is_empty()
+        && let Poll::Ready(Some((round, result))) = pipeline.rounds.poll_next_unpin(cx)
+    {
+        return Poll::Ready(Event::Round(round, result));
+    }
+    let mut state = inner.state.borrow_mut();
+    if state.writer_kicked {
+        state.writer_kicked = false;
+        return Poll::Ready(Event::Kicked);
+    }
+    state.writer_waker = Some(cx.waker().clone());
+    Poll::Pending
 }
 
 fn sync_owed(inner: &Inner, state: &State) -> bool {
@@ -85,48 +296,444 @@ fn sync_owed(inner: &Inner, state: &State) -> bool {
         || state.unsynced_records >= flush_messages
 }
 
-fn next_step(inner: &Inner) -> Step {
+/// Starts whatever can start now and says what the loop does next.
+fn plan(inner: &Inner, pipeline: &mut Pipeline) -> Plan {
     let mut state = inner.state.borrow_mut();
+    state.writer_kicked = false;
     if state.mode == Mode::Failed || inner.removed.get() {
         fail_all(&mut state, &AppendError::Failed);
+        if !pipeline.draining || !pipeline.uncovered.is_empty() {
+            pipeline.abandon();
+        }
+        if pipeline.io_in_flight() {
+            return Plan::Wait;
+        }
         return go_idle(&mut state);
     }
-    if sync_owed(inner, &state) {
-        return Step::Sync;
+    if pipeline.draining {
+        if !pipeline.rounds.is_empty() {
+            return Plan::Wait;
+        }
+        let size = state.segments.back().expect("active segment").size;
+        let from = align_down(size);
+        if pipeline.stale_end > from {
+            let len = usize::try_from(align_up(pipeline.stale_end) - from).expect("fits");
+            let buffer = dio::aligned_buffer_of_len(&state.active.log, &[&state.active.tail], len);
+            pipeline.stale_end = 0;
+            return Plan::Scrub(state.active.log.clone(), from, buffer);
+        }
+        pipeline.reset(&state);
     }
-    match state.queue.pop_front() {
-        None => go_idle(&mut state),
-        Some(Op::Roll { base }) => Step::Roll(base),
-        Some(Op::Write { batches, bytes }) => {
-            let mut round = batches;
-            let mut round_bytes = bytes;
-            while let Some(Op::Write { bytes, .. }) = state.queue.front() {
-                if round_bytes + bytes > WRITE_ROUND_BYTES_MAX {
-                    break;
-                }
-                round_bytes += bytes;
-                let Some(Op::Write { batches, .. }) = state.queue.pop_front() else {
-                    unreachable!("front checked")
-                };
-                round.extend(batches);
+    if pipeline.sync.is_none() && sync_owed(inner, &state) {
+        start_sync(&mut state, pipeline);
+    }
+    while pipeline.rounds.len() < WRITE_ROUNDS_INFLIGHT_MAX {
+        let position = align_down(pipeline.placed);
+        if pipeline.padded_block == Some(position) {
+            break;
+        }
+        let (ops, new_bytes) = round_extent(&state);
+        let more_follows = matches!(state.queue.get(ops), Some(Op::Write { .. }));
+        if ops == 0 && pipeline.uncovered.is_empty() {
+            break;
+        }
+        // Pad the partial block only when no other round can be in flight beside this one.
+        let pad = !more_follows && pipeline.rounds.is_empty();
+        if ops == 0 && !pad {
+            break;
+        }
+        let total = pipeline.tail.len() as u64 + new_bytes;
+        let write_len = if pad {
+            align_up(total)
+        } else {
+            align_down(total)
+        };
+        let write_end = position + write_len;
+        let step = inner.config().preallocate_bytes;
+        if step > 0 && write_end > state.active.allocated {
+            // Writes past the preallocated size would extend the file, which the file system
+            // serialises: grow the preallocation first.
+            if pipeline.allocation.is_none() {
+                let size = round_up(write_end, step);
+                let file = state.active.log.clone();
+                pipeline.allocation = Some((
+                    size,
+                    Box::pin(async move { dio::allocate(&file, size).await }),
+                ));
             }
-            assert!(
-                state.queued_bytes >= round_bytes,
-                "{}: queued bytes accounting",
-                inner.tp
+            break;
+        }
+        issue_round(inner, &mut state, pipeline, ops, pad);
+    }
+    if pipeline.index_flush.is_none() {
+        start_index_flush(&state, pipeline);
+    }
+    if let Some(Op::Roll { base }) = state.queue.front() {
+        let base = *base;
+        if !pipeline.io_in_flight() && pipeline.uncovered.is_empty() {
+            state.queue.pop_front();
+            return Plan::Roll(base);
+        }
+    }
+    if pipeline.io_in_flight() {
+        return Plan::Wait;
+    }
+    assert!(
+        pipeline.uncovered.is_empty(),
+        "{}: unwritten batches with nothing in flight",
+        inner.tp
+    );
+    assert!(
+        state.queue.is_empty(),
+        "{}: queued work with nothing in flight",
+        inner.tp
+    );
+    go_idle(&mut state)
+}
+
+/// How many queued writes the next round takes and their bytes: the first one whatever its
+/// size, then more while the round stays within `WRITE_ROUND_BYTES_MAX`.
+fn round_extent(state: &State) -> (usize, u64) {
+    let mut ops = 0;
+    let mut round_bytes = 0usize;
+    for op in &state.queue {
+        let Op::Write { bytes, .. } = op else { break };
+        if ops > 0 && round_bytes + bytes > WRITE_ROUND_BYTES_MAX {
+            break;
+        }
+        round_bytes += bytes;
+        ops += 1;
+    }
+    (ops, round_bytes as u64)
+}
+
+/// Copies bytes `[from, to)` of the concatenation of `parts`.
+fn copy_range(parts: &[&[u8]], from: usize, to: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(to - from);
+    let mut at = 0;
+    for part in parts {
+        let (start, end) = (at, at + part.len());
+        at = end;
+        if end <= from || start >= to {
+            continue;
+        }
+        out.extend_from_slice(&part[from.max(start) - start..to.min(end) - start]);
+    }
+    assert_eq!(out.len(), to - from, "copy range past the parts");
+    out
+}
+
+/// Takes `ops` queued writes and issues one round: the partial block in memory plus the new
+/// batches, padded to a whole block when `pad`, else cut at the last whole block.
+fn issue_round(inner: &Inner, state: &mut State, pipeline: &mut Pipeline, ops: usize, pad: bool) {
+    let position = align_down(pipeline.placed);
+    assert_eq!(
+        pipeline.tail.len() as u64,
+        pipeline.placed - position,
+        "{}: tail block length",
+        inner.tp
+    );
+    let mut batches = Vec::new();
+    let mut new_bytes = 0usize;
+    for _ in 0..ops {
+        let Some(Op::Write {
+            batches: taken,
+            bytes,
+        }) = state.queue.pop_front()
+        else {
+            unreachable!("round_extent counted writes")
+        };
+        assert!(
+            state.queued_bytes >= bytes,
+            "{}: queued bytes accounting",
+            inner.tp
+        );
+        state.queued_bytes -= bytes;
+        new_bytes += bytes;
+        batches.extend(taken);
+    }
+    for batch in &batches {
+        assert_eq!(
+            batch.base, pipeline.next,
+            "{}: round does not continue the log at {}",
+            inner.tp, batch.base
+        );
+        pipeline.next = batch.next;
+    }
+    let mut parts: Vec<&[u8]> = Vec::with_capacity(batches.len() + 1);
+    parts.push(&pipeline.tail);
+    parts.extend(batches.iter().map(|batch| &batch.bytes[..]));
+    let total = pipeline.tail.len() + new_bytes;
+    let write_len = if pad {
+        usize::try_from(align_up(total as u64)).expect("fits")
+    } else {
+        usize::try_from(align_down(total as u64)).expect("fits")
+    };
+    let buffer =
+        (write_len > 0).then(|| dio::aligned_buffer_of_len(&state.active.log, &parts, write_len));
+    let placed = pipeline.placed + new_bytes as u64;
+    let new_tail = copy_range(
+        &parts,
+        usize::try_from(align_down(placed) - position).expect("fits"),
+        total,
+    );
+    // The segment bytes on disk once this round completes.
+    let data_end = if pad {
+        placed
+    } else {
+        position + write_len as u64
+    };
+    let mut covered = Vec::new();
+    let mut covered_end = pipeline.covered_end;
+    pipeline.uncovered.extend(batches.iter().cloned());
+    while let Some(batch) = pipeline.uncovered.front() {
+        let end = covered_end + batch.bytes.len() as u64;
+        if end > data_end {
+            break;
+        }
+        covered_end = end;
+        covered.push(pipeline.uncovered.pop_front().expect("front checked"));
+    }
+    let covered_end = (!covered.is_empty()).then(|| {
+        let block = align_down(covered_end);
+        assert!(
+            block >= position,
+            "{}: completed batch ends before the round",
+            inner.tp
+        );
+        let tail = copy_range(
+            &parts,
+            usize::try_from(block - position).expect("fits"),
+            usize::try_from(covered_end - position).expect("fits"),
+        );
+        (covered_end, tail)
+    });
+    drop(parts);
+    if pad {
+        assert!(
+            pipeline.uncovered.is_empty(),
+            "{}: padded round left batches unwritten",
+            inner.tp
+        );
+    }
+    if let Some((end, _)) = &covered_end {
+        pipeline.covered_end = *end;
+    }
+    pipeline.placed = placed;
+    pipeline.tail = new_tail;
+    let Some(buffer) = buffer else {
+        // Less than a block and more follows: it stays in memory for the next round.
+        assert!(covered_end.is_none(), "{}: nothing written", inner.tp);
+        return;
+    };
+    let padded_block =
+        (pad && !placed.is_multiple_of(DIO_ALIGN_BYTES as u64)).then(|| align_down(placed));
+    pipeline.padded_block = padded_block;
+    state.stats.writes += 1;
+    let round = Round {
+        generation: pipeline.generation,
+        write_end: position + write_len as u64,
+        covered,
+        covered_end,
+        padded_block,
+    };
+    let file = state.active.log.clone();
+    pipeline.rounds.push_back(Box::pin(async move {
+        let result = dio::write_at(&file, buffer, position).await;
+        (round, result)
+    }));
+}
+
+/// Applies a completed round, in issue order: its batches become written and readable.
+fn complete_round(
+    inner: &Rc<Inner>,
+    pipeline: &mut Pipeline,
+    round: Round,
+    result: io::Result<()>,
+) {
+    if round.generation != pipeline.generation {
+        if result.is_ok() {
+            pipeline.stale_end = pipeline.stale_end.max(round.write_end);
+        }
+        return;
+    }
+    if pipeline.padded_block.is_some() && pipeline.padded_block == round.padded_block {
+        pipeline.padded_block = None;
+    }
+    if let Err(error) = result {
+        pipeline.abandon();
+        fail_pending(inner, AppendError::from_io(Arc::new(error)));
+        return;
+    }
+    let Some((covered_end, covered_tail)) = round.covered_end else {
+        return;
+    };
+    {
+        let mut state = inner.state.borrow_mut();
+        let state = &mut *state;
+        let segment = state
+            .segments
+            .back_mut()
+            .expect("log has an active segment");
+        assert_eq!(
+            segment.base, state.active.base,
+            "{}: segment rolled during a write",
+            inner.tp
+        );
+        let mut at = segment.size;
+        let mut records = 0;
+        for batch in &round.covered {
+            assert_eq!(
+                batch.base, segment.end,
+                "{}: offsets not contiguous at {}",
+                inner.tp, batch.base
             );
-            state.queued_bytes -= round_bytes;
-            Step::Write(round)
+            let entries = state
+                .active
+                .builder
+                .on_batch(batch.base, at, batch.max_timestamp);
+            if let Some(entry) = entries.offset {
+                state.active.index.push(&entry.encode());
+            }
+            if let Some(entry) = entries.time {
+                state.active.time_index.push(&entry.encode());
+            }
+            segment.end = batch.next;
+            segment.max_timestamp = segment.max_timestamp.max(Some(batch.max_timestamp));
+            records += u64::try_from(batch.next.0 - batch.base.0).expect("positive");
+            at += batch.bytes.len() as u64;
+        }
+        assert_eq!(at, covered_end, "{}: round bytes accounting", inner.tp);
+        assert!(
+            at <= round.write_end.max(covered_end),
+            "{}: completed past the write",
+            inner.tp
+        );
+        segment.size = at;
+        let end = segment.end;
+        state.active.tail = covered_tail;
+        assert!(end > state.written, "{}: written end must grow", inner.tp);
+        state.written = end;
+        state.unsynced_records += records;
+        wake(&mut state.written_waiters, end, &inner.tp);
+    }
+    arm_flush_timer(inner);
+}
+
+fn complete_allocation(inner: &Rc<Inner>, pipeline: &mut Pipeline, result: io::Result<()>) {
+    let (size, _) = pipeline
+        .allocation
+        .take()
+        .expect("an allocation was in flight");
+    match result {
+        Ok(()) => {
+            let mut state = inner.state.borrow_mut();
+            state.active.allocated = state.active.allocated.max(size);
+        }
+        Err(error) => {
+            pipeline.abandon();
+            fail_pending(inner, AppendError::from_io(Arc::new(error)));
         }
     }
 }
 
-fn go_idle(state: &mut State) -> Step {
+/// Issues one group commit: an fdatasync covering everything written so far.
+fn start_sync(state: &mut State, pipeline: &mut Pipeline) {
+    assert!(pipeline.sync.is_none(), "one fdatasync at a time");
+    let file = state.active.log.clone();
+    state.stats.syncs += 1;
+    pipeline.sync = Some(SyncInFlight {
+        target: state.written,
+        records: state.unsynced_records,
+        future: Box::pin(async move { dio::sync(&file).await }),
+    });
+}
+
+fn complete_sync(inner: &Rc<Inner>, pipeline: &mut Pipeline, result: io::Result<()>) {
+    let sync = pipeline.sync.take().expect("a sync was in flight");
+    if let Err(error) = result {
+        pipeline.abandon();
+        poison(inner, &Arc::new(error));
+        return;
+    }
+    let mut state = inner.state.borrow_mut();
+    let state = &mut *state;
+    assert!(
+        sync.target >= state.synced,
+        "{}: synced end must not go back",
+        inner.tp
+    );
+    assert!(
+        sync.target <= state.written,
+        "{}: synced past the written end",
+        inner.tp
+    );
+    state.synced = sync.target;
+    state.unsynced_records -= sync.records;
+    if state.synced >= state.written {
+        state.flush_due = false;
+    }
+    wake(&mut state.synced_waiters, sync.target, &inner.tp);
+}
+
+/// Starts writing the whole blocks the active indexes hold in memory, if any.
+fn start_index_flush(state: &State, pipeline: &mut Pipeline) {
+    let mut jobs = Vec::new();
+    let mut writes = Vec::new();
+    for (time, index) in [
+        (false, &state.active.index),
+        (true, &state.active.time_index),
+    ] {
+        if let Some(job) = index.prepare_flush() {
+            jobs.push((time, job.position, job.bytes));
+            writes.push(job);
+        }
+    }
+    if jobs.is_empty() {
+        return;
+    }
+    pipeline.index_flush = Some(IndexFlushInFlight {
+        jobs,
+        future: Box::pin(async move {
+            for job in writes {
+                dio::write_at(&job.file, job.buffer, job.position).await?;
+            }
+            Ok(())
+        }),
+    });
+}
+
+fn complete_index_flush(inner: &Rc<Inner>, pipeline: &mut Pipeline, result: io::Result<()>) {
+    let flush = pipeline
+        .index_flush
+        .take()
+        .expect("an index flush was in flight");
+    if let Err(error) = result {
+        // The index blocks stay in memory and are written again later; the appends queued
+        // now fail so the producer learns the device is failing.
+        pipeline.abandon();
+        fail_pending(inner, AppendError::from_io(Arc::new(error)));
+        return;
+    }
+    let mut state = inner.state.borrow_mut();
+    for (time, position, bytes) in flush.jobs {
+        let index = if time {
+            &mut state.active.time_index
+        } else {
+            &mut state.active.index
+        };
+        index.complete_flush(position, bytes);
+    }
+}
+
+fn go_idle(state: &mut State) -> Plan {
     state.writer_running = false;
+    state.writer_kicked = false;
+    state.writer_waker = None;
     for waiter in state.idle_waiters.drain(..) {
         let _ = waiter.send(());
     }
-    Step::Idle
+    Plan::Idle
 }
 
 /// Waits until the writer has nothing left to do.
@@ -148,144 +755,7 @@ fn round_up(value: u64, step: u64) -> u64 {
     value.div_ceil(step) * step
 }
 
-/// Writes one round: the tail block plus the staged batches, in one aligned buffer.
-async fn write_round(inner: &Rc<Inner>, batches: Vec<StagedBatch>) -> Result<(), Arc<io::Error>> {
-    let staged_bytes: u64 = batches.iter().map(|batch| batch.bytes.len() as u64).sum();
-    let (file, buffer, position, size, new_tail, allocate_to) = {
-        let state = inner.state.borrow();
-        let segment = state.segments.back().expect("log has an active segment");
-        let active = &state.active;
-        assert_eq!(
-            active.base, segment.base,
-            "{}: active segment mismatch",
-            inner.tp
-        );
-        assert_eq!(
-            batches[0].base, segment.end,
-            "{}: round does not continue the log",
-            inner.tp
-        );
-        let size = segment.size;
-        let position = align_down(size);
-        assert_eq!(
-            active.tail.len() as u64,
-            size - position,
-            "{}: tail block length",
-            inner.tp
-        );
-        let mut parts: Vec<&[u8]> = Vec::with_capacity(batches.len() + 1);
-        parts.push(&active.tail);
-        parts.extend(batches.iter().map(|batch| &batch.bytes[..]));
-        let buffer = dio::aligned_buffer(&active.log, &parts);
-        let new_size = size + staged_bytes;
-        let tail_from = usize::try_from(align_down(new_size) - position).expect("in buffer");
-        let tail_to = usize::try_from(new_size - position).expect("in buffer");
-        let new_tail = buffer.as_bytes()[tail_from..tail_to].to_vec();
-        let write_end = position + buffer.len() as u64;
-        let step = inner.config().preallocate_bytes;
-        let allocate_to =
-            (step > 0 && write_end > active.allocated).then(|| round_up(write_end, step));
-        (
-            active.log.clone(),
-            buffer,
-            position,
-            size,
-            new_tail,
-            allocate_to,
-        )
-    };
-    if let Some(allocate_to) = allocate_to {
-        dio::allocate(&file, allocate_to).await.map_err(Arc::new)?;
-        let mut state = inner.state.borrow_mut();
-        state.active.allocated = state.active.allocated.max(allocate_to);
-    }
-    dio::write_at(&file, buffer, position)
-        .await
-        .map_err(Arc::new)?;
-    {
-        let mut state = inner.state.borrow_mut();
-        let state = &mut *state;
-        let segment = state
-            .segments
-            .back_mut()
-            .expect("log has an active segment");
-        assert_eq!(
-            segment.size, size,
-            "{}: active segment changed during a write",
-            inner.tp
-        );
-        assert_eq!(
-            segment.base, state.active.base,
-            "{}: segment rolled during a write",
-            inner.tp
-        );
-        let mut at = size;
-        let mut records = 0;
-        for batch in &batches {
-            assert_eq!(
-                batch.base, segment.end,
-                "{}: offsets not contiguous at {}",
-                inner.tp, batch.base
-            );
-            let entries = state
-                .active
-                .builder
-                .on_batch(batch.base, at, batch.max_timestamp);
-            if let Some(entry) = entries.offset {
-                state.active.index.push(&entry.encode());
-            }
-            if let Some(entry) = entries.time {
-                state.active.time_index.push(&entry.encode());
-            }
-            segment.end = batch.next;
-            segment.max_timestamp = segment.max_timestamp.max(Some(batch.max_timestamp));
-            records += u64::try_from(batch.next.0 - batch.base.0).expect("positive");
-            at += batch.bytes.len() as u64;
-        }
-        assert_eq!(at, size + staged_bytes);
-        segment.size = at;
-        let end = segment.end;
-        state.active.tail = new_tail;
-        assert!(end > state.written, "{}: written end must grow", inner.tp);
-        state.written = end;
-        state.unsynced_records += records;
-        state.stats.writes += 1;
-        wake(&mut state.written_waiters, end, &inner.tp);
-    }
-    arm_flush_timer(inner);
-    flush_index_blocks(inner).await.map_err(Arc::new)
-}
-
-/// Writes the whole blocks the active indexes hold in memory.
-async fn flush_index_blocks(inner: &Inner) -> io::Result<()> {
-    for time in [false, true] {
-        let job = {
-            let state = inner.state.borrow();
-            let index = if time {
-                &state.active.time_index
-            } else {
-                &state.active.index
-            };
-            index.prepare_flush()
-        };
-        let Some(job) = job else { continue };
-        dio::write_at(&job.file, job.buffer, job.position).await?;
-        let mut state = inner.state.borrow_mut();
-        let index = if time {
-            &mut state.active.time_index
-        } else {
-            &mut state.active.index
-        };
-        index.complete_flush(job.position, job.bytes);
-    }
-    Ok(())
-}
-
-fn wake(
-    waiters: &mut std::collections::VecDeque<Waiter>,
-    upto: Offset,
-    tp: &crate::types::TopicPartition,
-) {
+fn wake(waiters: &mut VecDeque<Waiter>, upto: Offset, tp: &crate::types::TopicPartition) {
     let mut last = Offset(i64::MIN);
     while waiters.front().is_some_and(|waiter| waiter.target <= upto) {
         let waiter = waiters.pop_front().expect("front checked");
@@ -326,34 +796,6 @@ fn arm_flush_timer(inner: &Rc<Inner>) {
         ensure_running(&inner);
     })
     .detach();
-}
-
-/// One group commit: fdatasync everything written so far.
-async fn sync_step(inner: &Rc<Inner>) {
-    let (file, target, records) = {
-        let state = inner.state.borrow();
-        (
-            state.active.log.clone(),
-            state.written,
-            state.unsynced_records,
-        )
-    };
-    if let Err(error) = dio::sync(&file).await {
-        poison(inner, &Arc::new(error));
-        return;
-    }
-    let mut state = inner.state.borrow_mut();
-    let state = &mut *state;
-    assert!(
-        target >= state.synced,
-        "{}: synced end must not go back",
-        inner.tp
-    );
-    state.synced = target;
-    state.unsynced_records -= records;
-    state.flush_due = false;
-    state.stats.syncs += 1;
-    wake(&mut state.synced_waiters, target, &inner.tp);
 }
 
 /// The assignment cursor matching the active segment as written.

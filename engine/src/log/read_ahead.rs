@@ -1,0 +1,233 @@
+//! Read-ahead for sequential catch-up readers: while a reader processes one chunk of a
+//! segment, the next chunks are already being read, so the device always has several reads
+//! in flight instead of one at a time.
+//!
+//! A partition keeps at most one read-ahead stream ([`ReadAhead`]): up to
+//! `READ_AHEAD_CHUNKS` reads of `READ_AHEAD_CHUNK_BYTES` (plus the chunks a reader gave back
+//! partly used), contiguous, of one segment, each a direct read running in its own task. A
+//! read continuing where the previous one stopped is served from the stream (a slice of a
+//! chunk, without copying, unless a batch straddles two chunks); any other read restarts the
+//! stream at its position. Only data below
+//! the segment's written size is ever read ahead, so the stream never holds bytes the log may
+//! still change, except after a truncation, which discards the stream
+//! ([`crate::log::State::read_ahead`]).
+//!
+//! Shard-local (`!Send`): the chunks' tasks run on the partition's shard.
+//!
+//! Must not depend on: the write path.
+
+use std::collections::VecDeque;
+use std::io;
+
+use bytes::{Bytes, BytesMut};
+
+use crate::io::{self as dio, File, align_down};
+use crate::limits::{READ_AHEAD_CHUNK_BYTES, READ_AHEAD_CHUNKS};
+use crate::log::Inner;
+use crate::rt::Task;
+use crate::types::Offset;
+
+/// One chunk of a stream: `[position, position + len)` of the segment.
+struct Chunk {
+    position: u64,
+    len: usize,
+    data: ChunkData,
+}
+
+enum ChunkData {
+    InFlight(Task<io::Result<Bytes>>),
+    Ready(Bytes),
+}
+
+/// A partition's read-ahead stream over one segment.
+pub(crate) struct ReadAhead {
+    /// Distinguishes streams, so a reader does not return a chunk to a stream restarted while
+    /// it waited.
+    id: u64,
+    segment: Offset,
+    file: File,
+    /// Invariant: contiguous and in position order; at most `READ_AHEAD_CHUNKS`.
+    chunks: VecDeque<Chunk>,
+    /// Where the next chunk starts: the end of the last chunk.
+    next: u64,
+}
+
+impl std::fmt::Debug for ReadAhead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadAhead")
+            .field("segment", &self.segment)
+            .field("chunks", &self.chunks.len())
+            .field("next", &self.next)
+            .finish()
+    }
+}
+
+impl ReadAhead {
+    /// The base offset of the segment it reads.
+    pub(crate) fn segment(&self) -> Offset {
+        self.segment
+    }
+
+    fn covers(&self, segment: Offset, position: u64) -> bool {
+        self.segment == segment
+            && self
+                .chunks
+                .front()
+                .is_some_and(|chunk| chunk.position <= position && position < self.next)
+    }
+
+    /// Issues chunk reads until the stream holds `READ_AHEAD_CHUNKS` or reaches `size`;
+    /// returns how many it issued.
+    fn fill(&mut self, size: u64) -> u64 {
+        let mut issued = 0;
+        while self.chunks.len() < READ_AHEAD_CHUNKS && self.next < size {
+            let position = self.next;
+            let len = usize::try_from((size - position).min(READ_AHEAD_CHUNK_BYTES as u64))
+                .expect("chunk fits in usize");
+            let file = self.file.clone();
+            let task = crate::rt::spawn(async move { dio::read_at(&file, position, len).await });
+            self.chunks.push_back(Chunk {
+                position,
+                len,
+                data: ChunkData::InFlight(task),
+            });
+            self.next = position + len as u64;
+            issued += 1;
+        }
+        issued
+    }
+}
+
+/// Reads `[position, position + len)` of segment `segment` (whose written size is `size`)
+/// through the partition's read-ahead stream, returning at least `min_len` and at most
+/// `max_len` bytes (fewer only at `size`).
+pub(crate) async fn read(
+    inner: &Inner,
+    segment: Offset,
+    file: &File,
+    position: u64,
+    min_len: usize,
+    max_len: usize,
+    size: u64,
+) -> io::Result<Bytes> {
+    assert!(
+        min_len <= max_len,
+        "read-ahead of {min_len} > {max_len} bytes"
+    );
+    assert!(
+        position < size,
+        "read-ahead at {position} past segment {segment} size {size}"
+    );
+    let min_end = size.min(position + min_len as u64);
+    let (id, taken) = {
+        let mut state = inner.state.borrow_mut();
+        let stream = match state.read_ahead.take() {
+            Some(mut stream) if stream.covers(segment, position) => {
+                while stream
+                    .chunks
+                    .front()
+                    .is_some_and(|chunk| chunk.position + chunk.len as u64 <= position)
+                {
+                    stream.chunks.pop_front();
+                }
+                stream
+            }
+            _ => {
+                state.read_ahead_next_id += 1;
+                let start = align_down(position);
+                ReadAhead {
+                    id: state.read_ahead_next_id,
+                    segment,
+                    file: file.clone(),
+                    chunks: VecDeque::new(),
+                    next: start,
+                }
+            }
+        };
+        let mut stream = stream;
+        let mut issued = stream.fill(size);
+        // Take the chunk holding `position`, and the following ones while they are needed
+        // for `min_len`; issue replacements at once so reads stay in flight while we wait.
+        let mut taken = Vec::new();
+        while let Some(chunk) = stream.chunks.front() {
+            if !taken.is_empty() && chunk.position >= min_end {
+                break;
+            }
+            taken.push(stream.chunks.pop_front().expect("front checked"));
+            issued += stream.fill(size);
+        }
+        state.stats.read_ahead_chunks += issued;
+        let id = stream.id;
+        state.read_ahead = Some(stream);
+        (id, taken)
+    };
+    assert!(!taken.is_empty(), "read-ahead took no chunk at {position}");
+    let mut ready = Vec::with_capacity(taken.len());
+    for chunk in taken {
+        let bytes = match chunk.data {
+            ChunkData::Ready(bytes) => bytes,
+            ChunkData::InFlight(task) => task.await?,
+        };
+        if bytes.len() < chunk.len {
+            // The file is shorter than the segment's recorded size: report what exists.
+            let got = bytes.slice(..);
+            ready.push((chunk.position, chunk.len, got));
+            break;
+        }
+        ready.push((chunk.position, chunk.len, bytes));
+    }
+    let result = if ready.len() == 1 {
+        let (chunk_position, _, bytes) = &ready[0];
+        let from = usize::try_from(position - chunk_position).expect("in chunk");
+        let to = bytes.len().min(from + max_len);
+        bytes.slice(from.min(to)..to)
+    } else {
+        // A batch straddles chunks: copy just the bytes asked for.
+        let mut out = BytesMut::with_capacity(min_len);
+        for (chunk_position, _, bytes) in &ready {
+            let chunk_end = chunk_position + bytes.len() as u64;
+            let from = position.max(*chunk_position);
+            let to = chunk_end.min(min_end);
+            if from < to {
+                let a = usize::try_from(from - chunk_position).expect("in chunk");
+                let b = usize::try_from(to - chunk_position).expect("in chunk");
+                out.extend_from_slice(&bytes[a..b]);
+            }
+        }
+        out.freeze()
+    };
+    // Give the chunks back: the reader comes back for the batch it found incomplete at the end
+    // of what it got, or for the rest of a chunk. The next read past a chunk drops it.
+    let mut state = inner.state.borrow_mut();
+    let short = ready.iter().any(|(_, len, bytes)| bytes.len() < *len);
+    if short
+        && state
+            .read_ahead
+            .as_ref()
+            .is_some_and(|stream| stream.id == id)
+    {
+        // The file is shorter than recorded: keep nothing, the next reader reads again.
+        state.read_ahead = None;
+    }
+    if let Some(stream) = state.read_ahead.as_mut()
+        && stream.id == id
+    {
+        for (chunk_position, len, bytes) in ready.into_iter().rev() {
+            stream.chunks.push_front(Chunk {
+                position: chunk_position,
+                len,
+                data: ChunkData::Ready(bytes),
+            });
+        }
+        assert!(
+            stream
+                .chunks
+                .iter()
+                .zip(stream.chunks.iter().skip(1))
+                .all(|(a, b)| a.position + a.len as u64 == b.position),
+            "read-ahead chunks of segment {segment} are not contiguous"
+        );
+    }
+    drop(state);
+    Ok(result)
+}
