@@ -401,6 +401,79 @@ fn static_member_fencing() {
     assert_eq!(r.error_code, FENCED_INSTANCE_ID);
 }
 
+// Goal: a static follower whose process restarts (it rejoins with its instance id and no
+// member id) is answered at once with the current generation and gets its assignment back,
+// while the leader is not disturbed. Method: a dynamic leader and a static follower over raw
+// connections; the follower "restarts" on a fresh connection.
+#[test]
+fn static_follower_restart_keeps_generation() {
+    let topic = "groups-raw-static-follower";
+    let group = "groups-raw-static-follower-g";
+    create_topic(&mut Raw::connect(), topic, 2);
+    let mut leader = Raw::connect();
+    let first = join_new(&mut leader, group, topic);
+    let leader_id = first.member_id.to_string();
+    let plan = vec![(leader_id.clone(), assignment(topic, &[0, 1]))];
+    let synced = sync(&mut leader, group, &leader_id, first.generation_id, plan);
+    assert_eq!(synced.error_code, NONE);
+    // The static member joins: the leader must rejoin for the rebalance to complete.
+    let (group_s, topic_s) = (group.to_owned(), topic.to_owned());
+    let follower = std::thread::spawn(move || {
+        let mut raw = Raw::connect();
+        let joined = join(
+            &mut raw,
+            join_request(&group_s, "", Some("follower-1"), &topic_s),
+        );
+        (raw, joined)
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while heartbeat(&mut leader, group, &leader_id, first.generation_id) != REBALANCE_IN_PROGRESS {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no rebalance for the static member"
+        );
+    }
+    let rejoined = join(&mut leader, join_request(group, &leader_id, None, topic));
+    let (mut follower, joined) = follower.join().expect("follower joins");
+    assert_eq!(joined.error_code, NONE);
+    let generation = rejoined.generation_id;
+    let follower_id = joined.member_id.to_string();
+    let (group_f, id_f) = (group.to_owned(), follower_id.clone());
+    let waiting = std::thread::spawn(move || {
+        let r = sync(&mut follower, &group_f, &id_f, generation, Vec::new());
+        (follower, r)
+    });
+    let plan = vec![
+        (leader_id.clone(), assignment(topic, &[0])),
+        (follower_id.clone(), assignment(topic, &[1])),
+    ];
+    assert_eq!(
+        sync(&mut leader, group, &leader_id, generation, plan).error_code,
+        NONE
+    );
+    let (_old_connection, synced) = waiting.join().expect("follower syncs");
+    assert_eq!(synced.assignment, assignment(topic, &[1]));
+    // The follower's process restarts.
+    let mut restarted = Raw::connect();
+    let again = join(
+        &mut restarted,
+        join_request(group, "", Some("follower-1"), topic),
+    );
+    assert_eq!(again.error_code, NONE);
+    assert_eq!(again.generation_id, generation, "no rebalance");
+    assert_ne!(again.member_id.to_string(), follower_id);
+    let synced = sync(
+        &mut restarted,
+        group,
+        &again.member_id,
+        generation,
+        Vec::new(),
+    );
+    assert_eq!(synced.error_code, NONE);
+    assert_eq!(synced.assignment, assignment(topic, &[1]));
+    assert_eq!(heartbeat(&mut leader, group, &leader_id, generation), NONE);
+}
+
 // Goal: session timeouts outside the broker's range, and unknown groups, get their codes.
 #[test]
 fn join_validation_and_unknown_groups() {

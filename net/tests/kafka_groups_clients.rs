@@ -8,7 +8,8 @@
 //! changes and `RECORD p offset value` for each record, after processing it and before
 //! committing it (so a record is consumed at least once, and duplicates are allowed).
 //!
-//! Every wait polls a condition with a deadline; none measures time.
+//! Every wait polls a condition with a deadline; none measures time. Set `SLUICE_MEMBER_DEBUG`
+//! to see librdkafka's group protocol log of each member on stderr.
 
 mod common;
 
@@ -92,6 +93,8 @@ fn records(prefix: &str, partitions: i32, count: usize) -> Vec<(i32, String)> {
 #[derive(Default)]
 struct Report {
     assigned: Option<BTreeSet<i32>>,
+    /// Every assignment reported, in order.
+    history: Vec<BTreeSet<i32>>,
     /// (partition, offset, value) in the order consumed.
     records: Vec<(i32, i64, String)>,
 }
@@ -110,6 +113,18 @@ enum Client {
 
 impl Member {
     fn spawn(client: Client, bootstrap: &str, group: &str, topic: &str, strategy: &str) -> Member {
+        Member::spawn_static(client, bootstrap, group, topic, strategy, None)
+    }
+
+    /// A member with `group.instance.id` = `instance` when given (static membership).
+    fn spawn_static(
+        client: Client,
+        bootstrap: &str,
+        group: &str,
+        topic: &str,
+        strategy: &str,
+        instance: Option<&str>,
+    ) -> Member {
         let mut command = match client {
             Client::Librdkafka => {
                 let mut c = Command::new(std::env::current_exe().expect("test binary path"));
@@ -133,6 +148,7 @@ impl Member {
             .env("SLUICE_MEMBER_GROUP", group)
             .env("SLUICE_MEMBER_TOPIC", topic)
             .env("SLUICE_MEMBER_STRATEGY", strategy)
+            .env("SLUICE_MEMBER_INSTANCE", instance.unwrap_or(""))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
@@ -146,15 +162,20 @@ impl Member {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { return };
                 let mut report = sink.lock().expect("report lock");
+                // The test harness of a librdkafka member writes "test member_process ... "
+                // without a line end before the member's first line.
+                let line = match (line.find("ASSIGNED "), line.find("RECORD ")) {
+                    (Some(at), _) | (None, Some(at)) => &line[at..],
+                    (None, None) => continue,
+                };
                 if let Some(rest) = line.strip_prefix("ASSIGNED ") {
-                    let partitions = rest
+                    let partitions: BTreeSet<i32> = rest
                         .split(',')
                         .filter(|p| !p.is_empty())
                         .map(|p| p.trim().parse().expect("partition number"))
                         .collect();
+                    report.history.push(partitions.clone());
                     report.assigned = Some(partitions);
-                } else if line == "ASSIGNED" {
-                    report.assigned = Some(BTreeSet::new());
                 } else if let Some(rest) = line.strip_prefix("RECORD ") {
                     let mut parts = rest.splitn(3, ' ');
                     let partition = parts.next().and_then(|p| p.parse().ok()).expect("p");
@@ -170,6 +191,10 @@ impl Member {
     fn assigned(&self) -> BTreeSet<i32> {
         let report = self.report.lock().expect("report lock");
         report.assigned.clone().unwrap_or_default()
+    }
+
+    fn history(&self) -> Vec<BTreeSet<i32>> {
+        self.report.lock().expect("report lock").history.clone()
     }
 
     fn values(&self) -> Vec<String> {
@@ -234,6 +259,17 @@ fn wait_consumed(members: &[&Member], dead: &[String], expected: &[(i32, String)
     }
 }
 
+/// Sends librdkafka's logs to stderr (the member's stderr is the test's).
+struct StderrLog;
+
+impl rdkafka::client::ClientContext for StderrLog {
+    fn log(&self, _level: rdkafka::config::RDKafkaLogLevel, facility: &str, message: &str) {
+        eprintln!("rdkafka {facility}: {message}");
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for StderrLog {}
+
 /// The librdkafka group member, run as a child process by [`Member::spawn`]. Does nothing
 /// when run as an ordinary test.
 #[test]
@@ -242,7 +278,15 @@ fn member_process() {
         return;
     };
     let var = |name: &str| std::env::var(name).unwrap_or_else(|_| panic!("{name} set"));
-    let consumer: BaseConsumer = ClientConfig::new()
+    let mut config = ClientConfig::new();
+    let instance = var("SLUICE_MEMBER_INSTANCE");
+    if !instance.is_empty() {
+        config.set("group.instance.id", instance);
+    }
+    if std::env::var("SLUICE_MEMBER_DEBUG").is_ok() {
+        config.set("debug", "cgrp,protocol");
+    }
+    let consumer: BaseConsumer<StderrLog> = config
         .set("bootstrap.servers", &bootstrap)
         .set("group.id", var("SLUICE_MEMBER_GROUP"))
         .set("client.id", "sluice-rdkafka-member")
@@ -257,7 +301,7 @@ fn member_process() {
         .set("max.poll.interval.ms", "10000")
         .set("topic.metadata.refresh.interval.ms", "1000")
         .set("fetch.wait.max.ms", "100")
-        .create()
+        .create_with_context(StderrLog)
         .expect("consumer");
     consumer
         .subscribe(&[&var("SLUICE_MEMBER_TOPIC")])
@@ -432,6 +476,56 @@ fn partition_count_change_rebalances() {
     let values = records("grow", 4, 40);
     produce(&bootstrap, topic, &values);
     wait_consumed(&[&a, &b], &[], &values);
+}
+
+// Goal: static membership: a static member that crashes and comes back with the same
+// group.instance.id within its session timeout gets its partitions back without a rebalance,
+// so the member that kept heartbeating is not disturbed. Method: librdkafka members; the
+// dynamic member joins first (it leads; a static leader's return would rebalance), the static
+// one is killed with -9 and restarted; the dynamic member's assignment history must not
+// change after the first split.
+fn static_member_returns_without_rebalance(client: Client) {
+    let broker = common::broker();
+    let bootstrap = broker.bootstrap();
+    let topic = format!("groups-static-{client:?}").to_lowercase();
+    let group = format!("{topic}-g");
+    let (topic, group) = (topic.as_str(), group.as_str());
+    create_topic(broker.addr, topic, 4);
+    let steady = Member::spawn(client, &bootstrap, group, topic, "range");
+    wait_split(&[&steady], 4, true);
+    let spawn_static =
+        || Member::spawn_static(client, &bootstrap, group, topic, "range", Some("s-1"));
+    let first = spawn_static();
+    let split = wait_split(&[&steady, &first], 4, true);
+    let settled = steady.history().len();
+    let _ = first.kill();
+    let second = spawn_static();
+    let back = wait_for(DEADLINE, || (second.assigned() == split[1]).then_some(()));
+    assert!(
+        back.is_some(),
+        "the static member did not get {:?} back: {:?}",
+        split[1],
+        second.history()
+    );
+    let values = records("static", 4, 40);
+    produce(&bootstrap, topic, &values);
+    wait_consumed(&[&steady, &second], &[], &values);
+    assert_eq!(
+        steady.history().len(),
+        settled,
+        "the steady member was rebalanced: {:?}",
+        steady.history()
+    );
+}
+
+#[test]
+fn rdkafka_static_member_returns_without_rebalance() {
+    static_member_returns_without_rebalance(Client::Librdkafka);
+}
+
+#[test]
+fn python_static_member_returns_without_rebalance() {
+    static_member_returns_without_rebalance(Client::KafkaPython);
 }
 
 fn consumer(bootstrap: &str, group: &str) -> BaseConsumer {

@@ -23,7 +23,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run a broker.
-    Broker(config::BrokerArgs),
+    Broker(Box<config::BrokerArgs>),
     /// Create, list, describe, delete and configure topics.
     #[command(subcommand)]
     Topic(cli::topic::TopicCommand),

@@ -2,7 +2,7 @@
 independent implementation of the Kafka client protocol).
 
 Configuration comes from the environment (SLUICE_MEMBER_BOOTSTRAP, _GROUP, _TOPIC,
-_STRATEGY). The member reports on stdout, one line each, flushed:
+_STRATEGY, and _INSTANCE for a static member). The member reports on stdout, one line each, flushed:
   ASSIGNED p,p,...        whenever its assignment changes
   RECORD p offset value   for each record, after processing it and before committing it
 It commits after processing every poll batch, and exits after SLUICE_MEMBER_LIFETIME_S
@@ -40,6 +40,7 @@ def main():
         max_poll_interval_ms=10000,
         metadata_max_age_ms=1000,
         fetch_max_wait_ms=100,
+        group_instance_id=env.get("SLUICE_MEMBER_INSTANCE") or None,
     )
     deadline = time.monotonic() + float(env.get("SLUICE_MEMBER_LIFETIME_S", "120"))
     last = None
