@@ -137,6 +137,76 @@ const _: () = assert!(NATIVE_CLOSE_WAIT_MS_MAX < NATIVE_DRAIN_WAIT_MS_MAX);
 /// bounds memory per admin connection.
 pub const ADMIN_REQUEST_BYTES_MAX: usize = 8 << 10;
 
+/// Default `ProducerConfig::batch_size`: a batch is closed once its records reach this size.
+///
+/// Kafka's `batch.size` default, so the producer behaves as users of Kafka expect; a batch
+/// costs this much memory while it fills. Throughput runs raise it (256 KiB to 1 MiB batches
+/// amortise per-request costs far better).
+pub const PRODUCER_BATCH_BYTES_DEFAULT: usize = 16 << 10;
+
+/// Default `ProducerConfig::linger_ms`: how long a batch may wait for more records.
+///
+/// Kafka 3.x's `linger.ms` is 5 ms: enough to batch a busy producer, invisible next to a
+/// network round trip for a slow one.
+pub const PRODUCER_LINGER_MS_DEFAULT: u64 = 5;
+
+/// Default `ProducerConfig::buffer_bytes`: records held by a producer (accumulating and in
+/// flight) before `send_and_forget` refuses and `ready` waits.
+///
+/// Kafka's `buffer.memory`: 32 MiB keeps 2k default batches in flight, far more than one
+/// connection's round trip needs.
+pub const PRODUCER_BUFFER_BYTES_DEFAULT: usize = 32 << 20;
+
+/// Default `ProducerConfig::in_flight_max`: produce requests outstanding per partition.
+///
+/// Kafka's `max.in.flight.requests.per.connection`. Five hide a round trip behind the next
+/// batches; a partition's requests are written in order on one connection (net/PROTOCOL.md).
+pub const PRODUCER_IN_FLIGHT_PER_PARTITION_DEFAULT: usize = 5;
+
+/// Default `ProducerConfig::request_bytes_max`: the largest batch the producer builds.
+///
+/// Kafka's `max.request.size` (1 MiB): larger records fail at `send` with a clear error
+/// rather than at the broker. A topic's `max.message.bytes` may still be smaller.
+pub const PRODUCER_REQUEST_BYTES_DEFAULT: usize = 1 << 20;
+
+/// Default `ClientConfig::request_timeout`: how long one request may take before it fails
+/// and is retried (Kafka's `request.timeout.ms`). Long-poll fetches get their wait on top.
+pub const CLIENT_REQUEST_TIMEOUT_MS_DEFAULT: u64 = 30_000;
+
+/// Default `ClientConfig::connect_timeout`: how long a QUIC handshake may take.
+///
+/// A dead UDP port gives no error (QUIC ignores ICMP), so without this a client would wait
+/// for the full idle timeout before trying the next broker.
+pub const CLIENT_CONNECT_TIMEOUT_MS_DEFAULT: u64 = 5_000;
+
+/// Default `ClientConfig::retries`: attempts after the first for a request that failed with
+/// a retriable error. With the backoff below they span about 8 s, enough for a broker restart
+/// or a leader move, short enough that a dead cluster is reported quickly.
+pub const CLIENT_RETRIES_DEFAULT: u32 = 10;
+
+/// Default `ClientConfig::retry_backoff`: wait before the first retry; doubles per retry.
+pub const CLIENT_RETRY_BACKOFF_MS_DEFAULT: u64 = 50;
+
+/// Default `ClientConfig::retry_backoff_max`: the longest wait between two retries.
+pub const CLIENT_RETRY_BACKOFF_MS_MAX_DEFAULT: u64 = 1_000;
+
+/// Default `ConsumerConfig::fetch_wait_max`: how long the broker holds a fetch that found no
+/// new record (Kafka's `fetch.max.wait.ms`). A tailing consumer sees a new record at once; an
+/// idle one costs two requests a second per partition.
+pub const CONSUMER_FETCH_WAIT_MS_DEFAULT: u32 = 500;
+
+/// Default `ConsumerConfig::fetch_bytes_max`: soft byte limit of one fetch for one partition
+/// (Kafka's `max.partition.fetch.bytes`). The broker returns at least one whole batch.
+pub const CONSUMER_FETCH_BYTES_DEFAULT: u32 = 1 << 20;
+
+/// Default `ConsumerConfig::buffer_bytes`: record bytes a consumer prefetches before its
+/// fetchers pause. At most one more fetch per partition arrives after the bound is reached.
+pub const CONSUMER_BUFFER_BYTES_DEFAULT: usize = 64 << 20;
+
+/// Default `ConsumerConfig::poll_records_max`: records one `poll` returns at most.
+pub const CONSUMER_POLL_RECORDS_DEFAULT: usize = 10_000;
+
+
 /// Largest Kafka request frame accepted, as Kafka's `socket.request.max.bytes` default
 /// (100 MiB). A larger declared size closes the connection before anything is allocated.
 /// Memory per connection grows with the bytes actually received, never with the declared size.
@@ -183,3 +253,8 @@ const _: () = assert!(QUIC_CONNECTION_RECEIVE_WINDOW_BYTES >= QUIC_STREAM_RECEIV
 const _: () = assert!(QUIC_KEEP_ALIVE_INTERVAL_MS < QUIC_IDLE_TIMEOUT_MS);
 const _: () = assert!(UDP_RECV_BUFFER_BYTES <= i32::MAX as usize);
 const _: () = assert!(UDP_SEND_BUFFER_BYTES <= i32::MAX as usize);
+const _: () = assert!(PRODUCER_BATCH_BYTES_DEFAULT <= PRODUCER_REQUEST_BYTES_DEFAULT);
+const _: () = assert!(PRODUCER_REQUEST_BYTES_DEFAULT <= BATCH_BYTES_MAX);
+const _: () = assert!(PRODUCER_BUFFER_BYTES_DEFAULT >= PRODUCER_REQUEST_BYTES_DEFAULT);
+const _: () = assert!(CLIENT_RETRY_BACKOFF_MS_DEFAULT <= CLIENT_RETRY_BACKOFF_MS_MAX_DEFAULT);
+const _: () = assert!(CONSUMER_FETCH_BYTES_DEFAULT as usize <= FRAME_PAYLOAD_BYTES_MAX);
