@@ -206,7 +206,6 @@ pub const CONSUMER_BUFFER_BYTES_DEFAULT: usize = 64 << 20;
 /// Default `ConsumerConfig::poll_records_max`: records one `poll` returns at most.
 pub const CONSUMER_POLL_RECORDS_DEFAULT: usize = 10_000;
 
-
 /// Largest Kafka request frame accepted, as Kafka's `socket.request.max.bytes` default
 /// (100 MiB). A larger declared size closes the connection before anything is allocated.
 /// Memory per connection grows with the bytes actually received, never with the declared size.
