@@ -44,6 +44,10 @@ const E2E_DRAIN_WAIT: Duration = Duration::from_secs(10);
 /// How often the control loop wakes.
 const CONTROL_TICK: Duration = Duration::from_millis(50);
 
+/// Without `--rate`, the native target measures the latency of every this many records (a
+/// task per measured record would cost the client more than the records themselves).
+const CLOSED_LOOP_PROBE_EVERY: u64 = 16;
+
 /// Registered IO memory per harness executor (it does no direct file IO).
 const HARNESS_IO_MEMORY_BYTES: usize = 1 << 20;
 
@@ -352,6 +356,10 @@ pub struct Sample {
     pub totals: Totals,
     /// The broker's resident memory then, with `--broker-pid`.
     pub broker_rss_mib: Option<f64>,
+    /// CPU seconds the harness had used by then.
+    pub harness_cpu_sec: Option<f64>,
+    /// CPU seconds the broker had used by then, with `--broker-pid`.
+    pub broker_cpu_sec: Option<f64>,
 }
 
 /// What a run measured, for the report.
@@ -614,9 +622,19 @@ async fn connect_producer(plan: &Plan, setup: &Setup, probe: Probe) -> anyhow::R
                 in_flight_max: args.in_flight,
                 buffer_bytes: plan.buffer_bytes,
             };
-            let producer =
-                native::NativeProducer::connect(&plan.brokers, &args.topic, &settings, probe)
-                    .await?;
+            let probe_every = if args.rate.is_some() {
+                1
+            } else {
+                CLOSED_LOOP_PROBE_EVERY
+            };
+            let producer = native::NativeProducer::connect(
+                &plan.brokers,
+                &args.topic,
+                &settings,
+                probe,
+                probe_every,
+            )
+            .await?;
             Ok(Target::Native(producer))
         }
     }
@@ -756,6 +774,8 @@ fn control(shared: &Shared, run: RunClock) -> ((Sample, Sample), Totals, Vec<Sam
         at_sec: run.seconds_at(at),
         totals: stats::sum(&shared.counters),
         broker_rss_mib: plan.args.broker_pid.and_then(crate::machine::rss_mib),
+        harness_cpu_sec: crate::machine::cpu_seconds(std::process::id()),
+        broker_cpu_sec: plan.args.broker_pid.and_then(crate::machine::cpu_seconds),
     };
     let progress = Progress::new(plan.mode);
     let mut samples = vec![sample(run.start)];

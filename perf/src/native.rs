@@ -1,17 +1,27 @@
 //! The native target: Sluice over QUIC through the client library (`sluice_net::client`),
 //! used as an application would use it: one [`Client`] per producer or consumer, records
-//! sent with [`Producer::send`] (one future per record, resolved by the acknowledgement of
-//! its batch) and read with [`Consumer::poll`].
+//! sent with [`Producer::send`] / [`Producer::send_and_forget`] and read with
+//! [`Consumer::poll`].
+//!
+//! Every `probe_every`-th record is sent with `send`, whose future resolves when its batch is
+//! acknowledged; a task records its latency and counts as acknowledged every record sent up
+//! to it (exact for one partition, where acknowledgements come in order; within
+//! `probe_every` records per partition otherwise, and exact again after `flush`). The other
+//! records go with `send_and_forget`, so the harness does not spend a task per record. With
+//! `--rate` every record is a probe.
+//!
+//! Values are cut from a shared arena (one allocation per 1 MiB of values, not per record):
+//! the client copies a record into its batch when it is sent, so the arena is freed soon.
 //!
 //! Shard-local (`!Send`).
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use sluice_engine::TimestampMs;
 use sluice_engine::batch::Compression;
 use sluice_engine::rt::{self, clock};
@@ -94,14 +104,23 @@ pub struct Settings {
     pub buffer_bytes: usize,
 }
 
+/// Bytes of each value arena.
+const ARENA_BYTES: usize = 1 << 20;
+
 /// A producer over the client library.
 pub struct NativeProducer {
     producer: Rc<Producer>,
     topic: Arc<str>,
     probe: Probe,
-    /// Records whose completion task has not run yet.
+    probe_every: u64,
+    /// Records and value bytes handed to the producer.
+    sent: Cell<(u64, u64)>,
+    /// Records and bytes known acknowledged (through the probes); shared with the tasks.
+    acked: Rc<Cell<(u64, u64)>>,
+    /// Probes whose completion task has not run yet.
     outstanding: Rc<Cell<u64>>,
-    failure: Rc<std::cell::RefCell<Option<String>>>,
+    failure: Rc<RefCell<Option<String>>>,
+    arena: RefCell<BytesMut>,
 }
 
 impl NativeProducer {
@@ -111,7 +130,9 @@ impl NativeProducer {
         topic: &str,
         settings: &Settings,
         probe: Probe,
+        probe_every: u64,
     ) -> anyhow::Result<NativeProducer> {
+        assert!(probe_every >= 1, "a probe at least every record");
         let client = connect(brokers).await?;
         let config = ProducerConfig {
             batch_size: settings.batch_bytes,
@@ -130,9 +151,33 @@ impl NativeProducer {
             producer: Rc::new(producer),
             topic: Arc::from(topic),
             probe,
+            probe_every,
+            sent: Cell::new((0, 0)),
+            acked: Rc::new(Cell::new((0, 0))),
             outstanding: Rc::new(Cell::new(0)),
-            failure: Rc::new(std::cell::RefCell::new(None)),
+            failure: Rc::new(RefCell::new(None)),
+            arena: RefCell::new(BytesMut::new()),
         })
+    }
+
+    /// Copies `value` into the arena.
+    fn value(&self, value: &[u8]) -> Bytes {
+        let mut arena = self.arena.borrow_mut();
+        if arena.capacity() < value.len() {
+            *arena = BytesMut::with_capacity(ARENA_BYTES.max(value.len()));
+        }
+        arena.extend_from_slice(value);
+        arena.split().freeze()
+    }
+
+    /// Counts records up to a probe as acknowledged (never backwards).
+    fn count_acked(acked: &Cell<(u64, u64)>, counters: &Counters, upto: (u64, u64)) {
+        let (records, bytes) = acked.get();
+        if upto.0 > records {
+            Counters::add(&counters.acked_records, upto.0 - records);
+            Counters::add(&counters.acked_bytes, upto.1 - bytes);
+            acked.set(upto);
+        }
     }
 
     /// Sends one record, waiting while the producer's buffer is full. Its acknowledgement is
@@ -154,12 +199,22 @@ impl NativeProducer {
             topic: Arc::clone(&self.topic),
             partition: Some(partition),
             key: key.map(Bytes::copy_from_slice),
-            value: Some(Bytes::copy_from_slice(value)),
+            value: Some(self.value(value)),
             headers: Vec::new(),
             timestamp: Some(timestamp),
         };
+        let (records, sent_bytes) = self.sent.get();
+        let upto = (records + 1, sent_bytes + bytes);
+        self.sent.set(upto);
+        if records % self.probe_every != 0 {
+            self.producer
+                .send_and_forget(record)
+                .context("send_and_forget after ready")?;
+            return Ok(());
+        }
         let acked = self.producer.send(record);
         let probe = self.probe.clone();
+        let acked_so_far = Rc::clone(&self.acked);
         let outstanding = Rc::clone(&self.outstanding);
         let failure = Rc::clone(&self.failure);
         outstanding.set(outstanding.get() + 1);
@@ -169,8 +224,7 @@ impl NativeProducer {
             match result {
                 Ok(_) => {
                     probe.recorder.borrow_mut().record_ack(intended, done);
-                    Counters::add(&probe.counters.acked_records, 1);
-                    Counters::add(&probe.counters.acked_bytes, bytes);
+                    NativeProducer::count_acked(&acked_so_far, &probe.counters, upto);
                 }
                 Err(error) => {
                     Counters::add(&probe.counters.errors, 1);
@@ -187,11 +241,21 @@ impl NativeProducer {
 
     /// Waits until every record sent is acknowledged and recorded.
     pub async fn flush(&self) -> anyhow::Result<()> {
-        self.producer.flush().await.context("flush")?;
+        let flushed = self.producer.flush().await;
         // The completion tasks run right after the acknowledgements; bounded by them.
         while self.outstanding.get() > 0 {
             rt::sleep(Duration::from_micros(200)).await;
         }
+        if let Err(error) = flushed {
+            let failed = match &error {
+                sluice_net::client::ProduceError::Undelivered { count, .. } => *count,
+                _ => 0,
+            };
+            Counters::add(&self.probe.counters.errors, failed);
+            return Err(error).context("flush");
+        }
+        // Everything sent is acknowledged now.
+        NativeProducer::count_acked(&self.acked, &self.probe.counters, self.sent.get());
         match self.failure.borrow().clone() {
             Some(failure) => bail!("{failure}"),
             None => Ok(()),

@@ -84,6 +84,20 @@ pub struct BrokerMemory {
     pub rss_last_mib: f64,
 }
 
+/// CPU the processes used over the measurement window, in cores (CPU seconds per second):
+/// on a shared machine this says how much of the throughput the run paid for itself.
+#[derive(Clone, Debug, Serialize)]
+pub struct CpuUse {
+    /// The harness process.
+    pub harness_cores: Option<f64>,
+    /// The broker process (with `--broker-pid`).
+    pub broker_cores: Option<f64>,
+    /// Harness CPU seconds per GB of headline throughput.
+    pub harness_sec_per_gb: Option<f64>,
+    /// Broker CPU seconds per GB of headline throughput.
+    pub broker_sec_per_gb: Option<f64>,
+}
+
 /// The JSON report of a load run.
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
@@ -130,6 +144,8 @@ pub struct Report {
     pub limit: Option<Limit>,
     /// Broker memory, with `--broker-pid`.
     pub broker_memory: Option<BrokerMemory>,
+    /// CPU used over the window.
+    pub cpu: CpuUse,
     /// Throughput and latency per interval.
     pub timeline: Vec<Point>,
     /// The flags of the run.
@@ -203,6 +219,19 @@ pub fn build(
             rss_last_mib: *seen.last()?,
         })
     });
+    let used = |f: fn(&crate::load::Sample) -> Option<f64>| Some(f(end)? - f(start)?);
+    let per_gb = |cpu: Option<f64>| {
+        cpu.filter(|_| headline.bytes > 0)
+            .map(|c| c / (headline.bytes as f64 / 1e9))
+    };
+    let harness_cpu = used(|s| s.harness_cpu_sec);
+    let broker_cpu = used(|s| s.broker_cpu_sec);
+    let cpu = CpuUse {
+        harness_cores: harness_cpu.map(|c| c / seconds.max(1e-9)),
+        broker_cores: broker_cpu.map(|c| c / seconds.max(1e-9)),
+        harness_sec_per_gb: per_gb(harness_cpu),
+        broker_sec_per_gb: per_gb(broker_cpu),
+    };
     Report {
         tool: "sluice-perf",
         command: plan.mode,
@@ -225,6 +254,7 @@ pub fn build(
         errors: measured.last.errors,
         limit,
         broker_memory,
+        cpu,
         timeline: timeline(measured, series),
         config: plan.args.clone(),
         reference,
@@ -364,6 +394,15 @@ pub fn print_summary(report: &Report) {
             ),
         );
     }
+    let cores = |c: Option<f64>| c.map_or("-".to_owned(), |c| format!("{c:.2}"));
+    row(
+        "cpu (cores busy)",
+        format!(
+            "harness {}, broker {}",
+            cores(report.cpu.harness_cores),
+            cores(report.cpu.broker_cores)
+        ),
+    );
     row("errors", report.errors.to_string());
     row(
         "load average",
