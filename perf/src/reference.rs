@@ -88,8 +88,11 @@ async fn measure_disk(path: PathBuf, bytes: u64) -> anyhow::Result<Reference> {
     rt::into_io(file.fdatasync().await).context("fdatasync")?;
     let read = read_pass(&file, blocks).await?;
     let total = blocks * BLOCK_BYTES as u64;
-    let fdatasync_4k_us = Percentiles::of(&sync_latency(&file, 4096, 2000).await?);
-    let fdatasync_64k_us = Percentiles::of(&sync_latency(&file, 65536, 1000).await?);
+    // Each append extends the file past everything written before, like a log tail, so
+    // every fdatasync has the new size to make durable.
+    let fdatasync_4k_us = Percentiles::of(&sync_latency(&file, total, 4096, 2000).await?);
+    let after_4k = total + 4096 * 2000;
+    let fdatasync_64k_us = Percentiles::of(&sync_latency(&file, after_4k, 65536, 1000).await?);
     Rc::try_unwrap(file)
         .map_err(|_| anyhow::anyhow!("file still shared"))?
         .close()
@@ -158,12 +161,16 @@ async fn read_pass(file: &Rc<DmaFile>, blocks: u64) -> anyhow::Result<Duration> 
 
 async fn sync_latency(
     file: &DmaFile,
+    base: u64,
     size: usize,
     count: u64,
 ) -> anyhow::Result<hdrhistogram::Histogram<u64>> {
     let mut histogram = hdrhistogram::Histogram::<u64>::new(3).expect("valid sigfig");
-    // Append past the measured region so each write extends the file like a log tail.
-    let base = rt::into_io(file.file_size().await).context("stat")?;
+    let size_before = rt::into_io(file.file_size().await).context("stat")?;
+    anyhow::ensure!(
+        size_before <= base,
+        "fdatasync appends at {base} would not extend a file of {size_before} bytes"
+    );
     for i in 0..count {
         let mut buffer = file.alloc_dma_buffer(size);
         buffer.as_bytes_mut().fill(0xa5);

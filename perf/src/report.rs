@@ -204,8 +204,10 @@ pub fn build(
         Mode::E2e => ("end_to_end", e2e.clone(), Some(&recorder.e2e)),
         Mode::Consume => ("none", None, None),
     };
+    // An open-loop run moves what its schedule asks for: a ratio to the limit says nothing.
     let limit = reference
         .as_ref()
+        .filter(|_| plan.args.rate.is_none())
         .and_then(|r| limit_of(r, plan.mode, plan.args.protocol, headline.mb_per_sec));
     let broker_memory = plan.args.broker_pid.and_then(|pid| {
         let seen: Vec<f64> = measured

@@ -204,3 +204,64 @@ pub fn take_records(
     }
     Ok(offset)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use bytes::BytesMut;
+    use sluice_engine::batch::{BatchBuilder, Compression};
+    use sluice_engine::{Offset, TimestampMs};
+
+    use super::*;
+    use crate::stamp::{RunClock, put_stamp};
+    use crate::stats::Recorder;
+
+    fn batch(base: i64, stamps: &[u64]) -> Bytes {
+        let mut builder = BatchBuilder::new(1 << 20);
+        builder.set_base_offset(Offset(base));
+        for &stamp in stamps {
+            let mut value = vec![7u8; 32];
+            put_stamp(&mut value, stamp);
+            builder
+                .push(Some(b"k"), Some(&value), &[], TimestampMs(1))
+                .expect("fits");
+        }
+        builder.build(Compression::Lz4).expect("builds")
+    }
+
+    // Goal: a fetch answer's records are counted from the position on (a batch may start
+    // before it), stamps give end-to-end latencies, and a partial batch at the end is left
+    // for the next fetch. Method: two whole batches and a cut third, read from offset 1.
+    #[test]
+    fn take_records_counts_from_position_and_stops_at_partial_batch() {
+        let run = RunClock::new(Duration::ZERO);
+        let probe = Probe {
+            recorder: Rc::new(RefCell::new(Recorder::new(run, Duration::from_secs(1)))),
+            counters: Arc::new(Counters::default()),
+        };
+        let sent = run.start_realtime_ns + 1_000;
+        let mut answer = BytesMut::new();
+        answer.extend_from_slice(&batch(0, &[sent, sent]));
+        answer.extend_from_slice(&batch(2, &[sent]));
+        let third = batch(3, &[sent]);
+        answer.extend_from_slice(&third[..third.len() - 5]);
+        let now = sent + 250_000;
+        let next = take_records(answer.freeze(), 1, true, now, &probe).expect("valid batches");
+        assert_eq!(next, 3, "the cut batch is read again");
+        let totals = probe.counters.snapshot();
+        assert_eq!(totals.consumed_records, 2, "offset 0 is below the position");
+        assert_eq!(totals.consumed_bytes, 2 * 33);
+        let recorder = probe.recorder.borrow();
+        assert_eq!(recorder.e2e.total.len(), 2);
+        let p50 = recorder.e2e.total.value_at_quantile(0.5);
+        assert!((249_000..=251_000).contains(&p50), "{p50}");
+        let mut corrupt = BytesMut::from(&batch(0, &[sent])[..]);
+        let last = corrupt.len() - 1;
+        corrupt[last] ^= 0xff;
+        assert!(take_records(corrupt.freeze(), 0, false, now, &probe).is_err());
+    }
+}
