@@ -25,6 +25,9 @@ ADMIN_PORT=${ADMIN_PORT:-19644}
 mkdir -p "$RESULTS" "$DATA_ROOT"
 RESULTS=$(cd "$RESULTS" && pwd)
 DATA_ROOT=$(cd "$DATA_ROOT" && pwd)
+# One run at a time per data directory: two would delete each other's broker data.
+exec 9> "$DATA_ROOT/.lock"
+flock -n 9 || { echo "another run-all.sh is using $DATA_ROOT" >&2; exit 1; }
 
 if [ -z "${NO_BUILD:-}" ]; then
     (cd "$ROOT" && cargo build --release -p sluice -p sluice-perf)
@@ -55,6 +58,10 @@ broker_start() {
 
 # broker_launch: (re)starts the broker on the current data directory.
 broker_launch() {
+    if (exec 3<>"/dev/tcp/127.0.0.1/$KAFKA_PORT") 2>/dev/null; then
+        log "port $KAFKA_PORT is already taken: another broker is running"
+        return 1
+    fi
     SLUICE_LOG=${SLUICE_LOG:-warn} "$SLUICE" broker --data-dir "$BROKER_DATA" \
         --kafka-listen "127.0.0.1:$KAFKA_PORT" --quic-listen "127.0.0.1:$QUIC_PORT" \
         --admin-listen "127.0.0.1:$ADMIN_PORT" --auto-create-topics false \

@@ -4,7 +4,8 @@
 # uses as many thousands of partitions as fit and says so in run.log.
 # Recorded in partitions-wide-restart.json: the clean shutdown time, the time from launching
 # the broker to its listeners accepting (every partition opened and recovered), and the
-# produce to every partition after it (its own report).
+# produce to every partition after it (its own report); then the same after kill -9
+# (partitions-wide-crash-restart.json).
 wide=10000
 fds=$(ulimit -Hn)
 if [ "$fds" != unlimited ] && [ $((wide * 3 + 1024)) -gt "$fds" ]; then
@@ -23,6 +24,17 @@ echo "{\"partitions\": $wide, \"shutdown_ms\": $stop_ms, \"restart_ready_ms\": $
     > "$RESULTS/partitions-wide-restart.json"
 log "partitions-wide: $wide partitions, shutdown ${stop_ms} ms, ready after ${BROKER_READY_MS} ms"
 perf produce "partitions-wide-after-restart" --protocol kafka --cpus 1 \
+    --topic wide --partitions "$wide" --acks 1 --record-size 1024 --keys seq \
+    --batch-bytes 16KiB --linger-ms 5 --warmup 0 --records $((wide * 2))
+# A crash restart: kill -9, then every partition's tail is recovered at start.
+kill -KILL "$BROKER_PID"
+wait "$BROKER_PID" || true
+BROKER_PID=""
+broker_launch
+echo "{\"partitions\": $wide, \"kill9_restart_ready_ms\": $BROKER_READY_MS}" \
+    > "$RESULTS/partitions-wide-crash-restart.json"
+log "partitions-wide: $wide partitions, ready ${BROKER_READY_MS} ms after kill -9"
+perf produce "partitions-wide-after-crash" --protocol kafka --cpus 1 \
     --topic wide --partitions "$wide" --acks 1 --record-size 1024 --keys seq \
     --batch-bytes 16KiB --linger-ms 5 --warmup 0 --records $((wide * 2))
 broker_stop
