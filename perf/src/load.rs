@@ -687,6 +687,12 @@ async fn produce(
         value.copy_from_slice(&pool[from..from + size]);
         let stamp = run.stamp_of(intended);
         put_stamp(value, stamp);
+        if gap_ns.is_some() {
+            probe
+                .recorder
+                .borrow_mut()
+                .record_lag(intended, clock::now());
+        }
         let timestamp = TimestampMs((stamp / 1_000_000) as i64);
         target
             .send(

@@ -138,6 +138,10 @@ pub struct Report {
     pub ack_latency_us: Option<LatencySummary>,
     /// End-to-end latency, for e2e runs.
     pub e2e_latency_us: Option<LatencySummary>,
+    /// Open loop: how late records were handed to the client after their intended send time
+    /// (the harness's own delay; large values mean the load generator could not keep its
+    /// schedule, e.g. for want of a CPU).
+    pub send_lag_us: Option<LatencySummary>,
     /// Records whose produce failed.
     pub errors: u64,
     /// The ceiling from the reference, if one was given.
@@ -253,6 +257,8 @@ pub fn build(
         consume,
         ack_latency_us: ack,
         e2e_latency_us: e2e,
+        send_lag_us: (plan.args.rate.is_some() && plan.mode != Mode::Consume)
+            .then(|| LatencySummary::of(&recorder.lag.total)),
         errors: measured.last.errors,
         limit,
         broker_memory,
@@ -356,6 +362,7 @@ pub fn print_summary(report: &Report) {
     for (name, latency) in [
         ("produce ack latency", &report.ack_latency_us),
         ("end-to-end latency", &report.e2e_latency_us),
+        ("send lag (harness)", &report.send_lag_us),
     ] {
         if let Some(l) = latency {
             row(

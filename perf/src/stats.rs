@@ -169,6 +169,9 @@ pub struct Recorder {
     pub ack: LatencySeries,
     /// End-to-end latency: intended send time (the value's stamp) to consumption.
     pub e2e: LatencySeries,
+    /// Open loop only: how late each record was handed to the client after its intended
+    /// send time (the harness's own delay: timer overshoot, waiting for a CPU, backpressure).
+    pub lag: LatencySeries,
 }
 
 impl Recorder {
@@ -178,6 +181,7 @@ impl Recorder {
             run,
             ack: LatencySeries::new(interval),
             e2e: LatencySeries::new(interval),
+            lag: LatencySeries::new(interval),
         }
     }
 
@@ -190,6 +194,16 @@ impl Recorder {
         let latency = done.saturating_duration_since(intended).as_nanos() as u64;
         self.ack
             .record(done.saturating_duration_since(self.run.start), latency);
+    }
+
+    /// Records that a record intended for `intended` was handed to the client at `now`.
+    pub fn record_lag(&mut self, intended: Instant, now: Instant) {
+        if intended < self.run.measure_from {
+            return;
+        }
+        let lag = now.saturating_duration_since(intended).as_nanos() as u64;
+        self.lag
+            .record(now.saturating_duration_since(self.run.start), lag);
     }
 
     /// Records the consumption, at wall-clock stamp `now_stamp`, of a record stamped
@@ -208,6 +222,7 @@ impl Recorder {
     pub fn merge(&mut self, other: &Recorder) {
         self.ack.merge(&other.ack);
         self.e2e.merge(&other.e2e);
+        self.lag.merge(&other.lag);
     }
 }
 
