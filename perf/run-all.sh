@@ -9,6 +9,8 @@
 #   DATA_ROOT  broker data directories; must be on the disk under test [perf/data]
 #   NO_BUILD=1 use the binaries already in target/release
 #   REF_BYTES  bytes per reference bandwidth measurement [1073741824]
+#   NICE       run broker and harness at this nice value (e.g. -10 on a shared machine) [0]
+#   SKIP       scenario files to skip, by substring (e.g. 70)
 #
 # Every broker listens on non-default loopback ports so that a developer's broker or another
 # test on the machine is never hit. The machine's load is recorded before every run.
@@ -62,7 +64,7 @@ broker_launch() {
         log "port $KAFKA_PORT is already taken: another broker is running"
         return 1
     fi
-    SLUICE_LOG=${SLUICE_LOG:-warn} "$SLUICE" broker --data-dir "$BROKER_DATA" \
+    SLUICE_LOG=${SLUICE_LOG:-warn} nice -n "${NICE:-0}" "$SLUICE" broker --data-dir "$BROKER_DATA" \
         --kafka-listen "127.0.0.1:$KAFKA_PORT" --quic-listen "127.0.0.1:$QUIC_PORT" \
         --admin-listen "127.0.0.1:$ADMIN_PORT" --auto-create-topics false \
         "${BROKER_ARGS[@]}" >> "$RESULTS/broker.log" 2>&1 &
@@ -114,7 +116,7 @@ perf() {
         previous=$arg
     done
     log "$name: load $(cut -d' ' -f1-3 /proc/loadavg): sluice-perf $command $*"
-    "$PERF" "$command" --brokers "$brokers" --reference "$RESULTS/reference.json" \
+    nice -n "${NICE:-0}" "$PERF" "$command" --brokers "$brokers" --reference "$RESULTS/reference.json" \
         --data-dir "$BROKER_DATA" --broker-pid "$BROKER_PID" --label "$name" \
         --json "$RESULTS/$name.json" "$@" 2>> "$RESULTS/run.log" | tee -a "$RESULTS/run.log"
 }
@@ -127,6 +129,9 @@ log "reference: load $(cut -d' ' -f1-3 /proc/loadavg)"
 
 for scenario in "$ROOT"/perf/scenarios/*.sh; do
     case "$(basename "$scenario")" in *"$PATTERN"*) ;; *) continue ;; esac
+    if [ -n "${SKIP:-}" ]; then
+        case "$(basename "$scenario")" in *"$SKIP"*) continue ;; esac
+    fi
     log "scenario $(basename "$scenario")"
     # shellcheck source=/dev/null
     source "$scenario"

@@ -535,8 +535,10 @@ async fn thread_main(thread: usize, shared: &Arc<Shared>) -> Recorder {
     let producer_ids: Vec<usize> = (0..plan.producers())
         .filter(|p| p % threads == thread)
         .collect();
+    // Consumers continue the round-robin after the producers, so with two threads one
+    // producer and one consumer get a thread each.
     let consumer_ids: Vec<usize> = (0..plan.consumers())
-        .filter(|c| c % threads == thread)
+        .filter(|c| (plan.producers() + c) % threads == thread)
         .collect();
     let mut targets = Vec::new();
     for &id in &producer_ids {
