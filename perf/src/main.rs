@@ -1,12 +1,36 @@
 //! `sluice-perf`: throughput and latency harness for Sluice (native QUIC) and any
 //! Kafka-protocol broker, and the `reference` measurements every result is judged against.
+//!
+//! Subcommands: `produce`, `consume` (catch-up), `e2e` (produce and consume together),
+//! `reference` (this machine's disk and loopback limits), `compare A.json B.json`, and
+//! `log-bench` (the storage engine alone). Module map: [`load`] runs the load and owns the
+//! flags, [`workload`] draws records, [`kafka`] and [`native`] are the two targets,
+//! [`stats`] measures, [`report`], [`plot`] and [`progress`] present, [`machine`] describes
+//! the host, [`stamp`] keeps time.
+//!
+//! Depends on sluice-engine (runtime, batch format) and sluice-net (client library, QUIC
+//! endpoints) only.
 
+mod compare;
+mod kafka;
+mod load;
 mod log_bench;
+mod machine;
+mod native;
+mod plot;
+mod progress;
 mod reference;
+mod report;
+mod stamp;
+mod stats;
+mod workload;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
+
+use crate::load::{LoadArgs, Mode};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -19,8 +43,52 @@ struct Cli {
     command: Command,
 }
 
+/// Where a load run writes its results.
+#[derive(clap::Args, Debug)]
+struct OutputArgs {
+    /// Write the JSON report here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Write the HDR interval log here [default: the JSON path with .hlog].
+    #[arg(long)]
+    hdr_log: Option<PathBuf>,
+    /// Write the SVG plot here [default: the JSON path with .svg].
+    #[arg(long)]
+    plot: Option<PathBuf>,
+    /// Reference JSON from `sluice-perf reference`: results are stated as ratios to it.
+    #[arg(long)]
+    reference: Option<PathBuf>,
+    /// The broker's data directory, to describe its disk in the report.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Free text stored in the report.
+    #[arg(long)]
+    label: Option<String>,
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Produce records (latency: produce acknowledgement).
+    Produce {
+        #[command(flatten)]
+        load: LoadArgs,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Read a topic from its start offsets to the end offsets found at start (catch-up).
+    Consume {
+        #[command(flatten)]
+        load: LoadArgs,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Produce and consume together (latency: consume time minus intended send time).
+    E2e {
+        #[command(flatten)]
+        load: LoadArgs,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
     /// Measure this machine's disk and loopback limits.
     Reference {
         /// Directory on the disk to measure (the broker's data disk).
@@ -32,6 +100,13 @@ enum Command {
         /// Write the results as JSON here.
         #[arg(long)]
         json: Option<PathBuf>,
+    },
+    /// Print two JSON results side by side with their ratios.
+    Compare {
+        /// The baseline.
+        a: PathBuf,
+        /// The run compared with it.
+        b: PathBuf,
     },
     /// Append to and read back one partition log on this disk (no network).
     LogBench {
@@ -78,15 +153,26 @@ fn main() {
     }
 }
 
+fn write_json(path: Option<&Path>, text: &str) -> anyhow::Result<()> {
+    if let Some(path) = path {
+        std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(())
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Produce { load, output } => load_run(Mode::Produce, load, output),
+        Command::Consume { load, output } => load_run(Mode::Consume, load, output),
+        Command::E2e { load, output } => load_run(Mode::E2e, load, output),
         Command::Reference { dir, bytes, json } => {
             let reference = reference::measure(&dir, bytes)?;
             let text = serde_json::to_string_pretty(&reference)?;
             println!("{text}");
-            if let Some(path) = json {
-                std::fs::write(&path, text)?;
-            }
+            write_json(json.as_deref(), &text)
+        }
+        Command::Compare { a, b } => {
+            print!("{}", compare::run(&a, &b)?);
             Ok(())
         }
         Command::LogBench {
@@ -110,10 +196,46 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             })?;
             let text = serde_json::to_string_pretty(&report)?;
             println!("{text}");
-            if let Some(path) = json {
-                std::fs::write(&path, text)?;
-            }
-            Ok(())
+            write_json(json.as_deref(), &text)
         }
     }
+}
+
+fn load_run(mode: Mode, load: LoadArgs, output: OutputArgs) -> anyhow::Result<()> {
+    let reference = match &output.reference {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            Some(
+                serde_json::from_str::<serde_json::Value>(&text)
+                    .with_context(|| format!("{} is not JSON", path.display()))?,
+            )
+        }
+        None => None,
+    };
+    let machine = machine::describe(output.data_dir.as_deref());
+    let plan = load::Plan::new(mode, load)?;
+    let measured = load::run(plan)?;
+    let report = report::build(&measured, reference, machine, output.label.clone());
+    report::print_summary(&report);
+    let beside = |explicit: &Option<PathBuf>, extension: &str| {
+        explicit
+            .clone()
+            .or_else(|| output.json.as_ref().map(|j| j.with_extension(extension)))
+    };
+    write_json(
+        output.json.as_deref(),
+        &serde_json::to_string_pretty(&report)?,
+    )?;
+    if let Some(path) = beside(&output.hdr_log, "hlog") {
+        report::write_hdr_log(&measured, &path)?;
+    }
+    if let Some(path) = beside(&output.plot, "svg") {
+        plot::draw(&measured, &report, &path)
+            .with_context(|| format!("cannot draw {}", path.display()))?;
+    }
+    if report.errors > 0 {
+        anyhow::bail!("{} records failed to produce", report.errors);
+    }
+    Ok(())
 }

@@ -8,6 +8,9 @@
 //! - fdatasync latency percentiles for 4 KiB and 64 KiB appends (each write followed by
 //!   fdatasync, the acks=all cost floor).
 //! - Loopback TCP bandwidth between two threads (the Kafka protocol's transport limit).
+//! - Loopback QUIC bandwidth over one quinn stream between two executors, through the net
+//!   crate's endpoints and TLS (the native protocol's transport limit; the same method as
+//!   `net/examples/quic_bandwidth.rs`).
 
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -34,7 +37,7 @@ pub struct Reference {
     pub fdatasync_4k_us: Percentiles,
     pub fdatasync_64k_us: Percentiles,
     pub tcp_loopback_mb_per_sec: f64,
-    pub quic_loopback_mb_per_sec: Option<f64>,
+    pub quic_loopback_mb_per_sec: f64,
     pub bytes_per_measurement: u64,
 }
 
@@ -65,7 +68,7 @@ fn mb_per_sec(bytes: u64, elapsed: Duration) -> f64 {
     bytes as f64 / 1e6 / elapsed.as_secs_f64().max(1e-9)
 }
 
-/// Measures everything except QUIC (measured by the caller, which owns the QUIC stack).
+/// Measures every figure: the disk under `dir`, then TCP and QUIC over loopback.
 pub fn measure(dir: &Path, bytes: u64) -> anyhow::Result<Reference> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let path = dir.join("sluice-perf-reference.tmp");
@@ -73,6 +76,7 @@ pub fn measure(dir: &Path, bytes: u64) -> anyhow::Result<Reference> {
     let _ = std::fs::remove_file(&path);
     let mut reference = disk?;
     reference.tcp_loopback_mb_per_sec = measure_tcp(bytes)?;
+    reference.quic_loopback_mb_per_sec = measure_quic(dir, bytes)?;
     reference.bytes_per_measurement = bytes;
     Ok(reference)
 }
@@ -90,8 +94,11 @@ async fn measure_disk(path: PathBuf, bytes: u64) -> anyhow::Result<Reference> {
     let read = read_pass(&file, blocks).await?;
     let total = blocks * BLOCK_BYTES as u64;
     let fresh = fresh_write_pass(&path.with_extension("fresh"), blocks, total).await?;
-    let fdatasync_4k_us = Percentiles::of(&sync_latency(&file, 4096, 2000).await?);
-    let fdatasync_64k_us = Percentiles::of(&sync_latency(&file, 65536, 1000).await?);
+    // Each append extends the file past everything written before, like a log tail, so
+    // every fdatasync has the new size to make durable.
+    let fdatasync_4k_us = Percentiles::of(&sync_latency(&file, total, 4096, 2000).await?);
+    let after_4k = total + 4096 * 2000;
+    let fdatasync_64k_us = Percentiles::of(&sync_latency(&file, after_4k, 65536, 1000).await?);
     Rc::try_unwrap(file)
         .map_err(|_| anyhow::anyhow!("file still shared"))?
         .close()
@@ -173,12 +180,16 @@ async fn read_pass(file: &Rc<DmaFile>, blocks: u64) -> anyhow::Result<Duration> 
 
 async fn sync_latency(
     file: &DmaFile,
+    base: u64,
     size: usize,
     count: u64,
 ) -> anyhow::Result<hdrhistogram::Histogram<u64>> {
     let mut histogram = hdrhistogram::Histogram::<u64>::new(3).expect("valid sigfig");
-    // Append past the measured region so each write extends the file like a log tail.
-    let base = rt::into_io(file.file_size().await).context("stat")?;
+    let size_before = rt::into_io(file.file_size().await).context("stat")?;
+    anyhow::ensure!(
+        size_before <= base,
+        "fdatasync appends at {base} would not extend a file of {size_before} bytes"
+    );
     for i in 0..count {
         let mut buffer = file.alloc_dma_buffer(size);
         buffer.as_bytes_mut().fill(0xa5);
@@ -224,4 +235,80 @@ fn measure_tcp(bytes: u64) -> anyhow::Result<f64> {
         "tcp reference lost bytes: sent {sent}, received {received}"
     );
     Ok(mb_per_sec(sent, elapsed))
+}
+
+/// Bytes per QUIC write (shared, never copied by the sender).
+const QUIC_CHUNK_BYTES: usize = 1 << 20;
+
+/// One quinn stream over loopback: a server executor on its own thread receives, the client
+/// on the calling thread sends `bytes` in 1 MiB chunks; the clock stops when the server
+/// acknowledges the last byte.
+fn measure_quic(dir: &Path, bytes: u64) -> anyhow::Result<f64> {
+    use sluice_net::quic::{self, tls};
+    let tls_dir = dir.join("sluice-perf-reference-tls");
+    std::fs::create_dir_all(&tls_dir)
+        .with_context(|| format!("cannot create {}", tls_dir.display()))?;
+    let identity = tls::self_signed_identity(&tls_dir, &tls::default_self_signed_names())
+        .context("self-signed identity")?;
+    let (addr_sender, addr_receiver) = std::sync::mpsc::channel();
+    let server = std::thread::spawn(move || -> anyhow::Result<u64> {
+        rt::block_on(async move {
+            let options = tls::ServerTlsOptions {
+                identity: tls::ServerIdentity::Files(identity),
+                client_ca: None,
+            };
+            let config = tls::server_config(&options).context("server TLS")?;
+            let loopback = "127.0.0.1:0".parse().expect("literal address");
+            let endpoint = quic::server_endpoint(loopback, config)?;
+            addr_sender
+                .send(endpoint.local_addr()?)
+                .map_err(|_| anyhow::anyhow!("client gone"))?;
+            let incoming = endpoint.accept().await.context("no client came")?;
+            let connection = incoming.await.context("handshake")?;
+            let (mut send, mut recv) = connection.accept_bi().await.context("stream")?;
+            let mut received = 0u64;
+            while let Some(chunk) = recv.read_chunk(usize::MAX, true).await? {
+                received += chunk.bytes.len() as u64;
+            }
+            send.write_all(b"k").await?;
+            send.finish()?;
+            connection.closed().await;
+            endpoint.wait_idle().await;
+            Ok(received)
+        })
+    });
+    let addr = addr_receiver
+        .recv()
+        .map_err(|_| anyhow::anyhow!("the QUIC server thread failed to start"))?;
+    let elapsed = rt::block_on(async move {
+        let loopback = "127.0.0.1:0".parse().expect("literal address");
+        let endpoint = quic::client_endpoint(loopback)?;
+        let config = tls::client_config(&tls::ClientTlsOptions::default(), addr)?;
+        let connection = quic::connect(&endpoint, addr, "localhost", config).await?;
+        let chunk = bytes::Bytes::from(vec![0x5a; QUIC_CHUNK_BYTES]);
+        let start = clock::now();
+        let (mut send, mut recv) = connection.open_bi().await?;
+        let mut sent = 0u64;
+        while sent < bytes {
+            let len = (bytes - sent).min(QUIC_CHUNK_BYTES as u64) as usize;
+            send.write_chunk(chunk.slice(..len)).await?;
+            sent += len as u64;
+        }
+        send.finish()?;
+        let ack = recv.read_to_end(1).await?;
+        anyhow::ensure!(ack == b"k", "the QUIC server did not acknowledge");
+        let elapsed = start.elapsed();
+        connection.close(0u32.into(), b"done");
+        endpoint.wait_idle().await;
+        anyhow::Ok(elapsed)
+    })?;
+    let received = server
+        .join()
+        .map_err(|_| anyhow::anyhow!("QUIC server thread panicked"))??;
+    let _ = std::fs::remove_dir_all(&tls_dir);
+    anyhow::ensure!(
+        received == bytes,
+        "quic reference lost bytes: sent {bytes}, received {received}"
+    );
+    Ok(mb_per_sec(bytes, elapsed))
 }
