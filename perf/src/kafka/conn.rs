@@ -89,7 +89,8 @@ impl Versions {
         let version = max.min(ours_max);
         if version < min.max(ours_min) {
             bail!(
-                "no common version of {api:?}: broker {min}..={max}, harness {ours_min}..={ours_max}"
+                "no common version of {api:?}: broker {min}..={max}, \
+                 harness {ours_min}..={ours_max}"
             );
         }
         Ok(version)
