@@ -197,7 +197,8 @@ pub async fn file_len(file: &DmaFile) -> io::Result<u64> {
 /// Makes the directory's entries (created, renamed, removed files) durable.
 pub async fn sync_dir(path: &Path) -> io::Result<()> {
     faults::check(faults::Op::Sync, path)?;
-    let dir = Directory::open(path).await?;
+    // glommio opens a relative directory path against no directory fd and fails with EBADF.
+    let dir = Directory::open(std::path::absolute(path)?).await?;
     dir.sync().await?;
     dir.close().await?;
     Ok(())
@@ -399,5 +400,24 @@ pub mod faults {
             }
             Ok(())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    // Goal: a relative directory path (as `--data-dir sluice-data` gives) can be synced.
+    // Method: make a directory under the current directory and sync it by its relative name;
+    // glommio alone fails this with EBADF.
+    #[test]
+    fn sync_dir_accepts_a_relative_path() {
+        let cwd = std::env::current_dir().expect("current directory");
+        let dir = tempfile::tempdir_in(&cwd).expect("temporary directory");
+        let relative = dir
+            .path()
+            .strip_prefix(&cwd)
+            .expect("made under cwd")
+            .to_path_buf();
+        assert!(relative.is_relative());
+        crate::rt::block_on(super::sync_dir(&relative)).expect("sync a relative directory");
     }
 }
