@@ -32,5 +32,10 @@ pub const GROUP_TICK_MS: u64 = 100;
 /// size lives while a partition loads.
 pub const GROUP_LOAD_READ_BYTES: usize = 1 << 20;
 
+/// Partitions a shard closes at once at shutdown. Each close issues a handful of fdatasyncs;
+/// 64 keeps io_uring's queue busy (the syncs overlap) while bounding the close futures and their
+/// IO buffers (a few KiB each) to well under a MiB.
+pub const SHUTDOWN_CLOSES_INFLIGHT_MAX: usize = 64;
+
 const _: () = assert!(OFFSETS_TOPIC_PARTITIONS_DEFAULT <= OFFSETS_TOPIC_PARTITIONS_MAX);
 const _: () = assert!(OFFSETS_TOPIC_PARTITIONS_MAX <= TOPIC_PARTITIONS_MAX);

@@ -905,9 +905,16 @@ impl Shard {
             .drain()
             .map(|(_, r)| r)
             .collect();
-        for replica in replicas {
-            PartitionReplica::close(replica, false).await;
-        }
+        // Closing is IO-bound: each partition syncs its segment, indexes, checkpoint and clean
+        // shutdown marker (about 30 ms here). One at a time, 6,000 partitions took 204 s to
+        // stop (perf/RESULTS.md); closed together, io_uring overlaps the syncs. The bound keeps
+        // the in-flight IO and the close futures' memory small.
+        use futures::StreamExt;
+        futures::stream::iter(replicas)
+            .for_each_concurrent(crate::limits::SHUTDOWN_CLOSES_INFLIGHT_MAX, |replica| {
+                PartitionReplica::close(replica, false)
+            })
+            .await;
     }
 }
 
