@@ -16,19 +16,43 @@ const START_DEADLINE: Duration = Duration::from_secs(60);
 
 /// The `sluice` binary under test.
 ///
-/// Copied once per test process: worktrees that share a cargo target directory rebuild
+/// Pinned once per test process: worktrees that share a cargo target directory rebuild
 /// `target/debug/sluice` from their own sources at any time, and a test must run the binary
-/// it was built with.
+/// it was built with. A hard link keeps the built file's inode when the linker replaces it and
+/// costs no disk (a copy is 230 MB); pins of test processes that have exited are removed first,
+/// since nothing else would.
 pub fn sluice_bin() -> &'static Path {
-    static COPY: OnceLock<PathBuf> = OnceLock::new();
-    COPY.get_or_init(|| {
+    static PIN: OnceLock<PathBuf> = OnceLock::new();
+    PIN.get_or_init(|| {
         let built = PathBuf::from(env!("CARGO_BIN_EXE_sluice"));
-        let dir = std::env::temp_dir().join(format!("sluice-test-bin-{}", std::process::id()));
+        remove_stale_pins();
+        let dir = std::env::temp_dir().join(format!("{PIN_PREFIX}{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("temp dir for the binary");
-        let copy = dir.join("sluice");
-        std::fs::copy(&built, &copy).expect("copy the sluice binary");
-        copy
+        let pin = dir.join("sluice");
+        let _ = std::fs::remove_file(&pin);
+        if std::fs::hard_link(&built, &pin).is_err() {
+            std::fs::copy(&built, &pin).expect("copy the sluice binary");
+        }
+        pin
     })
+}
+
+const PIN_PREFIX: &str = "sluice-test-bin-";
+
+/// Removes the binary pins of test processes that no longer run.
+fn remove_stale_pins() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix(PIN_PREFIX)) else {
+            continue;
+        };
+        if pid.parse::<u32>().is_ok() && !Path::new("/proc").join(pid).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 fn free_tcp_port() -> u16 {
