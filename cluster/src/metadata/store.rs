@@ -14,10 +14,11 @@ use std::sync::Arc;
 use sluice_engine::{BrokerId, LeaderEpoch, PartitionId, Revision};
 
 use super::{
-    MetadataCommand, MetadataError, MetadataSnapshot, PartitionMeta, TopicId, TopicMeta,
-    validate_topic_name,
+    BrokerRegistration, MetadataCommand, MetadataError, MetadataSnapshot, PartitionMeta, TopicId,
+    TopicMeta, validate_topic_name,
 };
 use crate::config::TopicConfig;
+use crate::controller::election;
 use crate::limits::TOPIC_PARTITIONS_MAX;
 use crate::placement::shard_for;
 
@@ -36,11 +37,35 @@ pub struct PlacementContext {
     pub shard_count: usize,
 }
 
+/// What [`apply_with`] needs besides the command that a replicated log must fix in advance,
+/// so that every broker applying the same entry computes the same snapshot.
+#[derive(Clone, Copy, Debug)]
+pub struct ApplyInputs {
+    /// Id of a topic the command creates.
+    pub topic_id: TopicId,
+}
+
 /// Validates `command` against `current` and returns the next snapshot (revision + 1).
+/// Draws a fresh topic id; a replicated log uses [`apply_with`] with the id in the entry.
 pub fn apply(
     current: &MetadataSnapshot,
     command: &MetadataCommand,
     context: PlacementContext,
+) -> Result<MetadataSnapshot, MetadataError> {
+    let inputs = ApplyInputs {
+        topic_id: TopicId(uuid::Uuid::new_v4()),
+    };
+    apply_with(current, command, context, inputs)
+}
+
+/// The pure state transition: validates `command` against `current` and returns the next
+/// snapshot (revision + 1). In a cluster (`current.cluster` has registrations) replicas are
+/// placed on live registered brokers and `context.node` is not used.
+pub fn apply_with(
+    current: &MetadataSnapshot,
+    command: &MetadataCommand,
+    context: PlacementContext,
+    inputs: ApplyInputs,
 ) -> Result<MetadataSnapshot, MetadataError> {
     let mut next = current.clone();
     next.revision = Revision(current.revision.0 + 1);
@@ -58,7 +83,12 @@ pub fn apply(
             if *partitions < 1 || *partitions > TOPIC_PARTITIONS_MAX {
                 return Err(MetadataError::InvalidPartitions(*partitions));
             }
-            let brokers = current.brokers.len().max(1);
+            let live = live_brokers(current);
+            let brokers = if live.is_empty() {
+                current.brokers.len().max(1)
+            } else {
+                live.len()
+            };
             if *replication < 1 || *replication as usize > brokers {
                 return Err(MetadataError::InvalidReplicationFactor {
                     factor: *replication,
@@ -66,10 +96,10 @@ pub fn apply(
                 });
             }
             let config = TopicConfig::resolve(overrides)?;
-            let id = TopicId(uuid::Uuid::new_v4());
+            let id = inputs.topic_id;
             let name: Arc<str> = Arc::from(name.as_str());
             let partitions = (0..*partitions)
-                .map(|p| new_partition(id, PartitionId(p), context))
+                .map(|p| new_partition(current, id, PartitionId(p), *replication, context))
                 .collect();
             next.topics.insert(
                 Arc::clone(&name),
@@ -111,19 +141,143 @@ pub fn apply(
             topic.overrides = overrides;
         }
         MetadataCommand::CreatePartitions { name, total } => {
-            let topic = next
+            let topic = current
                 .topics
-                .get_mut(name.as_str())
+                .get(name.as_str())
                 .ok_or_else(|| MetadataError::UnknownTopic(name.clone()))?;
             let have = topic.partitions.len() as i32;
             if *total <= have || *total > TOPIC_PARTITIONS_MAX {
                 return Err(MetadataError::InvalidPartitions(*total));
             }
             let id = topic.id;
-            topic
+            let replication = topic
                 .partitions
-                .extend((have..*total).map(|p| new_partition(id, PartitionId(p), context)));
+                .first()
+                .map_or(1, |p| p.replicas.len() as i16);
+            let live = live_brokers(current).len();
+            if !current.cluster.registrations.is_empty() && replication as usize > live {
+                return Err(MetadataError::InvalidReplicationFactor {
+                    factor: replication,
+                    brokers: live,
+                });
+            }
+            let added: Vec<PartitionMeta> = (have..*total)
+                .map(|p| new_partition(current, id, PartitionId(p), replication, context))
+                .collect();
+            next.topics
+                .get_mut(name.as_str())
+                .expect("looked up above")
+                .partitions
+                .extend(added);
         }
+        MetadataCommand::RegisterBroker { registration } => {
+            if registration.quic.is_empty() || registration.id.0 < 0 {
+                return Err(MetadataError::InvalidReplicaAssignment(format!(
+                    "broker {} registered without shards",
+                    registration.id.0
+                )));
+            }
+            let registration = BrokerRegistration {
+                fenced: false,
+                ..registration.clone()
+            };
+            let id = registration.id;
+            let registrations = &mut next.cluster.registrations;
+            registrations.retain(|r| r.id != id);
+            registrations.push(registration);
+            registrations.sort_by_key(|r| r.id);
+            let mut elections = 0;
+            for topic in next.topics.values_mut() {
+                let unclean = topic.config.unclean_leader_election;
+                for partition in &mut topic.partitions {
+                    elections +=
+                        u64::from(election::unfence(partition, id, unclean).leader_changed);
+                }
+            }
+            next.cluster.leader_elections_total += elections;
+        }
+        MetadataCommand::FenceBroker { id } => {
+            let Some(registration) = next.cluster.registrations.iter_mut().find(|r| r.id == *id)
+            else {
+                return Err(MetadataError::InvalidReplicaAssignment(format!(
+                    "broker {} is not registered",
+                    id.0
+                )));
+            };
+            registration.fenced = true;
+            let cluster = next.cluster.clone();
+            let is_live = |b: BrokerId| cluster.is_live(b);
+            let (mut elections, mut shrinks) = (0, 0);
+            for topic in next.topics.values_mut() {
+                let unclean = topic.config.unclean_leader_election;
+                for partition in &mut topic.partitions {
+                    let change = election::fence(partition, *id, is_live, unclean);
+                    elections += u64::from(change.leader_changed);
+                    shrinks += u64::from(change.isr_shrunk);
+                }
+            }
+            next.cluster.leader_elections_total += elections;
+            next.cluster.isr_shrinks_total += shrinks;
+        }
+        MetadataCommand::AlterPartition {
+            topic,
+            partition,
+            leader,
+            leader_epoch,
+            isr,
+        } => {
+            let meta = next
+                .topics
+                .get_mut(topic.as_str())
+                .and_then(|t| {
+                    usize::try_from(partition.0)
+                        .ok()
+                        .and_then(|i| t.partitions.get_mut(i))
+                })
+                .ok_or_else(|| MetadataError::UnknownTopic(format!("{topic}-{}", partition.0)))?;
+            if meta.leader != *leader || meta.leader_epoch != *leader_epoch {
+                return Err(MetadataError::StaleLeaderEpoch {
+                    topic: topic.clone(),
+                    partition: partition.0,
+                    leader: meta.leader.0,
+                    epoch: meta.leader_epoch.0,
+                });
+            }
+            if !isr.contains(leader) || !isr.iter().all(|b| meta.replicas.contains(b)) {
+                return Err(MetadataError::InvalidReplicaAssignment(format!(
+                    "isr {isr:?} must contain the leader and only replicas"
+                )));
+            }
+            let mut isr = isr.clone();
+            isr.sort_by_key(|b| meta.replicas.iter().position(|r| r == b));
+            isr.dedup();
+            let shrunk = meta.isr.iter().any(|b| !isr.contains(b));
+            let grown = isr.iter().any(|b| !meta.isr.contains(b));
+            meta.isr = isr;
+            next.cluster.isr_shrinks_total += u64::from(shrunk);
+            next.cluster.isr_expands_total += u64::from(grown);
+        }
+        MetadataCommand::ElectPreferredLeaders => {
+            let cluster = next.cluster.clone();
+            let is_live = |b: BrokerId| cluster.is_live(b);
+            let mut elections = 0;
+            for topic in next.topics.values_mut() {
+                for partition in &mut topic.partitions {
+                    elections +=
+                        u64::from(election::elect_preferred(partition, is_live).leader_changed);
+                }
+            }
+            next.cluster.leader_elections_total += elections;
+        }
+    }
+    if !next.cluster.registrations.is_empty() {
+        next.brokers = next
+            .cluster
+            .registrations
+            .iter()
+            .filter(|r| !r.fenced)
+            .map(BrokerRegistration::info)
+            .collect();
     }
     assert!(
         next.revision > current.revision,
@@ -132,14 +286,55 @@ pub fn apply(
     Ok(next)
 }
 
-fn new_partition(topic: TopicId, id: PartitionId, context: PlacementContext) -> PartitionMeta {
+/// Registered, unfenced brokers, sorted by id (empty on a single broker).
+fn live_brokers(snapshot: &MetadataSnapshot) -> Vec<BrokerId> {
+    snapshot
+        .cluster
+        .registrations
+        .iter()
+        .filter(|r| !r.fenced)
+        .map(|r| r.id)
+        .collect()
+}
+
+fn new_partition(
+    current: &MetadataSnapshot,
+    topic: TopicId,
+    id: PartitionId,
+    replication: i16,
+    context: PlacementContext,
+) -> PartitionMeta {
+    let live = live_brokers(current);
+    if live.is_empty() {
+        return PartitionMeta {
+            id,
+            shard: shard_for(topic, id, context.shard_count),
+            leader: context.node,
+            leader_epoch: LeaderEpoch(0),
+            replicas: vec![context.node],
+            isr: vec![context.node],
+        };
+    }
+    // Spread each topic from a different broker so small topics do not all lead on one.
+    let start = usize::from(shard_for(topic, PartitionId(0), live.len()).0);
+    let index = usize::try_from(id.0).expect("partition ids are not negative");
+    let count = usize::try_from(replication).expect("replication checked positive");
+    let replicas = election::assign_replicas(&live, start, index, count);
+    // Peer links join shard i to shard i, so the partition sits on the same shard of every
+    // replica: one that exists on the replica with the fewest shards.
+    let shards = replicas
+        .iter()
+        .filter_map(|b| current.cluster.registration(*b))
+        .map(BrokerRegistration::shard_count)
+        .min()
+        .expect("replicas are registered");
     PartitionMeta {
         id,
-        shard: shard_for(topic, id, context.shard_count),
-        leader: context.node,
+        shard: shard_for(topic, id, shards),
+        leader: replicas[0],
         leader_epoch: LeaderEpoch(0),
-        replicas: vec![context.node],
-        isr: vec![context.node],
+        isr: replicas.clone(),
+        replicas,
     }
 }
 

@@ -30,6 +30,7 @@ pub fn error_code<'a>(error: impl Into<DomainError<'a>>) -> ResponseError {
             ProduceError::Overloaded => ResponseError::RequestTimedOut,
             // Clients refresh metadata and retry, as in Kafka's controlled shutdown.
             ProduceError::ShuttingDown => ResponseError::NotLeaderOrFollower,
+            ProduceError::NotLeader(_) => ResponseError::NotLeaderOrFollower,
             _ => ResponseError::UnknownServerError,
         },
         DomainError::Fetch(error) => match error {
@@ -37,6 +38,7 @@ pub fn error_code<'a>(error: impl Into<DomainError<'a>>) -> ResponseError {
             FetchError::OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange,
             FetchError::Storage(_) => ResponseError::KafkaStorageError,
             FetchError::Overloaded => ResponseError::RequestTimedOut,
+            FetchError::NotLeader(_) => ResponseError::NotLeaderOrFollower,
             _ => ResponseError::UnknownServerError,
         },
         DomainError::Metadata(error) => match error {
@@ -52,6 +54,10 @@ pub fn error_code<'a>(error: impl Into<DomainError<'a>>) -> ResponseError {
             ) => ResponseError::InvalidConfig,
             MetadataError::Storage(_) => ResponseError::KafkaStorageError,
             MetadataError::NotController => ResponseError::NotController,
+            MetadataError::StaleLeaderEpoch { .. } => ResponseError::FencedLeaderEpoch,
+            MetadataError::InvalidReplicaAssignment(_) => ResponseError::InvalidReplicaAssignment,
+            // The controller could not finish it in time or raced another change: retriable.
+            MetadataError::Refused(_) => ResponseError::RequestTimedOut,
             _ => ResponseError::UnknownServerError,
         },
         DomainError::Group(error) => match error {
