@@ -4,8 +4,9 @@
 //! metadata (a cluster of one: the JSON file; with `--seeds`: the controller's raft log in
 //! `DATA/__controller`), start one pinned shard per core (in a cluster each with its peer
 //! links and cluster listener, shard 0 with the controller), open each shard's partitions
-//! (recovery), then start the listeners: Kafka TCP and QUIC on every shard, admin HTTP on shard 0. Shutdown:
-//! stop accepting, answer in-flight requests, flush and close every partition.
+//! (recovery), then start the listeners: Kafka TCP and QUIC on every shard, admin HTTP on
+//! shard 0. Shutdown: stop accepting, answer in-flight requests, flush and close every
+//! partition.
 
 use std::rc::Rc;
 use std::sync::Arc;

@@ -535,4 +535,149 @@ mod tests {
         let (_, reopened) = FileMetadataStore::open(dir.path()).expect("reopen");
         assert_eq!(reopened, next);
     }
+
+    fn registered(ids: &[i32]) -> MetadataSnapshot {
+        let mut snapshot = MetadataSnapshot::default();
+        for id in ids {
+            let addr: std::net::SocketAddr = format!("127.0.0.{id}:1").parse().expect("addr");
+            let registration = BrokerRegistration {
+                id: BrokerId(*id),
+                kafka: addr,
+                quic: vec![addr, addr],
+                cluster: addr,
+                fenced: true,
+            };
+            snapshot = apply(
+                &snapshot,
+                &MetadataCommand::RegisterBroker { registration },
+                CONTEXT,
+            )
+            .expect("register");
+        }
+        snapshot
+    }
+
+    fn with_id(command: &MetadataCommand, current: &MetadataSnapshot) -> MetadataSnapshot {
+        let inputs = ApplyInputs {
+            topic_id: TopicId(uuid::Uuid::from_u128(7)),
+        };
+        apply_with(current, command, CONTEXT, inputs).expect("applies")
+    }
+
+    // Goal: in a cluster, CreateTopic places RF distinct live brokers per partition, the same
+    // way for the same inputs, refuses RF above the live brokers, and lists only unfenced
+    // brokers to clients. Method: register three brokers, create, fence, create again.
+    #[test]
+    fn cluster_placement_and_fencing() {
+        let three = registered(&[1, 2, 3]);
+        assert_eq!(three.brokers.len(), 3, "registration unfences");
+        let mut command = create("t", 3);
+        if let MetadataCommand::CreateTopic { replication, .. } = &mut command {
+            *replication = 3;
+        }
+        let one = with_id(&command, &three);
+        assert_eq!(
+            one,
+            with_id(&command, &three),
+            "deterministic for the same inputs"
+        );
+        let topic = one.topic("t").expect("created");
+        for p in &topic.partitions {
+            let mut replicas = p.replicas.clone();
+            replicas.sort();
+            replicas.dedup();
+            assert_eq!(replicas.len(), 3);
+            assert_eq!(p.leader, p.replicas[0]);
+            assert_eq!(p.isr, p.replicas);
+        }
+        let mut leaders: Vec<_> = topic.partitions.iter().map(|p| p.leader).collect();
+        leaders.sort();
+        leaders.dedup();
+        assert_eq!(leaders.len(), 3, "leaders spread");
+
+        let fenced = apply(
+            &one,
+            &MetadataCommand::FenceBroker { id: BrokerId(2) },
+            CONTEXT,
+        )
+        .expect("fence");
+        assert_eq!(fenced.brokers.len(), 2);
+        assert_eq!(fenced.cluster.leader_elections_total, 1);
+        assert_eq!(fenced.cluster.isr_shrinks_total, 3);
+        for p in &fenced.topic("t").expect("exists").partitions {
+            assert_ne!(p.leader, BrokerId(2));
+            assert!(!p.isr.contains(&BrokerId(2)));
+        }
+        let moved = fenced
+            .topic("t")
+            .expect("exists")
+            .partitions
+            .iter()
+            .zip(&topic.partitions)
+            .find(|(_, before)| before.leader == BrokerId(2))
+            .map(|(after, _)| after.leader_epoch)
+            .expect("broker 2 led a partition");
+        assert_eq!(moved, LeaderEpoch(1));
+        let mut again = create("u", 1);
+        if let MetadataCommand::CreateTopic { replication, .. } = &mut again {
+            *replication = 3;
+        }
+        assert_eq!(
+            apply(&fenced, &again, CONTEXT),
+            Err(MetadataError::InvalidReplicationFactor {
+                factor: 3,
+                brokers: 2
+            })
+        );
+    }
+
+    // Goal: AlterPartition is accepted only from the current leader at its current epoch,
+    // with an ISR of replicas containing the leader. Method: stale, foreign and valid cases.
+    #[test]
+    fn alter_partition_checks_leader_and_epoch() {
+        let three = registered(&[1, 2, 3]);
+        let mut command = create("t", 1);
+        if let MetadataCommand::CreateTopic { replication, .. } = &mut command {
+            *replication = 3;
+        }
+        let one = with_id(&command, &three);
+        let p = one.topic("t").expect("created").partitions[0].clone();
+        let alter =
+            |leader: BrokerId, epoch: i32, isr: Vec<BrokerId>| MetadataCommand::AlterPartition {
+                topic: "t".into(),
+                partition: PartitionId(0),
+                leader,
+                leader_epoch: LeaderEpoch(epoch),
+                isr,
+            };
+        let stale = apply(&one, &alter(p.leader, 5, vec![p.leader]), CONTEXT);
+        assert!(
+            matches!(stale, Err(MetadataError::StaleLeaderEpoch { .. })),
+            "{stale:?}"
+        );
+        let other = *p
+            .replicas
+            .iter()
+            .find(|b| **b != p.leader)
+            .expect("a follower");
+        let foreign = apply(&one, &alter(other, 0, vec![other]), CONTEXT);
+        assert!(matches!(
+            foreign,
+            Err(MetadataError::StaleLeaderEpoch { .. })
+        ));
+        let without_leader = apply(&one, &alter(p.leader, 0, vec![other]), CONTEXT);
+        assert!(matches!(
+            without_leader,
+            Err(MetadataError::InvalidReplicaAssignment(_))
+        ));
+        let shrunk = apply(&one, &alter(p.leader, 0, vec![p.leader]), CONTEXT).expect("shrink");
+        assert_eq!(
+            shrunk.topic("t").expect("t").partitions[0].isr,
+            vec![p.leader]
+        );
+        assert_eq!(shrunk.cluster.isr_shrinks_total, 1);
+        let grown = apply(&shrunk, &alter(p.leader, 0, p.replicas.clone()), CONTEXT).expect("grow");
+        assert_eq!(grown.topic("t").expect("t").partitions[0].isr, p.replicas);
+        assert_eq!(grown.cluster.isr_expands_total, 1);
+    }
 }
