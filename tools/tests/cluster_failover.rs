@@ -404,6 +404,44 @@ fn cluster_forms_fails_over_and_restarts() {
         "the leader epoch was bumped: {epochs:?}"
     );
 
+    // The CLI and metrics tell the operator.
+    let admin = cluster.node(new_controller).admin.to_string();
+    let status = run_with_input(
+        {
+            let mut c = Command::new(sluice_bin());
+            c.args(["cluster", "status", "--admin", &admin]);
+            c
+        },
+        b"",
+    );
+    let status = assert_success(&status);
+    assert!(
+        status.contains(&format!("controller {new_controller}\n")),
+        "{status}"
+    );
+    assert!(status.contains("raft term "), "{status}");
+    let listing = run_with_input(
+        {
+            let mut c = Command::new(sluice_bin());
+            c.args(["cluster", "brokers", "--admin", &admin]);
+            c
+        },
+        b"",
+    );
+    let listing = assert_success(&listing);
+    let dead_row = listing
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(&old.to_string()))
+        .expect("the dead broker is listed");
+    assert!(dead_row.contains("fenced"), "{listing}");
+    let metrics = http_get(cluster.node(new_controller).admin, "/metrics").expect("metrics");
+    let elections: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("sluice_leader_elections_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("elections counter");
+    assert!(elections >= 1, "{metrics}");
+
     // Clients follow the new leader: native (bootstrap list starts with the dead broker).
     let native = cluster.quic_brokers(Some(dead_quic));
     let partition = moved_partition.to_string();

@@ -160,6 +160,8 @@ mod tests {
             (produce(ProduceError::Storage("disk full".into())), 56, true),
             (produce(ProduceError::Overloaded), 7, true),
             (produce(ProduceError::ShuttingDown), 6, true),
+            (produce(ProduceError::NotLeader("t-0".into())), 6, true),
+            (fetch(FetchError::NotLeader("t-0".into())), 6, true),
             (
                 fetch(FetchError::UnknownTopicOrPartition("t-0".into())),
                 3,
@@ -199,6 +201,22 @@ mod tests {
             ),
             (metadata(MetadataError::Storage("fsync".into())), 56, true),
             (metadata(MetadataError::NotController), 41, true),
+            (metadata(MetadataError::Refused("raced".into())), 7, true),
+            (
+                metadata(MetadataError::StaleLeaderEpoch {
+                    topic: "t".into(),
+                    partition: 0,
+                    leader: 1,
+                    epoch: 2,
+                }),
+                74,
+                true,
+            ),
+            (
+                metadata(MetadataError::InvalidReplicaAssignment("x".into())),
+                39,
+                false,
+            ),
             (group(GroupError::UnknownMemberId), 25, false),
             (group(GroupError::IllegalGeneration), 22, false),
             (group(GroupError::RebalanceInProgress), 27, false),

@@ -197,8 +197,33 @@ mod tests {
             ),
             (
                 metadata(MetadataError::NotController),
-                ErrorCode::Internal,
+                ErrorCode::Overloaded,
+                true,
+            ),
+            (
+                metadata(MetadataError::Refused("raced".into())),
+                ErrorCode::Overloaded,
+                true,
+            ),
+            (
+                metadata(MetadataError::StaleLeaderEpoch {
+                    topic: "t".into(),
+                    partition: 0,
+                    leader: 1,
+                    epoch: 2,
+                }),
+                ErrorCode::InvalidRequest,
                 false,
+            ),
+            (
+                produce(ProduceError::NotLeader("t-0".into())),
+                ErrorCode::NotOwner,
+                true,
+            ),
+            (
+                fetch(FetchError::NotLeader("t-0".into())),
+                ErrorCode::NotOwner,
+                true,
             ),
         ];
         for (i, (code, expected, retriable)) in table.iter().enumerate() {
