@@ -34,6 +34,10 @@ pub struct TopicConfig {
     pub timestamp_type: TimestampType,
     /// `index.interval.bytes`: bytes of log between offset index entries.
     pub index_interval_bytes: u32,
+    /// `unclean.leader.election.enable`: when no in-sync replica is alive, elect a live
+    /// out-of-sync replica (losing what it lacks) instead of leaving the partition offline.
+    #[serde(default)]
+    pub unclean_leader_election: bool,
 }
 
 /// `cleanup.policy` values.
@@ -99,6 +103,7 @@ pub const TOPIC_CONFIG_KEYS: &[(&str, &str)] = &[
     ("retention.ms", "604800000"),
     ("segment.bytes", "1073741824"),
     ("segment.ms", "604800000"),
+    ("unclean.leader.election.enable", "false"),
 ];
 
 impl Default for TopicConfig {
@@ -179,8 +184,20 @@ impl TopicConfig {
                 });
             }
         };
+        let unclean_leader_election = match get("unclean.leader.election.enable") {
+            "true" => true,
+            "false" => false,
+            other => {
+                return Err(ConfigError::InvalidValue {
+                    key: "unclean.leader.election.enable".into(),
+                    value: other.into(),
+                    reason: "expected true or false",
+                });
+            }
+        };
         let max = i64::MAX;
         Ok(TopicConfig {
+            unclean_leader_election,
             retention_ms: optional(ranged("retention.ms", get("retention.ms"), -1, max)?),
             retention_bytes: optional(ranged("retention.bytes", get("retention.bytes"), -1, max)?)
                 .map(|n| n as u64),

@@ -23,6 +23,7 @@ use sluice_engine::log::{BatchCache, LogConfig};
 use sluice_engine::rt::shards::{Mesh, Overloaded, ShardContext};
 use sluice_engine::{BrokerId, Offset, ShardId, TimestampMs, TopicPartition};
 
+use crate::controller::{Controller, ControllerBoot, ControllerConfig};
 use crate::group::{
     GroupConfig, GroupError, GroupListing, GroupRequest, GroupResponse, GroupShard, OFFSETS_TOPIC,
     partition_for,
@@ -33,6 +34,7 @@ use crate::metadata::{
 };
 use crate::metrics::ShardMetrics;
 use crate::partition::PartitionReplica;
+use crate::peer::{PeerError, PeerKind, PeerRequest, PeerResponse, PeerTransport};
 
 /// How many replicas must have a produce before it is acknowledged (Kafka `acks`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,6 +87,10 @@ pub enum ProduceError {
     /// The broker is shutting down.
     #[error("broker shutting down")]
     ShuttingDown,
+    /// This broker is not the partition's leader (a follower or not a replica): the client's
+    /// metadata is stale.
+    #[error("not the leader of {0}")]
+    NotLeader(String),
 }
 
 /// Which offset to look up.
@@ -150,6 +156,9 @@ pub enum FetchError {
     /// The owning shard's inbox is full; retry later.
     #[error("shard overloaded, retry")]
     Overloaded,
+    /// This broker is not the partition's leader: the client's metadata is stale.
+    #[error("not the leader of {0}")]
+    NotLeader(String),
 }
 
 /// Per-partition state for describe.
@@ -304,13 +313,16 @@ pub struct Shard {
     stopping: Cell<bool>,
     /// The group coordinators of the offsets partitions on this shard, once started.
     groups: OnceCell<Rc<GroupShard>>,
+    /// Shard 0 of a cluster voter: the controller quorum member, once started.
+    controller: OnceCell<Rc<Controller>>,
     /// Counters scraped by the admin endpoint.
     pub metrics: ShardMetrics,
 }
 
 impl Shard {
     /// Builds the shard, joins the mesh, and opens the partitions `initial` places here.
-    /// On shard 0, `store` becomes the metadata writer.
+    /// On shard 0 of a single broker, `store` becomes the metadata writer; in a cluster there
+    /// is no store and the controller (`start_controller`) writes metadata.
     pub async fn start(
         context: ShardContext<ShardMsg>,
         config: ShardConfig,
@@ -318,9 +330,8 @@ impl Shard {
         store: Option<FileMetadataStore>,
     ) -> Rc<Shard> {
         let id = context.id;
-        assert_eq!(
-            store.is_some(),
-            id == ShardId(0),
+        assert!(
+            store.is_none() || id == ShardId(0),
             "only shard 0 writes metadata"
         );
         let shard = Rc::new(Shard {
@@ -337,6 +348,7 @@ impl Shard {
             }),
             stopping: Cell::new(false),
             groups: OnceCell::new(),
+            controller: OnceCell::new(),
             metrics: ShardMetrics::default(),
         });
         let weak = Rc::downgrade(&shard);
@@ -387,6 +399,59 @@ impl Shard {
         self.partitions.borrow().len()
     }
 
+    /// Starts the controller quorum member on shard 0 of a voter (cluster mode). Commands
+    /// then go through it instead of the single-broker writer.
+    pub fn start_controller(
+        self: &Rc<Self>,
+        config: ControllerConfig,
+        boot: ControllerBoot,
+        peers: Rc<dyn PeerTransport>,
+    ) {
+        assert!(
+            self.writer.is_none(),
+            "a cluster has no single-broker writer"
+        );
+        let controller = Controller::start(config, boot, self, peers);
+        assert!(
+            self.controller.set(controller).is_ok(),
+            "controller started twice"
+        );
+    }
+
+    /// The controller of this voter (shard 0 only).
+    pub fn controller(&self) -> Option<&Rc<Controller>> {
+        self.controller.get()
+    }
+
+    /// Handles a request from a peer broker's shard with the same id as this one.
+    pub async fn handle_peer(&self, request: PeerRequest) -> Result<PeerResponse, PeerError> {
+        match request.kind {
+            PeerKind::Raft | PeerKind::Heartbeat | PeerKind::Command => {
+                match self.controller.get() {
+                    Some(controller) => controller.handle_peer(request).await,
+                    None => Err(PeerError::Unsupported),
+                }
+            }
+            _ => Err(PeerError::Unsupported),
+        }
+    }
+
+    /// True when this broker is part of a multi-broker cluster (metadata lists
+    /// registrations).
+    fn clustered(&self) -> bool {
+        !self.metadata.borrow().cluster.registrations.is_empty()
+    }
+
+    /// In a cluster, whether this broker leads `tp` now.
+    fn leads(&self, tp: &TopicPartition) -> bool {
+        !self.clustered()
+            || self
+                .metadata
+                .borrow()
+                .partition(tp)
+                .is_some_and(|p| p.leader == self.config.node)
+    }
+
     fn mesh(&self) -> &Mesh<ShardMsg> {
         self.mesh.get().expect("mesh joined in start")
     }
@@ -428,6 +493,9 @@ impl Shard {
         if self.stopping.get() {
             return Err(ProduceError::ShuttingDown);
         }
+        if !self.leads(tp) {
+            return Err(ProduceError::NotLeader(tp.to_string()));
+        }
         let replica = self
             .local(tp)
             .ok_or_else(|| ProduceError::UnknownTopicOrPartition(tp.to_string()))?;
@@ -461,6 +529,9 @@ impl Shard {
         tp: &TopicPartition,
         request: FetchRequest,
     ) -> Result<FetchData, FetchError> {
+        if !self.leads(tp) {
+            return Err(FetchError::NotLeader(tp.to_string()));
+        }
         let replica = self
             .local(tp)
             .ok_or_else(|| FetchError::UnknownTopicOrPartition(tp.to_string()))?;
@@ -549,6 +620,9 @@ impl Shard {
         &self,
         command: MetadataCommand,
     ) -> Result<Arc<MetadataSnapshot>, MetadataError> {
+        if let Some(controller) = self.controller.get() {
+            return controller.submit(command).await;
+        }
         let writer = self.writer.as_ref().ok_or(MetadataError::NotController)?;
         let _permit = writer
             .lock
@@ -568,7 +642,7 @@ impl Shard {
     }
 
     /// Sends `snapshot` to every shard (itself included) and waits until all have reconciled.
-    async fn publish(&self, snapshot: Arc<MetadataSnapshot>) {
+    pub(crate) async fn publish(&self, snapshot: Arc<MetadataSnapshot>) {
         let mut acks = Vec::with_capacity(self.count);
         for to in 0..self.count {
             let (done, ack) = oneshot::channel();
@@ -619,6 +693,12 @@ impl Shard {
         }
         let partition = partition_for(request.group_id(), count);
         let owner = topic.partitions[partition as usize].shard;
+        if !snapshot.cluster.registrations.is_empty()
+            && topic.partitions[partition as usize].leader != self.config.node
+        {
+            // In a cluster only the leader of the group's offsets partition coordinates it.
+            return request.failed(GroupError::NotCoordinator);
+        }
         let (request, unknown) = match request {
             GroupRequest::Commit(mut commit) => {
                 let (known, unknown): (Vec<_>, Vec<_>) = commit
@@ -754,10 +834,16 @@ impl Shard {
             return;
         }
         let previous = self.metadata.replace(Arc::clone(&snapshot));
+        let node = self.config.node;
+        let clustered = !snapshot.cluster.registrations.is_empty();
+        // A single broker holds every partition; in a cluster, the ones it is a replica of.
+        let here = |p: &crate::metadata::PartitionMeta| {
+            p.shard == self.id && (!clustered || p.replicas.contains(&node))
+        };
         let mut wanted = Vec::new();
         for topic in snapshot.topics.values() {
             for partition in &topic.partitions {
-                if partition.shard == self.id {
+                if here(partition) {
                     wanted.push((
                         TopicPartition::new(Arc::clone(&topic.name), partition.id.0),
                         topic,
@@ -774,7 +860,7 @@ impl Shard {
                     snapshot
                         .topic(&tp.topic)
                         .and_then(|t| t.partition(tp.partition).map(|p| (t, p)))
-                        .is_none_or(|(t, p)| p.shard != self.id || t.id != replica.topic_id())
+                        .is_none_or(|(t, p)| !here(p) || t.id != replica.topic_id())
                 })
                 .map(|(tp, replica)| (tp.clone(), Rc::clone(replica)))
                 .collect()

@@ -1,8 +1,9 @@
-//! The admin HTTP endpoint: `GET /health` and `GET /metrics` (Prometheus text format).
+//! The admin HTTP endpoint: `GET /health`, `GET /metrics` (Prometheus text format) and
+//! `GET /cluster` (JSON: the quorum and broker registrations, for `sluice cluster`).
 //!
 //! Runs on shard 0 only. HTTP/1.1 with one request per connection (`Connection: close`): the
 //! endpoint is scraped every few seconds, so simplicity beats keep-alive. Requests are bounded
-//! (`ADMIN_REQUEST_BYTES_MAX`) and anything but the two paths gets 404.
+//! (`ADMIN_REQUEST_BYTES_MAX`) and anything but these paths gets 404.
 //!
 //! Must not depend on: storage internals; it reads counters through the shard.
 
@@ -69,6 +70,10 @@ async fn handle(shard: Rc<Shard>, mut stream: TcpStream) -> std::io::Result<()> 
             let body = render(&snapshot, &shard);
             respond(&mut stream, "200 OK", "text/plain; version=0.0.4", &body).await
         }
+        ("GET", "/cluster") => {
+            let body = cluster_json(&shard);
+            respond(&mut stream, "200 OK", "application/json", &body).await
+        }
         _ => respond(&mut stream, "404 Not Found", "text/plain", "not found\n").await,
     }
 }
@@ -90,9 +95,127 @@ async fn respond(
     stream.close().await
 }
 
+/// What `GET /cluster` answers (`sluice cluster status` and `brokers` read it).
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct ClusterView {
+    /// Cluster id.
+    pub cluster_id: String,
+    /// The broker answering.
+    pub node: i32,
+    /// Metadata revision applied on the answering broker.
+    pub revision: u64,
+    /// The controller the metadata names (-1: none known).
+    pub controller: i32,
+    /// The answering broker's view of the quorum (absent on a single broker).
+    pub quorum: Option<sluice_cluster::controller::ControllerStatus>,
+    /// Registered brokers (empty on a single broker).
+    pub brokers: Vec<sluice_cluster::metadata::BrokerRegistration>,
+    /// Every partition's leader, epoch, replicas and ISR.
+    pub partitions: Vec<PartitionView>,
+}
+
+/// One partition in [`ClusterView`].
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct PartitionView {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// Leader (-1: offline).
+    pub leader: i32,
+    /// Leader epoch.
+    pub leader_epoch: i32,
+    /// Replicas, preferred leader first.
+    pub replicas: Vec<i32>,
+    /// In-sync replicas.
+    pub isr: Vec<i32>,
+}
+
+fn cluster_json(shard: &Shard) -> String {
+    let metadata = shard.metadata();
+    let view = ClusterView {
+        cluster_id: metadata.cluster_id.clone(),
+        node: shard.node().0,
+        revision: metadata.revision.0,
+        controller: metadata.controller.0,
+        quorum: shard.controller().map(|c| c.status()),
+        brokers: metadata.cluster.registrations.clone(),
+        partitions: metadata
+            .topics
+            .values()
+            .flat_map(|t| {
+                t.partitions.iter().map(|p| PartitionView {
+                    topic: t.name.to_string(),
+                    partition: p.id.0,
+                    leader: p.leader.0,
+                    leader_epoch: p.leader_epoch.0,
+                    replicas: p.replicas.iter().map(|b| b.0).collect(),
+                    isr: p.isr.iter().map(|b| b.0).collect(),
+                })
+            })
+            .collect(),
+    };
+    let mut body = serde_json::to_string_pretty(&view).expect("the cluster view encodes as JSON");
+    body.push('\n');
+    body
+}
+
+/// Cluster gauges and counters from the metadata: every broker reports the same counters
+/// (they are derived from the replicated log); under-replicated partitions are those this
+/// broker leads whose ISR is smaller than their replica set, as Kafka counts them.
+fn render_cluster(out: &mut String, shard: &Shard) {
+    let metadata = shard.metadata();
+    let node = shard.node();
+    let partitions = metadata.topics.values().flat_map(|t| t.partitions.iter());
+    let (mut under, mut offline) = (0u64, 0u64);
+    for partition in partitions {
+        under +=
+            u64::from(partition.leader == node && partition.isr.len() < partition.replicas.len());
+        offline += u64::from(partition.leader.0 < 0);
+    }
+    let cluster = &metadata.cluster;
+    for (name, kind, help, value) in [
+        (
+            "sluice_leader_elections_total",
+            "counter",
+            "Partition leader changes made by the controller.",
+            cluster.leader_elections_total,
+        ),
+        (
+            "sluice_isr_shrinks_total",
+            "counter",
+            "ISR shrinks accepted by the controller.",
+            cluster.isr_shrinks_total,
+        ),
+        (
+            "sluice_isr_expands_total",
+            "counter",
+            "ISR expansions accepted by the controller.",
+            cluster.isr_expands_total,
+        ),
+        (
+            "sluice_under_replicated_partitions",
+            "gauge",
+            "Partitions led here whose ISR is smaller than the replica set.",
+            under,
+        ),
+        (
+            "sluice_offline_partitions",
+            "gauge",
+            "Partitions without a leader.",
+            offline,
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        let _ = writeln!(out, "{name} {value}");
+    }
+}
+
 /// Renders counters in the Prometheus text exposition format.
 pub fn render(snapshot: &MetricsSnapshot, shard: &Shard) -> String {
     let mut out = String::new();
+    render_cluster(&mut out, shard);
     let metadata = shard.metadata();
     // Writing into a String cannot fail.
     let _ = writeln!(

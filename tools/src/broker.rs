@@ -1,9 +1,12 @@
 //! `sluice broker`: wires the concrete pieces together and runs until SIGINT/SIGTERM.
 //!
 //! Start-up order: resolve config, check the host (io_uring, memlock, O_DIRECT), load
-//! metadata, start one pinned shard per core, open each shard's partitions (recovery), then
-//! start the listeners: Kafka TCP and QUIC on every shard, admin HTTP on shard 0. Shutdown:
-//! stop accepting, answer in-flight requests, flush and close every partition.
+//! metadata (a cluster of one: the JSON file; with `--seeds`: the controller's raft log in
+//! `DATA/__controller`), start one pinned shard per core (in a cluster each with its peer
+//! links and cluster listener, shard 0 with the controller), open each shard's partitions
+//! (recovery), then start the listeners: Kafka TCP and QUIC on every shard, admin HTTP on
+//! shard 0. Shutdown: stop accepting, answer in-flight requests, flush and close every
+//! partition.
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -11,11 +14,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
-use sluice_cluster::metadata::{BrokerInfo, FileMetadataStore, replace_missing_shards};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use sluice_cluster::controller::{ControllerBoot, ControllerConfig};
+use sluice_cluster::metadata::{
+    BrokerInfo, BrokerRegistration, FileMetadataStore, MetadataSnapshot, replace_missing_shards,
+};
 use sluice_cluster::shard::{Shard, ShardConfig};
 use sluice_engine::BrokerId;
 use sluice_engine::rt::{self, env, shards};
 use sluice_net::native::NativeServerConfig;
+use sluice_net::peer::PeerLinks;
 use sluice_net::quic::tls::{self, CertKeyPaths, ServerIdentity, ServerTlsOptions};
 
 use crate::config::BrokerConfig;
@@ -37,40 +47,20 @@ pub fn run(mut config: BrokerConfig) -> anyhow::Result<()> {
     }
     raise_open_files_limit();
 
-    let (store, mut snapshot) = FileMetadataStore::open(&config.data_dir.join("__metadata"))
-        .context("cannot load metadata")?;
-    if replace_missing_shards(&mut snapshot, config.cores) {
-        tracing::info!(
-            cores = config.cores,
-            "shard count changed; partitions re-placed"
-        );
-    }
     let node = BrokerId(config.node_id);
-    let placement = sluice_cluster::metadata::PlacementContext {
-        node,
-        shard_count: config.cores,
-    };
-    if sluice_cluster::group::ensure_offsets_topic(&store, &mut snapshot, placement, &config.groups)
-        .context("cannot create the offsets topic")?
-    {
-        tracing::info!(
-            partitions = config.groups.offsets_topic_partitions,
-            "created __consumer_offsets"
-        );
-    }
-    let quic_addrs = (0..config.cores)
-        .map(|i| {
-            let mut addr = config.quic_listen;
-            addr.set_port(config.quic_listen.port() + i as u16);
-            addr
-        })
+    let quic_addrs: Vec<SocketAddr> = (0..config.cores)
+        .map(|i| with_port_offset(config.quic_listen, i))
         .collect();
-    snapshot.controller = node;
-    snapshot.brokers = vec![BrokerInfo {
-        id: node,
-        kafka: config.kafka_advertise,
-        quic: quic_addrs,
-    }];
+    let (store, snapshot, controller) = if config.seeds.is_empty() {
+        let (store, snapshot) = single_broker_metadata(&config, node, quic_addrs)?;
+        (Some(store), snapshot, None)
+    } else {
+        let controller = controller_config(&config, node, quic_addrs);
+        let boot = sluice_cluster::controller::boot(&controller)
+            .context("cannot load the controller log")?;
+        let snapshot = boot.initial.clone();
+        (None, snapshot, Some((controller, boot)))
+    };
     let snapshot = Arc::new(snapshot);
     // TLS is set up once, before the shards start: it reads PEM files (and makes the
     // self-signed identity on first start), which the shards must not race on.
@@ -89,7 +79,8 @@ pub fn run(mut config: BrokerConfig) -> anyhow::Result<()> {
         inbox_capacity: sluice_cluster::limits::SHARD_INBOX_CAPACITY,
         name: "sluice-shard".into(),
     };
-    let store = Arc::new(std::sync::Mutex::new(Some(store)));
+    let store = Arc::new(std::sync::Mutex::new(store));
+    let controller = Arc::new(std::sync::Mutex::new(controller));
     let config = Arc::new(config);
     tracing::info!(
         data_dir = %config.data_dir.display(),
@@ -105,16 +96,99 @@ pub fn run(mut config: BrokerConfig) -> anyhow::Result<()> {
         let stop = Arc::clone(&stop);
         let native = native.clone();
         // Shard 0 takes the metadata store; the lock is touched once per shard at start-up.
-        let store = if context.id.0 == 0 {
-            store.lock().expect("start-up lock not poisoned").take()
+        let (store, controller) = if context.id.0 == 0 {
+            (
+                store.lock().expect("start-up lock not poisoned").take(),
+                controller
+                    .lock()
+                    .expect("start-up lock not poisoned")
+                    .take(),
+            )
         } else {
-            None
+            (None, None)
         };
-        async move { run_shard(context, config, native, snapshot, store, stop).await }
+        async move {
+            let metadata = ShardMetadata { store, controller };
+            run_shard(context, config, native, snapshot, metadata, stop).await
+        }
     })?;
     handle.join()?;
     tracing::info!("broker stopped");
     Ok(())
+}
+
+/// `addr` with its port plus `offset` (shard i listens on the base port + i).
+fn with_port_offset(mut addr: SocketAddr, offset: usize) -> SocketAddr {
+    let offset = u16::try_from(offset).expect("shard ids fit in u16");
+    addr.set_port(addr.port() + offset);
+    addr
+}
+
+/// A cluster of one: metadata from the JSON file, the offsets topic made here, this broker
+/// the controller and the only broker.
+fn single_broker_metadata(
+    config: &BrokerConfig,
+    node: BrokerId,
+    quic_addrs: Vec<SocketAddr>,
+) -> anyhow::Result<(FileMetadataStore, MetadataSnapshot)> {
+    let (store, mut snapshot) = FileMetadataStore::open(&config.data_dir.join("__metadata"))
+        .context("cannot load metadata")?;
+    if replace_missing_shards(&mut snapshot, config.cores) {
+        tracing::info!(
+            cores = config.cores,
+            "shard count changed; partitions re-placed"
+        );
+    }
+    let placement = sluice_cluster::metadata::PlacementContext {
+        node,
+        shard_count: config.cores,
+    };
+    if sluice_cluster::group::ensure_offsets_topic(&store, &mut snapshot, placement, &config.groups)
+        .context("cannot create the offsets topic")?
+    {
+        tracing::info!(
+            partitions = config.groups.offsets_topic_partitions,
+            "created __consumer_offsets"
+        );
+    }
+    snapshot.controller = node;
+    snapshot.brokers = vec![BrokerInfo {
+        id: node,
+        kafka: config.kafka_advertise,
+        quic: quic_addrs,
+    }];
+    Ok((store, snapshot))
+}
+
+/// The controller quorum member this voter runs (cluster mode).
+fn controller_config(
+    config: &BrokerConfig,
+    node: BrokerId,
+    quic_addrs: Vec<SocketAddr>,
+) -> ControllerConfig {
+    ControllerConfig {
+        node,
+        voters: config.seeds.iter().map(|s| BrokerId(s.id)).collect(),
+        dir: config.data_dir.join("__controller"),
+        registration: BrokerRegistration {
+            id: node,
+            kafka: config.kafka_advertise,
+            quic: quic_addrs,
+            cluster: config.cluster_listen,
+            fenced: false,
+        },
+        session_timeout: config.broker_session_timeout,
+        tick: Duration::from_millis(100),
+        snapshot_entries: 1024,
+        leader_rebalance_interval: config.leader_rebalance_interval,
+        offsets_topic_partitions: config.groups.offsets_topic_partitions,
+    }
+}
+
+/// What shard 0 takes at start: the single-broker store, or the controller's boot state.
+struct ShardMetadata {
+    store: Option<FileMetadataStore>,
+    controller: Option<(ControllerConfig, ControllerBoot)>,
 }
 
 /// The native server configuration every shard starts from (each sets its own address).
@@ -153,7 +227,7 @@ async fn run_shard(
     config: Arc<BrokerConfig>,
     mut native: NativeServerConfig,
     snapshot: Arc<sluice_cluster::metadata::MetadataSnapshot>,
-    store: Option<FileMetadataStore>,
+    metadata: ShardMetadata,
     stop: Arc<AtomicBool>,
 ) {
     let shard_config = ShardConfig {
@@ -161,10 +235,32 @@ async fn run_shard(
         data_dir: config.data_dir.clone(),
         cache_bytes: config.cache_bytes,
     };
-    let shard = Shard::start(context, shard_config, snapshot, store).await;
+    let shard = Shard::start(context, shard_config, snapshot, metadata.store).await;
     shard.start_groups(config.groups.clone());
     let id = shard.id();
     let mut listeners = Vec::new();
+    let (stop_peers, peers_stopped) = futures::channel::oneshot::channel::<()>();
+    if !config.seeds.is_empty() {
+        let peers: HashMap<BrokerId, SocketAddr> = config
+            .seeds
+            .iter()
+            .map(|s| (BrokerId(s.id), s.addr))
+            .collect();
+        let links = PeerLinks::new(shard.node(), id, peers);
+        if let Some((controller, boot)) = metadata.controller {
+            shard.start_controller(controller, boot, links);
+        }
+        listeners.push(rt::spawn(log_exit(
+            "cluster",
+            sluice_net::peer::serve_peers(
+                Rc::clone(&shard),
+                with_port_offset(config.cluster_listen, usize::from(id.0)),
+                async {
+                    let _ = peers_stopped.await;
+                },
+            ),
+        )));
+    }
     let kafka = sluice_net::kafka::KafkaConfig {
         listen: config.kafka_listen,
         advertise: config.kafka_advertise,
@@ -176,11 +272,7 @@ async fn run_shard(
         sluice_net::kafka::serve_kafka(Rc::clone(&shard), kafka),
     )));
     // Shard i binds the endpoint metadata advertises for it (`--quic-listen` port + i).
-    native.listen = shard
-        .metadata()
-        .broker(shard.node())
-        .and_then(|broker| broker.quic.get(usize::from(id.0)).copied())
-        .expect("run() advertises one QUIC endpoint per shard");
+    native.listen = with_port_offset(config.quic_listen, usize::from(id.0));
     let (stop_native, native_stopped) = futures::channel::oneshot::channel::<()>();
     let native = rt::spawn(log_exit(
         "quic",
@@ -208,6 +300,7 @@ async fn run_shard(
     // reason) before the partitions close; the other listeners just stop.
     let _ = stop_native.send(());
     native.await;
+    let _ = stop_peers.send(());
     drop(listeners);
     shard.shutdown().await;
     tracing::info!(shard = id.0, "shard stopped");

@@ -75,6 +75,54 @@ pub struct BrokerArgs {
     /// How long the offsets of an empty group are kept [default: 10080 (7 days)].
     #[arg(long)]
     pub offsets_retention_minutes: Option<u64>,
+    /// Peer-link listener of shard 0; shard i listens on the port plus i
+    /// [default: 127.0.0.1:33145].
+    #[arg(long)]
+    pub cluster_listen: Option<SocketAddr>,
+    /// The controller quorum, ID@ADDR[,ID@ADDR...] (each broker's --cluster-listen), the same
+    /// list on every broker; without it the broker is a cluster of one.
+    #[arg(long)]
+    pub seeds: Option<String>,
+    /// A broker whose heartbeats stop for this long is fenced and loses its leaderships, as
+    /// Kafka's broker.session.timeout.ms [default: 6000].
+    #[arg(long)]
+    pub broker_session_timeout_ms: Option<u64>,
+    /// How often the controller moves leadership back to preferred replicas, as Kafka's
+    /// leader.imbalance.check.interval.seconds [default: 30000].
+    #[arg(long)]
+    pub leader_rebalance_interval_ms: Option<u64>,
+}
+
+/// One seed: a voter of the controller quorum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seed {
+    pub id: i32,
+    pub addr: SocketAddr,
+}
+
+/// Parses `ID@ADDR[,ID@ADDR...]`.
+pub fn parse_seeds(text: &str) -> anyhow::Result<Vec<Seed>> {
+    let mut seeds: Vec<Seed> = Vec::new();
+    for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (id, addr) = item
+            .split_once('@')
+            .with_context(|| format!("seed {item:?} is not ID@ADDR"))?;
+        let id: i32 = id
+            .parse()
+            .ok()
+            .filter(|id| *id >= 0)
+            .with_context(|| format!("seed {item:?}: id must be a non-negative integer"))?;
+        let addr: SocketAddr = addr
+            .parse()
+            .with_context(|| format!("seed {item:?}: address must be IP:PORT"))?;
+        anyhow::ensure!(
+            seeds.iter().all(|s| s.id != id),
+            "seed id {id} is listed twice"
+        );
+        seeds.push(Seed { id, addr });
+    }
+    anyhow::ensure!(!seeds.is_empty(), "--seeds lists no broker");
+    Ok(seeds)
 }
 
 /// Resolved broker settings.
@@ -94,6 +142,11 @@ pub struct BrokerConfig {
     pub auto_create_topics: bool,
     pub default_partitions: i32,
     pub groups: sluice_cluster::group::GroupConfig,
+    pub cluster_listen: SocketAddr,
+    /// Empty: a cluster of one.
+    pub seeds: Vec<Seed>,
+    pub broker_session_timeout: std::time::Duration,
+    pub leader_rebalance_interval: std::time::Duration,
 }
 
 fn addr(text: &str) -> SocketAddr {
@@ -184,8 +237,40 @@ impl BrokerArgs {
                 .or(file.default_partitions)
                 .unwrap_or(1),
             groups,
+            cluster_listen: self
+                .cluster_listen
+                .or(file.cluster_listen)
+                .unwrap_or_else(|| addr("127.0.0.1:33145")),
+            seeds: match self.seeds.or(file.seeds) {
+                Some(text) => parse_seeds(&text).context("invalid --seeds")?,
+                None => Vec::new(),
+            },
+            broker_session_timeout: ms(self
+                .broker_session_timeout_ms
+                .or(file.broker_session_timeout_ms)
+                .unwrap_or(6000)),
+            leader_rebalance_interval: ms(self
+                .leader_rebalance_interval_ms
+                .or(file.leader_rebalance_interval_ms)
+                .unwrap_or(30_000)),
         };
         anyhow::ensure!(config.cores >= 1, "--cores must be at least 1");
+        anyhow::ensure!(
+            config.broker_session_timeout >= std::time::Duration::from_millis(500),
+            "--broker-session-timeout-ms must be at least 500"
+        );
+        anyhow::ensure!(
+            config.leader_rebalance_interval >= std::time::Duration::from_millis(100),
+            "--leader-rebalance-interval-ms must be at least 100"
+        );
+        if !config.seeds.is_empty() {
+            anyhow::ensure!(
+                config.seeds.iter().any(|s| s.id == config.node_id),
+                "--node-id {} is not in --seeds: brokers outside the controller quorum \
+                 (observers) are not supported yet",
+                config.node_id
+            );
+        }
         anyhow::ensure!(config.node_id >= 0, "--node-id must not be negative");
         anyhow::ensure!(
             config.default_partitions >= 1,

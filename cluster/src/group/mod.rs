@@ -174,6 +174,19 @@ pub fn partition_for(group: &str, partitions: i32) -> i32 {
     partition
 }
 
+/// Kafka's settings for the offsets topic: compacted, 100 MiB segments. The engine does not
+/// compact yet, so until it does the topic grows until deleted records are rolled away by
+/// nothing: see ARCHITECTURE.md (consumer groups).
+pub fn offsets_topic_overrides() -> BTreeMap<String, String> {
+    [
+        ("cleanup.policy", "compact"),
+        ("segment.bytes", "104857600"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect()
+}
+
 /// Creates the offsets topic in `snapshot` (and persists it) if it does not exist. Runs before
 /// the shards start, so the blocking write is fine. Returns true if the topic was created.
 pub fn ensure_offsets_topic(
@@ -185,21 +198,11 @@ pub fn ensure_offsets_topic(
     if snapshot.topic(OFFSETS_TOPIC).is_some() {
         return Ok(false);
     }
-    // Kafka's settings for the offsets topic: compacted, 100 MiB segments. The engine does not
-    // compact yet, so until it does the topic grows until deleted records are rolled away by
-    // nothing: see ARCHITECTURE.md (consumer groups).
-    let overrides: BTreeMap<String, String> = [
-        ("cleanup.policy", "compact"),
-        ("segment.bytes", "104857600"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v.to_owned()))
-    .collect();
     let command = MetadataCommand::CreateTopic {
         name: OFFSETS_TOPIC.to_owned(),
         partitions: config.offsets_topic_partitions,
         replication: 1,
-        overrides,
+        overrides: offsets_topic_overrides(),
     };
     let next = apply(snapshot, &command, context)?;
     store.persist_blocking(&next)?;

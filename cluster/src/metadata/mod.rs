@@ -19,7 +19,8 @@ use sluice_engine::{BrokerId, LeaderEpoch, PartitionId, Revision, ShardId, Topic
 use crate::config::{ConfigError, TopicConfig};
 
 pub use store::{
-    FileMetadataStore, MetadataStore, PlacementContext, apply, replace_missing_shards,
+    ApplyInputs, FileMetadataStore, MetadataStore, PlacementContext, apply, apply_with,
+    replace_missing_shards,
 };
 
 /// A topic's unique id (Kafka's topic UUID). Names can be reused after deletion; ids cannot.
@@ -80,6 +81,64 @@ pub struct BrokerInfo {
     pub quic: Vec<SocketAddr>,
 }
 
+/// A broker as it registered with the controller quorum (cluster mode only).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BrokerRegistration {
+    /// Node id.
+    pub id: BrokerId,
+    /// Advertised Kafka listener.
+    pub kafka: SocketAddr,
+    /// QUIC endpoint of each shard, indexed by shard id (so its length is the shard count).
+    pub quic: Vec<SocketAddr>,
+    /// Cluster (peer link) listener of shard 0; shard i listens on its port plus i.
+    pub cluster: SocketAddr,
+    /// Fenced: missed its session timeout (or never heartbeated this controller term); it
+    /// leads nothing, is in no ISR of more than one member, and clients are not told of it.
+    pub fenced: bool,
+}
+
+impl BrokerRegistration {
+    /// Shards the broker runs.
+    pub fn shard_count(&self) -> usize {
+        self.quic.len()
+    }
+
+    /// How clients reach it.
+    pub fn info(&self) -> BrokerInfo {
+        BrokerInfo {
+            id: self.id,
+            kafka: self.kafka,
+            quic: self.quic.clone(),
+        }
+    }
+}
+
+/// Replicated cluster facts (empty on a single broker): registrations and the counters every
+/// broker derives identically from the committed log.
+#[derive(Clone, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct ClusterState {
+    /// Registered brokers, sorted by id. Invariant: ids are unique.
+    pub registrations: Vec<BrokerRegistration>,
+    /// Partition leader changes made by the controller (fencing, unfencing, preferred).
+    pub leader_elections_total: u64,
+    /// ISR shrinks accepted (AlterPartition or fencing).
+    pub isr_shrinks_total: u64,
+    /// ISR expansions accepted (AlterPartition).
+    pub isr_expands_total: u64,
+}
+
+impl ClusterState {
+    /// The registration of `id`.
+    pub fn registration(&self, id: BrokerId) -> Option<&BrokerRegistration> {
+        self.registrations.iter().find(|r| r.id == id)
+    }
+
+    /// True if `id` is registered and not fenced.
+    pub fn is_live(&self, id: BrokerId) -> bool {
+        self.registration(id).is_some_and(|r| !r.fenced)
+    }
+}
+
 /// An immutable view of all metadata at one revision. Shared between shards via `Arc`.
 #[derive(Clone, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct MetadataSnapshot {
@@ -93,6 +152,9 @@ pub struct MetadataSnapshot {
     pub brokers: Vec<BrokerInfo>,
     /// Topics by name.
     pub topics: BTreeMap<Arc<str>, TopicMeta>,
+    /// Cluster membership (empty on a single broker, whose `brokers` is set at start-up).
+    #[serde(default)]
+    pub cluster: ClusterState,
 }
 
 impl MetadataSnapshot {
@@ -150,6 +212,35 @@ pub enum MetadataCommand {
         /// New total partition count.
         total: i32,
     },
+    /// A broker joins or re-registers (new endpoints), and is unfenced: partitions left
+    /// without a leader whose ISR names it get it as leader.
+    RegisterBroker {
+        /// What it announced.
+        registration: BrokerRegistration,
+    },
+    /// A broker missed its session timeout: it leaves every ISR it is not the last member of,
+    /// and the partitions it led get a new leader from the ISR (or none: offline).
+    FenceBroker {
+        /// The broker.
+        id: BrokerId,
+    },
+    /// The partition leader changes the ISR (Kafka's AlterPartition). Refused unless `leader`
+    /// and `leader_epoch` are the partition's current ones.
+    AlterPartition {
+        /// Topic name.
+        topic: String,
+        /// Partition.
+        partition: PartitionId,
+        /// The leader sending it.
+        leader: BrokerId,
+        /// The leader's epoch.
+        leader_epoch: LeaderEpoch,
+        /// New in-sync replicas: a subset of the replicas containing the leader.
+        isr: Vec<BrokerId>,
+    },
+    /// Move leadership back to each partition's preferred replica where it is live and in
+    /// sync (Kafka's auto.leader.rebalance).
+    ElectPreferredLeaders,
 }
 
 /// Why a metadata change was refused.
@@ -185,6 +276,26 @@ pub enum MetadataError {
     /// This broker is not the metadata writer.
     #[error("not the controller")]
     NotController,
+    /// An AlterPartition named a leader or epoch that is no longer current.
+    #[error("stale leader epoch for {topic}-{partition}: current leader {leader} epoch {epoch}")]
+    StaleLeaderEpoch {
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: i32,
+        /// Current leader.
+        leader: i32,
+        /// Current leader epoch.
+        epoch: i32,
+    },
+    /// A cluster command named replicas that are not the partition's, or an ISR without its
+    /// leader.
+    #[error("invalid replica assignment: {0}")]
+    InvalidReplicaAssignment(String),
+    /// The controller refused the command for a reason only it could see (a forwarded
+    /// command that raced another change).
+    #[error("controller refused the change: {0}")]
+    Refused(String),
 }
 
 /// Checks a topic name the way Kafka does.

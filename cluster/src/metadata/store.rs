@@ -14,10 +14,11 @@ use std::sync::Arc;
 use sluice_engine::{BrokerId, LeaderEpoch, PartitionId, Revision};
 
 use super::{
-    MetadataCommand, MetadataError, MetadataSnapshot, PartitionMeta, TopicId, TopicMeta,
-    validate_topic_name,
+    BrokerRegistration, MetadataCommand, MetadataError, MetadataSnapshot, PartitionMeta, TopicId,
+    TopicMeta, validate_topic_name,
 };
 use crate::config::TopicConfig;
+use crate::controller::election;
 use crate::limits::TOPIC_PARTITIONS_MAX;
 use crate::placement::shard_for;
 
@@ -36,11 +37,35 @@ pub struct PlacementContext {
     pub shard_count: usize,
 }
 
+/// What [`apply_with`] needs besides the command that a replicated log must fix in advance,
+/// so that every broker applying the same entry computes the same snapshot.
+#[derive(Clone, Copy, Debug)]
+pub struct ApplyInputs {
+    /// Id of a topic the command creates.
+    pub topic_id: TopicId,
+}
+
 /// Validates `command` against `current` and returns the next snapshot (revision + 1).
+/// Draws a fresh topic id; a replicated log uses [`apply_with`] with the id in the entry.
 pub fn apply(
     current: &MetadataSnapshot,
     command: &MetadataCommand,
     context: PlacementContext,
+) -> Result<MetadataSnapshot, MetadataError> {
+    let inputs = ApplyInputs {
+        topic_id: TopicId(uuid::Uuid::new_v4()),
+    };
+    apply_with(current, command, context, inputs)
+}
+
+/// The pure state transition: validates `command` against `current` and returns the next
+/// snapshot (revision + 1). In a cluster (`current.cluster` has registrations) replicas are
+/// placed on live registered brokers and `context.node` is not used.
+pub fn apply_with(
+    current: &MetadataSnapshot,
+    command: &MetadataCommand,
+    context: PlacementContext,
+    inputs: ApplyInputs,
 ) -> Result<MetadataSnapshot, MetadataError> {
     let mut next = current.clone();
     next.revision = Revision(current.revision.0 + 1);
@@ -58,7 +83,12 @@ pub fn apply(
             if *partitions < 1 || *partitions > TOPIC_PARTITIONS_MAX {
                 return Err(MetadataError::InvalidPartitions(*partitions));
             }
-            let brokers = current.brokers.len().max(1);
+            let live = live_brokers(current);
+            let brokers = if live.is_empty() {
+                current.brokers.len().max(1)
+            } else {
+                live.len()
+            };
             if *replication < 1 || *replication as usize > brokers {
                 return Err(MetadataError::InvalidReplicationFactor {
                     factor: *replication,
@@ -66,10 +96,10 @@ pub fn apply(
                 });
             }
             let config = TopicConfig::resolve(overrides)?;
-            let id = TopicId(uuid::Uuid::new_v4());
+            let id = inputs.topic_id;
             let name: Arc<str> = Arc::from(name.as_str());
             let partitions = (0..*partitions)
-                .map(|p| new_partition(id, PartitionId(p), context))
+                .map(|p| new_partition(current, id, PartitionId(p), *replication, context))
                 .collect();
             next.topics.insert(
                 Arc::clone(&name),
@@ -111,19 +141,143 @@ pub fn apply(
             topic.overrides = overrides;
         }
         MetadataCommand::CreatePartitions { name, total } => {
-            let topic = next
+            let topic = current
                 .topics
-                .get_mut(name.as_str())
+                .get(name.as_str())
                 .ok_or_else(|| MetadataError::UnknownTopic(name.clone()))?;
             let have = topic.partitions.len() as i32;
             if *total <= have || *total > TOPIC_PARTITIONS_MAX {
                 return Err(MetadataError::InvalidPartitions(*total));
             }
             let id = topic.id;
-            topic
+            let replication = topic
                 .partitions
-                .extend((have..*total).map(|p| new_partition(id, PartitionId(p), context)));
+                .first()
+                .map_or(1, |p| p.replicas.len() as i16);
+            let live = live_brokers(current).len();
+            if !current.cluster.registrations.is_empty() && replication as usize > live {
+                return Err(MetadataError::InvalidReplicationFactor {
+                    factor: replication,
+                    brokers: live,
+                });
+            }
+            let added: Vec<PartitionMeta> = (have..*total)
+                .map(|p| new_partition(current, id, PartitionId(p), replication, context))
+                .collect();
+            next.topics
+                .get_mut(name.as_str())
+                .expect("looked up above")
+                .partitions
+                .extend(added);
         }
+        MetadataCommand::RegisterBroker { registration } => {
+            if registration.quic.is_empty() || registration.id.0 < 0 {
+                return Err(MetadataError::InvalidReplicaAssignment(format!(
+                    "broker {} registered without shards",
+                    registration.id.0
+                )));
+            }
+            let registration = BrokerRegistration {
+                fenced: false,
+                ..registration.clone()
+            };
+            let id = registration.id;
+            let registrations = &mut next.cluster.registrations;
+            registrations.retain(|r| r.id != id);
+            registrations.push(registration);
+            registrations.sort_by_key(|r| r.id);
+            let mut elections = 0;
+            for topic in next.topics.values_mut() {
+                let unclean = topic.config.unclean_leader_election;
+                for partition in &mut topic.partitions {
+                    elections +=
+                        u64::from(election::unfence(partition, id, unclean).leader_changed);
+                }
+            }
+            next.cluster.leader_elections_total += elections;
+        }
+        MetadataCommand::FenceBroker { id } => {
+            let Some(registration) = next.cluster.registrations.iter_mut().find(|r| r.id == *id)
+            else {
+                return Err(MetadataError::InvalidReplicaAssignment(format!(
+                    "broker {} is not registered",
+                    id.0
+                )));
+            };
+            registration.fenced = true;
+            let cluster = next.cluster.clone();
+            let is_live = |b: BrokerId| cluster.is_live(b);
+            let (mut elections, mut shrinks) = (0, 0);
+            for topic in next.topics.values_mut() {
+                let unclean = topic.config.unclean_leader_election;
+                for partition in &mut topic.partitions {
+                    let change = election::fence(partition, *id, is_live, unclean);
+                    elections += u64::from(change.leader_changed);
+                    shrinks += u64::from(change.isr_shrunk);
+                }
+            }
+            next.cluster.leader_elections_total += elections;
+            next.cluster.isr_shrinks_total += shrinks;
+        }
+        MetadataCommand::AlterPartition {
+            topic,
+            partition,
+            leader,
+            leader_epoch,
+            isr,
+        } => {
+            let meta = next
+                .topics
+                .get_mut(topic.as_str())
+                .and_then(|t| {
+                    usize::try_from(partition.0)
+                        .ok()
+                        .and_then(|i| t.partitions.get_mut(i))
+                })
+                .ok_or_else(|| MetadataError::UnknownTopic(format!("{topic}-{}", partition.0)))?;
+            if meta.leader != *leader || meta.leader_epoch != *leader_epoch {
+                return Err(MetadataError::StaleLeaderEpoch {
+                    topic: topic.clone(),
+                    partition: partition.0,
+                    leader: meta.leader.0,
+                    epoch: meta.leader_epoch.0,
+                });
+            }
+            if !isr.contains(leader) || !isr.iter().all(|b| meta.replicas.contains(b)) {
+                return Err(MetadataError::InvalidReplicaAssignment(format!(
+                    "isr {isr:?} must contain the leader and only replicas"
+                )));
+            }
+            let mut isr = isr.clone();
+            isr.sort_by_key(|b| meta.replicas.iter().position(|r| r == b));
+            isr.dedup();
+            let shrunk = meta.isr.iter().any(|b| !isr.contains(b));
+            let grown = isr.iter().any(|b| !meta.isr.contains(b));
+            meta.isr = isr;
+            next.cluster.isr_shrinks_total += u64::from(shrunk);
+            next.cluster.isr_expands_total += u64::from(grown);
+        }
+        MetadataCommand::ElectPreferredLeaders => {
+            let cluster = next.cluster.clone();
+            let is_live = |b: BrokerId| cluster.is_live(b);
+            let mut elections = 0;
+            for topic in next.topics.values_mut() {
+                for partition in &mut topic.partitions {
+                    elections +=
+                        u64::from(election::elect_preferred(partition, is_live).leader_changed);
+                }
+            }
+            next.cluster.leader_elections_total += elections;
+        }
+    }
+    if !next.cluster.registrations.is_empty() {
+        next.brokers = next
+            .cluster
+            .registrations
+            .iter()
+            .filter(|r| !r.fenced)
+            .map(BrokerRegistration::info)
+            .collect();
     }
     assert!(
         next.revision > current.revision,
@@ -132,14 +286,55 @@ pub fn apply(
     Ok(next)
 }
 
-fn new_partition(topic: TopicId, id: PartitionId, context: PlacementContext) -> PartitionMeta {
+/// Registered, unfenced brokers, sorted by id (empty on a single broker).
+fn live_brokers(snapshot: &MetadataSnapshot) -> Vec<BrokerId> {
+    snapshot
+        .cluster
+        .registrations
+        .iter()
+        .filter(|r| !r.fenced)
+        .map(|r| r.id)
+        .collect()
+}
+
+fn new_partition(
+    current: &MetadataSnapshot,
+    topic: TopicId,
+    id: PartitionId,
+    replication: i16,
+    context: PlacementContext,
+) -> PartitionMeta {
+    let live = live_brokers(current);
+    if live.is_empty() {
+        return PartitionMeta {
+            id,
+            shard: shard_for(topic, id, context.shard_count),
+            leader: context.node,
+            leader_epoch: LeaderEpoch(0),
+            replicas: vec![context.node],
+            isr: vec![context.node],
+        };
+    }
+    // Spread each topic from a different broker so small topics do not all lead on one.
+    let start = usize::from(shard_for(topic, PartitionId(0), live.len()).0);
+    let index = usize::try_from(id.0).expect("partition ids are not negative");
+    let count = usize::try_from(replication).expect("replication checked positive");
+    let replicas = election::assign_replicas(&live, start, index, count);
+    // Peer links join shard i to shard i, so the partition sits on the same shard of every
+    // replica: one that exists on the replica with the fewest shards.
+    let shards = replicas
+        .iter()
+        .filter_map(|b| current.cluster.registration(*b))
+        .map(BrokerRegistration::shard_count)
+        .min()
+        .expect("replicas are registered");
     PartitionMeta {
         id,
-        shard: shard_for(topic, id, context.shard_count),
-        leader: context.node,
+        shard: shard_for(topic, id, shards),
+        leader: replicas[0],
         leader_epoch: LeaderEpoch(0),
-        replicas: vec![context.node],
-        isr: vec![context.node],
+        isr: replicas.clone(),
+        replicas,
     }
 }
 
@@ -339,5 +534,150 @@ mod tests {
         sluice_engine::rt::block_on(store.persist(&next)).expect("persist");
         let (_, reopened) = FileMetadataStore::open(dir.path()).expect("reopen");
         assert_eq!(reopened, next);
+    }
+
+    fn registered(ids: &[i32]) -> MetadataSnapshot {
+        let mut snapshot = MetadataSnapshot::default();
+        for id in ids {
+            let addr: std::net::SocketAddr = format!("127.0.0.{id}:1").parse().expect("addr");
+            let registration = BrokerRegistration {
+                id: BrokerId(*id),
+                kafka: addr,
+                quic: vec![addr, addr],
+                cluster: addr,
+                fenced: true,
+            };
+            snapshot = apply(
+                &snapshot,
+                &MetadataCommand::RegisterBroker { registration },
+                CONTEXT,
+            )
+            .expect("register");
+        }
+        snapshot
+    }
+
+    fn with_id(command: &MetadataCommand, current: &MetadataSnapshot) -> MetadataSnapshot {
+        let inputs = ApplyInputs {
+            topic_id: TopicId(uuid::Uuid::from_u128(7)),
+        };
+        apply_with(current, command, CONTEXT, inputs).expect("applies")
+    }
+
+    // Goal: in a cluster, CreateTopic places RF distinct live brokers per partition, the same
+    // way for the same inputs, refuses RF above the live brokers, and lists only unfenced
+    // brokers to clients. Method: register three brokers, create, fence, create again.
+    #[test]
+    fn cluster_placement_and_fencing() {
+        let three = registered(&[1, 2, 3]);
+        assert_eq!(three.brokers.len(), 3, "registration unfences");
+        let mut command = create("t", 3);
+        if let MetadataCommand::CreateTopic { replication, .. } = &mut command {
+            *replication = 3;
+        }
+        let one = with_id(&command, &three);
+        assert_eq!(
+            one,
+            with_id(&command, &three),
+            "deterministic for the same inputs"
+        );
+        let topic = one.topic("t").expect("created");
+        for p in &topic.partitions {
+            let mut replicas = p.replicas.clone();
+            replicas.sort();
+            replicas.dedup();
+            assert_eq!(replicas.len(), 3);
+            assert_eq!(p.leader, p.replicas[0]);
+            assert_eq!(p.isr, p.replicas);
+        }
+        let mut leaders: Vec<_> = topic.partitions.iter().map(|p| p.leader).collect();
+        leaders.sort();
+        leaders.dedup();
+        assert_eq!(leaders.len(), 3, "leaders spread");
+
+        let fenced = apply(
+            &one,
+            &MetadataCommand::FenceBroker { id: BrokerId(2) },
+            CONTEXT,
+        )
+        .expect("fence");
+        assert_eq!(fenced.brokers.len(), 2);
+        assert_eq!(fenced.cluster.leader_elections_total, 1);
+        assert_eq!(fenced.cluster.isr_shrinks_total, 3);
+        for p in &fenced.topic("t").expect("exists").partitions {
+            assert_ne!(p.leader, BrokerId(2));
+            assert!(!p.isr.contains(&BrokerId(2)));
+        }
+        let moved = fenced
+            .topic("t")
+            .expect("exists")
+            .partitions
+            .iter()
+            .zip(&topic.partitions)
+            .find(|(_, before)| before.leader == BrokerId(2))
+            .map(|(after, _)| after.leader_epoch)
+            .expect("broker 2 led a partition");
+        assert_eq!(moved, LeaderEpoch(1));
+        let mut again = create("u", 1);
+        if let MetadataCommand::CreateTopic { replication, .. } = &mut again {
+            *replication = 3;
+        }
+        assert_eq!(
+            apply(&fenced, &again, CONTEXT),
+            Err(MetadataError::InvalidReplicationFactor {
+                factor: 3,
+                brokers: 2
+            })
+        );
+    }
+
+    // Goal: AlterPartition is accepted only from the current leader at its current epoch,
+    // with an ISR of replicas containing the leader. Method: stale, foreign and valid cases.
+    #[test]
+    fn alter_partition_checks_leader_and_epoch() {
+        let three = registered(&[1, 2, 3]);
+        let mut command = create("t", 1);
+        if let MetadataCommand::CreateTopic { replication, .. } = &mut command {
+            *replication = 3;
+        }
+        let one = with_id(&command, &three);
+        let p = one.topic("t").expect("created").partitions[0].clone();
+        let alter =
+            |leader: BrokerId, epoch: i32, isr: Vec<BrokerId>| MetadataCommand::AlterPartition {
+                topic: "t".into(),
+                partition: PartitionId(0),
+                leader,
+                leader_epoch: LeaderEpoch(epoch),
+                isr,
+            };
+        let stale = apply(&one, &alter(p.leader, 5, vec![p.leader]), CONTEXT);
+        assert!(
+            matches!(stale, Err(MetadataError::StaleLeaderEpoch { .. })),
+            "{stale:?}"
+        );
+        let other = *p
+            .replicas
+            .iter()
+            .find(|b| **b != p.leader)
+            .expect("a follower");
+        let foreign = apply(&one, &alter(other, 0, vec![other]), CONTEXT);
+        assert!(matches!(
+            foreign,
+            Err(MetadataError::StaleLeaderEpoch { .. })
+        ));
+        let without_leader = apply(&one, &alter(p.leader, 0, vec![other]), CONTEXT);
+        assert!(matches!(
+            without_leader,
+            Err(MetadataError::InvalidReplicaAssignment(_))
+        ));
+        let shrunk = apply(&one, &alter(p.leader, 0, vec![p.leader]), CONTEXT).expect("shrink");
+        assert_eq!(
+            shrunk.topic("t").expect("t").partitions[0].isr,
+            vec![p.leader]
+        );
+        assert_eq!(shrunk.cluster.isr_shrinks_total, 1);
+        let grown = apply(&shrunk, &alter(p.leader, 0, p.replicas.clone()), CONTEXT).expect("grow");
+        assert_eq!(grown.topic("t").expect("t").partitions[0].isr, p.replicas);
+        assert_eq!(grown.cluster.isr_expands_total, 1);
     }
 }

@@ -87,6 +87,7 @@ fn config_type(key: &str) -> i8 {
     match key {
         "cleanup.policy" => TYPE_LIST,
         "message.timestamp.type" => TYPE_STRING,
+        "unclean.leader.election.enable" => TYPE_BOOLEAN,
         "flush.messages" | "flush.ms" | "retention.bytes" | "retention.ms" | "segment.ms" => {
             TYPE_LONG
         }

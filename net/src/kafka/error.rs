@@ -30,6 +30,7 @@ pub fn error_code<'a>(error: impl Into<DomainError<'a>>) -> ResponseError {
             ProduceError::Overloaded => ResponseError::RequestTimedOut,
             // Clients refresh metadata and retry, as in Kafka's controlled shutdown.
             ProduceError::ShuttingDown => ResponseError::NotLeaderOrFollower,
+            ProduceError::NotLeader(_) => ResponseError::NotLeaderOrFollower,
             _ => ResponseError::UnknownServerError,
         },
         DomainError::Fetch(error) => match error {
@@ -37,6 +38,7 @@ pub fn error_code<'a>(error: impl Into<DomainError<'a>>) -> ResponseError {
             FetchError::OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange,
             FetchError::Storage(_) => ResponseError::KafkaStorageError,
             FetchError::Overloaded => ResponseError::RequestTimedOut,
+            FetchError::NotLeader(_) => ResponseError::NotLeaderOrFollower,
             _ => ResponseError::UnknownServerError,
         },
         DomainError::Metadata(error) => match error {
@@ -52,6 +54,10 @@ pub fn error_code<'a>(error: impl Into<DomainError<'a>>) -> ResponseError {
             ) => ResponseError::InvalidConfig,
             MetadataError::Storage(_) => ResponseError::KafkaStorageError,
             MetadataError::NotController => ResponseError::NotController,
+            MetadataError::StaleLeaderEpoch { .. } => ResponseError::FencedLeaderEpoch,
+            MetadataError::InvalidReplicaAssignment(_) => ResponseError::InvalidReplicaAssignment,
+            // The controller could not finish it in time or raced another change: retriable.
+            MetadataError::Refused(_) => ResponseError::RequestTimedOut,
             _ => ResponseError::UnknownServerError,
         },
         DomainError::Group(error) => match error {
@@ -154,6 +160,8 @@ mod tests {
             (produce(ProduceError::Storage("disk full".into())), 56, true),
             (produce(ProduceError::Overloaded), 7, true),
             (produce(ProduceError::ShuttingDown), 6, true),
+            (produce(ProduceError::NotLeader("t-0".into())), 6, true),
+            (fetch(FetchError::NotLeader("t-0".into())), 6, true),
             (
                 fetch(FetchError::UnknownTopicOrPartition("t-0".into())),
                 3,
@@ -193,6 +201,22 @@ mod tests {
             ),
             (metadata(MetadataError::Storage("fsync".into())), 56, true),
             (metadata(MetadataError::NotController), 41, true),
+            (metadata(MetadataError::Refused("raced".into())), 7, true),
+            (
+                metadata(MetadataError::StaleLeaderEpoch {
+                    topic: "t".into(),
+                    partition: 0,
+                    leader: 1,
+                    epoch: 2,
+                }),
+                74,
+                true,
+            ),
+            (
+                metadata(MetadataError::InvalidReplicaAssignment("x".into())),
+                39,
+                false,
+            ),
             (group(GroupError::UnknownMemberId), 25, false),
             (group(GroupError::IllegalGeneration), 22, false),
             (group(GroupError::RebalanceInProgress), 27, false),

@@ -103,38 +103,57 @@ impl Context {
             .then_some(ResponseError::CoordinatorNotAvailable)
     }
 
-    /// Answers FindCoordinator: this broker coordinates every group; transactional keys have
-    /// no coordinator until transactions exist.
+    /// The broker coordinating `group`: this one on a single broker; in a cluster the leader
+    /// of the group's `__consumer_offsets` partition (none while it has no live leader).
+    fn coordinator_of(&self, group: &str) -> Option<super::handler::BrokerAddress> {
+        let snapshot = self.shard.metadata();
+        let brokers = self.brokers(&snapshot);
+        if snapshot.cluster.registrations.is_empty() {
+            return brokers.into_iter().next();
+        }
+        let topic = snapshot.topic(OFFSETS_TOPIC)?;
+        let count = i32::try_from(topic.partitions.len())
+            .ok()
+            .filter(|n| *n > 0)?;
+        let leader =
+            topic.partitions[sluice_cluster::group::partition_for(group, count) as usize].leader;
+        brokers.into_iter().find(|b| b.id == leader.0)
+    }
+
+    /// Answers FindCoordinator: the broker leading the group's offsets partition; transactional
+    /// keys have no coordinator until transactions exist.
     pub fn find_coordinator(
         &self,
         version: i16,
         request: FindCoordinatorRequest,
     ) -> FindCoordinatorResponse {
-        let own = self
-            .brokers(&self.shard.metadata())
-            .into_iter()
-            .next()
-            .expect("brokers() lists this broker first");
-        let answer = |key_type: i8| -> Result<(), (ResponseError, &'static str)> {
-            if key_type != KEY_TYPE_GROUP {
-                return Err((
+        let answer =
+            |key_type: i8,
+             key: &str|
+             -> Result<super::handler::BrokerAddress, (ResponseError, &'static str)> {
+                if key_type != KEY_TYPE_GROUP {
+                    return Err((
+                        ResponseError::CoordinatorNotAvailable,
+                        "transactions are not supported by this broker yet",
+                    ));
+                }
+                if let Some(error) = self.coordinator_error() {
+                    return Err((error, "the offsets topic is not available"));
+                }
+                self.coordinator_of(key).ok_or((
                     ResponseError::CoordinatorNotAvailable,
-                    "transactions are not supported by this broker yet",
-                ));
-            }
-            if let Some(error) = self.coordinator_error() {
-                return Err((error, "the offsets topic is not available"));
-            }
-            Ok(())
-        };
+                    "the group's offsets partition has no leader",
+                ))
+            };
         if version >= 4 {
             let coordinators = request
                 .coordinator_keys
                 .into_iter()
                 .map(|key| {
+                    let found = answer(request.key_type, &key);
                     let coordinator = Coordinator::default().with_key(key);
-                    match answer(request.key_type) {
-                        Ok(()) => coordinator
+                    match found {
+                        Ok(own) => coordinator
                             .with_node_id(BrokerId(own.id))
                             .with_host(own.host.clone())
                             .with_port(own.port),
@@ -148,8 +167,8 @@ impl Context {
                 .collect();
             return FindCoordinatorResponse::default().with_coordinators(coordinators);
         }
-        match answer(request.key_type) {
-            Ok(()) => FindCoordinatorResponse::default()
+        match answer(request.key_type, &request.key) {
+            Ok(own) => FindCoordinatorResponse::default()
                 .with_node_id(BrokerId(own.id))
                 .with_host(own.host)
                 .with_port(own.port),

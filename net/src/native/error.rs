@@ -28,6 +28,8 @@ pub fn error_code<'a>(error: impl Into<DomainError<'a>>) -> ErrorCode {
             ProduceError::Storage(_) => ErrorCode::StorageError,
             ProduceError::Overloaded => ErrorCode::Overloaded,
             ProduceError::ShuttingDown => ErrorCode::ShuttingDown,
+            // Leadership moved: the client refreshes metadata and goes to the new leader.
+            ProduceError::NotLeader(_) => ErrorCode::NotOwner,
             _ => ErrorCode::Internal,
         },
         DomainError::Fetch(error) => match error {
@@ -35,6 +37,7 @@ pub fn error_code<'a>(error: impl Into<DomainError<'a>>) -> ErrorCode {
             FetchError::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,
             FetchError::Storage(_) => ErrorCode::StorageError,
             FetchError::Overloaded => ErrorCode::Overloaded,
+            FetchError::NotLeader(_) => ErrorCode::NotOwner,
             _ => ErrorCode::Internal,
         },
         DomainError::Metadata(error) => match error {
@@ -45,8 +48,11 @@ pub fn error_code<'a>(error: impl Into<DomainError<'a>>) -> ErrorCode {
             MetadataError::InvalidReplicationFactor { .. } => ErrorCode::InvalidReplicationFactor,
             MetadataError::Config(_) => ErrorCode::InvalidConfig,
             MetadataError::Storage(_) => ErrorCode::StorageError,
-            // Commands are forwarded to the metadata writer, so this means a wiring bug.
-            MetadataError::NotController => ErrorCode::Internal,
+            // No active controller is known (an election is under way): retriable.
+            MetadataError::NotController => ErrorCode::Overloaded,
+            MetadataError::StaleLeaderEpoch { .. } => ErrorCode::InvalidRequest,
+            MetadataError::InvalidReplicaAssignment(_) => ErrorCode::InvalidRequest,
+            MetadataError::Refused(_) => ErrorCode::Overloaded,
             _ => ErrorCode::Internal,
         },
         // The native protocol has no group requests yet; until it does, only the retriable
@@ -191,8 +197,33 @@ mod tests {
             ),
             (
                 metadata(MetadataError::NotController),
-                ErrorCode::Internal,
+                ErrorCode::Overloaded,
+                true,
+            ),
+            (
+                metadata(MetadataError::Refused("raced".into())),
+                ErrorCode::Overloaded,
+                true,
+            ),
+            (
+                metadata(MetadataError::StaleLeaderEpoch {
+                    topic: "t".into(),
+                    partition: 0,
+                    leader: 1,
+                    epoch: 2,
+                }),
+                ErrorCode::InvalidRequest,
                 false,
+            ),
+            (
+                produce(ProduceError::NotLeader("t-0".into())),
+                ErrorCode::NotOwner,
+                true,
+            ),
+            (
+                fetch(FetchError::NotLeader("t-0".into())),
+                ErrorCode::NotOwner,
+                true,
             ),
         ];
         for (i, (code, expected, retriable)) in table.iter().enumerate() {

@@ -1,0 +1,588 @@
+//! Multi-process tests of the controller quorum: three real `sluice broker` processes on
+//! 127.0.0.1, 127.0.0.2 and 127.0.0.3 with the same `--seeds`, killed with SIGKILL and
+//! restarted on their data directories.
+//!
+//! Until replication is wired in, followers receive no data: these tests check metadata
+//! (placement, leaders, epochs, ISR, fencing) and that clients follow leadership, not that
+//! records survive a leader's death.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use support::{assert_success, run_with_input, sluice_bin};
+
+/// Longest any condition below may take to come true; a broker start, an election and a
+/// fencing each take a few seconds at most.
+const DEADLINE: Duration = Duration::from_secs(60);
+/// Session timeout the brokers run with, so fencing happens within the test's patience.
+const SESSION_TIMEOUT_MS: &str = "2000";
+
+fn free_tcp(ip: &str) -> SocketAddr {
+    let listener = TcpListener::bind((ip, 0)).expect("bind a free TCP port");
+    listener.local_addr().expect("bound")
+}
+
+fn free_udp(ip: &str) -> SocketAddr {
+    let socket = UdpSocket::bind((ip, 0)).expect("bind a free UDP port");
+    socket.local_addr().expect("bound")
+}
+
+/// One broker's fixed identity: its id, addresses and data directory (kept across restarts).
+struct Node {
+    id: i32,
+    kafka: SocketAddr,
+    quic: SocketAddr,
+    admin: SocketAddr,
+    cluster: SocketAddr,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Node {
+    fn start(&mut self, seeds: &str) {
+        assert!(self.child.is_none(), "broker {} already running", self.id);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("broker.log"))
+            .expect("log file");
+        let child = Command::new(sluice_bin())
+            .arg("broker")
+            .args(["--node-id", &self.id.to_string()])
+            .arg("--data-dir")
+            .arg(self.dir.join("data"))
+            .args(["--quic-listen", &self.quic.to_string()])
+            .args(["--kafka-listen", &self.kafka.to_string()])
+            .args(["--admin-listen", &self.admin.to_string()])
+            .args(["--cluster-listen", &self.cluster.to_string()])
+            .args(["--seeds", seeds])
+            .args(["--cores", "1"])
+            .args(["--offsets-topic-partitions", "2"])
+            .args(["--broker-session-timeout-ms", SESSION_TIMEOUT_MS])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start sluice broker");
+        self.child = Some(child);
+    }
+
+    /// SIGKILL, as a crash.
+    fn kill(&mut self) {
+        let mut child = self.child.take().expect("broker running");
+        child.kill().expect("kill -9");
+        child.wait().expect("reap");
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("broker.log")).unwrap_or_default()
+    }
+
+    /// `GET /cluster` as JSON, if the broker answers.
+    fn view(&self) -> Option<serde_json::Value> {
+        let body = http_get(self.admin, "/cluster")?;
+        serde_json::from_str(&body).ok()
+    }
+
+    fn sluice(&self, args: &[&str], brokers: &str) -> Output {
+        let mut command = Command::new(sluice_bin());
+        command.args(args).args(["--brokers", brokers]);
+        run_with_input(command, b"")
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: sluice\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).ok()?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).ok()?;
+    let (head, body) = answer.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.1 200").then(|| body.to_owned())
+}
+
+struct Cluster {
+    nodes: Vec<Node>,
+    seeds: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    fn start() -> Cluster {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let nodes: Vec<Node> = (1..=3)
+            .map(|id| {
+                let ip = format!("127.0.0.{id}");
+                let node_dir = dir.path().join(format!("broker-{id}"));
+                std::fs::create_dir_all(&node_dir).expect("broker dir");
+                Node {
+                    id,
+                    kafka: free_tcp(&ip),
+                    quic: free_udp(&ip),
+                    admin: free_tcp(&ip),
+                    cluster: free_tcp(&ip),
+                    dir: node_dir,
+                    child: None,
+                }
+            })
+            .collect();
+        let seeds = nodes
+            .iter()
+            .map(|n| format!("{}@{}", n.id, n.cluster))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut cluster = Cluster {
+            nodes,
+            seeds,
+            _dir: dir,
+        };
+        for i in 0..3 {
+            cluster.start_node(i);
+        }
+        cluster
+    }
+
+    fn start_node(&mut self, index: usize) {
+        let seeds = self.seeds.clone();
+        self.nodes[index].start(&seeds);
+    }
+
+    fn node(&self, id: i64) -> &Node {
+        self.nodes
+            .iter()
+            .find(|n| i64::from(n.id) == id)
+            .expect("known broker id")
+    }
+
+    fn running(&self) -> impl Iterator<Item = &Node> {
+        self.nodes.iter().filter(|n| n.child.is_some())
+    }
+
+    /// QUIC bootstrap list of the running brokers, `first` (if given) in front.
+    fn quic_brokers(&self, first: Option<SocketAddr>) -> String {
+        let mut list: Vec<String> = first.iter().map(ToString::to_string).collect();
+        list.extend(self.running().map(|n| n.quic.to_string()));
+        list.join(",")
+    }
+
+    fn logs(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| format!("--- broker {} ---\n{}", n.id, n.log()))
+            .collect()
+    }
+
+    /// Polls `condition` until it holds, failing with the brokers' logs at the deadline.
+    fn wait_for<T>(&self, what: &str, mut condition: impl FnMut(&Cluster) -> Option<T>) -> T {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some(value) = condition(self) {
+                return value;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}\n{}",
+                self.logs()
+            );
+            // Polling a condition across processes; no event to wait on.
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits until every running broker names the same live controller and sees `alive`
+    /// unfenced registrations; returns the controller.
+    fn wait_converged(&self, alive: usize) -> i64 {
+        self.wait_for("a controller and registrations", |cluster| {
+            let mut controllers = Vec::new();
+            for node in cluster.running() {
+                let view = node.view()?;
+                let controller = view["controller"].as_i64()?;
+                let live = view["brokers"]
+                    .as_array()?
+                    .iter()
+                    .filter(|b| b["fenced"] == serde_json::Value::Bool(false))
+                    .count();
+                if controller < 0 || live != alive {
+                    return None;
+                }
+                controllers.push(controller);
+            }
+            controllers.dedup();
+            (controllers.len() == 1).then(|| controllers[0])
+        })
+    }
+
+    /// Topic metadata (leader, epoch-free replicas and ISR per partition) as every running
+    /// broker's `/cluster`-adjacent metadata answers it, through `sluice topic describe`.
+    fn describe(&self, node: &Node, topic: &str) -> Option<String> {
+        let output = node.sluice(&["topic", "describe", topic], &node.quic.to_string());
+        output
+            .status
+            .success()
+            .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+}
+
+/// Partition → (leader, replicas, isr) from `sluice topic describe` output
+/// (`Partition: P  Shard: S  Leader: L  Replicas: a,b  Isr: a,b ...`).
+fn placement(describe: &str) -> BTreeMap<i64, (i64, String, String)> {
+    let mut out = BTreeMap::new();
+    for line in describe.lines() {
+        let fields: BTreeMap<&str, &str> = line
+            .split('\t')
+            .filter_map(|f| f.split_once(": "))
+            .collect();
+        if let (Some(p), Some(leader), Some(replicas), Some(isr)) = (
+            fields.get("Partition"),
+            fields.get("Leader"),
+            fields.get("Replicas"),
+            fields.get("Isr"),
+        ) {
+            let p = p.parse().expect("partition number");
+            let leader = leader.parse().expect("leader id");
+            out.insert(p, (leader, (*replicas).to_owned(), (*isr).to_owned()));
+        }
+    }
+    out
+}
+
+// Goal: three brokers with the same seeds form one cluster; a topic with RF=3 created
+// through a broker that is not the controller (forwarded) is described identically by all
+// three; RF above the live brokers is refused; kill -9 of the active controller elects a new
+// one that accepts changes; the killed broker is fenced and its partitions move to in-sync
+// replicas with a higher epoch; librdkafka and the native client produce to and consume
+// from the new leader; the broker restarts and is unfenced; a full restart keeps all
+// metadata. Method: real processes, SIGKILL, polling /cluster and `sluice topic describe`
+// with deadlines.
+#[test]
+fn cluster_forms_fails_over_and_restarts() {
+    let mut cluster = Cluster::start();
+    let controller = cluster.wait_converged(3);
+
+    // Forwarded: create through a broker that is not the controller.
+    let follower = cluster
+        .running()
+        .find(|n| i64::from(n.id) != controller)
+        .expect("a follower");
+    let brokers = follower.quic.to_string();
+    let created = follower.sluice(
+        &[
+            "topic",
+            "create",
+            "orders",
+            "--partitions",
+            "3",
+            "--replicas",
+            "3",
+        ],
+        &brokers,
+    );
+    assert_success(&created);
+    let too_many = follower.sluice(
+        &[
+            "topic",
+            "create",
+            "wide",
+            "--partitions",
+            "1",
+            "--replicas",
+            "4",
+        ],
+        &brokers,
+    );
+    assert!(
+        !too_many.status.success(),
+        "RF 4 on 3 brokers must be refused"
+    );
+    assert!(
+        String::from_utf8_lossy(&too_many.stderr).contains("replication factor"),
+        "{}",
+        String::from_utf8_lossy(&too_many.stderr)
+    );
+
+    // Every broker describes the same placement: leader, replicas, ISR.
+    let described = cluster.wait_for("identical descriptions", |cluster| {
+        let all: Vec<_> = cluster
+            .running()
+            .map(|n| cluster.describe(n, "orders").map(|d| placement(&d)))
+            .collect::<Option<Vec<_>>>()?;
+        (all.len() == 3 && all[0].len() == 3 && all.iter().all(|p| *p == all[0]))
+            .then(|| all[0].clone())
+    });
+    let leaders: Vec<i64> = described.values().map(|(l, _, _)| *l).collect();
+    let mut distinct = leaders.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert_eq!(
+        distinct.len(),
+        3,
+        "RF=3 over 3 brokers spreads leaders: {described:?}"
+    );
+    for (leader, replicas, isr) in described.values() {
+        assert_eq!(replicas.split(',').count(), 3, "{replicas}");
+        assert_eq!(isr.split(',').count(), 3, "{isr}");
+        assert!(
+            replicas.starts_with(&leader.to_string()),
+            "preferred leader first"
+        );
+    }
+
+    // Kill the active controller: a new one is elected and takes changes.
+    let old = controller;
+    let index = cluster
+        .nodes
+        .iter()
+        .position(|n| i64::from(n.id) == old)
+        .expect("node");
+    let dead_quic = cluster.nodes[index].quic;
+    cluster.nodes[index].kill();
+    let new_controller = cluster.wait_for("a new controller", |cluster| {
+        let views: Vec<i64> = cluster
+            .running()
+            .map(|n| n.view().and_then(|v| v["controller"].as_i64()))
+            .collect::<Option<Vec<_>>>()?;
+        (views.iter().all(|c| *c >= 0 && *c != old) && views.windows(2).all(|w| w[0] == w[1]))
+            .then(|| views[0])
+    });
+    assert_ne!(new_controller, old);
+    let survivor = cluster.node(new_controller);
+    cluster.wait_for("a change accepted by the new controller", |cluster| {
+        let output = survivor.sluice(
+            &[
+                "topic",
+                "create",
+                "after-failover",
+                "--partitions",
+                "2",
+                "--replicas",
+                "2",
+            ],
+            &cluster.quic_brokers(None),
+        );
+        output.status.success().then_some(())
+    });
+
+    // The dead broker is fenced: the partition it led has a new in-sync leader.
+    let moved_partition = *described
+        .iter()
+        .find(|(_, (leader, _, _))| *leader == old)
+        .expect("the old controller led a partition")
+        .0;
+    let after = cluster.wait_for("fencing of the dead broker", |cluster| {
+        let all: Vec<_> = cluster
+            .running()
+            .map(|n| cluster.describe(n, "orders").map(|d| placement(&d)))
+            .collect::<Option<Vec<_>>>()?;
+        let (leader, _, isr) = all[0].get(&moved_partition)?.clone();
+        let fenced = leader != old && !isr.split(',').any(|b| b == old.to_string());
+        (fenced && all.iter().all(|p| *p == all[0])).then(|| all[0].clone())
+    });
+    let (new_leader, _, isr) = &after[&moved_partition];
+    assert!(
+        isr.split(',').any(|b| b == new_leader.to_string()),
+        "leader from the ISR"
+    );
+    let epochs = kafka_epochs(cluster.node(*new_leader), "orders");
+    assert!(
+        epochs[&moved_partition] > 0,
+        "the leader epoch was bumped: {epochs:?}"
+    );
+
+    // The CLI and metrics tell the operator.
+    let admin = cluster.node(new_controller).admin.to_string();
+    let status = run_with_input(
+        {
+            let mut c = Command::new(sluice_bin());
+            c.args(["cluster", "status", "--admin", &admin]);
+            c
+        },
+        b"",
+    );
+    let status = assert_success(&status);
+    assert!(
+        status.contains(&format!("controller {new_controller}\n")),
+        "{status}"
+    );
+    assert!(status.contains("raft term "), "{status}");
+    let listing = run_with_input(
+        {
+            let mut c = Command::new(sluice_bin());
+            c.args(["cluster", "brokers", "--admin", &admin]);
+            c
+        },
+        b"",
+    );
+    let listing = assert_success(&listing);
+    let dead_row = listing
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(&old.to_string()))
+        .expect("the dead broker is listed");
+    assert!(dead_row.contains("fenced"), "{listing}");
+    let metrics = http_get(cluster.node(new_controller).admin, "/metrics").expect("metrics");
+    let elections: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("sluice_leader_elections_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("elections counter");
+    assert!(elections >= 1, "{metrics}");
+
+    // Clients follow the new leader: native (bootstrap list starts with the dead broker).
+    let native = cluster.quic_brokers(Some(dead_quic));
+    let partition = moved_partition.to_string();
+    let mut produce = Command::new(sluice_bin());
+    produce
+        .args([
+            "produce",
+            "orders",
+            "--partition",
+            &partition,
+            "--acks",
+            "all",
+        ])
+        .args(["--brokers", &native]);
+    assert_success(&run_with_input(produce, b"native-after-failover\n"));
+    let mut consume = Command::new(sluice_bin());
+    consume
+        .args([
+            "consume",
+            "orders",
+            "--partition",
+            &partition,
+            "--from",
+            "beginning",
+        ])
+        .args([
+            "--count",
+            "1",
+            "--timeout-ms",
+            "10000",
+            "--brokers",
+            &native,
+        ]);
+    let out = assert_success(&run_with_input(consume, b""));
+    assert_eq!(out.trim(), "native-after-failover");
+    // librdkafka.
+    let bootstrap: Vec<String> = cluster.running().map(|n| n.kafka.to_string()).collect();
+    let got = rdkafka_round_trip(&bootstrap.join(","), "orders", moved_partition as i32);
+    assert!(
+        got.contains(&"rdkafka-after-failover".to_owned()),
+        "{got:?}"
+    );
+
+    // The dead broker restarts: it is unfenced and catches up on the metadata.
+    cluster.start_node(index);
+    cluster.wait_converged(3);
+    let restarted = &cluster.nodes[index];
+    cluster.wait_for("the restarted broker to see the new topic", |cluster| {
+        cluster.describe(restarted, "after-failover").map(|_| ())
+    });
+
+    // A full cluster restart keeps all metadata.
+    let before: Vec<_> = ["orders", "after-failover"]
+        .iter()
+        .map(|t| placement(&cluster.describe(&cluster.nodes[0], t).expect("described")))
+        .collect();
+    for i in 0..3 {
+        cluster.nodes[i].kill();
+    }
+    for i in 0..3 {
+        cluster.start_node(i);
+    }
+    cluster.wait_converged(3);
+    for (topic, before) in ["orders", "after-failover"].iter().zip(&before) {
+        let now = cluster.wait_for("metadata after a full restart", |cluster| {
+            cluster
+                .describe(&cluster.nodes[0], topic)
+                .map(|d| placement(&d))
+        });
+        let replicas = |p: &BTreeMap<i64, (i64, String, String)>| {
+            p.values().map(|(_, r, _)| r.clone()).collect::<Vec<_>>()
+        };
+        assert_eq!(
+            replicas(&now),
+            replicas(before),
+            "{topic} keeps its replicas"
+        );
+    }
+}
+
+/// Leader epoch per partition of `topic`, from a broker's `/cluster` view.
+fn kafka_epochs(node: &Node, topic: &str) -> BTreeMap<i64, i64> {
+    let view = node.view().expect("the broker answers /cluster");
+    view["partitions"]
+        .as_array()
+        .expect("partitions listed")
+        .iter()
+        .filter(|p| p["topic"] == topic)
+        .map(|p| {
+            (
+                p["partition"].as_i64().expect("partition"),
+                p["leader_epoch"].as_i64().expect("epoch"),
+            )
+        })
+        .collect()
+}
+
+/// Produces one record with librdkafka to `partition` (retrying through leader changes as
+/// librdkafka does), then reads the partition from the beginning; returns the values read.
+fn rdkafka_round_trip(bootstrap: &str, topic: &str, partition: i32) -> Vec<String> {
+    use rdkafka::ClientConfig;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+    use rdkafka::{Message, Offset, TopicPartitionList};
+
+    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("acks", "all")
+        .set("message.timeout.ms", "30000")
+        .create()
+        .expect("librdkafka producer");
+    producer
+        .send(
+            BaseRecord::<(), str>::to(topic)
+                .partition(partition)
+                .payload("rdkafka-after-failover"),
+        )
+        .map_err(|(e, _)| e)
+        .expect("queued");
+    producer.flush(Duration::from_secs(30)).expect("delivered");
+
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "cluster-test")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("librdkafka consumer");
+    let mut assignment = TopicPartitionList::new();
+    assignment
+        .add_partition_offset(topic, partition, Offset::Beginning)
+        .expect("assignment");
+    consumer.assign(&assignment).expect("assign");
+    let mut values = Vec::new();
+    let deadline = Instant::now() + DEADLINE;
+    while values.len() < 2 && Instant::now() < deadline {
+        if let Some(Ok(message)) = consumer.poll(Duration::from_millis(500)) {
+            let value = message
+                .payload()
+                .map(|v| String::from_utf8_lossy(v).into_owned());
+            values.push(value.unwrap_or_default());
+        }
+    }
+    values
+}
