@@ -58,12 +58,9 @@ pub fn run(mut config: BrokerConfig) -> anyhow::Result<()> {
             "created __consumer_offsets"
         );
     }
+    // Metadata advertises `--quic-advertise` (default: the listen address) per shard.
     let quic_addrs = (0..config.cores)
-        .map(|i| {
-            let mut addr = config.quic_listen;
-            addr.set_port(config.quic_listen.port() + i as u16);
-            addr
-        })
+        .map(|i| shard_addr(config.quic_advertise, i))
         .collect();
     snapshot.controller = node;
     snapshot.brokers = vec![BrokerInfo {
@@ -96,6 +93,7 @@ pub fn run(mut config: BrokerConfig) -> anyhow::Result<()> {
         cores = config.cores,
         kafka = %config.kafka_listen,
         quic = %config.quic_listen,
+        quic_advertise = %config.quic_advertise,
         admin = %config.admin_listen,
         "starting broker"
     );
@@ -126,9 +124,12 @@ fn native_config(config: &BrokerConfig) -> anyhow::Result<NativeServerConfig> {
         }),
         _ => {
             let mut names = tls::default_self_signed_names();
-            let ip = config.quic_listen.ip();
-            if !ip.is_loopback() && !ip.is_unspecified() {
-                names.push(ip.to_string());
+            // The certificate names the addresses clients are told to use.
+            for ip in [config.quic_listen.ip(), config.quic_advertise.ip()] {
+                let name = ip.to_string();
+                if !ip.is_loopback() && !ip.is_unspecified() && !names.contains(&name) {
+                    names.push(name);
+                }
             }
             ServerIdentity::SelfSigned {
                 dir: config.data_dir.join("tls"),
@@ -175,12 +176,8 @@ async fn run_shard(
         "kafka",
         sluice_net::kafka::serve_kafka(Rc::clone(&shard), kafka),
     )));
-    // Shard i binds the endpoint metadata advertises for it (`--quic-listen` port + i).
-    native.listen = shard
-        .metadata()
-        .broker(shard.node())
-        .and_then(|broker| broker.quic.get(usize::from(id.0)).copied())
-        .expect("run() advertises one QUIC endpoint per shard");
+    // Shard i binds `--quic-listen` port + i; metadata advertises `--quic-advertise` port + i.
+    native.listen = shard_addr(config.quic_listen, usize::from(id.0));
     let (stop_native, native_stopped) = futures::channel::oneshot::channel::<()>();
     let native = rt::spawn(log_exit(
         "quic",
@@ -211,6 +208,17 @@ async fn run_shard(
     drop(listeners);
     shard.shutdown().await;
     tracing::info!(shard = id.0, "shard stopped");
+}
+
+/// Shard `shard`'s QUIC address: `base` with its port plus the shard id (`resolve` checked
+/// that every shard's port fits).
+fn shard_addr(base: std::net::SocketAddr, shard: usize) -> std::net::SocketAddr {
+    let offset = u16::try_from(shard).expect("shard ids fit u16");
+    let port = base
+        .port()
+        .checked_add(offset)
+        .expect("config checked the shard ports");
+    std::net::SocketAddr::new(base.ip(), port)
 }
 
 async fn log_exit<E: std::fmt::Display>(
