@@ -29,7 +29,7 @@ use sluice_net::native::stream::{ReadFrameError, read_frame, write_frame};
 use sluice_net::native::{CLOSE_SHUTTING_DOWN, NativeServerConfig, serve_native_until};
 use sluice_net::quic::tls::{self, ServerIdentity, ServerTlsOptions};
 
-use native_raw::{RawClient as Client, batch};
+use native_raw::{RawClient as Client, assert_error, batch};
 
 /// Far beyond what any of these tests needs; only a lost wake-up or a hang reaches it.
 const TEST_DEADLINE: Duration = Duration::from_secs(120);
@@ -213,16 +213,6 @@ fn stored(batch: &Bytes, base_offset: i64) -> Bytes {
     set_base_offset(&mut bytes, Offset(base_offset));
     sluice_engine::batch::set_leader_epoch(&mut bytes, sluice_engine::LeaderEpoch(0));
     bytes.freeze()
-}
-
-fn assert_error(answer: &Response, expected: ErrorCode) -> String {
-    match answer {
-        Response::Error { code, message } => {
-            assert_eq!(*code, expected, "{message}");
-            message.clone()
-        }
-        other => panic!("expected {expected:?}, got {other:?}"),
-    }
 }
 
 /// The shard endpoint that does not own a partition (two shards).

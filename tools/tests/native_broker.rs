@@ -131,16 +131,6 @@ async fn healthy_rounds(
     }
 }
 
-fn assert_error_answer(answer: &Response, expected: ErrorCode) -> String {
-    match answer {
-        Response::Error { code, message } => {
-            assert_eq!(*code, expected, "{message}");
-            message.clone()
-        }
-        other => panic!("expected {expected:?}, got {other:?}"),
-    }
-}
-
 /// A frame prefix declaring `header_bytes` and `payload_bytes`, with a CRC of nothing.
 fn declaring(header_bytes: u32, payload_bytes: u32) -> Vec<u8> {
     let mut prefix = Vec::with_capacity(frame::PREFIX_BYTES);
@@ -192,7 +182,7 @@ fn bad_frames_fail_alone() {
             .call_raw(b"GET / HTTP/1.1\r\nHost: sluice\r\n\r\n")
             .await
             .expect("an answer");
-        let message = assert_error_answer(&answer, ErrorCode::InvalidRequest);
+        let message = native_raw::assert_error(&answer, ErrorCode::InvalidRequest);
         eprintln!("malformed: {message}");
         healthy.progressed("a malformed frame").await;
 
@@ -201,7 +191,7 @@ fn bad_frames_fail_alone() {
             .call_raw(&whole[..whole.len() - 3])
             .await
             .expect("an answer");
-        let message = assert_error_answer(&answer, ErrorCode::InvalidRequest);
+        let message = native_raw::assert_error(&answer, ErrorCode::InvalidRequest);
         assert!(message.contains("ended"), "{message}");
         eprintln!("truncated: {message}");
         healthy.progressed("a truncated frame").await;
@@ -210,7 +200,7 @@ fn bad_frames_fail_alone() {
         let last = flipped.len() - 1;
         flipped[last] ^= 0x40;
         let answer = bad.call_raw(&flipped).await.expect("an answer");
-        let message = assert_error_answer(&answer, ErrorCode::CorruptMessage);
+        let message = native_raw::assert_error(&answer, ErrorCode::CorruptMessage);
         eprintln!("wrong CRC: {message}");
         healthy.progressed("a wrong CRC").await;
 
@@ -223,7 +213,7 @@ fn bad_frames_fail_alone() {
                 .call_raw(&declaring(header, payload))
                 .await
                 .expect("an answer");
-            let message = assert_error_answer(&answer, ErrorCode::MessageTooLarge);
+            let message = native_raw::assert_error(&answer, ErrorCode::MessageTooLarge);
             eprintln!("declared {header} + {payload} bytes: {message}");
             healthy.progressed("a huge declared length").await;
         }
@@ -286,7 +276,7 @@ fn declared_lengths_do_not_become_memory() {
             while refused < 4 {
                 let (answer, _, rest) = futures::future::select_all(pending).await;
                 let answer = answer.expect("a refusal answer").header;
-                let message = assert_error_answer(&answer, ErrorCode::Overloaded);
+                let message = native_raw::assert_error(&answer, ErrorCode::Overloaded);
                 if refused == 0 {
                     eprintln!("connection {connection}: {message}");
                 }

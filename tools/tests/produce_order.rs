@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures::future::{join, join_all};
-use native_raw::{RawClient, batch};
+use native_raw::{RawClient, assert_error, batch};
 use sluice_net::client::{
     Acks, Client, NewTopic, ProduceError, Producer, ProducerConfig, ProducerRecord,
 };
@@ -57,16 +57,6 @@ fn base_offset(answer: &Response) -> i64 {
     }
 }
 
-fn error_message(answer: &Response, expected: ErrorCode) -> String {
-    match answer {
-        Response::Error { code, message } => {
-            assert_eq!(*code, expected, "{message}");
-            message.clone()
-        }
-        other => panic!("expected {expected:?}, got {other:?}"),
-    }
-}
-
 // Goal: the broker appends sequenced requests in sequence order, not arrival order. Method:
 // on one raw connection, write sequence 1 completely, then sequence 0 on a later stream;
 // 0 must get offset 0 and 1 offset 1. Then a request without a sequence goes at once.
@@ -102,8 +92,8 @@ fn failures_are_not_overtaken() {
         let failing = write(&client, &sequenced("cascade", 0, 0), corrupt.freeze()).await;
         let behind = write(&client, &sequenced("cascade", 1, 0), batch(&["behind"])).await;
         let (failing, behind) = join(answer(failing), answer(behind)).await;
-        error_message(&failing, ErrorCode::CorruptMessage);
-        let message = error_message(&behind, ErrorCode::OutOfOrderSequence);
+        assert_error(&failing, ErrorCode::CorruptMessage);
+        let message = assert_error(&behind, ErrorCode::OutOfOrderSequence);
         assert!(message.contains("earlier request 0 failed"), "{message}");
         eprintln!("behind a failure: {message}");
 
@@ -116,7 +106,7 @@ fn failures_are_not_overtaken() {
 
         // Sequence 3 is never sent: 4 waits for it, then fails naming it.
         let orphan = write(&client, &sequenced("cascade", 4, 3), batch(&["orphan"])).await;
-        let message = error_message(&answer(orphan).await, ErrorCode::OutOfOrderSequence);
+        let message = assert_error(&answer(orphan).await, ErrorCode::OutOfOrderSequence);
         assert!(
             message.contains("earlier request 3 did not arrive"),
             "{message}"
@@ -129,7 +119,7 @@ fn failures_are_not_overtaken() {
             (sequenced("cascade", 1000, 5), "unanswered"),
         ] {
             let refused = write(&client, &request, batch(&["x"])).await;
-            let message = error_message(&answer(refused).await, ErrorCode::InvalidRequest);
+            let message = assert_error(&answer(refused).await, ErrorCode::InvalidRequest);
             assert!(message.contains(why), "{message}");
         }
         let (latest, _) = client

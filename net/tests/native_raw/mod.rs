@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 
 use bytes::Bytes;
 use sluice_engine::batch::{Compression, SimpleRecord, build_batch};
-use sluice_net::native::messages::{OffsetQuery, Request, Response};
+use sluice_net::native::messages::{ErrorCode, OffsetQuery, Request, Response};
 use sluice_net::native::stream::{ReadFrameError, read_frame, write_frame};
 use sluice_net::quic::tls::{self, ClientTlsOptions};
 use sluice_net::quic::{self, ConnectError};
@@ -176,6 +176,17 @@ pub struct Fetched {
 pub fn batch(values: &[&str]) -> Bytes {
     let records: Vec<SimpleRecord> = values.iter().map(|v| SimpleRecord::value(*v)).collect();
     build_batch(&records, Compression::None).expect("batch")
+}
+
+/// Asserts that `answer` is an error with code `expected`; returns its message.
+pub fn assert_error(answer: &Response, expected: ErrorCode) -> String {
+    match answer {
+        Response::Error { code, message } => {
+            assert_eq!(*code, expected, "{message}");
+            message.clone()
+        }
+        other => panic!("expected {expected:?}, got {other:?}"),
+    }
 }
 
 /// Connects with `config` and returns why the broker refused the connection: during the
