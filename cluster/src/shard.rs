@@ -433,8 +433,8 @@ impl Shard {
 
     /// [`Self::produce_local`] in two steps: the append is issued before this returns (so
     /// call order is log order for the partition), and the returned future waits for the
-    /// acknowledgement `acks` asks for. A failure of the first step is not counted in the
-    /// metrics; the native server uses it to order a connection's pipelined produces.
+    /// acknowledgement `acks` asks for; both steps count in the produce metrics as before.
+    /// The native server uses it to order a connection's pipelined produces.
     pub fn produce_local_start(
         &self,
         tp: &TopicPartition,
