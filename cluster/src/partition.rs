@@ -88,22 +88,42 @@ impl PartitionReplica {
     }
 
     /// Validates and appends a producer's batches, waiting as `acks` asks.
-    pub async fn produce(&self, batches: Bytes, acks: Acks) -> Result<ProduceOk, ProduceError> {
+    pub async fn produce(
+        self: &Rc<Self>,
+        batches: Bytes,
+        acks: Acks,
+    ) -> Result<ProduceOk, ProduceError> {
+        self.produce_start(batches, acks)?.await
+    }
+
+    /// [`Self::produce`] in two steps: checks the batches and issues the append now (offsets
+    /// are assigned before this returns, so call order is log order), and returns the wait
+    /// for the durability `acks` asks for. Callers that order appends (the native server's
+    /// produce sequencing) let the next append go as soon as this returns.
+    pub fn produce_start(
+        self: &Rc<Self>,
+        batches: Bytes,
+        acks: Acks,
+    ) -> Result<impl Future<Output = Result<ProduceOk, ProduceError>> + use<>, ProduceError> {
         let (max_bytes, timestamp_type) = {
             let config = self.config.borrow();
             (config.max_message_bytes, config.timestamp_type)
         };
         check_batches(&batches, max_bytes)?;
-        let storage = |e: AppendError| ProduceError::Storage(e.to_string());
         let append_time = sluice_engine::rt::clock::unix_now_ms();
-        let info = self.append_ordered(batches, acks).await.map_err(storage)?;
-        self.appended(info);
-        Ok(ProduceOk {
-            base_offset: info.base_offset,
-            last_offset: info.last_offset,
-            log_append_time: (timestamp_type == TimestampType::LogAppendTime)
-                .then_some(append_time),
-            log_start_offset: self.log.log_start_offset(),
+        let pending = self.append_ordered(batches, acks);
+        let replica = Rc::clone(self);
+        Ok(async move {
+            let storage = |e: AppendError| ProduceError::Storage(e.to_string());
+            let info = pending.await.map_err(storage)?;
+            replica.appended(info);
+            Ok(ProduceOk {
+                base_offset: info.base_offset,
+                last_offset: info.last_offset,
+                log_append_time: (timestamp_type == TimestampType::LogAppendTime)
+                    .then_some(append_time),
+                log_start_offset: replica.log.log_start_offset(),
+            })
         })
     }
 

@@ -490,6 +490,19 @@ impl Shard {
         batches: Bytes,
         acks: Acks,
     ) -> Result<ProduceOk, ProduceError> {
+        self.produce_local_start(tp, batches, acks)?.await
+    }
+
+    /// [`Self::produce_local`] in two steps: the append is issued before this returns (so
+    /// call order is log order for the partition), and the returned future waits for the
+    /// acknowledgement `acks` asks for; both steps count in the produce metrics as before.
+    /// The native server uses it to order a connection's pipelined produces.
+    pub fn produce_local_start(
+        &self,
+        tp: &TopicPartition,
+        batches: Bytes,
+        acks: Acks,
+    ) -> Result<impl Future<Output = Result<ProduceOk, ProduceError>> + '_, ProduceError> {
         if self.stopping.get() {
             return Err(ProduceError::ShuttingDown);
         }
@@ -500,9 +513,20 @@ impl Shard {
             .local(tp)
             .ok_or_else(|| ProduceError::UnknownTopicOrPartition(tp.to_string()))?;
         let bytes = batches.len() as u64;
-        let result = replica.produce(batches, acks).await;
-        self.metrics.record_produce(tp, bytes, result.as_ref().ok());
-        result
+        let pending = match replica.produce_start(batches, acks) {
+            Ok(pending) => pending,
+            Err(error) => {
+                self.metrics.record_produce(tp, bytes, None);
+                return Err(error);
+            }
+        };
+        let tp = tp.clone();
+        Ok(async move {
+            let result = pending.await;
+            self.metrics
+                .record_produce(&tp, bytes, result.as_ref().ok());
+            result
+        })
     }
 
     /// Reads from `tp` wherever it lives, waiting up to `request.max_wait` for data.

@@ -107,6 +107,21 @@ pub const NATIVE_CONNECTION_BUFFER_BYTES_MIN: usize = 64 << 10;
 pub const NATIVE_BUDGET_WAITERS_MAX: usize =
     (QUIC_CONNECTION_RECEIVE_WINDOW_BYTES / QUIC_STREAM_RECEIVE_WINDOW_BYTES) as usize - 1;
 
+/// Sequenced produce requests of one partition on one connection that may be unanswered at
+/// once (net/PROTOCOL.md, "Produce ordering"): a request numbered further ahead of the oldest
+/// unanswered one is refused at once. A connection carries at most `QUIC_BIDI_STREAMS_MAX`
+/// requests at a time, so a correct client never exceeds it; it bounds the sequence numbers
+/// the server keeps per partition (two sets of at most this many).
+pub const NATIVE_PRODUCE_REORDER_WINDOW: u64 = QUIC_BIDI_STREAMS_MAX as u64;
+
+/// How long a sequenced produce request waits for an earlier one of its partition to arrive
+/// before it fails with `OutOfOrderSequence` (retriable). The earlier request's bytes left
+/// the client first, so it is normally there already; it is late when it is large and the
+/// link is slow, or when it was refused before its header was read. A request that gives up
+/// never overtakes the one it waited for (it fails instead), so this bounds only how long a
+/// lost predecessor holds up its successors and their budget.
+pub const NATIVE_PRODUCE_GAP_WAIT_MS_MAX: u64 = 5_000;
+
 /// Longest a native fetch may long-poll, whatever `max_wait_ms` the client asks for: as the
 /// Kafka listener's cap, it keeps a misbehaving client from parking work for hours.
 pub const NATIVE_FETCH_WAIT_MS_MAX: u64 = 30_000;
@@ -132,6 +147,8 @@ const _: () = assert!(
         <= QUIC_CONNECTION_RECEIVE_WINDOW_BYTES as u64
 );
 const _: () = assert!(NATIVE_CLOSE_WAIT_MS_MAX < NATIVE_DRAIN_WAIT_MS_MAX);
+const _: () = assert!(NATIVE_PRODUCE_REORDER_WINDOW >= 1);
+const _: () = assert!(NATIVE_PRODUCE_GAP_WAIT_MS_MAX < CLIENT_REQUEST_TIMEOUT_MS_DEFAULT);
 
 /// Largest admin HTTP request head. Scrapers send a few hundred bytes; 8 KiB is generous and
 /// bounds memory per admin connection.
@@ -159,13 +176,13 @@ pub const PRODUCER_BUFFER_BYTES_DEFAULT: usize = 32 << 20;
 
 /// Default `ProducerConfig::in_flight_max`: produce requests outstanding per partition.
 ///
-/// One, so a partition's records land in order whatever the broker does with concurrent
-/// streams; throughput does not depend on it much, because each request carries every batch
-/// ready for the partition (up to `request_bytes_max`): the longer a request takes, the more
-/// the next one carries. More than one hides the round trip as well, and keeps order only if
-/// the broker applies a connection's requests for a partition in stream order (the rule in
-/// net/PROTOCOL.md, "Ordering").
-pub const PRODUCER_IN_FLIGHT_PER_PARTITION_DEFAULT: usize = 1;
+/// Kafka's `max.in.flight.requests.per.connection` default: enough to hide a round trip
+/// behind four others. Order holds whatever the count: the client numbers a partition's
+/// requests per connection and the broker appends them in that order, failing the ones
+/// behind a failed one so they are resent after it (net/PROTOCOL.md, "Produce ordering").
+/// Each request carries every batch ready for the partition (up to `request_bytes_max`), so
+/// more in flight mostly helps small, latency-bound producers.
+pub const PRODUCER_IN_FLIGHT_PER_PARTITION_DEFAULT: usize = 5;
 
 /// Default `ProducerConfig::request_bytes_max`: the largest batch the producer builds.
 ///
@@ -259,5 +276,7 @@ const _: () = assert!(UDP_SEND_BUFFER_BYTES <= i32::MAX as usize);
 const _: () = assert!(PRODUCER_BATCH_BYTES_DEFAULT <= PRODUCER_REQUEST_BYTES_DEFAULT);
 const _: () = assert!(PRODUCER_REQUEST_BYTES_DEFAULT <= BATCH_BYTES_MAX);
 const _: () = assert!(PRODUCER_BUFFER_BYTES_DEFAULT >= PRODUCER_REQUEST_BYTES_DEFAULT);
+const _: () =
+    assert!(PRODUCER_IN_FLIGHT_PER_PARTITION_DEFAULT as u64 <= NATIVE_PRODUCE_REORDER_WINDOW);
 const _: () = assert!(CLIENT_RETRY_BACKOFF_MS_DEFAULT <= CLIENT_RETRY_BACKOFF_MS_MAX_DEFAULT);
 const _: () = assert!(CONSUMER_FETCH_BYTES_DEFAULT as usize <= FRAME_PAYLOAD_BYTES_MAX);

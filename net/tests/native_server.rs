@@ -7,6 +7,8 @@
 //! that one client's bad input leaves the broker serving the others. Tests that need other
 //! settings (a small connection budget, no auto-create, a shutdown) start their own.
 
+mod native_raw;
+
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -18,15 +20,16 @@ use futures::future::{Either, select};
 use futures::stream::FuturesUnordered;
 use sluice_cluster::metadata::{BrokerInfo, FileMetadataStore};
 use sluice_cluster::shard::{Shard, ShardConfig, ShardMsg};
-use sluice_engine::batch::{Compression, SimpleRecord, build_batch, set_base_offset};
+use sluice_engine::batch::set_base_offset;
 use sluice_engine::rt::shards::{self, ShardContext, ShardsConfig};
 use sluice_engine::{BrokerId, Offset, rt};
 use sluice_net::native::frame::{self, FrameError, PROTOCOL_VERSION};
 use sluice_net::native::messages::{ErrorCode, OffsetQuery, Request, Response};
 use sluice_net::native::stream::{ReadFrameError, read_frame, write_frame};
 use sluice_net::native::{CLOSE_SHUTTING_DOWN, NativeServerConfig, serve_native_until};
-use sluice_net::quic::tls::{self, ClientTlsOptions, ServerIdentity, ServerTlsOptions};
-use sluice_net::quic::{self, ConnectError};
+use sluice_net::quic::tls::{self, ServerIdentity, ServerTlsOptions};
+
+use native_raw::{RawClient as Client, assert_error, batch};
 
 /// Far beyond what any of these tests needs; only a lost wake-up or a hang reaches it.
 const TEST_DEADLINE: Duration = Duration::from_secs(120);
@@ -204,172 +207,12 @@ impl TestBroker {
     }
 }
 
-/// A raw native-protocol client connected to one shard endpoint.
-struct Client {
-    _endpoint: quinn::Endpoint,
-    connection: quinn::Connection,
-}
-
-impl Client {
-    async fn try_connect(server: SocketAddr) -> Result<Client, ConnectError> {
-        let endpoint =
-            quic::client_endpoint("127.0.0.1:0".parse().expect("addr")).expect("client endpoint");
-        let config =
-            tls::client_config(&ClientTlsOptions::default(), server).expect("client config");
-        let connection = quic::connect(&endpoint, server, "localhost", config).await?;
-        Ok(Client {
-            _endpoint: endpoint,
-            connection,
-        })
-    }
-
-    async fn connect(server: SocketAddr) -> Client {
-        Client::try_connect(server)
-            .await
-            .expect("loopback connection")
-    }
-
-    /// Sends `request` with an empty payload; returns the answer header and payload.
-    async fn call(&self, request: &Request) -> (Response, Bytes) {
-        self.call_with(request, Bytes::new()).await
-    }
-
-    async fn call_with(&self, request: &Request, payload: Bytes) -> (Response, Bytes) {
-        let (mut send, mut recv) = self.connection.open_bi().await.expect("open stream");
-        // A server that refuses a request stops reading it (STOP_SENDING), which may fail the
-        // write; its answer still follows.
-        let _ = write_frame(&mut send, request, payload).await;
-        let answer = read_frame::<Response>(&mut recv)
-            .await
-            .expect("read answer");
-        (answer.header, answer.payload)
-    }
-
-    /// Sends raw bytes as a request stream; returns the decoded answer (or its error).
-    async fn call_raw(&self, bytes: &[u8]) -> Result<Response, ReadFrameError> {
-        let (mut send, mut recv) = self.connection.open_bi().await.expect("open stream");
-        send.write_all(bytes).await.expect("write raw request");
-        send.finish().expect("finish");
-        read_frame::<Response>(&mut recv).await.map(|f| f.header)
-    }
-
-    async fn create_topic(&self, name: &str, partitions: i32, configs: &[(&str, &str)]) {
-        let request = Request::CreateTopic {
-            name: name.into(),
-            partitions,
-            replication: 1,
-            configs: configs
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect(),
-        };
-        let (answer, _) = self.call(&request).await;
-        assert_eq!(answer, Response::Done { value: 0 }, "create {name}");
-    }
-
-    /// Shard endpoint owning each partition of `topic`, per metadata.
-    async fn owners(&self, topic: &str) -> Vec<SocketAddr> {
-        let request = Request::Metadata {
-            topics: Some(vec![topic.into()]),
-        };
-        let (answer, _) = self.call(&request).await;
-        let Response::Metadata {
-            brokers, topics, ..
-        } = answer
-        else {
-            panic!("metadata answer: {answer:?}");
-        };
-        assert_eq!(topics.len(), 1);
-        assert_eq!(topics[0].name, topic);
-        topics[0]
-            .partitions
-            .iter()
-            .map(|p| {
-                let broker = brokers
-                    .iter()
-                    .find(|b| b.id == p.leader)
-                    .expect("leader listed");
-                broker.shards[usize::from(p.shard)]
-                    .parse()
-                    .expect("endpoint address")
-            })
-            .collect()
-    }
-
-    async fn produce(&self, topic: &str, partition: i32, acks: i8, batch: Bytes) -> Response {
-        let request = Request::Produce {
-            topic: topic.into(),
-            partition,
-            acks,
-        };
-        self.call_with(&request, batch).await.0
-    }
-
-    async fn fetch(&self, topic: &str, partition: i32, offset: i64, wait_ms: u32) -> Fetched {
-        let request = Request::Fetch {
-            topic: topic.into(),
-            partition,
-            offset,
-            max_bytes: 1 << 20,
-            max_wait_ms: wait_ms,
-        };
-        match self.call(&request).await {
-            (
-                Response::Fetched {
-                    high_watermark,
-                    log_start_offset,
-                },
-                batches,
-            ) => Fetched {
-                high_watermark,
-                log_start_offset,
-                batches,
-            },
-            other => panic!("fetch {topic}-{partition}@{offset}: {other:?}"),
-        }
-    }
-
-    async fn latest(&self, topic: &str, partition: i32) -> i64 {
-        let request = Request::ListOffset {
-            topic: topic.into(),
-            partition,
-            query: OffsetQuery::Latest,
-        };
-        match self.call(&request).await.0 {
-            Response::Offset { offset, .. } => offset,
-            other => panic!("list offset: {other:?}"),
-        }
-    }
-}
-
-#[derive(Debug)]
-struct Fetched {
-    high_watermark: i64,
-    log_start_offset: i64,
-    batches: Bytes,
-}
-
-fn batch(values: &[&str]) -> Bytes {
-    let records: Vec<SimpleRecord> = values.iter().map(|v| SimpleRecord::value(*v)).collect();
-    build_batch(&records, Compression::None).expect("batch")
-}
-
 /// `batch` as the broker stores it: with its assigned base offset and leader epoch 0.
 fn stored(batch: &Bytes, base_offset: i64) -> Bytes {
     let mut bytes = BytesMut::from(&batch[..]);
     set_base_offset(&mut bytes, Offset(base_offset));
     sluice_engine::batch::set_leader_epoch(&mut bytes, sluice_engine::LeaderEpoch(0));
     bytes.freeze()
-}
-
-fn assert_error(answer: &Response, expected: ErrorCode) -> String {
-    match answer {
-        Response::Error { code, message } => {
-            assert_eq!(*code, expected, "{message}");
-            message.clone()
-        }
-        other => panic!("expected {expected:?}, got {other:?}"),
-    }
 }
 
 /// The shard endpoint that does not own a partition (two shards).
@@ -823,7 +666,10 @@ fn future_version_is_rejected() {
         match client.call_raw(&future).await {
             Err(ReadFrameError::Frame(error @ FrameError::Rejected { .. })) => {
                 assert_eq!(error.error_code(), ErrorCode::UnsupportedVersion);
-                assert!(error.to_string().contains("unsupported protocol version 2"));
+                assert!(error.to_string().contains(&format!(
+                    "unsupported protocol version {}",
+                    PROTOCOL_VERSION + 1
+                )));
             }
             other => panic!("expected a version rejection, got {other:?}"),
         }
@@ -856,6 +702,7 @@ fn connection_budget_waits_and_refuses() {
             topic: "budget".into(),
             partition: 0,
             acks: 1,
+            sequence: None,
         };
 
         let huge = batch(&[&"h".repeat(100 << 10)]);

@@ -19,6 +19,7 @@ fn request_strategy() -> impl Strategy<Value = Request> {
                 topic,
                 partition,
                 acks,
+                sequence: None,
             }
         }),
         (

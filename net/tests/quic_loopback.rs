@@ -121,6 +121,7 @@ async fn echo(connection: &quinn::Connection, partition: i32, body: Bytes) {
         topic: "echo".into(),
         partition,
         acks: 1,
+        sequence: None,
     };
     write_frame(&mut send, &request, body.clone())
         .await
@@ -190,6 +191,7 @@ fn concurrent_streams_echo_and_bad_frames_fail_alone() {
                 topic: "t".into(),
                 partition: 0,
                 acks: 1,
+                sequence: None,
             },
             b"abc",
         )
@@ -217,7 +219,10 @@ fn concurrent_streams_echo_and_bad_frames_fail_alone() {
         match send_raw(&connection, &future).await {
             Err(ReadFrameError::Frame(error @ FrameError::Rejected { .. })) => {
                 assert!(
-                    error.to_string().contains("unsupported protocol version 2"),
+                    error.to_string().contains(&format!(
+                        "unsupported protocol version {}",
+                        PROTOCOL_VERSION + 1
+                    )),
                     "{error}"
                 );
             }

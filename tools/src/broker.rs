@@ -48,8 +48,9 @@ pub fn run(mut config: BrokerConfig) -> anyhow::Result<()> {
     raise_open_files_limit();
 
     let node = BrokerId(config.node_id);
+    // Metadata advertises `--quic-advertise` (default: the listen address) per shard.
     let quic_addrs: Vec<SocketAddr> = (0..config.cores)
-        .map(|i| with_port_offset(config.quic_listen, i))
+        .map(|i| with_port_offset(config.quic_advertise, i))
         .collect();
     let (store, snapshot, controller) = if config.seeds.is_empty() {
         let (store, snapshot) = single_broker_metadata(&config, node, quic_addrs)?;
@@ -87,6 +88,7 @@ pub fn run(mut config: BrokerConfig) -> anyhow::Result<()> {
         cores = config.cores,
         kafka = %config.kafka_listen,
         quic = %config.quic_listen,
+        quic_advertise = %config.quic_advertise,
         admin = %config.admin_listen,
         "starting broker"
     );
@@ -200,9 +202,12 @@ fn native_config(config: &BrokerConfig) -> anyhow::Result<NativeServerConfig> {
         }),
         _ => {
             let mut names = tls::default_self_signed_names();
-            let ip = config.quic_listen.ip();
-            if !ip.is_loopback() && !ip.is_unspecified() {
-                names.push(ip.to_string());
+            // The certificate names the addresses clients are told to use.
+            for ip in [config.quic_listen.ip(), config.quic_advertise.ip()] {
+                let name = ip.to_string();
+                if !ip.is_loopback() && !ip.is_unspecified() && !names.contains(&name) {
+                    names.push(name);
+                }
             }
             ServerIdentity::SelfSigned {
                 dir: config.data_dir.join("tls"),
@@ -271,7 +276,7 @@ async fn run_shard(
         "kafka",
         sluice_net::kafka::serve_kafka(Rc::clone(&shard), kafka),
     )));
-    // Shard i binds the endpoint metadata advertises for it (`--quic-listen` port + i).
+    // Shard i binds `--quic-listen` port + i; metadata advertises `--quic-advertise` port + i.
     native.listen = with_port_offset(config.quic_listen, usize::from(id.0));
     let (stop_native, native_stopped) = futures::channel::oneshot::channel::<()>();
     let native = rt::spawn(log_exit(

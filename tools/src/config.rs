@@ -35,6 +35,11 @@ pub struct BrokerArgs {
     /// QUIC listener of shard 0; shard i listens on the port plus i [default: 127.0.0.1:9192].
     #[arg(long)]
     pub quic_listen: Option<SocketAddr>,
+    /// QUIC endpoint of shard 0 advertised to clients in metadata (behind NAT, or when
+    /// listening on 0.0.0.0); shard i is advertised at the port plus i
+    /// [default: the listen address].
+    #[arg(long)]
+    pub quic_advertise: Option<SocketAddr>,
     /// Admin HTTP listener (/health, /metrics) [default: 127.0.0.1:9644].
     #[arg(long)]
     pub admin_listen: Option<SocketAddr>,
@@ -134,6 +139,7 @@ pub struct BrokerConfig {
     pub kafka_listen: SocketAddr,
     pub kafka_advertise: SocketAddr,
     pub quic_listen: SocketAddr,
+    pub quic_advertise: SocketAddr,
     pub admin_listen: SocketAddr,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
@@ -170,6 +176,10 @@ impl BrokerArgs {
             .kafka_listen
             .or(file.kafka_listen)
             .unwrap_or_else(|| addr("127.0.0.1:9092"));
+        let quic_listen = self
+            .quic_listen
+            .or(file.quic_listen)
+            .unwrap_or_else(|| addr("127.0.0.1:9192"));
         let tls_cert = self.tls_cert.or(file.tls_cert);
         let tls_key = self.tls_key.or(file.tls_key);
         anyhow::ensure!(
@@ -216,10 +226,11 @@ impl BrokerArgs {
                 .kafka_advertise
                 .or(file.kafka_advertise)
                 .unwrap_or(kafka_listen),
-            quic_listen: self
-                .quic_listen
-                .or(file.quic_listen)
-                .unwrap_or_else(|| addr("127.0.0.1:9192")),
+            quic_listen,
+            quic_advertise: self
+                .quic_advertise
+                .or(file.quic_advertise)
+                .unwrap_or(quic_listen),
             admin_listen: self
                 .admin_listen
                 .or(file.admin_listen)
@@ -269,6 +280,22 @@ impl BrokerArgs {
                 "--node-id {} is not in --seeds: brokers outside the controller quorum \
                  (observers) are not supported yet",
                 config.node_id
+            );
+        }
+        // Shard i uses port + i on both addresses; every one must be a valid port.
+        for (flag, address) in [
+            ("--quic-listen", config.quic_listen),
+            ("--quic-advertise", config.quic_advertise),
+        ] {
+            anyhow::ensure!(
+                usize::from(address.port()) + config.cores <= usize::from(u16::MAX) + 1,
+                "{flag} port {} leaves no port for each of the {} shards",
+                address.port(),
+                config.cores
+            );
+            anyhow::ensure!(
+                flag == "--quic-listen" || !address.ip().is_unspecified(),
+                "--quic-advertise {address} is not an address clients can reach"
             );
         }
         anyhow::ensure!(config.node_id >= 0, "--node-id must not be negative");

@@ -10,48 +10,26 @@
 mod support;
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::process::Command;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::future::{Either, select};
 use sluice_engine::TimestampMs;
 use sluice_engine::batch::Compression;
-use sluice_engine::rt;
 use sluice_net::client::{
-    Acks, Client, ClientConfig, Consumer, ConsumerConfig, ConsumerRecord, DefaultPartitioner,
-    NewTopic, Partitioner, Producer, ProducerConfig, ProducerRecord, Seek,
+    Acks, Client, Consumer, ConsumerConfig, ConsumerRecord, DefaultPartitioner, NewTopic,
+    Partitioner, Producer, ProducerConfig, ProducerRecord, Seek,
 };
 use sluice_net::native::messages::ErrorCode;
-use support::{Broker, assert_error, assert_success, run_with_input, sluice_bin};
-
-/// Far beyond what any test here needs; only a hang reaches it.
-const TEST_DEADLINE: Duration = Duration::from_secs(300);
+use support::{
+    Broker, assert_error, assert_same_record, assert_success, connect, read_records, run,
+    run_with_input, sluice_bin,
+};
 
 /// Records per acks level and per codec in the round-trip test.
 const ROUND_TRIP_RECORDS: usize = 100_000;
 
 const PARTITIONS: i32 = 4;
-
-/// Runs `future` on a client executor on this thread, failing the test if it hangs.
-fn run<T>(future: impl Future<Output = T>) -> T {
-    rt::try_block_on(async move {
-        let deadline = rt::sleep(TEST_DEADLINE);
-        futures::pin_mut!(future, deadline);
-        match select(future, deadline).await {
-            Either::Left((output, _)) => output,
-            Either::Right(_) => panic!("test did not finish within {TEST_DEADLINE:?}"),
-        }
-    })
-    .expect("executor starts")
-}
-
-async fn connect(broker: &Broker) -> Client {
-    Client::connect(ClientConfig::new([broker.brokers()]))
-        .await
-        .unwrap_or_else(|error| panic!("connect: {error}\nbroker log:\n{}", broker.log()))
-}
 
 /// The record number `i` of a round-trip run: keyed, with a header and an explicit time.
 fn record(topic: &str, i: usize) -> ProducerRecord {
@@ -81,21 +59,7 @@ async fn read_partition(
     partition: i32,
     count: usize,
 ) -> Vec<ConsumerRecord> {
-    let consumer = Consumer::new(client, ConsumerConfig::default());
-    consumer.assign(&[(topic, partition)]);
-    let mut records = Vec::with_capacity(count);
-    while records.len() < count {
-        let batch = consumer
-            .poll(Duration::from_secs(30))
-            .await
-            .unwrap_or_else(|error| panic!("{topic}-{partition}: {error}"));
-        assert!(
-            !batch.is_empty(),
-            "{topic}-{partition}: nothing new within 30 s after {} of {count} records",
-            records.len()
-        );
-        records.extend(batch);
-    }
+    let (records, consumer) = read_records(client, &[(topic, partition)], count).await;
     assert!(
         consumer
             .poll(Duration::from_millis(100))
@@ -116,20 +80,7 @@ fn assert_same(topic: &str, partition: i32, consumed: &[ConsumerRecord], sent: &
     for (index, (got, want)) in consumed.iter().zip(sent).enumerate() {
         let at = format!("{topic}-{partition} offset {}", got.offset);
         assert_eq!(got.offset, index as i64, "{at}: offsets dense from 0");
-        assert_eq!(got.key, want.key, "{at}: key");
-        assert_eq!(got.value, want.value, "{at}: value");
-        assert_eq!(Some(got.timestamp), want.timestamp, "{at}: timestamp");
-        let headers: Vec<(&[u8], Option<&[u8]>)> = got
-            .headers
-            .iter()
-            .map(|h| (&h.key[..], h.value.as_deref()))
-            .collect();
-        let wanted: Vec<(&[u8], Option<&[u8]>)> = want
-            .headers
-            .iter()
-            .map(|(k, v)| (k.as_bytes(), v.as_deref()))
-            .collect();
-        assert_eq!(headers, wanted, "{at}: headers");
+        assert_same_record(&at, got, want);
     }
 }
 

@@ -561,6 +561,8 @@ impl Client {
             topic: topic.to_owned(),
             partition,
             acks: acks.wire(),
+            // The pool numbers it on the connection it is written to.
+            sequence: None,
         };
         let timeout = self.inner.config.request_timeout;
         let address = self.leader_address(topic, partition).await?;

@@ -11,7 +11,7 @@
 //! Must not depend on: metadata or anything above one request/answer exchange.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::rc::Rc;
@@ -25,7 +25,7 @@ use sluice_engine::util::Notify;
 
 use super::error::ClientError;
 use crate::native::frame::{Frame, FrameError};
-use crate::native::messages::{Request, Response};
+use crate::native::messages::{ProduceSequence, Request, Response};
 use crate::native::stream::{ReadFrameError, WriteFrameError, read_frame, write_frame};
 use crate::quic::tls::{self, ClientTlsOptions};
 use crate::quic::{self, ConnectError};
@@ -78,6 +78,90 @@ impl WriteOrder {
         if let Some(written) = self.written.take() {
             let _ = written.send(());
         }
+    }
+}
+
+/// Produce sequence numbers per connection and partition (net/PROTOCOL.md, "Produce
+/// ordering"): every produce request the pool writes is numbered on the connection it is
+/// written to, in write order, and tells the broker the oldest request of its partition still
+/// unanswered, so the broker appends them in the order they were written.
+#[derive(Default)]
+struct Sequences {
+    /// By (connection `stable_id`, topic, partition).
+    lanes: RefCell<HashMap<(usize, String, i32), SequenceLane>>,
+}
+
+#[derive(Default)]
+struct SequenceLane {
+    /// The sequence of the next request written.
+    next: u64,
+    /// Sequences written and not answered yet. Invariant: all below `next`.
+    unanswered: BTreeSet<u64>,
+}
+
+/// A numbered produce request in flight; counts as answered once dropped.
+struct Numbered {
+    sequences: Rc<Sequences>,
+    key: (usize, String, i32),
+    sequence: u64,
+}
+
+impl Drop for Numbered {
+    fn drop(&mut self) {
+        if let Some(lane) = self.sequences.lanes.borrow_mut().get_mut(&self.key) {
+            lane.unanswered.remove(&self.sequence);
+        }
+    }
+}
+
+impl Sequences {
+    /// Numbers `request` for `connection` if it is an unnumbered produce: the numbered copy
+    /// and the guard that marks it answered.
+    fn number(
+        self: &Rc<Self>,
+        connection: &quinn::Connection,
+        request: &Request,
+    ) -> Option<(Request, Numbered)> {
+        let Request::Produce {
+            topic,
+            partition,
+            acks,
+            sequence: None,
+        } = request
+        else {
+            return None;
+        };
+        let key = (connection.stable_id(), topic.clone(), *partition);
+        let mut lanes = self.lanes.borrow_mut();
+        let lane = lanes.entry(key.clone()).or_default();
+        let sequence = lane.next;
+        lane.next += 1;
+        let unanswered_from = lane.unanswered.first().copied().unwrap_or(sequence);
+        let fresh = lane.unanswered.insert(sequence);
+        assert!(fresh, "produce sequence {sequence} numbered twice");
+        let numbered = Request::Produce {
+            topic: topic.clone(),
+            partition: *partition,
+            acks: *acks,
+            sequence: Some(ProduceSequence {
+                sequence,
+                unanswered_from,
+            }),
+        };
+        let guard = Numbered {
+            sequences: Rc::clone(self),
+            key,
+            sequence,
+        };
+        Some((numbered, guard))
+    }
+
+    /// Forgets the lanes of a connection that is no longer used.
+    fn forget(&self, connection: &quinn::Connection) {
+        let id = connection.stable_id();
+        self.lanes
+            .borrow_mut()
+            .retain(|(owner, _, _), _| *owner != id);
     }
 }
 
@@ -165,6 +249,7 @@ pub(crate) struct Pool {
     /// acknowledged at the QUIC level; `close` waits for them, since closing a connection
     /// discards data not yet delivered.
     unanswered: Rc<Unanswered>,
+    sequences: Rc<Sequences>,
 }
 
 /// Count of written-but-unacknowledged `send_only` requests.
@@ -207,6 +292,7 @@ impl Pool {
             slots: RefCell::new(HashMap::new()),
             changed: Notify::new(),
             unanswered: Rc::new(Unanswered::default()),
+            sequences: Rc::new(Sequences::default()),
         }
     }
 
@@ -224,6 +310,8 @@ impl Pool {
         let exchange = async {
             order.wait_turn().await;
             let connection = self.connection(target).await?;
+            let numbered = self.sequences.number(&connection, request);
+            let request = numbered.as_ref().map_or(request, |(numbered, _)| numbered);
             let result = exchange(&connection, target.addr, request, payload, &mut order).await;
             if let Err(error) = &result
                 && error.is_connection_failure()
@@ -239,7 +327,10 @@ impl Pool {
                 // timeout): the next request opens a new one, while requests still in flight
                 // on the old one finish or fail there.
                 let mut slots = self.slots.borrow_mut();
-                if let Some(Slot::Ready(_)) = slots.get(&target.addr) {
+                if let Some(Slot::Ready(connection)) = slots.get(&target.addr) {
+                    // The timed-out request may still be appended there: later requests go
+                    // on a new connection, in a new sequence space.
+                    self.sequences.forget(connection);
                     slots.remove(&target.addr);
                 }
                 Err(ClientError::Timeout {
@@ -263,6 +354,11 @@ impl Pool {
         let send = async {
             order.wait_turn().await;
             let connection = self.connection(target).await?;
+            let (numbered, guard) = match self.sequences.number(&connection, request) {
+                Some((numbered, guard)) => (Some(numbered), Some(guard)),
+                None => (None, None),
+            };
+            let request = numbered.as_ref().unwrap_or(request);
             let result = send_frame(&connection, target.addr, request, payload).await;
             order.written();
             if let Err(error) = &result
@@ -270,10 +366,8 @@ impl Pool {
             {
                 self.evict(target.addr, &connection);
             }
-            let (send, mut recv) = result?;
-            // Nothing more will be read from this stream; tell the broker not to bother.
-            let _ = recv.stop(quinn::VarInt::from_u32(0));
-            self.track_unanswered(send, timeout);
+            let (send, recv) = result?;
+            self.track_unanswered(send, recv, guard, timeout);
             Ok(())
         };
         with_timeout(timeout, send)
@@ -343,6 +437,7 @@ impl Pool {
         {
             slots.remove(&addr);
         }
+        self.sequences.forget(connection);
     }
 
     fn endpoint(&self, broker: SocketAddr) -> Result<quinn::Endpoint, ClientError> {
@@ -377,12 +472,22 @@ impl Pool {
         Ok(config)
     }
 
-    /// Counts `send` as unanswered until the broker has acknowledged its bytes (or `timeout`).
-    fn track_unanswered(&self, send: quinn::SendStream, timeout: Duration) {
+    /// Counts a request written without waiting for its answer as unanswered until the answer
+    /// comes (or `timeout`): its produce sequence stays unanswered until then, and `close`
+    /// waits for it.
+    fn track_unanswered(
+        &self,
+        send: quinn::SendStream,
+        mut recv: quinn::RecvStream,
+        numbered: Option<Numbered>,
+        timeout: Duration,
+    ) {
         let unanswered = Rc::clone(&self.unanswered);
         unanswered.count.set(unanswered.count.get() + 1);
         rt::spawn(async move {
-            let _ = with_timeout(timeout, send.stopped()).await;
+            // The answer itself is not wanted (acks=0); its arrival is.
+            let _ = with_timeout(timeout, read_frame::<Response>(&mut recv)).await;
+            drop((send, numbered));
             unanswered.count.set(unanswered.count.get() - 1);
             unanswered.drained.notify();
         })

@@ -13,19 +13,23 @@
 //! - **Driver** (one task per producer): drains the queue as memory frees up, closes
 //!   lingering batches, and starts a request per partition while the partition has fewer
 //!   than `in_flight_max` requests outstanding. A request carries every batch ready for the
-//!   partition, oldest first, up to `request_bytes_max`, so with the default of one request
-//!   in flight the next request grows while the current one is out: throughput follows the
-//!   broker's latency instead of being capped by it.
+//!   partition, oldest first, up to `request_bytes_max`, so the next request grows while the
+//!   current ones are out: throughput follows the broker's latency instead of being capped
+//!   by it.
 //! - **Send tasks** build the batches (compressing them: the heavy CPU part, done off the
 //!   enqueue path with a yield first) and send them on the client's connection to the owning
-//!   shard. A partition's requests are written in order (`WriteOrder`); with more than one in
-//!   flight, order on the broker also needs its stream-order rule (net/PROTOCOL.md).
+//!   shard. A partition's requests are written in order (`WriteOrder`), and the connection
+//!   numbers them, so the broker appends them in that order however many are in flight
+//!   (net/PROTOCOL.md, "Produce ordering").
 //! - **Retries**: a request that fails retriably pauses its partition; once the partition's
 //!   other requests have finished, the failed batches are resent, one request at a time,
-//!   oldest first, before any later batch, after a backoff. A request of several batches that
-//!   fails for good is split and each batch resent alone, so only the batch at fault fails.
-//!   With `in_flight_max > 1`, requests already in flight behind a failed one may land before
-//!   it (as in Kafka without idempotence).
+//!   oldest first, before any later batch, after a backoff. The broker fails the requests in
+//!   flight behind a failed one (`OutOfOrderSequence`, retriable) instead of appending them,
+//!   so they are resent after it and order holds. A request of several batches that fails
+//!   for good is split and each batch resent alone, so only the batch at fault fails. Only a
+//!   request whose outcome is unknown (a timeout, a lost connection) may have been appended
+//!   after all, so its resend may duplicate it and land after later ones, as in Kafka
+//!   without idempotence.
 //!
 //! # Memory
 //!

@@ -54,6 +54,9 @@ pub enum ErrorCode {
     InvalidReplicationFactor = 15,
     /// An internal error; the message says more.
     Internal = 16,
+    /// A sequenced produce request was not appended because an earlier request of its
+    /// partition on the connection failed or did not arrive; resend them in order.
+    OutOfOrderSequence = 17,
 }
 
 impl ErrorCode {
@@ -61,7 +64,10 @@ impl ErrorCode {
     pub fn is_retriable(self) -> bool {
         matches!(
             self,
-            ErrorCode::Overloaded | ErrorCode::ShuttingDown | ErrorCode::NotOwner
+            ErrorCode::Overloaded
+                | ErrorCode::ShuttingDown
+                | ErrorCode::NotOwner
+                | ErrorCode::OutOfOrderSequence
         )
     }
 }
@@ -80,6 +86,19 @@ pub enum OffsetQuery {
     },
 }
 
+/// The place of a produce request among the requests for its partition on its connection
+/// (net/PROTOCOL.md, "Produce ordering"): the server appends it only after the requests it
+/// follows.
+#[derive(Archive, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProduceSequence {
+    /// 0 for the connection's first sequenced produce to the partition, then one more per
+    /// request, in the order the requests were written.
+    pub sequence: u64,
+    /// The sequence of the oldest earlier request for the partition on the connection that
+    /// had no answer when this one was written; `sequence` when there was none.
+    pub unanswered_from: u64,
+}
+
 /// A request header.
 #[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub enum Request {
@@ -96,6 +115,9 @@ pub enum Request {
         partition: i32,
         /// Acknowledgement level.
         acks: i8,
+        /// Ordering after the earlier requests of the partition on this connection; `None`
+        /// for a request that need not follow any.
+        sequence: Option<ProduceSequence>,
     },
     /// Read record batches.
     Fetch {
@@ -303,6 +325,10 @@ mod tests {
                 topic: "t".into(),
                 partition: 3,
                 acks: -1,
+                sequence: Some(ProduceSequence {
+                    sequence: 9,
+                    unanswered_from: 7,
+                }),
             },
             Request::Fetch {
                 topic: "t".into(),
@@ -353,6 +379,7 @@ mod tests {
             topic: "topic".into(),
             partition: 1,
             acks: 1,
+            sequence: None,
         });
         for cut in 0..bytes.len() {
             let mut aligned = rkyv::util::AlignedVec::<16>::new();

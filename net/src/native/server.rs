@@ -58,8 +58,10 @@ use crate::limits::{
 use crate::native::error::error_code;
 use crate::native::frame::{Frame, PREFIX_BYTES};
 use crate::native::messages::{
-    BrokerEndpoint, ErrorCode, OffsetQuery, PartitionInfo, Request, Response, TopicInfo,
+    BrokerEndpoint, ErrorCode, OffsetQuery, PartitionInfo, ProduceSequence, Request, Response,
+    TopicInfo,
 };
+use crate::native::order::ProduceOrder;
 use crate::native::stream::{
     ReadFrameError, STOP_REJECTED, WriteFrameError, answer_frame_error, read_frame_body,
     read_prefix, write_frame, write_frame_chunks,
@@ -320,6 +322,7 @@ async fn serve_connection(server: Rc<Server>, incoming: quinn::Incoming) {
         Either::Right(_) => return,
     };
     let budget = Rc::new(Budget::new(server.config.connection_buffer_bytes));
+    let order = Rc::new(ProduceOrder::default());
     let streams = Rc::new(InFlight::default());
     // Runs until the client closes the connection, it fails, or the server drains.
     loop {
@@ -329,6 +332,7 @@ async fn serve_connection(server: Rc<Server>, incoming: quinn::Incoming) {
                 streams.spawn(serve_stream(
                     Rc::clone(&server),
                     Rc::clone(&budget),
+                    Rc::clone(&order),
                     send,
                     recv,
                 ));
@@ -353,6 +357,7 @@ async fn serve_connection(server: Rc<Server>, incoming: quinn::Incoming) {
 async fn serve_stream(
     server: Rc<Server>,
     budget: Rc<Budget>,
+    order: Rc<ProduceOrder>,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) {
@@ -385,7 +390,7 @@ async fn serve_stream(
     // covers the broker's work (long polls included) and not the client's upload.
     let started = clock::now();
     let api = api_name(&frame.header);
-    let answer = server.dispatch(frame).await;
+    let answer = server.dispatch(frame, &order).await;
     drop(permit);
     let mut failed = matches!(answer.header, Response::Error { .. });
     match write_frame_chunks(&mut send, &answer.header, answer.payload).await {
@@ -573,7 +578,7 @@ where
 }
 
 impl Server {
-    async fn dispatch(&self, frame: Frame<Request>) -> Answer {
+    async fn dispatch(&self, frame: Frame<Request>, order: &Rc<ProduceOrder>) -> Answer {
         if !frame.payload.is_empty() && !matches!(frame.header, Request::Produce { .. }) {
             return Answer::error(
                 ErrorCode::InvalidRequest,
@@ -590,7 +595,11 @@ impl Server {
                 topic,
                 partition,
                 acks,
-            } => self.produce(topic, partition, acks, frame.payload).await,
+                sequence,
+            } => {
+                let tp = TopicPartition::new(topic, partition);
+                self.produce(tp, acks, sequence, order, frame.payload).await
+            }
             Request::Fetch {
                 topic,
                 partition,
@@ -728,7 +737,17 @@ impl Server {
         ))
     }
 
-    async fn produce(&self, topic: String, partition: i32, acks: i8, batches: Bytes) -> Answer {
+    /// Appends a produce request's batches. A sequenced request (`sequence`) waits for its
+    /// turn among the connection's requests for the partition (`order`), and lets the next
+    /// one go as soon as its append is issued, before waiting for the acknowledgement.
+    async fn produce(
+        &self,
+        tp: TopicPartition,
+        acks: i8,
+        sequence: Option<ProduceSequence>,
+        order: &Rc<ProduceOrder>,
+        batches: Bytes,
+    ) -> Answer {
         let acks = match acks {
             0 => Acks::None,
             1 => Acks::Leader,
@@ -740,11 +759,26 @@ impl Server {
                 );
             }
         };
-        let tp = TopicPartition::new(topic, partition);
         if let Err(answer) = self.check_owner(&tp) {
             return answer;
         }
-        match self.shard.produce_local(&tp, batches, acks).await {
+        let turn = match sequence {
+            Some(sequence) => match order.turn(&tp, sequence).await {
+                Ok(turn) => Some(turn),
+                Err(error) => return Answer::error(error.code(), error.to_string()),
+            },
+            None => None,
+        };
+        // Dropping the turn on failure marks the request failed: later ones must not
+        // overtake it.
+        let pending = match self.shard.produce_local_start(&tp, batches, acks) {
+            Ok(pending) => pending,
+            Err(error) => return failure(&error),
+        };
+        if let Some(turn) = turn {
+            turn.appended();
+        }
+        match pending.await {
             Ok(ok) => Answer::header(Response::Produced {
                 base_offset: ok.base_offset.0,
                 last_offset: ok.last_offset.0,

@@ -1,6 +1,7 @@
 //! Helpers for multi-process tests: a real `sluice broker` process on free loopback ports,
-//! ready once its `/health` answers, killed when dropped; and running `sluice` client
-//! commands against it.
+//! ready once its `/health` answers, killed when dropped (or on purpose, and restarted on
+//! the same data directory); running `sluice` client commands against it; and running the
+//! native client library against it (`run`, `connect`, `read_records`, `assert_same_record`).
 
 #![allow(dead_code)] // Each test file uses a different subset.
 
@@ -10,6 +11,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
+
+use sluice_net::client::{
+    Client, ClientConfig, Consumer, ConsumerConfig, ConsumerRecord, ProducerRecord,
+};
 
 /// How long a broker may take to answer `/health` after it was started.
 const START_DEADLINE: Duration = Duration::from_secs(60);
@@ -70,6 +75,8 @@ pub struct Broker {
     child: Child,
     /// Data directory and log file; removed on drop.
     dir: tempfile::TempDir,
+    /// Every argument after `broker`, so a restart runs the same command.
+    args: Vec<String>,
     /// Shard 0's QUIC endpoint: the address clients bootstrap from.
     pub quic: SocketAddr,
     /// Kafka listener.
@@ -86,40 +93,91 @@ impl Broker {
 
     /// Starts a broker with extra flags and waits until `/health` answers 200.
     pub fn start_with(flags: &[&str]) -> Broker {
+        Broker::start_on("127.0.0.1", flags)
+    }
+
+    /// Starts a broker whose QUIC listener binds `quic_ip` (on a port free on 127.0.0.1,
+    /// which is also free on the wildcard address in practice) with extra flags, and waits
+    /// until `/health` answers 200. `quic` is then 127.0.0.1 with that port, which reaches a
+    /// wildcard listener too. `QUIC_PORT` in a flag stands for that port.
+    pub fn start_on(quic_ip: &str, flags: &[&str]) -> Broker {
         let dir = tempfile::tempdir().expect("temp dir");
-        let quic: SocketAddr = format!("127.0.0.1:{}", free_udp_port())
-            .parse()
-            .expect("addr");
+        let port = free_udp_port();
+        let quic: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
         let kafka: SocketAddr = format!("127.0.0.1:{}", free_tcp_port())
             .parse()
             .expect("addr");
         let admin: SocketAddr = format!("127.0.0.1:{}", free_tcp_port())
             .parse()
             .expect("addr");
-        let log = std::fs::File::create(dir.path().join("broker.log")).expect("log file");
-        let child = Command::new(sluice_bin())
-            .arg("broker")
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .args(["--quic-listen", &quic.to_string()])
-            .args(["--kafka-listen", &kafka.to_string()])
-            .args(["--admin-listen", &admin.to_string()])
-            .args(["--cores", "1"])
-            .args(flags)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start sluice broker");
+        let data = dir.path().join("data");
+        let mut args: Vec<String> = vec!["--data-dir".into(), data.display().to_string()];
+        for (flag, value) in [
+            ("--quic-listen", format!("{quic_ip}:{port}")),
+            ("--kafka-listen", kafka.to_string()),
+            ("--admin-listen", admin.to_string()),
+            ("--cores", "1".to_owned()),
+        ] {
+            // A flag the caller gives itself replaces the default.
+            if !flags.contains(&flag) {
+                args.push(flag.to_owned());
+                args.push(value);
+            }
+        }
+        args.extend(
+            flags
+                .iter()
+                .map(|flag| flag.replace("QUIC_PORT", &port.to_string())),
+        );
+        let child = spawn_broker(dir.path(), &args);
         let mut broker = Broker {
             child,
             dir,
+            args,
             quic,
             kafka,
             admin,
         };
         broker.wait_healthy();
         broker
+    }
+
+    /// Kills the broker with SIGKILL (no shutdown, nothing flushed) and reaps it.
+    pub fn kill(&mut self) {
+        self.child.kill().expect("SIGKILL the broker");
+        self.child.wait().expect("reap the broker");
+    }
+
+    /// Starts the broker again with the same flags, data directory and ports (after
+    /// [`Broker::kill`]) and waits until `/health` answers 200.
+    pub fn restart(&mut self) {
+        assert!(
+            self.child.try_wait().expect("poll the broker").is_some(),
+            "restart needs a stopped broker"
+        );
+        self.child = spawn_broker(self.dir.path(), &self.args);
+        self.wait_healthy();
+    }
+
+    /// The broker's resident set size, from `/proc/PID/status`.
+    pub fn rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("broker status readable");
+        let line = status
+            .lines()
+            .find(|line| line.starts_with("VmRSS:"))
+            .expect("VmRSS in /proc status");
+        let kib: u64 = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|n| n.parse().ok())
+            .expect("VmRSS in kB");
+        kib * 1024
+    }
+
+    /// True while the broker process runs.
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().expect("poll the broker").is_none()
     }
 
     fn wait_healthy(&mut self) {
@@ -144,7 +202,7 @@ impl Broker {
         }
     }
 
-    /// What the broker has written to stderr so far.
+    /// What the broker has written to stderr so far (every run, appended).
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("broker.log")).unwrap_or_default()
     }
@@ -160,6 +218,23 @@ impl Broker {
         command.args(args).args(["--brokers", &self.brokers()]);
         run_with_input(command, stdin)
     }
+}
+
+/// Spawns `sluice broker ARGS`, appending its stderr to `DIR/broker.log`.
+fn spawn_broker(dir: &Path, args: &[String]) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("broker.log"))
+        .expect("log file");
+    Command::new(sluice_bin())
+        .arg("broker")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start sluice broker")
 }
 
 impl Drop for Broker {
@@ -231,4 +306,73 @@ pub fn assert_success(output: &Output) -> String {
         String::from_utf8_lossy(&output.stderr)
     );
     String::from_utf8(output.stdout.clone()).expect("utf-8 output")
+}
+
+/// Far beyond what any client test needs; only a hang reaches it.
+pub const CLIENT_TEST_DEADLINE: Duration = Duration::from_secs(300);
+
+/// Runs `future` on a client executor on this thread, failing the test if it hangs.
+pub fn run<T>(future: impl std::future::Future<Output = T>) -> T {
+    sluice_engine::rt::try_block_on(async move {
+        let deadline = sluice_engine::rt::sleep(CLIENT_TEST_DEADLINE);
+        futures::pin_mut!(future, deadline);
+        match futures::future::select(future, deadline).await {
+            futures::future::Either::Left((output, _)) => output,
+            futures::future::Either::Right(_) => {
+                panic!("test did not finish within {CLIENT_TEST_DEADLINE:?}")
+            }
+        }
+    })
+    .expect("executor starts")
+}
+
+/// A native client library handle bootstrapped from `broker` with the default settings.
+pub async fn connect(broker: &Broker) -> Client {
+    Client::connect(ClientConfig::new([broker.brokers()]))
+        .await
+        .unwrap_or_else(|error| panic!("connect: {error}\nbroker log:\n{}", broker.log()))
+}
+
+/// Reads `partitions` from their beginning with a new consumer until `count` records came
+/// (each poll must bring records within 30 s); returns them and the consumer.
+pub async fn read_records(
+    client: &Client,
+    partitions: &[(&str, i32)],
+    count: usize,
+) -> (Vec<ConsumerRecord>, Consumer) {
+    let consumer = Consumer::new(client, ConsumerConfig::default());
+    consumer.assign(partitions);
+    let mut records = Vec::with_capacity(count);
+    // Bounded: every poll brings records or fails the test.
+    while records.len() < count {
+        let batch = consumer
+            .poll(Duration::from_secs(30))
+            .await
+            .unwrap_or_else(|error| panic!("{partitions:?}: {error}"));
+        assert!(
+            !batch.is_empty(),
+            "{partitions:?}: nothing new within 30 s after {} of {count} records",
+            records.len()
+        );
+        records.extend(batch);
+    }
+    (records, consumer)
+}
+
+/// Asserts that a consumed record has the key, value, headers and timestamp it was sent with.
+pub fn assert_same_record(at: &str, got: &ConsumerRecord, want: &ProducerRecord) {
+    assert_eq!(got.key, want.key, "{at}: key");
+    assert_eq!(got.value, want.value, "{at}: value");
+    assert_eq!(Some(got.timestamp), want.timestamp, "{at}: timestamp");
+    let headers: Vec<(&[u8], Option<&[u8]>)> = got
+        .headers
+        .iter()
+        .map(|h| (&h.key[..], h.value.as_deref()))
+        .collect();
+    let wanted: Vec<(&[u8], Option<&[u8]>)> = want
+        .headers
+        .iter()
+        .map(|(k, v)| (k.as_bytes(), v.as_deref()))
+        .collect();
+    assert_eq!(headers, wanted, "{at}: headers");
 }
