@@ -1,6 +1,7 @@
 //! The Sluice cluster layer: the shard root that owns a shard's partition replicas, metadata
 //! (topics, partitions, placement, configs) with its single writer, and the typed cross-shard
-//! messages. Replication, the controller quorum and coordinators grow here.
+//! messages, and partition replication (`replication`). The controller quorum and coordinators
+//! grow here.
 //!
 //! Must not depend on: `sluice-net` or any socket or protocol type; it talks to peers only
 //! through traits the network layer implements.
@@ -12,4 +13,5 @@ pub mod metadata;
 pub mod metrics;
 pub mod partition;
 pub mod placement;
+pub mod replication;
 pub mod shard;
