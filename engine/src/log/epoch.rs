@@ -112,12 +112,23 @@ impl EpochCache {
         );
     }
 
-    /// OffsetsForLeaderEpoch: the largest recorded epoch `<= requested` and the offset where it
-    /// ends (the start of the next recorded epoch, or `log_end`). When `requested` is below every
-    /// recorded epoch (or nothing is recorded), the answer is `requested` itself ending where the
-    /// first recorded epoch starts (or at `log_end`), as in Kafka. End offsets are clamped to
-    /// `[log_start, log_end]`, since entries may start below a log start that moved up or
-    /// above a log end that failed appends rolled back.
+    /// The epoch of the last readable batch that carries one: the latest entry, if its range
+    /// `[start, log_end)` holds readable offsets (`>= log_start`).
+    pub fn latest_live(&self, log_start: Offset, log_end: Offset) -> Option<LeaderEpoch> {
+        self.entries
+            .last()
+            .filter(|last| last.start_offset < log_end && log_end > log_start)
+            .map(|last| last.epoch)
+    }
+
+    /// OffsetsForLeaderEpoch: the largest live epoch `<= requested` and the offset where it
+    /// ends (the start of the next live epoch, or `log_end`). When `requested` is below every
+    /// live epoch (or none is live), the answer is `requested` itself ending where the first
+    /// live epoch starts (or at `log_end`), as in Kafka. An entry is live when its range
+    /// (up to the next entry's start or `log_end`) holds offsets in `[log_start, log_end)`, so
+    /// the answer depends only on the readable batches: not on when pruning ran, nor on whether
+    /// the cache was read from its file or rebuilt from the segments. End offsets are clamped to
+    /// `[log_start, log_end]`.
     pub fn end_offset_for(
         &self,
         requested: LeaderEpoch,
@@ -128,15 +139,24 @@ impl EpochCache {
             log_start <= log_end,
             "log start {log_start} past log end {log_end}"
         );
-        let after = self
+        let live: Vec<EpochEntry> = self
             .entries
-            .partition_point(|entry| entry.epoch <= requested);
-        let end = self
-            .entries
-            .get(after)
-            .map_or(log_end, |next| next.start_offset);
+            .iter()
+            .enumerate()
+            .filter(|(i, entry)| {
+                let end = self
+                    .entries
+                    .get(i + 1)
+                    .map_or(log_end, |next| next.start_offset)
+                    .min(log_end);
+                entry.start_offset < log_end && end > log_start
+            })
+            .map(|(_, entry)| *entry)
+            .collect();
+        let after = live.partition_point(|entry| entry.epoch <= requested);
+        let end = live.get(after).map_or(log_end, |next| next.start_offset);
         let epoch = match after.checked_sub(1) {
-            Some(floor) => self.entries[floor].epoch,
+            Some(floor) => live[floor].epoch,
             None => requested,
         };
         assert!(

@@ -484,9 +484,11 @@ impl PartitionLog {
         self.inner.state.borrow().epochs.entries().to_vec()
     }
 
-    /// The latest leader epoch in the log (queued appends included), if any batch carries one.
+    /// The epoch of the last readable batch (below the log end, at or above the log start)
+    /// that carries one: what a follower sends as its last fetched epoch.
     pub fn latest_epoch(&self) -> Option<LeaderEpoch> {
-        self.inner.state.borrow().epochs.latest()
+        let state = self.inner.state.borrow();
+        state.epochs.latest_live(state.log_start, state.written)
     }
 
     /// OffsetsForLeaderEpoch: the largest epoch in the log that is `<= epoch`, and the offset
