@@ -1451,6 +1451,8 @@ fn simulated_cluster_keeps_acknowledged_writes() {
         let result = std::panic::catch_unwind(|| run_seed(seed));
         match result {
             Ok(stats) => {
+                totals.produced += stats.produced;
+                totals.dropped += stats.dropped;
                 totals.acked += stats.acked;
                 totals.crashes += stats.crashes;
                 totals.elections += stats.elections;
