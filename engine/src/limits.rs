@@ -129,6 +129,11 @@ pub const RECOVERY_GARBAGE_PROBE_BYTES_MAX: u64 = SEGMENT_BYTES_MAX + APPEND_BYT
 /// each) and the checkpoint (40 bytes each). At the default 1 GiB segment size this is 64 TiB.
 pub const SEGMENTS_MAX: usize = 65_536;
 
+/// Most bytes of the leader-epoch checkpoint read at open (12 bytes per epoch entry, so about
+/// 87 000 leader changes within retention). A longer file is treated as damaged and the cache is
+/// rebuilt from the batch headers; the cost is one 1 MiB read per partition open at most.
+pub const EPOCH_FILE_BYTES_MAX: usize = 1 << 20;
+
 /// Largest batch cache budget accepted per shard.
 pub const BATCH_CACHE_BYTES_MAX: usize = 64 << 30;
 

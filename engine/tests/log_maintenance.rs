@@ -252,24 +252,24 @@ fn with_base(b: &Bytes, base: i64) -> Bytes {
 // Goal: follower appends keep the batches' offsets and epochs and must continue the log exactly;
 // gaps, overlaps and negative offsets are rejected with nothing stored.
 #[test]
-fn append_with_offsets_checks_continuity() {
+fn append_replicated_checks_continuity() {
     let dir = tempfile::tempdir().unwrap();
     block_on(async {
         let tp = tp("follower");
         let (log, _) = open(dir.path(), &tp, config(1 << 20), &cache()).await;
         let b = batch(3, 50, 5, 1);
         let info = log
-            .append_with_offsets(with_base(&b, 0), Durability::Synced)
+            .append_replicated(with_base(&b, 0), Durability::Synced)
             .await
             .unwrap();
         assert_eq!((info.base_offset, info.last_offset), (Offset(0), Offset(2)));
         let two: Bytes = [with_base(&b, 3), with_base(&b, 6)].concat().into();
-        log.append_with_offsets(two, Durability::Written)
+        log.append_replicated(two, Durability::Written)
             .await
             .unwrap();
         for (base, expected) in [(10, 9), (8, 9), (-3, 9)] {
             let result = log
-                .append_with_offsets(with_base(&b, base), Durability::Written)
+                .append_replicated(with_base(&b, base), Durability::Written)
                 .await;
             match result {
                 Err(AppendError::OffsetMismatch {
@@ -283,7 +283,7 @@ fn append_with_offsets_checks_continuity() {
         // A gap inside the record set is caught before anything is stored.
         let gapped: Bytes = [with_base(&b, 9), with_base(&b, 13)].concat().into();
         assert!(matches!(
-            log.append_with_offsets(gapped, Durability::Written).await,
+            log.append_replicated(gapped, Durability::Written).await,
             Err(AppendError::OffsetMismatch { index: 1, .. })
         ));
         assert_eq!(log.log_end_offset(), Offset(9));

@@ -463,6 +463,7 @@ async fn truncate_idle(inner: &Rc<Inner>, offset: Offset) -> Result<Offset, Admi
         state.assign = cursor_of_active(state);
         state.log_start = state.log_start.min(new_end);
         state.high_watermark = state.high_watermark.min(new_end);
+        state.epochs.truncate_from_end(new_end);
         state.read_memo = Default::default();
         state.sealed_file = None;
         // Read-ahead may hold bytes the truncation removed (and appends will overwrite).

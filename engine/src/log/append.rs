@@ -30,6 +30,7 @@ struct Parsed {
     base: Offset,
     records: i64,
     max_timestamp: TimestampMs,
+    epoch: LeaderEpoch,
 }
 
 /// Parses and checks every batch of the record set. Nothing is changed on error.
@@ -78,6 +79,7 @@ fn parse_record_set(
             base: header.base_offset,
             records: i64::from(header.last_offset_delta) + 1,
             max_timestamp: header.max_timestamp,
+            epoch: header.leader_epoch,
         });
         at += len;
     }
@@ -104,20 +106,7 @@ pub(crate) fn stage(
         }
     }
     let parsed = parse_record_set(&batches, inner.config().max_batch_bytes, &assign)?;
-    if let Assign::Follower = assign {
-        let expected = inner.state.borrow().next_offset;
-        let mut next = expected;
-        for (index, batch) in parsed.iter().enumerate() {
-            if batch.base != next {
-                return Err(AppendError::OffsetMismatch {
-                    index,
-                    expected: next,
-                    found: batch.base,
-                });
-            }
-            next = batch.base.plus(batch.records);
-        }
-    }
+    check_epochs_and_offsets(inner, &parsed, &assign)?;
     // One copy of the record set when the caller still shares its buffer: the headers are
     // rewritten in place and the result is what the writer writes and the cache holds.
     let mut owned = match batches.try_into_mut() {
@@ -130,17 +119,24 @@ pub(crate) fn stage(
     let mut next = state.next_offset;
     for batch in &parsed {
         let bytes = &mut owned[batch.start..batch.start + batch.len];
-        match assign {
+        let epoch = match assign {
             Assign::Leader(epoch) => {
                 batch::set_base_offset(bytes, next);
                 batch::set_leader_epoch(bytes, epoch);
+                epoch
             }
-            Assign::Follower => assert_eq!(
-                batch.base, next,
-                "{}: follower offsets checked above",
-                inner.tp
-            ),
-        }
+            Assign::Follower => {
+                assert_eq!(
+                    batch.base, next,
+                    "{}: follower offsets checked above",
+                    inner.tp
+                );
+                batch.epoch
+            }
+        };
+        // A new epoch starts here; stale epochs were refused above, so this only ignores the
+        // repeats of the latest epoch (and unstamped batches).
+        state.epochs.assign(epoch, next);
         next = next.plus(batch.records);
     }
     let base_offset = state.next_offset;
@@ -215,6 +211,51 @@ pub(crate) fn stage(
             receiver,
         )),
     })
+}
+
+/// Refuses a leader epoch below the log's latest, follower batches whose epochs go backwards
+/// (within the record set or below the log's latest), and follower batches that do not continue
+/// the log exactly. Nothing is changed on error.
+fn check_epochs_and_offsets(
+    inner: &Inner,
+    parsed: &[Parsed],
+    assign: &Assign,
+) -> Result<(), AppendError> {
+    let state = inner.state.borrow();
+    let latest = state.epochs.latest();
+    match assign {
+        Assign::Leader(epoch) => {
+            if let Some(latest) = latest.filter(|latest| epoch < latest) {
+                return Err(AppendError::StaleEpoch {
+                    epoch: *epoch,
+                    latest,
+                });
+            }
+        }
+        Assign::Follower => {
+            let mut next = state.next_offset;
+            let mut floor = latest;
+            for (index, batch) in parsed.iter().enumerate() {
+                if batch.base != next {
+                    return Err(AppendError::OffsetMismatch {
+                        index,
+                        expected: next,
+                        found: batch.base,
+                    });
+                }
+                if let Some(latest) = floor.filter(|latest| batch.epoch < *latest) {
+                    return Err(AppendError::EpochRegression {
+                        index,
+                        epoch: batch.epoch,
+                        latest,
+                    });
+                }
+                floor = floor.max(Some(batch.epoch));
+                next = batch.base.plus(batch.records);
+            }
+        }
+    }
+    Ok(())
 }
 
 fn check_mode(state: &State) -> Result<(), AppendError> {

@@ -1,20 +1,26 @@
 //! The partition checkpoint (`partition.checkpoint`: log start offset, high watermark, recovery
 //! point and the table of sealed segments) and the clean-shutdown marker (`clean_shutdown`:
-//! the active segment's state at close). Both are replaced atomically (write a temporary file,
-//! fdatasync, rename, sync the directory) and carry a CRC-32C; byte layouts in
+//! the active segment's state at close) and the leader-epoch checkpoint
+//! (`leader-epoch.checkpoint`: the entries of the epoch cache). All are replaced atomically (write
+//! a temporary file, fdatasync, rename, sync the directory) and carry a CRC-32C; byte layouts in
 //! `engine/FORMAT.md`.
 //!
 //! Must not depend on: the write pipeline.
 
-use crate::types::{Offset, RelativeOffset, TimestampMs};
+use crate::log::epoch::{EpochCache, EpochEntry};
+use crate::types::{LeaderEpoch, Offset, RelativeOffset, TimestampMs};
 
 /// File name of the partition checkpoint.
 pub(crate) const CHECKPOINT_FILE: &str = "partition.checkpoint";
 /// File name of the clean-shutdown marker.
 pub(crate) const CLEAN_SHUTDOWN_FILE: &str = "clean_shutdown";
+/// File name of the leader-epoch checkpoint.
+pub(crate) const EPOCH_FILE: &str = "leader-epoch.checkpoint";
 
 const CHECKPOINT_MAGIC: [u8; 4] = *b"SLPC";
 const CLEAN_MAGIC: [u8; 4] = *b"SLCS";
+const EPOCH_MAGIC: [u8; 4] = *b"SLLE";
+const EPOCH_ROW_BYTES: usize = 12;
 /// The only format version this code writes and reads.
 pub(crate) const FORMAT_VERSION: u16 = 1;
 const HEADER_BYTES: usize = 12;
@@ -91,6 +97,9 @@ impl Writer {
     fn u32(&mut self, value: u32) {
         self.0.extend_from_slice(&value.to_be_bytes());
     }
+    fn i32(&mut self, value: i32) {
+        self.0.extend_from_slice(&value.to_be_bytes());
+    }
     fn finish(mut self) -> Vec<u8> {
         let length = u32::try_from(self.0.len() + CRC_BYTES).expect("checkpoint fits in u32");
         self.0[8..12].copy_from_slice(&length.to_be_bytes());
@@ -132,6 +141,9 @@ impl Reader<'_> {
         );
         self.at += 4;
         value
+    }
+    fn i32(&mut self) -> i32 {
+        i32::from_be_bytes(self.u32().to_be_bytes())
     }
 }
 
@@ -225,6 +237,34 @@ impl Checkpoint {
             sealed,
         })
     }
+}
+
+/// Encodes the leader-epoch checkpoint.
+pub(crate) fn encode_epochs(entries: &[EpochEntry]) -> Vec<u8> {
+    let mut out = Writer::new(EPOCH_MAGIC, 0);
+    out.u32(u32::try_from(entries.len()).expect("epoch count fits in u32"));
+    for entry in entries {
+        out.i32(entry.epoch.0);
+        out.i64(entry.start_offset.0);
+    }
+    out.finish()
+}
+
+/// Decodes the leader-epoch checkpoint; entries that break the cache's invariant (epochs and
+/// starts strictly increasing, none negative) make it damaged.
+pub(crate) fn decode_epochs(bytes: &[u8]) -> Result<EpochCache, DecodeError> {
+    let (_flags, mut reader) = open_record(bytes, EPOCH_MAGIC, 4)?;
+    let count = reader.u32() as usize;
+    if reader.bytes.len() != HEADER_BYTES + 4 + count * EPOCH_ROW_BYTES {
+        return Err(DecodeError::Damaged("epoch table length"));
+    }
+    let entries = (0..count)
+        .map(|_| EpochEntry {
+            epoch: LeaderEpoch(reader.i32()),
+            start_offset: Offset(reader.i64()),
+        })
+        .collect();
+    EpochCache::from_entries(entries).ok_or(DecodeError::Damaged("epochs out of order"))
 }
 
 const HAS_MAX: u16 = 1;
@@ -341,6 +381,31 @@ mod tests {
         };
         let bytes = clean.encode();
         assert_eq!(CleanShutdown::decode(&bytes), Ok(clean));
+        let epochs = [
+            EpochEntry {
+                epoch: LeaderEpoch(0),
+                start_offset: Offset(0),
+            },
+            EpochEntry {
+                epoch: LeaderEpoch(4),
+                start_offset: Offset(77),
+            },
+        ];
+        let encoded = encode_epochs(&epochs);
+        assert_eq!(
+            decode_epochs(&encoded).map(|c| c.entries().to_vec()),
+            Ok(epochs.to_vec())
+        );
+        for at in 0..encoded.len() {
+            let mut damaged = encoded.clone();
+            damaged[at] ^= 0x10;
+            assert!(
+                decode_epochs(&damaged).is_err(),
+                "epoch flip at {at} accepted"
+            );
+        }
+        let out_of_order = encode_epochs(&[epochs[1], epochs[0]]);
+        assert!(decode_epochs(&out_of_order).is_err());
         let mut other_version = bytes.clone();
         other_version[5] = 9;
         assert_eq!(

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use crate::batch::BatchError;
 use crate::log::config::ConfigError;
-use crate::types::{FilePos, Offset};
+use crate::types::{FilePos, LeaderEpoch, Offset};
 
 /// Why a partition log could not be opened.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -102,7 +102,7 @@ pub enum AppendError {
         #[source]
         error: BatchError,
     },
-    /// [`super::PartitionLog::append_with_offsets`]: the batches do not continue the log
+    /// [`super::PartitionLog::append_replicated`]: the batches do not continue the log
     /// exactly (gap, overlap, or offsets that go backwards).
     #[error("batch {index} starts at offset {found}, expected {expected}")]
     OffsetMismatch {
@@ -112,6 +112,26 @@ pub enum AppendError {
         expected: Offset,
         /// The batch's base offset.
         found: Offset,
+    },
+    /// [`super::PartitionLog::append`]: the leader epoch is below the latest epoch already in
+    /// the log (a deposed leader appending).
+    #[error("leader epoch {} is below the log's latest epoch {}", epoch.0, latest.0)]
+    StaleEpoch {
+        /// The epoch the append asked for.
+        epoch: LeaderEpoch,
+        /// The latest epoch in the log.
+        latest: LeaderEpoch,
+    },
+    /// [`super::PartitionLog::append_replicated`]: a batch carries a leader epoch below the
+    /// latest epoch in the log or below an earlier batch of the record set.
+    #[error("batch {index} carries leader epoch {}, below the latest epoch {}", epoch.0, latest.0)]
+    EpochRegression {
+        /// Position of the batch in the record set (0-based).
+        index: usize,
+        /// The batch's leader epoch.
+        epoch: LeaderEpoch,
+        /// The latest epoch before it.
+        latest: LeaderEpoch,
     },
     /// The device is full. Appends work again once space is freed.
     #[error("no space left on device: {0}")]

@@ -10,6 +10,7 @@
 //! - [`LogConfig`]: Kafka's topic settings (`segment.bytes`, `retention.ms`, ...).
 //! - [`BatchCache`]: the shard's cache of recent batches, shared by its logs through `Rc`.
 //! - [`RecoveryReport`]: what opening the log found and repaired.
+//! - [`EpochEntry`]: one entry of the leader-epoch cache (which epoch wrote which offsets).
 //!
 //! # Write path
 //!
@@ -32,6 +33,18 @@
 //! covers every append written so far (group commit) and keeps writing while it runs.
 //! `flush.messages` and `flush.ms` trigger the same fdatasync for logs without `Synced`
 //! appends. The `writer` module has the details.
+//!
+//! # Leader epochs and replication
+//!
+//! [`PartitionLog::append`] stamps its leader epoch into each batch (bytes 12..16, outside the
+//! CRC) and refuses an epoch below the log's latest ([`AppendError::StaleEpoch`]).
+//! [`PartitionLog::append_replicated`] is the follower's append: batches keep the leader's
+//! offsets and epochs, must continue the log exactly and are CRC-checked. Both keep the epoch
+//! cache (module `epoch`, Kafka's `leader-epoch-checkpoint`): an entry per epoch rise, queried
+//! with [`PartitionLog::end_offset_for_epoch`] (OffsetsForLeaderEpoch), cut back by
+//! [`PartitionLog::truncate_to`] and failed appends, pruned as the log start advances, persisted
+//! in `leader-epoch.checkpoint` before each checkpoint and rebuilt from batch headers at open
+//! (`engine/FORMAT.md` §6, §7).
 //!
 //! A partition queues at most `QUEUED_BYTES_MAX` of appends for its writer; beyond that appends
 //! fail with [`AppendError::Overloaded`] (backpressure) instead of growing memory.
@@ -80,6 +93,7 @@ mod append;
 mod cache;
 mod checkpoint;
 mod config;
+mod epoch;
 mod error;
 mod index;
 mod read;
@@ -98,6 +112,7 @@ use futures::channel::oneshot;
 
 pub use cache::{BatchCache, CacheStats};
 pub use config::{ConfigError, LogConfig};
+pub use epoch::EpochEntry;
 pub use error::{AdminError, AppendError, OpenError, ReadError};
 pub use index::IndexDamage;
 pub use recovery::{
@@ -348,6 +363,12 @@ struct State {
     written: Offset,
     /// Everything below is fdatasync'ed. Invariant: `synced <= written`.
     synced: Offset,
+    /// Which leader epoch wrote which offsets, for everything assigned (written and queued).
+    /// Invariant: every entry starts below `next_offset`; entries wholly below `log_start` may
+    /// linger until the next checkpoint write prunes them.
+    epochs: epoch::EpochCache,
+    /// What the epoch file on disk holds (as written or read at open).
+    epochs_persisted: epoch::EpochCache,
     unsynced_records: u64,
     queue: VecDeque<Op>,
     /// Invariant: the bytes of the `Op::Write`s in `queue`; at most `QUEUED_BYTES_MAX` plus one
@@ -427,9 +448,11 @@ impl PartitionLog {
     }
 
     /// Appends validated v2 batches as the leader. Validation and offset assignment (and the
-    /// stamping of `leader_epoch`) happen in this call, before the caller's first `.await`, so
-    /// call order is log order; the returned [`PendingAppend`] knows its offsets at once and
-    /// resolves at `durability`. A rejected append resolves at once with its error.
+    /// stamping of `leader_epoch` into every batch's partition-leader-epoch field) happen in this
+    /// call, before the caller's first `.await`, so call order is log order; the returned
+    /// [`PendingAppend`] knows its offsets at once and resolves at `durability`. A rejected
+    /// append resolves at once with its error; an epoch below the log's latest is
+    /// [`AppendError::StaleEpoch`]. The first append of a new epoch adds an epoch cache entry.
     pub fn append(
         &self,
         batches: Bytes,
@@ -441,12 +464,43 @@ impl PartitionLog {
             .unwrap_or_else(PendingAppend::rejected)
     }
 
-    /// Appends batches that already carry their offsets (a replication follower). They must
-    /// continue the log exactly: the first base offset equals [`Self::next_offset`], and each
-    /// batch starts where the previous ends. Leader epochs are kept as they are.
-    pub fn append_with_offsets(&self, batches: Bytes, durability: Durability) -> PendingAppend {
+    /// Appends batches copied from the leader's log (a replication follower), keeping their
+    /// offsets and leader epochs. They must continue the log exactly: the first base offset
+    /// equals [`Self::next_offset`] (the log end offset plus appends still queued, so a
+    /// follower may pipeline), and each batch starts where the previous ends
+    /// ([`AppendError::OffsetMismatch`]). Every batch's CRC and framing is checked
+    /// ([`AppendError::InvalidBatch`]); epochs must not go backwards
+    /// ([`AppendError::EpochRegression`]). A batch carrying a new epoch adds an entry to the
+    /// epoch cache. Nothing is stored on error; the returned append resolves at `durability`.
+    pub fn append_replicated(&self, batches: Bytes, durability: Durability) -> PendingAppend {
         append::stage(&self.inner, batches, append::Assign::Follower, durability)
             .unwrap_or_else(PendingAppend::rejected)
+    }
+
+    /// The epoch cache: which leader epoch wrote which offsets, oldest first (see
+    /// [`EpochEntry`]). Covers queued appends too; the first entry may start below the log
+    /// start.
+    pub fn leader_epochs(&self) -> Vec<EpochEntry> {
+        self.inner.state.borrow().epochs.entries().to_vec()
+    }
+
+    /// The epoch of the last readable batch (below the log end, at or above the log start)
+    /// that carries one: what a follower sends as its last fetched epoch.
+    pub fn latest_epoch(&self) -> Option<LeaderEpoch> {
+        let state = self.inner.state.borrow();
+        state.epochs.latest_live(state.log_start, state.written)
+    }
+
+    /// OffsetsForLeaderEpoch: the largest epoch in the log that is `<= epoch`, and the offset
+    /// where it ends, which is the start of the next epoch in the log or the log end offset.
+    /// When `epoch` is below every epoch in the log (or the log has none), the answer is `epoch`
+    /// itself, ending where the first epoch starts (or at the log end), as in Kafka. The end
+    /// offset is within `[log start, log end]`.
+    pub fn end_offset_for_epoch(&self, epoch: LeaderEpoch) -> (LeaderEpoch, Offset) {
+        let state = self.inner.state.borrow();
+        state
+            .epochs
+            .end_offset_for(epoch, state.log_start, state.written)
     }
 
     /// Replaces the settings. Size, time, flush and retention settings apply from the next

@@ -1,7 +1,8 @@
 //! Opening a partition log: reading the checkpoint and the clean-shutdown marker, trusting the
 //! sealed segments the checkpoint lists (with cheap index checks), scanning the tail segments
 //! (CRC, framing, offset continuity), truncating a torn or corrupt tail at the last whole batch,
-//! rebuilding damaged or missing indexes, and reporting all of it ([`RecoveryReport`]).
+//! rebuilding damaged or missing indexes, rebuilding the leader-epoch cache from the epoch file
+//! and the scanned batch headers, and reporting all of it ([`RecoveryReport`]).
 //!
 //! The rules are specified in `engine/FORMAT.md` §Recovery.
 //!
@@ -16,13 +17,16 @@ use std::rc::Rc;
 use crate::batch::BatchError;
 use crate::io::{self as dio, File, align_down};
 use crate::limits::{
-    DIO_ALIGN_BYTES, OFFSET_INDEX_ENTRY_BYTES, SEGMENTS_MAX, TIME_INDEX_ENTRY_BYTES,
+    DIO_ALIGN_BYTES, EPOCH_FILE_BYTES_MAX, OFFSET_INDEX_ENTRY_BYTES, SEGMENTS_MAX,
+    TIME_INDEX_ENTRY_BYTES,
 };
 use crate::log::admin::{open_or_create, write_active_index};
 use crate::log::cache::BatchCache;
 use crate::log::checkpoint::{
-    CHECKPOINT_FILE, CLEAN_SHUTDOWN_FILE, Checkpoint, CleanShutdown, DecodeError, SealedRow,
+    CHECKPOINT_FILE, CLEAN_SHUTDOWN_FILE, Checkpoint, CleanShutdown, DecodeError, EPOCH_FILE,
+    SealedRow, decode_epochs, encode_epochs,
 };
+use crate::log::epoch::{EpochCache, EpochEntry};
 use crate::log::index::{
     EntryBounds, IndexBuilder, IndexDamage, IndexFile, check_offset_entries, check_time_entries,
 };
@@ -44,6 +48,9 @@ pub struct RecoveryReport {
     pub clean_shutdown: bool,
     /// State of the checkpoint file.
     pub checkpoint: CheckpointStatus,
+    /// State of the leader-epoch checkpoint. When not valid, the epoch cache was rebuilt from
+    /// the batch headers of every segment.
+    pub epoch_checkpoint: CheckpointStatus,
     /// Base offsets of the segments whose batches were scanned and CRC-checked.
     pub scanned_segments: Vec<Offset>,
     /// Tails cut off at the last whole batch.
@@ -148,6 +155,8 @@ pub(crate) struct ScanOutcome {
     pub offsets: Vec<u8>,
     pub times: Vec<u8>,
     pub builder: IndexBuilder,
+    /// The first batch of every epoch rise among the good batches (negative epochs skipped).
+    pub epochs: Vec<EpochEntry>,
     /// The first bad position and why, if the walk stopped before a clean end.
     pub stop: Option<(u64, TruncationReason)>,
 }
@@ -168,6 +177,7 @@ pub(crate) async fn scan_segment(
         offsets: Vec::new(),
         times: Vec::new(),
         builder: IndexBuilder::new(base, interval),
+        epochs: Vec::new(),
         stop: None,
     };
     loop {
@@ -190,6 +200,13 @@ pub(crate) async fn scan_segment(
                 }
                 if let Some(entry) = entries.time {
                     outcome.times.extend_from_slice(&entry.encode());
+                }
+                let epoch = header.leader_epoch;
+                if epoch.0 >= 0 && outcome.epochs.last().is_none_or(|last| epoch > last.epoch) {
+                    outcome.epochs.push(EpochEntry {
+                        epoch,
+                        start_offset: header.base_offset,
+                    });
                 }
                 outcome.end_offset = header.next_offset();
                 outcome.end_position = position + header.total_bytes() as u64;
@@ -527,6 +544,85 @@ async fn read_checkpoint(
     }
 }
 
+/// Reads the leader-epoch checkpoint; a missing or damaged file is reported and gives `None`.
+async fn read_epoch_file(
+    dir: &Path,
+    report: &mut RecoveryReport,
+) -> Result<Option<EpochCache>, OpenError> {
+    let path = dir.join(EPOCH_FILE);
+    let Some(bytes) = dio::read_small_file(&path, EPOCH_FILE_BYTES_MAX)
+        .await
+        .map_err(io_error(&path))?
+    else {
+        report.epoch_checkpoint = CheckpointStatus::Missing;
+        return Ok(None);
+    };
+    match decode_epochs(&bytes) {
+        Ok(epochs) => {
+            report.epoch_checkpoint = CheckpointStatus::Valid;
+            Ok(Some(epochs))
+        }
+        Err(DecodeError::Damaged(reason)) => {
+            tracing::warn!(path = %path.display(), reason, "epoch checkpoint damaged; rebuilding");
+            report.epoch_checkpoint = CheckpointStatus::Damaged(reason.into());
+            Ok(None)
+        }
+        Err(DecodeError::Version(version)) => Err(OpenError::Format {
+            path,
+            reason: format!("epoch checkpoint version {version}, this build reads version 1"),
+        }),
+    }
+}
+
+/// The epoch cache of the recovered log (`engine/FORMAT.md` §7): entries below the first
+/// scanned segment come from the epoch file (written before every checkpoint that moved the
+/// recovery point past them) or, when the file is unusable, from a header walk of those
+/// segments; entries from there on come from the batches just scanned. Then entries past the
+/// log end are dropped and entries wholly below the log start pruned.
+async fn recover_epochs(
+    dir: &Path,
+    segments: &VecDeque<Segment>,
+    file: Option<&EpochCache>,
+    scanned: &[EpochEntry],
+    report: &RecoveryReport,
+    interval: u64,
+) -> Result<EpochCache, OpenError> {
+    let written = segments.back().expect("active segment").end;
+    let scanned_from = report.scanned_segments.first().copied().unwrap_or(written);
+    let mut epochs = EpochCache::default();
+    match file {
+        Some(file) => {
+            for entry in file.entries() {
+                if entry.start_offset < scanned_from {
+                    epochs.assign(entry.epoch, entry.start_offset);
+                }
+            }
+        }
+        None => {
+            for segment in segments
+                .iter()
+                .filter(|s| s.base < scanned_from && s.size > 0)
+            {
+                let path = file_path(dir, segment.base, LOG_EXTENSION);
+                let log = dio::open_read(&path).await.map_err(io_error(&path))?;
+                let (outcome, _) = scan_segment(log, segment.base, segment.size, interval, false)
+                    .await
+                    .map_err(io_error(&path))?;
+                for entry in outcome.epochs {
+                    epochs.assign(entry.epoch, entry.start_offset);
+                }
+            }
+        }
+    }
+    for entry in scanned {
+        epochs.assign(entry.epoch, entry.start_offset);
+    }
+    epochs.truncate_from_end(written);
+    let log_start = report.log_start_offset;
+    epochs.prune_before(log_start);
+    Ok(epochs)
+}
+
 /// Reads and removes the clean-shutdown marker: from here on, a crash must be recovered from.
 async fn take_clean_marker(dir: &Path) -> Result<Option<CleanShutdown>, OpenError> {
     let path = dir.join(CLEAN_SHUTDOWN_FILE);
@@ -789,6 +885,7 @@ pub(crate) async fn open(
     let mut segments: Vec<Segment> = sealed;
     let mut active: Option<ActiveSegment> = None;
     let mut tail_iter = tail.into_iter().peekable();
+    let mut scanned_epochs: Vec<EpochEntry> = Vec::new();
     while let Some(base) = tail_iter.next() {
         if active.is_some() || expected.is_some_and(|end| base != end) {
             delete_segment_files(&dir, base).await?;
@@ -810,6 +907,7 @@ pub(crate) async fn open(
         }
         let (mut segment, mut outcome, file) =
             scan_tail_segment(&dir, base, &config, &mut report).await?;
+        scanned_epochs.extend_from_slice(&outcome.epochs);
         let truncated = outcome.stop.is_some();
         if is_last || truncated || segment.size == 0 {
             let index = reconcile_index(
@@ -933,6 +1031,28 @@ pub(crate) async fn open(
     }
     report.log_start_offset = log_start;
     report.log_end_offset = written;
+    let epoch_file = read_epoch_file(&dir, &mut report).await?;
+    let epochs = recover_epochs(
+        &dir,
+        &segments,
+        epoch_file.as_ref(),
+        &scanned_epochs,
+        &report,
+        interval,
+    )
+    .await?;
+    assert!(
+        epochs
+            .entries()
+            .last()
+            .is_none_or(|last| last.start_offset < written),
+        "{tp}: epoch entry past the log end {written}"
+    );
+    if epoch_file.as_ref() != Some(&epochs) {
+        dio::write_file_atomic(&dir, EPOCH_FILE, &encode_epochs(epochs.entries()))
+            .await
+            .map_err(io_error(&dir))?;
+    }
 
     let mut state = State {
         segments,
@@ -947,6 +1067,8 @@ pub(crate) async fn open(
         },
         written,
         synced: written,
+        epochs: epochs.clone(),
+        epochs_persisted: epochs,
         unsynced_records: 0,
         queue: VecDeque::new(),
         queued_bytes: 0,

@@ -41,7 +41,7 @@ use crate::limits::{
     DIO_ALIGN_BYTES, OFFSET_INDEX_ENTRY_BYTES, TIME_INDEX_ENTRY_BYTES, WRITE_ROUND_BYTES_MAX,
     WRITE_ROUNDS_INFLIGHT_MAX,
 };
-use crate::log::checkpoint::{CHECKPOINT_FILE, Checkpoint, SealedRow};
+use crate::log::checkpoint::{CHECKPOINT_FILE, Checkpoint, EPOCH_FILE, SealedRow, encode_epochs};
 use crate::log::index::{IndexBuilder, IndexFile};
 use crate::log::segment::{
     ActiveSegment, INDEX_EXTENSION, LOG_EXTENSION, Segment, TIME_INDEX_EXTENSION, file_path,
@@ -818,6 +818,7 @@ pub(crate) fn fail_pending(inner: &Inner, error: AppendError) {
     state.queued_bytes = 0;
     state.next_offset = state.written;
     state.assign = cursor_of_active(state);
+    state.epochs.truncate_from_end(state.written);
     inner.cache.truncate_from(inner.cache_key, state.written);
     let written = state.written;
     for waiter in state.written_waiters.drain(..) {
@@ -1075,8 +1076,27 @@ pub(crate) async fn write_checkpoint(inner: &Inner) -> io::Result<()> {
         .acquire_permit(1)
         .await
         .map_err(|_| io::Error::other("checkpoint lock closed"))?;
-    let bytes = checkpoint_of(&inner.state.borrow()).encode();
-    dio::write_file_atomic(&inner.dir, CHECKPOINT_FILE, &bytes).await
+    // The epoch file first: the checkpoint moves the recovery point, and recovery takes the
+    // entries below it from the epoch file (it rebuilds those above from the scanned batches).
+    let (checkpoint, epochs) = {
+        let state = inner.state.borrow();
+        let changed = state.epochs != state.epochs_persisted;
+        (checkpoint_of(&state), changed.then(|| state.epochs.clone()))
+    };
+    if let Some(epochs) = epochs {
+        let bytes = encode_epochs(epochs.entries());
+        dio::write_file_atomic(&inner.dir, EPOCH_FILE, &bytes).await?;
+        inner.state.borrow_mut().epochs_persisted = epochs;
+    }
+    dio::write_file_atomic(&inner.dir, CHECKPOINT_FILE, &checkpoint.encode()).await?;
+    // Prune only below a log start that is now durable, so the epoch file always describes
+    // everything a crash could bring back (see `EpochCache::prune_before`).
+    inner
+        .state
+        .borrow_mut()
+        .epochs
+        .prune_before(checkpoint.log_start);
+    Ok(())
 }
 
 /// Rounds used in tests of the round-up helper.

@@ -1,0 +1,415 @@
+//! The per-shard follower driver: [`Fetcher`] holds the shard's follower partitions (a
+//! [`FollowerCore`] and the `PartitionLog` it drives each), groups them by leader
+//! ([`FetchTarget`]: broker and shard), sends one batched [`ReplicaFetchRequest`] per leader at
+//! a time through a [`ReplicaFetchTransport`], and applies the cores' actions to the logs
+//! (truncate, append with `Durability::Synced`, set the high watermark).
+//!
+//! [`Fetcher::run_round`] sends one request to every leader that has partitions ready, handles
+//! the answers as they arrive, and returns; [`Fetcher::run`] repeats rounds until stopped, backing
+//! off when a round fetched nothing. A round waits for every leader's answer, so a slow leader
+//! delays the shard's next fetches from the others by up to one request (its long-poll wait);
+//! per-leader loops are the follow-up once the peer transport exists.
+//!
+//! [`InMemoryTransport`] answers requests from leader partitions in the same process, for tests.
+//!
+//! Must not depend on: the network layer (it implements [`ReplicaFetchTransport`]).
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use sluice_engine::log::{Durability, PartitionLog};
+use sluice_engine::{BrokerId, Offset, ShardId, TopicPartition};
+
+use super::follower::{FollowerAction, FollowerCore};
+use super::leader::LeaderAction;
+use super::messages::{ReplicaFetchPartitionResponse, ReplicaFetchRequest, ReplicaFetchResponse};
+use super::serve::{LeaderReplica, serve_replica_fetch};
+
+/// Where a follower partition fetches from: the leader broker and the shard owning the
+/// partition there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct FetchTarget {
+    /// The leader broker.
+    pub leader: BrokerId,
+    /// The shard owning the partition on the leader.
+    pub shard: ShardId,
+}
+
+/// Why a replica fetch got no answer. Every variant is retried by the fetcher after a back-off;
+/// the partitions of the request fetch again from where they were.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TransportError {
+    /// No link to the leader (not connected, connection lost).
+    #[error("leader {} unreachable", .0.0)]
+    Unreachable(BrokerId),
+    /// The leader did not answer in time.
+    #[error("replica fetch timed out")]
+    Timeout,
+}
+
+/// Carries replica fetches to leader shards. `net` implements it over the peer links.
+pub trait ReplicaFetchTransport {
+    /// Sends `request` to `shard` of broker `leader` and waits for its answer.
+    fn replica_fetch(
+        &self,
+        leader: BrokerId,
+        shard: ShardId,
+        request: ReplicaFetchRequest,
+    ) -> impl Future<Output = Result<ReplicaFetchResponse, TransportError>>;
+}
+
+/// Counters of one fetcher.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FetcherStats {
+    /// Requests sent.
+    pub requests: u64,
+    /// Requests without an answer.
+    pub transport_errors: u64,
+    /// Batch bytes appended.
+    pub appended_bytes: u64,
+    /// Truncations done.
+    pub truncations: u64,
+    /// Appends or truncations that failed on the log.
+    pub log_errors: u64,
+}
+
+struct FollowerPartition {
+    core: FollowerCore,
+    log: Rc<PartitionLog>,
+    target: FetchTarget,
+    /// Not fetched again before this time (after an error).
+    backoff_until: Option<Instant>,
+}
+
+/// The shard's follower partitions and their fetching. Lives on one shard (`!Send`).
+pub struct Fetcher<T> {
+    local: BrokerId,
+    transport: T,
+    max_bytes: u32,
+    max_wait_ms: u32,
+    backoff: Duration,
+    /// Never borrowed across an `.await`.
+    partitions: RefCell<BTreeMap<TopicPartition, FollowerPartition>>,
+    stats: Cell<FetcherStats>,
+}
+
+impl<T: ReplicaFetchTransport> Fetcher<T> {
+    /// A fetcher for broker `local`: each request asks for at most `max_bytes` (Kafka's
+    /// `replica.fetch.response.max.bytes`) and lets the leader wait `max_wait` for data.
+    pub fn new(local: BrokerId, transport: T, max_bytes: u32, max_wait: Duration) -> Fetcher<T> {
+        assert!(max_bytes > 0, "replica fetch max bytes must be positive");
+        Fetcher {
+            local,
+            transport,
+            max_bytes,
+            max_wait_ms: u32::try_from(max_wait.as_millis()).unwrap_or(u32::MAX),
+            backoff: Duration::from_millis(100),
+            partitions: RefCell::new(BTreeMap::new()),
+            stats: Cell::new(FetcherStats::default()),
+        }
+    }
+
+    /// Sets how long a partition waits before fetching again after an error (default 100 ms).
+    #[must_use]
+    pub fn with_backoff(mut self, backoff: Duration) -> Fetcher<T> {
+        self.backoff = backoff;
+        self
+    }
+
+    /// The transport (tests reach their in-memory leaders through it).
+    pub fn transport(&self) -> &T {
+        &self.transport
+    }
+
+    /// Starts following a partition (replacing any earlier core for it, as on a new epoch).
+    pub fn add(&self, core: FollowerCore, log: Rc<PartitionLog>, target: FetchTarget) {
+        assert_eq!(
+            core.leader(),
+            target.leader,
+            "{}: target is not the leader",
+            core.tp()
+        );
+        assert_ne!(
+            target.leader,
+            self.local,
+            "{}: following ourselves",
+            core.tp()
+        );
+        let partition = FollowerPartition {
+            core,
+            log,
+            target,
+            backoff_until: None,
+        };
+        let tp = partition.core.tp().clone();
+        self.partitions.borrow_mut().insert(tp, partition);
+    }
+
+    /// Stops following a partition (it became leader, or moved away).
+    pub fn remove(&self, tp: &TopicPartition) -> Option<FollowerCore> {
+        self.partitions
+            .borrow_mut()
+            .remove(tp)
+            .map(|partition| partition.core)
+    }
+
+    /// A follower partition's high watermark.
+    pub fn high_watermark(&self, tp: &TopicPartition) -> Option<Offset> {
+        self.partitions
+            .borrow()
+            .get(tp)
+            .map(|partition| partition.core.high_watermark())
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> FetcherStats {
+        self.stats.get()
+    }
+
+    fn count(&self, f: impl FnOnce(&mut FetcherStats)) {
+        let mut stats = self.stats.get();
+        f(&mut stats);
+        self.stats.set(stats);
+    }
+
+    /// The requests of one round: per leader, every partition ready to fetch.
+    fn build_requests(&self, now: Instant) -> Vec<(FetchTarget, ReplicaFetchRequest)> {
+        let mut by_target: BTreeMap<FetchTarget, ReplicaFetchRequest> = BTreeMap::new();
+        let mut partitions = self.partitions.borrow_mut();
+        for partition in partitions.values_mut() {
+            if partition.backoff_until.is_some_and(|until| now < until) {
+                continue;
+            }
+            partition.backoff_until = None;
+            let Some(fetch) = partition.core.next_fetch() else {
+                continue;
+            };
+            by_target
+                .entry(partition.target)
+                .or_insert_with(|| ReplicaFetchRequest {
+                    replica: self.local,
+                    max_bytes: self.max_bytes,
+                    max_wait_ms: self.max_wait_ms,
+                    partitions: Vec::new(),
+                })
+                .partitions
+                .push(fetch);
+        }
+        by_target.into_iter().collect()
+    }
+
+    /// One round: one request to every leader with partitions ready, answers handled as they
+    /// arrive. Returns the number of partitions that appended or truncated.
+    pub async fn run_round(&self) -> usize {
+        let now = sluice_engine::rt::clock::now();
+        let requests = self.build_requests(now);
+        let mut inflight: FuturesUnordered<_> = requests
+            .into_iter()
+            .map(|(target, request)| {
+                let tps: Vec<TopicPartition> =
+                    request.partitions.iter().map(|p| p.tp.clone()).collect();
+                self.count(|stats| stats.requests += 1);
+                async move {
+                    let result = self
+                        .transport
+                        .replica_fetch(target.leader, target.shard, request)
+                        .await;
+                    (target, tps, result)
+                }
+            })
+            .collect();
+        let mut progressed = 0;
+        while let Some((target, tps, result)) = inflight.next().await {
+            match result {
+                Ok(response) => progressed += self.handle_response(response).await,
+                Err(error) => {
+                    tracing::debug!(leader = target.leader.0, %error, "replica fetch failed");
+                    self.count(|stats| stats.transport_errors += 1);
+                    let until = sluice_engine::rt::clock::now() + self.backoff;
+                    let mut partitions = self.partitions.borrow_mut();
+                    for tp in &tps {
+                        if let Some(partition) = partitions.get_mut(tp) {
+                            partition.core.on_fetch_failed();
+                            partition.backoff_until = Some(until);
+                        }
+                    }
+                }
+            }
+        }
+        progressed
+    }
+
+    /// Runs rounds until `stop` is set (checked between rounds), sleeping `idle` after a round
+    /// that moved no partition. Runs for as long as the shard follows partitions.
+    pub async fn run(&self, stop: &Cell<bool>, idle: Duration) {
+        while !stop.get() {
+            if self.run_round().await == 0 {
+                sluice_engine::rt::sleep(idle).await;
+            }
+        }
+    }
+
+    async fn handle_response(&self, response: ReplicaFetchResponse) -> usize {
+        let mut progressed = 0;
+        for answer in response.partitions {
+            if self.handle_partition(answer).await {
+                progressed += 1;
+            }
+        }
+        progressed
+    }
+
+    /// Applies one partition's answer; true if the log changed.
+    async fn handle_partition(&self, answer: ReplicaFetchPartitionResponse) -> bool {
+        let (log, actions) = {
+            let mut partitions = self.partitions.borrow_mut();
+            // Removed while the fetch was in flight: drop the answer.
+            let Some(partition) = partitions.get_mut(&answer.tp) else {
+                return false;
+            };
+            let actions = partition.core.on_response(&answer, &*partition.log);
+            (partition.log.clone(), actions)
+        };
+        let mut changed = false;
+        for action in actions {
+            changed |= self.apply(&answer.tp, &log, action).await;
+        }
+        changed
+    }
+
+    async fn apply(
+        &self,
+        tp: &TopicPartition,
+        log: &Rc<PartitionLog>,
+        action: FollowerAction,
+    ) -> bool {
+        match action {
+            FollowerAction::Truncate(offset) => {
+                let result = log.truncate_to(offset).await;
+                if let Err(error) = &result {
+                    tracing::warn!(%tp, %offset, %error, "follower truncation failed");
+                    self.count(|stats| stats.log_errors += 1);
+                } else {
+                    self.count(|stats| stats.truncations += 1);
+                }
+                if let Some(partition) = self.partitions.borrow_mut().get_mut(tp) {
+                    partition.core.on_truncated(&**log);
+                }
+                result.is_ok()
+            }
+            FollowerAction::Append(batches) => {
+                let bytes = batches.len() as u64;
+                let result = log.append_replicated(batches, Durability::Synced).await;
+                let follow_up = {
+                    let mut partitions = self.partitions.borrow_mut();
+                    let Some(partition) = partitions.get_mut(tp) else {
+                        return result.is_ok();
+                    };
+                    match &result {
+                        Ok(_) => partition.core.on_appended(&**log),
+                        Err(error) => {
+                            tracing::warn!(%tp, %error, "follower append failed");
+                            partition.core.on_append_failed(&**log);
+                            partition.backoff_until =
+                                Some(sluice_engine::rt::clock::now() + self.backoff);
+                            Vec::new()
+                        }
+                    }
+                };
+                match result {
+                    Ok(_) => self.count(|stats| stats.appended_bytes += bytes),
+                    Err(_) => self.count(|stats| stats.log_errors += 1),
+                }
+                for action in follow_up {
+                    if let FollowerAction::HighWatermark(offset) = action {
+                        log.set_high_watermark(offset);
+                    }
+                }
+                true
+            }
+            FollowerAction::HighWatermark(offset) => {
+                log.set_high_watermark(offset);
+                false
+            }
+            FollowerAction::Retry(error) => {
+                tracing::debug!(%tp, %error, "replica fetch refused; backing off");
+                if let Some(partition) = self.partitions.borrow_mut().get_mut(tp) {
+                    partition.backoff_until = Some(sluice_engine::rt::clock::now() + self.backoff);
+                }
+                false
+            }
+        }
+    }
+}
+
+/// Leader partitions of one (broker, shard), as the in-memory transport serves them.
+pub type LeaderShard = BTreeMap<TopicPartition, LeaderReplica>;
+
+/// A [`ReplicaFetchTransport`] answering from leader partitions in the same process (tests).
+/// High-watermark actions are applied to the leader logs at once; the other leader actions
+/// (acks=all completions, ISR proposals) are queued for the test to take.
+#[derive(Default)]
+pub struct InMemoryTransport {
+    leaders: RefCell<BTreeMap<FetchTarget, Rc<LeaderShard>>>,
+    actions: RefCell<Vec<(TopicPartition, LeaderAction)>>,
+    /// Requests to fail with `Unreachable` before answering again.
+    fail_next: Cell<u32>,
+}
+
+impl InMemoryTransport {
+    /// Serves `shard` as the leader partitions of `target`.
+    pub fn set_leader_shard(&self, target: FetchTarget, shard: Rc<LeaderShard>) {
+        self.leaders.borrow_mut().insert(target, shard);
+    }
+
+    /// Makes the next `count` requests fail in transport.
+    pub fn fail_next(&self, count: u32) {
+        self.fail_next.set(count);
+    }
+
+    /// Takes the queued leader actions.
+    pub fn take_actions(&self) -> Vec<(TopicPartition, LeaderAction)> {
+        std::mem::take(&mut *self.actions.borrow_mut())
+    }
+}
+
+impl ReplicaFetchTransport for InMemoryTransport {
+    async fn replica_fetch(
+        &self,
+        leader: BrokerId,
+        shard: ShardId,
+        request: ReplicaFetchRequest,
+    ) -> Result<ReplicaFetchResponse, TransportError> {
+        if self.fail_next.get() > 0 {
+            self.fail_next.set(self.fail_next.get() - 1);
+            return Err(TransportError::Unreachable(leader));
+        }
+        let Some(leaders) = self
+            .leaders
+            .borrow()
+            .get(&FetchTarget { leader, shard })
+            .cloned()
+        else {
+            return Err(TransportError::Unreachable(leader));
+        };
+        let now = sluice_engine::rt::clock::now();
+        let (response, actions) = serve_replica_fetch(&leaders, &request, now).await;
+        for (tp, action) in actions {
+            match action {
+                LeaderAction::HighWatermark(offset) => {
+                    if let Some(replica) = leaders.get(&tp) {
+                        replica.log.set_high_watermark(offset);
+                    }
+                }
+                other => self.actions.borrow_mut().push((tp, other)),
+            }
+        }
+        Ok(response)
+    }
+}

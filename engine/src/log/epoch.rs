@@ -1,0 +1,266 @@
+//! The leader-epoch cache of a partition: which leader epoch wrote which range of offsets, as
+//! `(epoch, start offset)` entries (Kafka's `leader-epoch-checkpoint`).
+//!
+//! Replication asks it "where does epoch `e` end on this log?" ([`EpochCache::end_offset_for`],
+//! Kafka's OffsetsForLeaderEpoch semantics) to find where a follower's log diverges from its
+//! leader's, instead of truncating to a high watermark (the KIP-101 and KIP-279 bugs).
+//!
+//! Entries are derived from the batches' partition-leader-epoch fields: an append whose batch
+//! carries an epoch above the latest entry adds `(epoch, batch base offset)`. Truncation removes
+//! entries at or past the new end; advancing the log start removes entries wholly below it.
+//! Negative epochs (batches never stamped by a leader) are not recorded.
+//! The file that persists the cache is encoded in `checkpoint.rs`; when it is written and how
+//! recovery rebuilds it are in `engine/FORMAT.md` §6 and §7.
+//!
+//! Must not depend on: file IO (the log persists the cache through its checkpoint path).
+
+use crate::types::{LeaderEpoch, Offset};
+
+/// One entry: `epoch` wrote the offsets from `start_offset` up to the next entry's start (or
+/// the log end).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EpochEntry {
+    /// The leader epoch.
+    pub epoch: LeaderEpoch,
+    /// The first offset written in that epoch.
+    pub start_offset: Offset,
+}
+
+/// The entries of one log, oldest first.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct EpochCache {
+    /// Invariant: epochs are non-negative and strictly increase; start offsets strictly
+    /// increase (every epoch but the last holds at least one batch).
+    entries: Vec<EpochEntry>,
+}
+
+impl EpochCache {
+    /// A cache holding `entries`, or `None` if they break the invariant (a damaged file).
+    pub fn from_entries(entries: Vec<EpochEntry>) -> Option<EpochCache> {
+        let valid = entries
+            .iter()
+            .all(|entry| entry.epoch.0 >= 0 && entry.start_offset.0 >= 0)
+            && entries.windows(2).all(|pair| {
+                pair[0].epoch < pair[1].epoch && pair[0].start_offset < pair[1].start_offset
+            });
+        valid.then_some(EpochCache { entries })
+    }
+
+    pub fn entries(&self) -> &[EpochEntry] {
+        &self.entries
+    }
+
+    /// The latest recorded epoch.
+    pub fn latest(&self) -> Option<LeaderEpoch> {
+        self.entries.last().map(|entry| entry.epoch)
+    }
+
+    /// Records that `epoch` starts at `start` if it is newer than the latest entry; returns
+    /// whether an entry was added. Negative epochs and epochs not above the latest are ignored
+    /// (the append path rejects regressions before calling this; recovery relies on ignoring).
+    pub fn assign(&mut self, epoch: LeaderEpoch, start: Offset) -> bool {
+        if epoch.0 < 0 || self.latest().is_some_and(|latest| epoch <= latest) {
+            return false;
+        }
+        if let Some(last) = self.entries.last() {
+            assert!(
+                start > last.start_offset,
+                "epoch {epoch:?} starts at {start}, not after epoch {:?} at {}",
+                last.epoch,
+                last.start_offset
+            );
+        }
+        assert!(
+            start.0 >= 0,
+            "epoch {epoch:?} starts at negative offset {start}"
+        );
+        self.entries.push(EpochEntry {
+            epoch,
+            start_offset: start,
+        });
+        true
+    }
+
+    /// Removes the entries that start at or after `end` (the log was truncated to `end`, or
+    /// appends past it failed).
+    pub fn truncate_from_end(&mut self, end: Offset) {
+        let keep = self
+            .entries
+            .partition_point(|entry| entry.start_offset < end);
+        self.entries.truncate(keep);
+        assert!(
+            self.entries
+                .last()
+                .is_none_or(|last| last.start_offset < end),
+            "epoch entry at or past the log end {end} survived truncation"
+        );
+    }
+
+    /// Removes the entries wholly below `log_start` (the next entry starts at or before it).
+    /// The entry covering `log_start` stays with its original start: queries clamp to the log
+    /// start, and keeping it means a file written before the log start became durable still
+    /// describes the data that a crash could bring back.
+    pub fn prune_before(&mut self, log_start: Offset) {
+        let covering = self
+            .entries
+            .partition_point(|entry| entry.start_offset <= log_start);
+        let drop = covering.saturating_sub(1);
+        self.entries.drain(..drop);
+        assert!(
+            self.entries.len() < 2 || self.entries[1].start_offset > log_start,
+            "an entry wholly below the log start {log_start} survived pruning"
+        );
+    }
+
+    /// The epoch of the last readable batch that carries one: the latest entry, if its range
+    /// `[start, log_end)` holds readable offsets (`>= log_start`).
+    pub fn latest_live(&self, log_start: Offset, log_end: Offset) -> Option<LeaderEpoch> {
+        self.entries
+            .last()
+            .filter(|last| last.start_offset < log_end && log_end > log_start)
+            .map(|last| last.epoch)
+    }
+
+    /// OffsetsForLeaderEpoch: the largest live epoch `<= requested` and the offset where it
+    /// ends (the start of the next live epoch, or `log_end`). When `requested` is below every
+    /// live epoch (or none is live), the answer is `requested` itself ending where the first
+    /// live epoch starts (or at `log_end`), as in Kafka. An entry is live when its range
+    /// (up to the next entry's start or `log_end`) holds offsets in `[log_start, log_end)`, so
+    /// the answer depends only on the readable batches: not on when pruning ran, nor on whether
+    /// the cache was read from its file or rebuilt from the segments. End offsets are clamped to
+    /// `[log_start, log_end]`.
+    pub fn end_offset_for(
+        &self,
+        requested: LeaderEpoch,
+        log_start: Offset,
+        log_end: Offset,
+    ) -> (LeaderEpoch, Offset) {
+        assert!(
+            log_start <= log_end,
+            "log start {log_start} past log end {log_end}"
+        );
+        let live: Vec<EpochEntry> = self
+            .entries
+            .iter()
+            .enumerate()
+            .filter(|(i, entry)| {
+                let end = self
+                    .entries
+                    .get(i + 1)
+                    .map_or(log_end, |next| next.start_offset)
+                    .min(log_end);
+                entry.start_offset < log_end && end > log_start
+            })
+            .map(|(_, entry)| *entry)
+            .collect();
+        let after = live.partition_point(|entry| entry.epoch <= requested);
+        let end = live.get(after).map_or(log_end, |next| next.start_offset);
+        let epoch = match after.checked_sub(1) {
+            Some(floor) => live[floor].epoch,
+            None => requested,
+        };
+        assert!(
+            epoch <= requested,
+            "answered epoch {epoch:?} above {requested:?}"
+        );
+        (epoch, end.clamp(log_start, log_end))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cache(entries: &[(i32, i64)]) -> EpochCache {
+        EpochCache::from_entries(
+            entries
+                .iter()
+                .map(|&(epoch, start)| EpochEntry {
+                    epoch: LeaderEpoch(epoch),
+                    start_offset: Offset(start),
+                })
+                .collect(),
+        )
+        .expect("valid entries")
+    }
+
+    fn pairs(cache: &EpochCache) -> Vec<(i32, i64)> {
+        cache
+            .entries()
+            .iter()
+            .map(|entry| (entry.epoch.0, entry.start_offset.0))
+            .collect()
+    }
+
+    // Goal: OffsetsForLeaderEpoch answers match Kafka's for every position of the requested
+    // epoch relative to the entries. Method: a table of (request, expected answer).
+    #[test]
+    fn end_offset_for_table() {
+        let epochs = cache(&[(1, 0), (3, 10), (6, 25)]);
+        let check = |requested: i32, log_start: i64, expected: (i32, i64)| {
+            let (epoch, end) =
+                epochs.end_offset_for(LeaderEpoch(requested), Offset(log_start), Offset(40));
+            assert_eq!(
+                (epoch.0, end.0),
+                expected,
+                "request {requested} from {log_start}"
+            );
+        };
+        check(0, 0, (0, 0)); // below every epoch: ends where the first starts
+        check(1, 0, (1, 10));
+        check(2, 0, (1, 10)); // unknown epoch between: the floor epoch answers
+        check(3, 0, (3, 25));
+        check(5, 0, (3, 25));
+        check(6, 0, (6, 40)); // the latest epoch ends at the log end
+        check(9, 0, (6, 40)); // above the latest: the latest and the log end
+        check(1, 15, (1, 15)); // clamped to the log start
+        let empty = EpochCache::default();
+        assert_eq!(
+            empty.end_offset_for(LeaderEpoch(4), Offset(0), Offset(7)),
+            (LeaderEpoch(4), Offset(7))
+        );
+    }
+
+    // Goal: assignment ignores stale and negative epochs; truncation and pruning keep exactly
+    // the entries that still describe the log.
+    #[test]
+    fn assign_truncate_prune() {
+        let mut epochs = EpochCache::default();
+        assert!(!epochs.assign(LeaderEpoch(-1), Offset(0)));
+        assert!(epochs.assign(LeaderEpoch(2), Offset(0)));
+        assert!(!epochs.assign(LeaderEpoch(2), Offset(5)));
+        assert!(!epochs.assign(LeaderEpoch(1), Offset(5)));
+        assert!(epochs.assign(LeaderEpoch(4), Offset(5)));
+        assert!(epochs.assign(LeaderEpoch(7), Offset(9)));
+        assert_eq!(pairs(&epochs), [(2, 0), (4, 5), (7, 9)]);
+        let mut truncated = epochs.clone();
+        truncated.truncate_from_end(Offset(9));
+        assert_eq!(pairs(&truncated), [(2, 0), (4, 5)]);
+        truncated.truncate_from_end(Offset(6));
+        assert_eq!(pairs(&truncated), [(2, 0), (4, 5)]);
+        truncated.truncate_from_end(Offset(0));
+        assert_eq!(pairs(&truncated), []);
+        let mut pruned = epochs.clone();
+        pruned.prune_before(Offset(4));
+        assert_eq!(pairs(&pruned), [(2, 0), (4, 5), (7, 9)]);
+        pruned.prune_before(Offset(5));
+        assert_eq!(pairs(&pruned), [(4, 5), (7, 9)]);
+        pruned.prune_before(Offset(20));
+        assert_eq!(pairs(&pruned), [(7, 9)]);
+    }
+
+    // Goal: entries that break the invariant are refused (a damaged file is rebuilt instead).
+    #[test]
+    fn from_entries_checks_the_invariant() {
+        let entry = |epoch, start| EpochEntry {
+            epoch: LeaderEpoch(epoch),
+            start_offset: Offset(start),
+        };
+        assert!(EpochCache::from_entries(vec![entry(1, 0), entry(1, 5)]).is_none());
+        assert!(EpochCache::from_entries(vec![entry(1, 5), entry(2, 5)]).is_none());
+        assert!(EpochCache::from_entries(vec![entry(2, 0), entry(1, 5)]).is_none());
+        assert!(EpochCache::from_entries(vec![entry(-1, 0)]).is_none());
+        assert!(EpochCache::from_entries(vec![entry(0, -3)]).is_none());
+        assert!(EpochCache::from_entries(vec![entry(0, 0), entry(3, 1)]).is_some());
+    }
+}
