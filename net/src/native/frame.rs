@@ -28,10 +28,10 @@ pub const MAGIC: [u8; 4] = *b"SLCF";
 ///
 /// Bump it for any change to the prefix's meaning or to a header type in `messages` (rkyv
 /// layouts are not self-describing: adding a field or an enum variant changes them).
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// The oldest protocol version this build still reads.
-pub const PROTOCOL_VERSION_MIN: u16 = 1;
+pub const PROTOCOL_VERSION_MIN: u16 = 2;
 
 /// Bytes of the fixed prefix; a multiple of 8 so the header that follows stays 8-byte aligned
 /// in an 8-byte-aligned buffer.
@@ -538,12 +538,15 @@ mod tests {
     fn frame_bytes_are_stable() {
         let frame = encode(&produce(7), b"abc").expect("encode");
         expect![[r#"
-            [53, 4c, 43, 46, 01, 00, 00, 00]
-            [20, 00, 00, 00, 03, 00, 00, 00]
-            [b6, 98, c4, 84, 00, 00, 00, 00]
+            [53, 4c, 43, 46, 02, 00, 00, 00]
+            [38, 00, 00, 00, 03, 00, 00, 00]
+            [55, 1b, ab, e8, 00, 00, 00, 00]
             [01, 00, 00, 00, 74, ff, ff, ff]
             [ff, ff, ff, ff, 07, 00, 00, 00]
             [01, 00, 00, 00, 00, 00, 00, 00]
+            [00, 00, 00, 00, 00, 00, 00, 00]
+            [00, 00, 00, 00, 00, 00, 00, 00]
+            [00, 00, 00, 00, 00, 00, 00, 00]
             [00, 00, 00, 00, 00, 00, 00, 00]
             [61, 62, 63]
         "#]]
@@ -748,8 +751,8 @@ mod tests {
         };
         assert_eq!(
             error.to_string(),
-            "the peer rejected protocol version 1 (it speaks version 1): unsupported protocol \
-             version 7: this broker speaks versions 1 to 1"
+            "the peer rejected protocol version 2 (it speaks version 2): unsupported protocol \
+             version 7: this broker speaks versions 2 to 2"
         );
         // A rejection from a future version is still understood.
         let mut future = encode_rejection(7);

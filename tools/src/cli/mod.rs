@@ -1,10 +1,12 @@
-//! The client commands of `sluice`: `topic`, `produce` and `consume`, one module each.
+//! The client commands of `sluice`: `topic`, `produce`, `consume` and `group`, one module
+//! each.
 //!
 //! Each command runs on one executor on the calling thread (`rt::try_block_on`) and talks to
 //! the cluster through `sluice_net::client`. Every command takes the connection flags of
 //! [`ConnectArgs`]: `--brokers` (or `SLUICE_BROKERS`) and `--ca`.
 
 pub mod consume;
+pub mod group;
 pub mod produce;
 pub mod topic;
 

@@ -52,6 +52,8 @@ pub struct Broker {
     pub kafka: SocketAddr,
     /// Admin HTTP listener.
     pub admin: SocketAddr,
+    /// The extra flags it was started with (kept for restarts).
+    flags: Vec<String>,
 }
 
 impl Broker {
@@ -72,30 +74,33 @@ impl Broker {
         let admin: SocketAddr = format!("127.0.0.1:{}", free_tcp_port())
             .parse()
             .expect("addr");
-        let log = std::fs::File::create(dir.path().join("broker.log")).expect("log file");
-        let child = Command::new(sluice_bin())
-            .arg("broker")
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .args(["--quic-listen", &quic.to_string()])
-            .args(["--kafka-listen", &kafka.to_string()])
-            .args(["--admin-listen", &admin.to_string()])
-            .args(["--cores", "1"])
-            .args(flags)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start sluice broker");
+        let flags: Vec<String> = flags.iter().map(|f| (*f).to_owned()).collect();
+        let child = spawn_broker(dir.path(), quic, kafka, admin, &flags);
         let mut broker = Broker {
             child,
             dir,
             quic,
             kafka,
             admin,
+            flags,
         };
         broker.wait_healthy();
         broker
+    }
+
+    /// Kills the broker with SIGKILL and starts it again on the same data directory, ports
+    /// and flags; waits until `/health` answers.
+    pub fn kill_and_restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = spawn_broker(
+            self.dir.path(),
+            self.quic,
+            self.kafka,
+            self.admin,
+            &self.flags,
+        );
+        self.wait_healthy();
     }
 
     fn wait_healthy(&mut self) {
@@ -136,6 +141,35 @@ impl Broker {
         command.args(args).args(["--brokers", &self.brokers()]);
         run_with_input(command, stdin)
     }
+}
+
+/// Starts `sluice broker` on `dir/data`, appending its stderr to `dir/broker.log`.
+fn spawn_broker(
+    dir: &Path,
+    quic: SocketAddr,
+    kafka: SocketAddr,
+    admin: SocketAddr,
+    flags: &[String],
+) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("broker.log"))
+        .expect("log file");
+    Command::new(sluice_bin())
+        .arg("broker")
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .args(["--quic-listen", &quic.to_string()])
+        .args(["--kafka-listen", &kafka.to_string()])
+        .args(["--admin-listen", &admin.to_string()])
+        .args(["--cores", "1"])
+        .args(flags)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start sluice broker")
 }
 
 impl Drop for Broker {
