@@ -732,6 +732,18 @@ impl Shard {
                 commit.offsets = known;
                 (GroupRequest::Commit(commit), unknown)
             }
+            GroupRequest::ConsumerHeartbeat(mut heartbeat) => {
+                // The coordinator core reads no metadata: give it the partition counts.
+                heartbeat.partition_counts = heartbeat
+                    .topics
+                    .iter()
+                    .map(|t| {
+                        let count = snapshot.topic(t).map_or(0, |m| m.partitions.len());
+                        (t.clone(), i32::try_from(count).unwrap_or(i32::MAX))
+                    })
+                    .collect();
+                (GroupRequest::ConsumerHeartbeat(heartbeat), Vec::new())
+            }
             other => (other, Vec::new()),
         };
         let mut response = match &request {

@@ -227,6 +227,17 @@ pub const CONSUMER_BUFFER_BYTES_DEFAULT: usize = 64 << 20;
 /// Default `ConsumerConfig::poll_records_max`: records one `poll` returns at most.
 pub const CONSUMER_POLL_RECORDS_DEFAULT: usize = 10_000;
 
+/// Default `GroupConsumerConfig::session_timeout`: a group member silent this long loses its
+/// partitions to the others. Kafka's default is 45 s; 10 s moves a crashed member's
+/// partitions sooner and is well above the broker's smallest allowed (6 s) and the longest
+/// heartbeat interval (5 s, a third of the session at most).
+pub const GROUP_SESSION_TIMEOUT_MS_DEFAULT: u64 = 10_000;
+
+/// Default `GroupConsumerConfig::auto_commit_interval`, as Kafka's `auto.commit.interval.ms`:
+/// how many records a crashed member's successor reads again is bounded by what the member
+/// processed in this time.
+pub const GROUP_AUTO_COMMIT_INTERVAL_MS_DEFAULT: u64 = 5_000;
+
 /// Largest Kafka request frame accepted, as Kafka's `socket.request.max.bytes` default
 /// (100 MiB). A larger declared size closes the connection before anything is allocated.
 /// Memory per connection grows with the bytes actually received, never with the declared size.

@@ -365,6 +365,12 @@ impl Broker {
                 }
                 (Response::Done { value: 0 }, empty)
             }
+            // This fake broker has no consumer groups (tools/tests/groups_native.rs tests
+            // them against the real one).
+            other => (
+                error(ErrorCode::InvalidRequest, format!("unsupported: {other:?}")),
+                empty,
+            ),
         }
     }
 }

@@ -666,10 +666,8 @@ fn future_version_is_rejected() {
         match client.call_raw(&future).await {
             Err(ReadFrameError::Frame(error @ FrameError::Rejected { .. })) => {
                 assert_eq!(error.error_code(), ErrorCode::UnsupportedVersion);
-                assert!(error.to_string().contains(&format!(
-                    "unsupported protocol version {}",
-                    PROTOCOL_VERSION + 1
-                )));
+                let expected = format!("unsupported protocol version {}", PROTOCOL_VERSION + 1);
+                assert!(error.to_string().contains(&expected), "{error}");
             }
             other => panic!("expected a version rejection, got {other:?}"),
         }

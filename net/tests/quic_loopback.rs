@@ -218,13 +218,8 @@ fn concurrent_streams_echo_and_bad_frames_fail_alone() {
         future[4..6].copy_from_slice(&(PROTOCOL_VERSION + 1).to_le_bytes());
         match send_raw(&connection, &future).await {
             Err(ReadFrameError::Frame(error @ FrameError::Rejected { .. })) => {
-                assert!(
-                    error.to_string().contains(&format!(
-                        "unsupported protocol version {}",
-                        PROTOCOL_VERSION + 1
-                    )),
-                    "{error}"
-                );
+                let expected = format!("unsupported protocol version {}", PROTOCOL_VERSION + 1);
+                assert!(error.to_string().contains(&expected), "{error}");
             }
             other => panic!("expected a version rejection, got {other:?}"),
         }

@@ -31,6 +31,9 @@ enum Command {
     Produce(cli::produce::ProduceArgs),
     /// Print a topic's records to standard output, one per line.
     Consume(cli::consume::ConsumeArgs),
+    /// List, describe, reset the offsets of, and delete consumer groups.
+    #[command(subcommand)]
+    Group(cli::group::GroupCommand),
     /// The controller quorum and the brokers of the cluster.
     #[command(subcommand)]
     Cluster(cli::cluster::ClusterCommand),
@@ -56,6 +59,7 @@ fn main() {
         Command::Topic(command) => cli::topic::main(command),
         Command::Produce(args) => cli::produce::main(args),
         Command::Consume(args) => cli::consume::main(args),
+        Command::Group(command) => cli::group::main(command),
         Command::Cluster(command) => cli::cluster::main(command),
     };
     if let Err(error) = result {

@@ -84,6 +84,7 @@ impl GroupBackend {
                 GroupRequest::Join(r) => core.join(now, reply, r),
                 GroupRequest::Sync(r) => core.sync(now, reply, r),
                 GroupRequest::Commit(r) => core.commit(now, reply, r),
+                GroupRequest::ConsumerHeartbeat(r) => core.consumer_heartbeat(now, reply, r),
                 GroupRequest::Delete { group_id } => core.delete(reply, &group_id),
                 GroupRequest::DeleteOffsets {
                     group_id,

@@ -24,13 +24,17 @@ use std::time::Duration;
 use bytes::Bytes;
 use sluice_engine::{Offset, TimestampMs, TopicPartition};
 
-use super::consumer_protocol::{CONSUMER_PROTOCOL_TYPE, assigned_partitions, subscription_topics};
+use super::consumer_group::{NATIVE_ASSIGNOR, NativeGroup};
+use super::consumer_protocol::{
+    CONSUMER_PROTOCOL_TYPE, assigned_partitions, encode_assignment, encode_subscription,
+    subscription_topics,
+};
 use super::record::{GroupValue, MemberValue, OffsetValue, OffsetsRecord};
 use super::types::{
-    CommitRequest, CommitResponse, CommittedOffset, FetchOffsetsRequest, FetchOffsetsResponse,
-    GroupDescription, GroupListing, GroupResponse, GroupState, HeartbeatRequest, JoinRequest,
-    JoinResponse, JoinedMember, LeaveRequest, LeaveResponse, MemberDescription, SyncRequest,
-    SyncResponse,
+    CommitRequest, CommitResponse, CommittedOffset, ConsumerAssignment, ConsumerHeartbeat,
+    FetchOffsetsRequest, FetchOffsetsResponse, GroupDescription, GroupListing, GroupResponse,
+    GroupState, GroupType, HeartbeatRequest, JoinRequest, JoinResponse, JoinedMember, LeaveRequest,
+    LeaveResponse, MEMBER_EPOCH_JOIN, MemberDescription, SyncRequest, SyncResponse,
 };
 use super::{GroupConfig, GroupError};
 
@@ -81,6 +85,14 @@ enum Pending<R> {
         group: String,
         removed: Vec<TopicPartition>,
         delete_group: bool,
+    },
+    /// A native group's snapshot; the heartbeat answer waits for it.
+    Heartbeat {
+        reply: R,
+        group: String,
+        /// The group's `changes` the snapshot holds.
+        version: u64,
+        answer: ConsumerAssignment,
     },
 }
 
@@ -145,6 +157,9 @@ struct Group<R> {
     owners: HashMap<TopicPartition, String>,
     /// True once a group metadata record for it is in the log (so removal needs a tombstone).
     stored: bool,
+    /// `Some` for a native consumer group (then `members` is empty and the classic fields are
+    /// unused); `None` for a classic group.
+    native: Option<NativeGroup>,
 }
 
 impl<R> Group<R> {
@@ -166,6 +181,35 @@ impl<R> Group<R> {
             offsets: BTreeMap::new(),
             owners: HashMap::new(),
             stored: false,
+            native: None,
+        }
+    }
+
+    fn group_type(&self) -> GroupType {
+        match self.native {
+            Some(_) => GroupType::Consumer,
+            None => GroupType::Classic,
+        }
+    }
+
+    /// Sets a native group's `state` from its members: Empty, Stable, or Reconciling.
+    fn update_native_state(&mut self, now: TimestampMs) {
+        let Some(native) = &self.native else {
+            return;
+        };
+        if self.state == GroupState::Dead {
+            return;
+        }
+        let state = if native.members.is_empty() {
+            GroupState::Empty
+        } else if native.stable() {
+            GroupState::Stable
+        } else {
+            GroupState::Reconciling
+        };
+        if state != self.state {
+            self.state = state;
+            self.state_since = now;
         }
     }
 
@@ -321,6 +365,9 @@ impl<R> Group<R> {
     }
 
     fn subscribed(&self) -> Vec<String> {
+        if let Some(native) = &self.native {
+            return native.subscribed().into_iter().collect();
+        }
         if self.protocol_type.as_deref() != Some(CONSUMER_PROTOCOL_TYPE) {
             return Vec::new();
         }
@@ -336,6 +383,7 @@ impl<R> Group<R> {
     fn unused(&self) -> bool {
         self.state == GroupState::Empty
             && self.members.is_empty()
+            && self.native.as_ref().is_none_or(|n| n.members.is_empty())
             && self.pending_members.is_empty()
             && self.offsets.is_empty()
             && !self.stored
@@ -361,6 +409,13 @@ impl<R> Group<R> {
                 self.members.contains_key(member_id),
                 "group {group}: static member {member_id} missing"
             );
+        }
+        if let Some(native) = &self.native {
+            assert!(
+                self.members.is_empty(),
+                "group {group}: native group with classic members"
+            );
+            native.check_invariants(group);
         }
     }
 }
@@ -392,12 +447,13 @@ impl<R> Effects<R> {
         self.actions.push(Action::Reply(reply, response));
     }
 
-    fn append(&mut self, records: Vec<OffsetsRecord>, pending: Pending<R>) {
+    fn append(&mut self, records: Vec<OffsetsRecord>, pending: Pending<R>) -> AppendId {
         assert!(!records.is_empty(), "empty append");
         let id = AppendId(self.next_append);
         self.next_append += 1;
         self.actions.push(Action::Append { id, records });
         self.pending.insert(id, pending);
+        id
     }
 
     /// A fresh member id: `prefix-` and a random UUID-shaped suffix, as Kafka's.
@@ -480,15 +536,7 @@ impl<R> GroupCoordinator<R> {
         if req.group_id.is_empty() {
             return Err(fail(reply, GroupError::InvalidGroupId, &req.member_id));
         }
-        let (min, max) = (
-            self.config.session_timeout_min,
-            self.config.session_timeout_max,
-        );
-        if req.session_timeout < min || req.session_timeout > max {
-            let error = GroupError::InvalidSessionTimeout {
-                min_ms: u64::try_from(min.as_millis()).unwrap_or(u64::MAX),
-                max_ms: u64::try_from(max.as_millis()).unwrap_or(u64::MAX),
-            };
+        if let Err(error) = check_session_timeout(&self.config, req.session_timeout) {
             return Err(fail(reply, error, &req.member_id));
         }
         if req.protocol_type.is_empty() || req.protocols.is_empty() {
@@ -513,6 +561,20 @@ impl<R> GroupCoordinator<R> {
                 GroupError::CoordinatorNotAvailable,
                 &req.member_id,
             ));
+        }
+        if let Some(native) = &group.native {
+            if !native.members.is_empty() {
+                // Kafka refuses classic members in a consumer group that has members, too.
+                return Err(fail(
+                    reply,
+                    GroupError::InconsistentGroupProtocol,
+                    &req.member_id,
+                ));
+            }
+            // An empty native group becomes a classic group (Kafka converts empty groups).
+            group.native = None;
+            group.protocol = None;
+            group.state = GroupState::Empty;
         }
         if !group.supports(&req.protocol_type, &req.protocols) {
             return Err(fail(
@@ -585,7 +647,8 @@ impl<R> GroupCoordinator<R> {
                     maybe_complete_join(group, fx, now);
                 }
             }
-            GroupState::Empty | GroupState::Dead => {
+            // Reconciling is a native group's state; classic members are never in one.
+            GroupState::Empty | GroupState::Dead | GroupState::Reconciling => {
                 return Err(fail(reply, GroupError::UnknownMemberId, &req.member_id));
             }
         }
@@ -625,7 +688,9 @@ impl<R> GroupCoordinator<R> {
             }
             match group.state {
                 GroupState::PreparingRebalance => Err(GroupError::RebalanceInProgress),
-                GroupState::Empty | GroupState::Dead => Err(GroupError::UnknownMemberId),
+                GroupState::Empty | GroupState::Dead | GroupState::Reconciling => {
+                    Err(GroupError::UnknownMemberId)
+                }
                 GroupState::CompletingRebalance | GroupState::Stable => Ok(()),
             }
         };
@@ -698,6 +763,106 @@ impl<R> GroupCoordinator<R> {
             GroupState::PreparingRebalance => Err(GroupError::RebalanceInProgress),
             _ => Ok(()),
         }
+    }
+
+    /// A native group member's heartbeat: join, stay (report owned partitions, learn the
+    /// assignment), or leave. The answer is sent once the group's state it reflects is
+    /// durable: a snapshot is appended first whenever the state changed since the last durable
+    /// one, so after a crash no member owns a partition the log gives to another.
+    pub fn consumer_heartbeat(
+        &mut self,
+        now: TimestampMs,
+        reply: R,
+        req: ConsumerHeartbeat,
+    ) -> Vec<Action<R>> {
+        let group_id = req.group_id.clone();
+        match self.consumer_heartbeat_inner(now, req) {
+            Err(error) => self
+                .fx
+                .reply(reply, GroupResponse::ConsumerHeartbeat(Err(error))),
+            Ok(answer) => {
+                let group = self
+                    .groups
+                    .get_mut(&group_id)
+                    .expect("heartbeat kept the group");
+                let native = group
+                    .native
+                    .as_ref()
+                    .expect("heartbeat made a native group");
+                if native.dirty() {
+                    let version = native.changes;
+                    let record = OffsetsRecord::Group {
+                        group: group_id.clone(),
+                        value: Some(native.value(now)),
+                    };
+                    group.stored = true;
+                    self.fx.append(
+                        vec![record],
+                        Pending::Heartbeat {
+                            reply,
+                            group: group_id.clone(),
+                            version,
+                            answer,
+                        },
+                    );
+                } else {
+                    self.fx
+                        .reply(reply, GroupResponse::ConsumerHeartbeat(Ok(answer)));
+                }
+            }
+        }
+        if self.groups.get(&group_id).is_some_and(Group::unused) {
+            self.groups.remove(&group_id);
+        }
+        self.check(&group_id);
+        self.take()
+    }
+
+    fn consumer_heartbeat_inner(
+        &mut self,
+        now: TimestampMs,
+        req: ConsumerHeartbeat,
+    ) -> Result<ConsumerAssignment, GroupError> {
+        if req.group_id.is_empty() {
+            return Err(GroupError::InvalidGroupId);
+        }
+        check_session_timeout(&self.config, req.session_timeout)?;
+        if !self.groups.contains_key(&req.group_id) {
+            if req.member_epoch != MEMBER_EPOCH_JOIN {
+                return Err(GroupError::UnknownMemberId);
+            }
+            self.groups
+                .insert(req.group_id.clone(), Group::new(&req.group_id, now));
+        }
+        let fx = &mut self.fx;
+        let group = self.groups.get_mut(&req.group_id).expect("inserted above");
+        if group.state == GroupState::Dead {
+            return Err(GroupError::CoordinatorNotAvailable);
+        }
+        if group.native.is_none() {
+            if !group.members.is_empty() || !group.pending_members.is_empty() {
+                // A classic group with members: its members assign partitions themselves.
+                return Err(GroupError::InconsistentGroupProtocol);
+            }
+            if req.member_epoch != MEMBER_EPOCH_JOIN {
+                return Err(GroupError::UnknownMemberId);
+            }
+            // An empty classic group (or one holding only offsets) becomes a native group.
+            group.native = Some(NativeGroup::default());
+            group.protocol_type = Some(CONSUMER_PROTOCOL_TYPE.to_owned());
+            group.protocol = Some(NATIVE_ASSIGNOR.to_owned());
+            group.leader = None;
+            group.owners.clear();
+        }
+        let native = group.native.as_mut().expect("made native above");
+        let prefix = if req.client_id.is_empty() {
+            "member"
+        } else {
+            req.client_id.as_str()
+        };
+        let result = native.heartbeat(now, &req, &mut || fx.member_id(prefix));
+        group.update_native_state(now);
+        result
     }
 
     /// LeaveGroup. Answers at once; replies to the leavers' pending joins and syncs come out as
@@ -783,6 +948,19 @@ impl<R> GroupCoordinator<R> {
             if simple && group.state == GroupState::Empty {
                 return Ok(());
             }
+            if let Some(native) = &group.native {
+                let member = native
+                    .members
+                    .get(&req.member_id)
+                    .ok_or(GroupError::UnknownMemberId)?;
+                if req.generation > member.epoch {
+                    return Err(GroupError::FencedMemberEpoch);
+                }
+                if req.generation < member.epoch {
+                    return Err(GroupError::StaleMemberEpoch);
+                }
+                return Ok(());
+            }
             group.validate_member(&req.member_id, req.group_instance_id.as_deref())?;
             if req.generation != group.generation {
                 return Err(GroupError::IllegalGeneration);
@@ -812,6 +990,15 @@ impl<R> GroupCoordinator<R> {
                 // The current generation gives this partition to another member: the
                 // committer's view of the assignment is stale (or it is misbehaving).
                 Some(GroupError::IllegalGeneration)
+            } else if !simple
+                && group
+                    .native
+                    .as_ref()
+                    .and_then(|n| n.members.get(&req.member_id))
+                    .is_some_and(|m| !m.owns(&offset.tp))
+            {
+                // A native member commits only what it owns (assigned or being revoked).
+                Some(GroupError::PartitionNotAssigned)
             } else {
                 None
             };
@@ -888,6 +1075,7 @@ impl<R> GroupCoordinator<R> {
             .map(|(id, g)| GroupListing {
                 group_id: id.clone(),
                 protocol_type: g.protocol_type.clone().unwrap_or_default(),
+                group_type: g.group_type(),
                 state: g.state,
             })
             .collect()
@@ -901,10 +1089,41 @@ impl<R> GroupCoordinator<R> {
                 error: Some(GroupError::GroupIdNotFound),
                 state: GroupState::Dead,
                 protocol_type: String::new(),
+                group_type: GroupType::Classic,
+                epoch: -1,
                 protocol: String::new(),
                 members: Vec::new(),
             };
         };
+        if let Some(native) = &group.native {
+            return GroupDescription {
+                group_id: group_id.to_owned(),
+                error: None,
+                state: group.state,
+                protocol_type: CONSUMER_PROTOCOL_TYPE.to_owned(),
+                group_type: GroupType::Consumer,
+                epoch: native.epoch,
+                protocol: NATIVE_ASSIGNOR.to_owned(),
+                members: native
+                    .members
+                    .iter()
+                    .map(|(id, m)| {
+                        let topics: Vec<String> = m.topics.iter().cloned().collect();
+                        let owned = m.owned();
+                        MemberDescription {
+                            member_id: id.clone(),
+                            group_instance_id: None,
+                            client_id: m.client_id.clone(),
+                            client_host: m.client_host.clone(),
+                            metadata: encode_subscription(&topics),
+                            assignment: encode_assignment(&owned, None),
+                            member_epoch: m.epoch,
+                            partitions: owned,
+                        }
+                    })
+                    .collect(),
+            };
+        }
         let mut members: Vec<(&String, &Member<R>)> = group.members.iter().collect();
         members.sort_by_key(|(_, m)| m.join_order);
         GroupDescription {
@@ -912,6 +1131,8 @@ impl<R> GroupCoordinator<R> {
             error: None,
             state: group.state,
             protocol_type: group.protocol_type.clone().unwrap_or_default(),
+            group_type: GroupType::Classic,
+            epoch: group.generation,
             protocol: if group.state == GroupState::Stable {
                 group.protocol.clone().unwrap_or_default()
             } else {
@@ -926,6 +1147,16 @@ impl<R> GroupCoordinator<R> {
                     client_host: m.client_host.clone(),
                     metadata: m.metadata(group.protocol.as_deref()),
                     assignment: m.assignment.clone(),
+                    member_epoch: group.generation,
+                    partitions: if group.protocol_type.as_deref() == Some(CONSUMER_PROTOCOL_TYPE) {
+                        assigned_partitions(&m.assignment)
+                            .unwrap_or_default()
+                            .into_iter()
+                            .map(|(t, p)| TopicPartition::new(t, p))
+                            .collect()
+                    } else {
+                        Vec::new()
+                    },
                 })
                 .collect(),
         }
@@ -1144,6 +1375,26 @@ impl<R> GroupCoordinator<R> {
                 self.fx
                     .reply(reply, GroupResponse::DeleteOffsets(Ok(results)));
             }
+            Pending::Heartbeat {
+                reply,
+                group,
+                version,
+                answer,
+            } => {
+                let answer = match result {
+                    Ok(()) => {
+                        if let Some(native) =
+                            self.groups.get_mut(&group).and_then(|g| g.native.as_mut())
+                        {
+                            native.durable = native.durable.max(version.min(native.changes));
+                        }
+                        Ok(answer)
+                    }
+                    Err(error) => Err(error),
+                };
+                self.fx
+                    .reply(reply, GroupResponse::ConsumerHeartbeat(answer));
+            }
             Pending::Expire {
                 group,
                 removed,
@@ -1177,6 +1428,12 @@ impl<R> GroupCoordinator<R> {
             };
             if group.state == GroupState::Dead {
                 continue;
+            }
+            if let Some(native) = &mut group.native {
+                for member in native.expire(now) {
+                    tracing::info!(group = %id, %member, "native member session expired");
+                }
+                group.update_native_state(now);
             }
             let expired: Vec<String> = group
                 .members
@@ -1345,6 +1602,24 @@ impl<R> GroupCoordinator<R> {
             OffsetsRecord::Group {
                 group,
                 value: Some(value),
+            } if value.protocol.as_deref() == Some(NATIVE_ASSIGNOR) => {
+                let g = self
+                    .groups
+                    .entry(group.clone())
+                    .or_insert_with_key(|id| Group::new(id, now));
+                let offsets = std::mem::take(&mut g.offsets);
+                *g = Group::new(&group, TimestampMs(value.state_timestamp_ms));
+                g.offsets = offsets;
+                g.stored = true;
+                g.protocol_type = Some(CONSUMER_PROTOCOL_TYPE.to_owned());
+                g.protocol = Some(NATIVE_ASSIGNOR.to_owned());
+                g.native = Some(NativeGroup::from_value(&value, now));
+                g.update_native_state(now);
+                g.check_invariants(&group);
+            }
+            OffsetsRecord::Group {
+                group,
+                value: Some(value),
             } => {
                 let fx = &mut self.fx;
                 let g = self
@@ -1398,6 +1673,9 @@ impl<R> GroupCoordinator<R> {
     /// Ends a replay: restored members get one session timeout from `now` to heartbeat.
     pub fn finish_load(&mut self, now: TimestampMs) {
         for group in self.groups.values_mut() {
+            if let Some(native) = &mut group.native {
+                native.restart_sessions(now);
+            }
             for member in group.members.values_mut() {
                 member.heartbeat_deadline = after(now, member.session_timeout);
             }
@@ -1427,6 +1705,18 @@ impl<R> GroupCoordinator<R> {
         }
         dropped
     }
+}
+
+/// A member's session timeout must lie within the broker's range.
+fn check_session_timeout(config: &GroupConfig, timeout: Duration) -> Result<(), GroupError> {
+    let (min, max) = (config.session_timeout_min, config.session_timeout_max);
+    if timeout < min || timeout > max {
+        return Err(GroupError::InvalidSessionTimeout {
+            min_ms: u64::try_from(min.as_millis()).unwrap_or(u64::MAX),
+            max_ms: u64::try_from(max.as_millis()).unwrap_or(u64::MAX),
+        });
+    }
+    Ok(())
 }
 
 fn ms(value: i32) -> Duration {
@@ -1759,7 +2049,7 @@ fn remove_member<R>(
             maybe_complete_join(group, fx, now);
         }
         GroupState::PreparingRebalance => maybe_complete_join(group, fx, now),
-        GroupState::Empty | GroupState::Dead => {}
+        GroupState::Empty | GroupState::Dead | GroupState::Reconciling => {}
     }
 }
 
@@ -2008,6 +2298,160 @@ mod tests {
             assert_eq!(asg_b.assignment, Bytes::from(assignment(&[("t", &[2, 3])])));
             (a, b, 2)
         }
+    }
+
+    impl Harness {
+        /// A native heartbeat for topic "t" (6 partitions); the answer after the append.
+        fn beat(
+            &mut self,
+            group: &str,
+            member: &str,
+            epoch: i32,
+            owned: &[i32],
+        ) -> Result<ConsumerAssignment, GroupError> {
+            let token = self.token();
+            let request = ConsumerHeartbeat {
+                group_id: group.into(),
+                member_id: member.into(),
+                member_epoch: epoch,
+                client_id: "native".into(),
+                client_host: String::new(),
+                session_timeout: SESSION,
+                topics: vec!["t".into()],
+                owned: owned.iter().map(|p| TopicPartition::new("t", *p)).collect(),
+                partition_counts: vec![("t".into(), 6)],
+            };
+            let actions = self.core.consumer_heartbeat(self.now, token, request);
+            self.apply(actions);
+            self.flush();
+            match self.take(token) {
+                Some(GroupResponse::ConsumerHeartbeat(r)) => r,
+                other => panic!("no heartbeat answer: {other:?}"),
+            }
+        }
+    }
+
+    fn native_parts(a: &ConsumerAssignment) -> Vec<i32> {
+        a.assignment.iter().map(|tp| tp.partition.0).collect()
+    }
+
+    // Goal: a native group through the coordinator: two members split six partitions with the
+    // hand-over waiting for the revocation, every answer comes after its snapshot is in the
+    // log, and bad commits get their errors (unknown member, stale and fenced epochs, a
+    // partition the member does not own). Method: heartbeats and commits on the harness.
+    #[test]
+    fn native_group_assigns_and_checks_commits() {
+        let mut h = Harness::new();
+        let a = h.beat("n", "", 0, &[]).expect("join a");
+        assert_eq!(native_parts(&a), vec![0, 1, 2, 3, 4, 5]);
+        assert!(
+            !h.log.is_empty(),
+            "the snapshot is stored before the answer"
+        );
+        let b = h.beat("n", "", 0, &[]).expect("join b");
+        assert!(native_parts(&b).is_empty());
+        let a2 = h
+            .beat("n", &a.member_id, a.member_epoch, &[0, 1, 2, 3, 4, 5])
+            .expect("hb");
+        assert_eq!(native_parts(&a2), vec![0, 1, 2]);
+        // While revoking, a may still commit what it is giving up.
+        assert_eq!(
+            h.commit("n", &a.member_id, a2.member_epoch, ("t", 4), 10),
+            None
+        );
+        let a3 = h
+            .beat("n", &a.member_id, a2.member_epoch, &[0, 1, 2])
+            .expect("hb");
+        let b2 = h.beat("n", &b.member_id, b.member_epoch, &[]).expect("hb");
+        assert_eq!(native_parts(&b2), vec![3, 4, 5]);
+        assert_eq!(h.core.describe("n").state, GroupState::Stable);
+        assert_eq!(h.core.describe("n").group_type, GroupType::Consumer);
+        // Now partition 4 is b's.
+        assert_eq!(
+            h.commit("n", &a.member_id, a3.member_epoch, ("t", 4), 11),
+            Some(GroupError::PartitionNotAssigned)
+        );
+        assert_eq!(
+            h.commit("n", &b.member_id, b2.member_epoch, ("t", 4), 11),
+            None
+        );
+        assert_eq!(h.committed("n", ("t", 4)), 11);
+        assert_eq!(
+            h.commit("n", "nobody", 1, ("t", 0), 1),
+            Some(GroupError::UnknownMemberId)
+        );
+        assert_eq!(
+            h.commit("n", &a.member_id, a3.member_epoch - 1, ("t", 0), 1),
+            Some(GroupError::StaleMemberEpoch)
+        );
+        assert_eq!(
+            h.commit("n", &a.member_id, a3.member_epoch + 1, ("t", 0), 1),
+            Some(GroupError::FencedMemberEpoch)
+        );
+        // An admin commit (reset) is refused while members are active.
+        assert_eq!(
+            h.commit("n", "", -1, ("t", 0), 0),
+            Some(GroupError::UnknownMemberId)
+        );
+        assert_eq!(
+            h.beat("n", &a.member_id, 99, &[0, 1, 2]),
+            Err(GroupError::FencedMemberEpoch)
+        );
+        // A classic member cannot join a native group with members, nor delete it.
+        let t = h.join("n", "", None, &["t"]);
+        assert_eq!(
+            h.joined(t).error,
+            Some(GroupError::InconsistentGroupProtocol)
+        );
+    }
+
+    // Goal: a native group survives a coordinator restart: replaying the log restores members,
+    // epochs and ownership, members keep their epochs and partitions, and a member that never
+    // comes back expires so the others take its partitions. Method: replay the harness's log.
+    #[test]
+    fn native_group_replays() {
+        let mut h = Harness::new();
+        let a = h.beat("n", "", 0, &[]).expect("join a");
+        let b = h.beat("n", "", 0, &[]).expect("join b");
+        let a = h
+            .beat("n", &a.member_id, a.member_epoch, &[0, 1, 2, 3, 4, 5])
+            .expect("hb");
+        let a = h
+            .beat("n", &a.member_id, a.member_epoch, &[0, 1, 2])
+            .expect("hb");
+        let b = h.beat("n", &b.member_id, b.member_epoch, &[]).expect("hb");
+        assert_eq!(
+            h.commit("n", &b.member_id, b.member_epoch, ("t", 5), 3),
+            None
+        );
+        let mut fresh = Harness::new();
+        for record in h.log.clone() {
+            fresh.core.replay(fresh.now, record);
+        }
+        fresh.core.finish_load(fresh.now);
+        assert_eq!(fresh.committed("n", ("t", 5)), 3);
+        let a2 = fresh
+            .beat("n", &a.member_id, a.member_epoch, &[0, 1, 2])
+            .expect("a keeps its membership");
+        assert_eq!(native_parts(&a2), vec![0, 1, 2]);
+        // b never heartbeats again: after its session a gets everything.
+        fresh.advance(SESSION / 2);
+        let a2 = fresh
+            .beat("n", &a.member_id, a2.member_epoch, &[0, 1, 2])
+            .expect("hb");
+        fresh.advance(SESSION / 2);
+        let a3 = fresh
+            .beat("n", &a.member_id, a2.member_epoch, &[0, 1, 2])
+            .expect("hb");
+        assert_eq!(native_parts(&a3), vec![0, 1, 2, 3, 4, 5]);
+        // Leaving empties the group; then it can be deleted like any other.
+        let left = fresh.beat("n", &a.member_id, -1, &[]).expect("leave");
+        assert_eq!(left.member_epoch, -1);
+        let token = fresh.token();
+        let actions = fresh.core.delete(token, "n");
+        fresh.apply(actions);
+        fresh.flush();
+        assert_eq!(fresh.take(token), Some(GroupResponse::Delete(Ok(()))));
     }
 
     // Goal: the classic join/sync dance: MEMBER_ID_REQUIRED, a rebalance when a second member

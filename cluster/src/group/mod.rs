@@ -1,4 +1,5 @@
-//! Consumer groups: the group coordinator (Kafka's classic protocol) and committed offsets.
+//! Consumer groups: the group coordinator (Kafka's classic protocol, and native groups with
+//! server-side assignment) and committed offsets.
 //!
 //! A group lives on the shard that owns partition `partition_for(group id)` of the internal
 //! topic [`OFFSETS_TOPIC`]; every group request is forwarded there (`ShardMsg::Group`). On that
@@ -9,6 +10,11 @@
 //! partition is replayed into a fresh coordinator when the shard opens it (start-up, or the
 //! partition moving here).
 //!
+//! A group is either classic (Kafka's JoinGroup/SyncGroup, the members assign partitions) or
+//! native (`consumer_group.rs`: the native protocol's heartbeats, the coordinator assigns
+//! partitions and hands them over incrementally), as Kafka has classic and consumer groups;
+//! both share committed offsets and the offsets partition.
+//!
 //! Main types: [`GroupCoordinator`] (the core), [`GroupBackend`] (its driver on the owning
 //! shard), [`GroupConfig`], [`GroupError`], the request and response types in [`types`].
 //!
@@ -16,6 +22,7 @@
 //! [`types`]).
 
 mod backend;
+mod consumer_group;
 pub mod consumer_protocol;
 mod coordinator;
 pub mod record;
@@ -25,6 +32,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 pub use backend::{GroupBackend, GroupShard};
+pub use consumer_group::NATIVE_ASSIGNOR;
 pub use coordinator::{Action, AppendId, GroupCoordinator};
 pub use types::*;
 
@@ -103,6 +111,17 @@ pub enum GroupError {
     /// The coordinator shard's inbox is full; retry.
     #[error("coordinator overloaded, retry")]
     Overloaded,
+    /// A native member's epoch is newer than the coordinator's or too old to accept: the
+    /// member must give up its partitions and rejoin.
+    #[error("member epoch is fenced; rejoin")]
+    FencedMemberEpoch,
+    /// A commit carries an older member epoch than the member's: retry after the next
+    /// heartbeat.
+    #[error("stale member epoch")]
+    StaleMemberEpoch,
+    /// A native member committed an offset for a partition it does not own.
+    #[error("partition is not assigned to this member")]
+    PartitionNotAssigned,
 }
 
 /// Group coordinator settings (Kafka's broker configs of the same meaning).

@@ -366,6 +366,16 @@ impl<'a> Reader<'a> {
             .ok_or(RecordError::InvalidLength(-1))
     }
 
+    /// Nullable bytes (`i32` length, `-1`: null).
+    pub(crate) fn nullable_bytes(&mut self) -> Result<Option<Vec<u8>>, RecordError> {
+        let len = self.i32()?;
+        if len == -1 {
+            return Ok(None);
+        }
+        let len = usize::try_from(len).map_err(|_| RecordError::InvalidLength(len.into()))?;
+        Ok(Some(self.take(len)?.to_vec()))
+    }
+
     fn bytes(&mut self) -> Result<Bytes, RecordError> {
         let len = self.i32()?;
         if len == -1 {

@@ -216,6 +216,72 @@ pub struct FetchOffsetsResponse {
     pub partitions: Vec<CommittedOffset>,
 }
 
+/// A native group member's heartbeat (Kafka's ConsumerGroupHeartbeat, KIP-848): it joins
+/// (`member_epoch` 0), stays and reports what it owns, or leaves (`member_epoch` -1). The
+/// coordinator answers with the member's epoch and the partitions it may own.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConsumerHeartbeat {
+    /// Group id.
+    pub group_id: String,
+    /// Member id; empty when joining (the coordinator picks one).
+    pub member_id: String,
+    /// [`MEMBER_EPOCH_JOIN`], [`MEMBER_EPOCH_LEAVE`], or the epoch the member last got.
+    pub member_epoch: i32,
+    /// Client id of the connection.
+    pub client_id: String,
+    /// Client host of the connection.
+    pub client_host: String,
+    /// Without a heartbeat for this long the member is removed.
+    pub session_timeout: Duration,
+    /// Subscribed topics.
+    pub topics: Vec<String>,
+    /// The partitions the member owns now (consumes, or has not finished revoking).
+    pub owned: Vec<TopicPartition>,
+    /// The partition count of each subscribed topic (0: no such topic). Filled in by the shard
+    /// that routes the request, from its metadata: the coordinator core reads no metadata.
+    pub partition_counts: Vec<(String, i32)>,
+}
+
+/// The member epoch of a heartbeat that joins a native group.
+pub const MEMBER_EPOCH_JOIN: i32 = 0;
+/// The member epoch of a heartbeat that leaves a native group.
+pub const MEMBER_EPOCH_LEAVE: i32 = -1;
+
+/// The answer to a [`ConsumerHeartbeat`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConsumerAssignment {
+    /// The member's id (new when it joined).
+    pub member_id: String,
+    /// The member's epoch; commits carry it.
+    pub member_epoch: i32,
+    /// When to heartbeat next at the latest (sooner while partitions move).
+    pub heartbeat_interval: Duration,
+    /// The partitions the member may own, sorted. Owned partitions missing here must be
+    /// revoked (commit, stop fetching, report them gone in the next heartbeat); new ones may be
+    /// consumed at once.
+    pub assignment: Vec<TopicPartition>,
+}
+
+/// Which protocol a group's members speak.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum GroupType {
+    /// Kafka's classic protocol (JoinGroup/SyncGroup, client-side assignment), or a group
+    /// that only stores offsets.
+    Classic,
+    /// The native protocol's consumer groups (server-side assignment, KIP-848-like).
+    Consumer,
+}
+
+impl GroupType {
+    /// Kafka's name for the type (ListGroups v5).
+    pub fn name(self) -> &'static str {
+        match self {
+            GroupType::Classic => "classic",
+            GroupType::Consumer => "consumer",
+        }
+    }
+}
+
 /// The state of a group, named as Kafka names it in ListGroups and DescribeGroups.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum GroupState {
@@ -227,6 +293,8 @@ pub enum GroupState {
     CompletingRebalance,
     /// Every member has its assignment.
     Stable,
+    /// A native group whose members are moving partitions towards a new target assignment.
+    Reconciling,
     /// Being deleted.
     Dead,
 }
@@ -239,6 +307,7 @@ impl GroupState {
             GroupState::PreparingRebalance => "PreparingRebalance",
             GroupState::CompletingRebalance => "CompletingRebalance",
             GroupState::Stable => "Stable",
+            GroupState::Reconciling => "Reconciling",
             GroupState::Dead => "Dead",
         }
     }
@@ -251,6 +320,8 @@ pub struct GroupListing {
     pub group_id: String,
     /// Protocol type (empty for groups that only store offsets).
     pub protocol_type: String,
+    /// Classic or native consumer group.
+    pub group_type: GroupType,
     /// State.
     pub state: GroupState,
 }
@@ -270,6 +341,11 @@ pub struct MemberDescription {
     pub metadata: Bytes,
     /// Current assignment.
     pub assignment: Bytes,
+    /// Member epoch (native groups) or the group's generation (classic).
+    pub member_epoch: i32,
+    /// The partitions the member owns, decoded (classic: from `assignment` when it is a
+    /// consumer assignment).
+    pub partitions: Vec<TopicPartition>,
 }
 
 /// One group described.
@@ -283,6 +359,10 @@ pub struct GroupDescription {
     pub state: GroupState,
     /// Protocol type.
     pub protocol_type: String,
+    /// Classic or native consumer group.
+    pub group_type: GroupType,
+    /// Generation (classic) or group epoch (native).
+    pub epoch: i32,
     /// Selected protocol.
     pub protocol: String,
     /// Members.
@@ -322,6 +402,8 @@ pub enum GroupRequest {
         /// Partitions whose offsets to delete.
         partitions: Vec<TopicPartition>,
     },
+    /// A native group member's heartbeat.
+    ConsumerHeartbeat(ConsumerHeartbeat),
 }
 
 impl GroupRequest {
@@ -334,6 +416,7 @@ impl GroupRequest {
             GroupRequest::Leave(r) => &r.group_id,
             GroupRequest::Commit(r) => &r.group_id,
             GroupRequest::FetchOffsets(r) => &r.group_id,
+            GroupRequest::ConsumerHeartbeat(r) => &r.group_id,
             GroupRequest::Describe { group_id }
             | GroupRequest::Delete { group_id }
             | GroupRequest::DeleteOffsets { group_id, .. } => group_id,
@@ -369,11 +452,14 @@ impl GroupRequest {
                 error: Some(error),
                 state: GroupState::Dead,
                 protocol_type: String::new(),
+                group_type: GroupType::Classic,
+                epoch: -1,
                 protocol: String::new(),
                 members: Vec::new(),
             }),
             GroupRequest::Delete { .. } => GroupResponse::Delete(Err(error)),
             GroupRequest::DeleteOffsets { .. } => GroupResponse::DeleteOffsets(Err(error)),
+            GroupRequest::ConsumerHeartbeat(_) => GroupResponse::ConsumerHeartbeat(Err(error)),
         }
     }
 }
@@ -400,4 +486,6 @@ pub enum GroupResponse {
     Delete(Result<(), GroupError>),
     /// OffsetDelete: per partition, or a group-level error.
     DeleteOffsets(Result<Vec<(TopicPartition, Option<GroupError>)>, GroupError>),
+    /// A native member's heartbeat.
+    ConsumerHeartbeat(Result<ConsumerAssignment, GroupError>),
 }

@@ -1,7 +1,9 @@
-//! Admin operations on [`Client`]: topics, their configs and partitions, and offsets.
+//! Admin operations on [`Client`]: topics, their configs and partitions, offsets, and
+//! consumer groups (native and Kafka's: list, describe, delete, committed offsets).
 //!
 //! Topic-level requests go to a broker's shard 0 (any broker; the cluster forwards them to
-//! its metadata writer); partition-level requests (`list_offset`, `delete_records`) go to
+//! its metadata writer), and so do group requests (the broker forwards them to the group's
+//! coordinator); partition-level requests (`list_offset`, `delete_records`) go to
 //! the shard that owns the partition. All are retried like every client request.
 //!
 //! Main items: [`NewTopic`], [`ListedOffset`], and the `impl Client` block below.
@@ -12,7 +14,10 @@ use bytes::Bytes;
 
 use super::error::ClientError;
 use super::handle::{Client, unexpected};
-use crate::native::messages::{OffsetQuery, Request, Response, TopicInfo};
+use crate::native::messages::{
+    CommittedOffsetInfo, GroupInfo, GroupSummary, OffsetCommit, OffsetQuery, Request, Response,
+    TopicInfo, TopicPartitions,
+};
 
 /// A topic to create.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -165,6 +170,103 @@ impl Client {
         match frame.header {
             Response::Offset { offset, timestamp } => Ok(ListedOffset { offset, timestamp }),
             other => Err(unexpected("list offset", &other)),
+        }
+    }
+
+    /// Every group of the cluster, native and Kafka (classic), sorted by id.
+    pub async fn list_groups(&self) -> Result<Vec<GroupSummary>, ClientError> {
+        let frame = self.control_request(&Request::ListGroups).await?;
+        match frame.header {
+            Response::Groups { groups } => Ok(groups),
+            other => Err(unexpected("list groups", &other)),
+        }
+    }
+
+    /// A group's state, members and their partitions (`GroupNotFound` when it does not exist).
+    pub async fn describe_group(&self, group_id: &str) -> Result<GroupInfo, ClientError> {
+        let request = Request::DescribeGroup {
+            group_id: group_id.to_owned(),
+        };
+        let frame = self.control_request(&request).await?;
+        match frame.header {
+            Response::Group { group } => Ok(*group),
+            other => Err(unexpected("describe group", &other)),
+        }
+    }
+
+    /// Deletes a group that has no members, with its committed offsets.
+    pub async fn delete_group(&self, group_id: &str) -> Result<(), ClientError> {
+        let request = Request::DeleteGroup {
+            group_id: group_id.to_owned(),
+        };
+        self.admin_done("delete group", &request).await.map(|_| ())
+    }
+
+    /// A group's committed offsets: of `partitions`, or of every partition it has one for
+    /// (`None`). A partition without one has offset -1.
+    pub async fn fetch_offsets(
+        &self,
+        group_id: &str,
+        partitions: Option<&[(&str, i32)]>,
+    ) -> Result<Vec<CommittedOffsetInfo>, ClientError> {
+        let request = Request::FetchOffsets {
+            group_id: group_id.to_owned(),
+            partitions: partitions.map(|p| TopicPartitions::group(p.iter().copied())),
+        };
+        let frame = self.control_request(&request).await?;
+        match frame.header {
+            Response::Offsets { offsets } => Ok(offsets),
+            other => Err(unexpected("fetch offsets", &other)),
+        }
+    }
+
+    /// Commits `(topic, partition, next offset)` for a group outside group membership (an
+    /// offset reset): the broker accepts it only while the group has no members. Fails with
+    /// the first partition's error.
+    pub async fn commit_offsets(
+        &self,
+        group_id: &str,
+        offsets: &[(&str, i32, i64)],
+    ) -> Result<(), ClientError> {
+        let request = Request::CommitOffsets {
+            group_id: group_id.to_owned(),
+            member_id: String::new(),
+            member_epoch: -1,
+            offsets: offsets
+                .iter()
+                .map(|(topic, partition, offset)| OffsetCommit {
+                    topic: (*topic).to_owned(),
+                    partition: *partition,
+                    offset: *offset,
+                    metadata: String::new(),
+                })
+                .collect(),
+        };
+        let frame = self.control_request(&request).await?;
+        let Response::Committed { partitions } = frame.header else {
+            return Err(unexpected("commit offsets", &frame.header));
+        };
+        match partitions.into_iter().find(|p| p.error.is_some()) {
+            Some(failed) => Err(ClientError::Server {
+                code: failed.error.expect("found by its error"),
+                message: format!(
+                    "cannot commit {}-{} for group {group_id}",
+                    failed.topic, failed.partition
+                ),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Sends any request without a payload to a broker's control endpoint (shard 0, which
+    /// forwards what it does not answer itself) and returns the answer header, an error
+    /// answer included. Low level: for tools and tests that need the protocol's exact
+    /// answers; retriable failures are retried like every control request.
+    pub async fn control(&self, request: &Request) -> Result<Response, ClientError> {
+        match self.control_request(request).await {
+            Ok(frame) => Ok(frame.header),
+            Err(ClientError::Server { code, message }) => Ok(Response::Error { code, message }),
+            Err(error) => Err(error),
         }
     }
 

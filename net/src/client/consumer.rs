@@ -204,16 +204,25 @@ impl Consumer {
     /// buffered records, new ones start at `ConsumerConfig::start`, others keep their
     /// position. Unknown topics or partitions are reported by `poll`.
     pub fn assign(&self, partitions: &[(&str, i32)]) {
-        let wanted: Vec<PartitionKey> = partitions
+        let start = self.shared.config.start;
+        let partitions: Vec<(&str, i32, Seek)> =
+            partitions.iter().map(|(t, p)| (*t, *p, start)).collect();
+        self.assign_from(&partitions);
+    }
+
+    /// [`Consumer::assign`] with a start position per partition: partitions not assigned
+    /// before start there; the others keep their position.
+    pub fn assign_from(&self, partitions: &[(&str, i32, Seek)]) {
+        let wanted: Vec<(PartitionKey, Seek)> = partitions
             .iter()
-            .map(|(topic, partition)| (Arc::<str>::from(*topic), *partition))
+            .map(|(topic, partition, seek)| ((Arc::<str>::from(*topic), *partition), *seek))
             .collect();
         let mut state = self.shared.state.borrow_mut();
         let mut fetchers = self.fetchers.borrow_mut();
         let removed: Vec<PartitionKey> = state
             .order
             .iter()
-            .filter(|key| !wanted.contains(key))
+            .filter(|key| !wanted.iter().any(|(k, _)| k == *key))
             .cloned()
             .collect();
         for key in removed {
@@ -225,7 +234,7 @@ impl Consumer {
         }
         state.order.clear();
         let mut started = Vec::new();
-        for key in wanted {
+        for (key, start) in wanted {
             if state.order.contains(&key) {
                 continue;
             }
@@ -237,9 +246,18 @@ impl Consumer {
                 key.clone(),
                 PartitionState {
                     epoch: 0,
-                    seek: Some(self.shared.config.start),
-                    position: -1,
-                    fetch_offset: -1,
+                    seek: match start {
+                        Seek::Offset(_) => None,
+                        other => Some(other),
+                    },
+                    position: match start {
+                        Seek::Offset(offset) => offset,
+                        _ => -1,
+                    },
+                    fetch_offset: match start {
+                        Seek::Offset(offset) => offset,
+                        _ => -1,
+                    },
                     records: VecDeque::new(),
                     bytes: 0,
                     error: None,

@@ -297,6 +297,56 @@ impl ConsumerError {
     }
 }
 
+/// Why a [`GroupConsumer`](super::GroupConsumer) operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum GroupConsumerError {
+    /// The configuration is unusable.
+    #[error("invalid group consumer configuration: {reason}")]
+    InvalidConfig {
+        /// What is wrong.
+        reason: String,
+    },
+    /// A group request (heartbeat, commit, offset fetch) failed for good.
+    #[error("group {group}: {source}")]
+    Group {
+        /// The group.
+        group: String,
+        /// The failure.
+        source: ClientError,
+    },
+    /// The coordinator refused to commit a partition's offset.
+    #[error("group {group}: cannot commit {topic}-{partition}: {code:?}")]
+    Commit {
+        /// The group.
+        group: String,
+        /// The topic.
+        topic: Arc<str>,
+        /// The partition.
+        partition: i32,
+        /// Why.
+        code: ErrorCode,
+    },
+    /// Reading an owned partition failed for good.
+    #[error(transparent)]
+    Consumer(#[from] ConsumerError),
+    /// The consumer was closed.
+    #[error("the group consumer is closed")]
+    Closed,
+}
+
+impl GroupConsumerError {
+    /// The broker's error code, if the broker refused something.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            GroupConsumerError::Group { source, .. } => source.code(),
+            GroupConsumerError::Commit { code, .. } => Some(*code),
+            GroupConsumerError::Consumer(error) => error.code(),
+            _ => None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

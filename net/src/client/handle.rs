@@ -643,6 +643,11 @@ pub(super) fn unexpected(request: &'static str, answer: &Response) -> ClientErro
         Response::Offset { .. } => "an offset",
         Response::Topic { .. } => "a topic description",
         Response::Done { .. } => "a bare acknowledgement",
+        Response::GroupHeartbeat { .. } => "a group heartbeat answer",
+        Response::Committed { .. } => "commit results",
+        Response::Offsets { .. } => "committed offsets",
+        Response::Groups { .. } => "a group listing",
+        Response::Group { .. } => "a group description",
     };
     ClientError::UnexpectedAnswer {
         request,

@@ -14,7 +14,8 @@
 //! Main items: [`Client`] and [`ClientConfig`]; admin calls on `Client` ([`NewTopic`],
 //! [`ListedOffset`]); [`Producer`], [`ProducerConfig`], [`ProducerRecord`],
 //! [`RecordMetadata`]; [`Consumer`], [`ConsumerConfig`], [`ConsumerRecord`], [`Seek`];
-//! [`partitioner`].
+//! [`GroupConsumer`] and [`GroupConsumerConfig`] (a member of a consumer group: the broker
+//! assigns partitions, the member commits what it processed); [`partitioner`].
 //!
 //! Must not depend on: storage internals (batches are built and decoded with
 //! `sluice_engine::batch`, the one format), glommio by name, or the broker side of `net`.
@@ -108,6 +109,31 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
+//! Share a topic's partitions with the other members of a group, resuming from the group's
+//! committed offsets; `poll` commits what earlier polls returned every five seconds, and
+//! `close` commits the rest and leaves the group:
+//!
+//! ```no_run
+//! # use sluice_engine::rt;
+//! use std::io::Write;
+//! use std::time::Duration;
+//! use sluice_net::client::{Client, ClientConfig, GroupConsumer, GroupConsumerConfig};
+//!
+//! rt::block_on(async {
+//!     let client = Client::connect(ClientConfig::default()).await?;
+//!     let member = GroupConsumer::new(&client, GroupConsumerConfig::new("billing", ["orders"]))?;
+//!     for _ in 0..100 {
+//!         for record in member.poll(Duration::from_secs(1)).await? {
+//!             let (partition, offset) = (record.partition, record.offset);
+//!             writeln!(std::io::stdout(), "{partition} {offset}")?;
+//!         }
+//!     }
+//!     member.close().await?;
+//!     Ok::<(), Box<dyn std::error::Error>>(())
+//! })?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! Admin calls:
 //!
 //! ```no_run
@@ -137,6 +163,7 @@
 mod admin;
 mod consumer;
 mod error;
+mod group;
 mod handle;
 mod metadata;
 pub mod partitioner;
@@ -145,7 +172,8 @@ mod producer;
 
 pub use admin::{ListedOffset, NewTopic};
 pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord, Seek};
-pub use error::{ClientError, ConsumerError, ProduceError};
+pub use error::{ClientError, ConsumerError, GroupConsumerError, ProduceError};
+pub use group::{GroupConsumer, GroupConsumerConfig};
 pub use handle::{Acks, Client, ClientConfig, DEFAULT_BROKER, Fetched, Produced};
 pub use metadata::ClusterMetadata;
 pub use partitioner::{DefaultPartitioner, Partitioner, RoundRobinPartitioner};

@@ -77,6 +77,11 @@ pub fn error_code<'a>(error: impl Into<DomainError<'a>>) -> ResponseError {
             GroupError::CoordinatorNotAvailable => ResponseError::CoordinatorNotAvailable,
             GroupError::CoordinatorLoadInProgress => ResponseError::CoordinatorLoadInProgress,
             GroupError::NotCoordinator => ResponseError::NotCoordinator,
+            GroupError::FencedMemberEpoch => ResponseError::FencedMemberEpoch,
+            GroupError::StaleMemberEpoch => ResponseError::StaleMemberEpoch,
+            // Kafka has no code for it; the classic twin (a partition another member owns) is
+            // ILLEGAL_GENERATION too.
+            GroupError::PartitionNotAssigned => ResponseError::IllegalGeneration,
             // A failed append to the offsets partition, as Kafka maps it: the client finds
             // the coordinator again and retries.
             GroupError::Storage(_) => ResponseError::CoordinatorNotAvailable,
@@ -236,6 +241,9 @@ mod tests {
             (group(GroupError::InvalidGroupId), 24, false),
             (group(GroupError::OffsetMetadataTooLarge(4096)), 12, false),
             (group(GroupError::UnknownTopicOrPartition), 3, true),
+            (group(GroupError::FencedMemberEpoch), 110, false),
+            (group(GroupError::StaleMemberEpoch), 113, false),
+            (group(GroupError::PartitionNotAssigned), 22, false),
             (group(GroupError::GroupSubscribedToTopic), 86, false),
             (group(GroupError::CoordinatorNotAvailable), 15, true),
             (group(GroupError::CoordinatorLoadInProgress), 14, true),

@@ -64,9 +64,6 @@ const KEY_TYPE_GROUP: i8 = 0;
 /// DescribeGroups `authorized_operations` when the client did not ask for them.
 const OPERATIONS_NOT_REQUESTED: i32 = i32::MIN;
 
-/// The group type every Sluice group has in ListGroups v5 (the classic protocol).
-const GROUP_TYPE_CLASSIC: &str = "classic";
-
 fn text(s: impl Into<String>) -> StrBytes {
     StrBytes::from_string(s.into())
 }
@@ -530,18 +527,15 @@ impl Context {
             .iter()
             .map(|s| s.to_ascii_lowercase())
             .collect();
-        let classic_wanted = request.types_filter.is_empty()
-            || request
-                .types_filter
-                .iter()
-                .any(|t| t.eq_ignore_ascii_case(GROUP_TYPE_CLASSIC));
-        let groups = if classic_wanted {
-            self.shard.list_groups().await
-        } else {
-            Vec::new()
-        };
+        let types: Vec<String> = request
+            .types_filter
+            .iter()
+            .map(|t| t.to_ascii_lowercase())
+            .collect();
+        let groups = self.shard.list_groups().await;
         let groups = groups
             .into_iter()
+            .filter(|g| types.is_empty() || types.iter().any(|t| t == g.group_type.name()))
             .filter(|g| states.is_empty() || states.contains(&g.state.name().to_ascii_lowercase()))
             .map(|g| {
                 let listed = ListedGroup::default()
@@ -553,7 +547,7 @@ impl Context {
                     listed
                 };
                 if version >= 5 {
-                    listed.with_group_type(StrBytes::from_static_str(GROUP_TYPE_CLASSIC))
+                    listed.with_group_type(StrBytes::from_static_str(g.group_type.name()))
                 } else {
                     listed
                 }

@@ -55,15 +55,29 @@ pub fn error_code<'a>(error: impl Into<DomainError<'a>>) -> ErrorCode {
             MetadataError::Refused(_) => ErrorCode::Overloaded,
             _ => ErrorCode::Internal,
         },
-        // The native protocol has no group requests yet; until it does, only the retriable
-        // conditions get a specific code.
         DomainError::Group(error) => match error {
+            // The coordinator is loading, moved, or its inbox is full: retry.
             GroupError::Overloaded
             | GroupError::CoordinatorNotAvailable
             | GroupError::CoordinatorLoadInProgress => ErrorCode::Overloaded,
             GroupError::NotCoordinator => ErrorCode::NotOwner,
             GroupError::Storage(_) => ErrorCode::StorageError,
             GroupError::UnknownTopicOrPartition => ErrorCode::UnknownTopicOrPartition,
+            GroupError::UnknownMemberId => ErrorCode::UnknownMemberId,
+            // A classic generation that is not the group's fences the member like a wrong
+            // member epoch.
+            GroupError::FencedMemberEpoch | GroupError::IllegalGeneration => {
+                ErrorCode::FencedMemberEpoch
+            }
+            GroupError::StaleMemberEpoch => ErrorCode::StaleMemberEpoch,
+            GroupError::PartitionNotAssigned => ErrorCode::PartitionNotAssigned,
+            GroupError::NonEmptyGroup => ErrorCode::GroupNotEmpty,
+            GroupError::GroupIdNotFound => ErrorCode::GroupNotFound,
+            GroupError::InconsistentGroupProtocol | GroupError::RebalanceInProgress => {
+                ErrorCode::InconsistentGroupProtocol
+            }
+            GroupError::InvalidSessionTimeout { .. } => ErrorCode::InvalidSessionTimeout,
+            GroupError::OffsetMetadataTooLarge(_) => ErrorCode::MessageTooLarge,
             _ => ErrorCode::InvalidRequest,
         },
     }
@@ -84,6 +98,7 @@ mod tests {
         let produce = |e: ProduceError| error_code(&e);
         let fetch = |e: FetchError| error_code(&e);
         let metadata = |e: MetadataError| error_code(&e);
+        let group = |e: GroupError| error_code(&e);
         let table: Vec<(ErrorCode, ErrorCode, bool)> = vec![
             (
                 produce(ProduceError::UnknownTopicOrPartition("t-0".into())),
@@ -224,6 +239,61 @@ mod tests {
                 fetch(FetchError::NotLeader("t-0".into())),
                 ErrorCode::NotOwner,
                 true,
+            ),
+            (group(GroupError::Overloaded), ErrorCode::Overloaded, true),
+            (
+                group(GroupError::CoordinatorLoadInProgress),
+                ErrorCode::Overloaded,
+                true,
+            ),
+            (group(GroupError::NotCoordinator), ErrorCode::NotOwner, true),
+            (
+                group(GroupError::UnknownMemberId),
+                ErrorCode::UnknownMemberId,
+                false,
+            ),
+            (
+                group(GroupError::FencedMemberEpoch),
+                ErrorCode::FencedMemberEpoch,
+                false,
+            ),
+            (
+                group(GroupError::StaleMemberEpoch),
+                ErrorCode::StaleMemberEpoch,
+                false,
+            ),
+            (
+                group(GroupError::PartitionNotAssigned),
+                ErrorCode::PartitionNotAssigned,
+                false,
+            ),
+            (
+                group(GroupError::NonEmptyGroup),
+                ErrorCode::GroupNotEmpty,
+                false,
+            ),
+            (
+                group(GroupError::GroupIdNotFound),
+                ErrorCode::GroupNotFound,
+                false,
+            ),
+            (
+                group(GroupError::InconsistentGroupProtocol),
+                ErrorCode::InconsistentGroupProtocol,
+                false,
+            ),
+            (
+                group(GroupError::InvalidSessionTimeout {
+                    min_ms: 1,
+                    max_ms: 2,
+                }),
+                ErrorCode::InvalidSessionTimeout,
+                false,
+            ),
+            (
+                group(GroupError::InvalidGroupId),
+                ErrorCode::InvalidRequest,
+                false,
             ),
         ];
         for (i, (code, expected, retriable)) in table.iter().enumerate() {

@@ -28,8 +28,9 @@ pub const MAGIC: [u8; 4] = *b"SLCF";
 ///
 /// Bump it for any change to the prefix's meaning or to a header type in `messages` (rkyv
 /// layouts are not self-describing: adding a field or an enum variant changes them).
-/// Version 2 added `Request::Produce::sequence` and `ErrorCode::OutOfOrderSequence`; no
-/// build that speaks version 1 was released, so version 1 is no longer read.
+/// Version 2 added `Request::Produce::sequence`, `ErrorCode::OutOfOrderSequence` and the
+/// consumer group requests; no build that speaks version 1 was released, so version 1 is no
+/// longer read.
 pub const PROTOCOL_VERSION: u16 = 2;
 
 /// The oldest protocol version this build still reads.
@@ -542,11 +543,12 @@ mod tests {
         let frame = encode(&produce(7), b"abc").expect("encode");
         expect![[r#"
             [53, 4c, 43, 46, 02, 00, 00, 00]
-            [30, 00, 00, 00, 03, 00, 00, 00]
-            [fb, 1c, 5a, 25, 00, 00, 00, 00]
+            [38, 00, 00, 00, 03, 00, 00, 00]
+            [55, 1b, ab, e8, 00, 00, 00, 00]
             [01, 00, 00, 00, 74, ff, ff, ff]
             [ff, ff, ff, ff, 07, 00, 00, 00]
             [01, 00, 00, 00, 00, 00, 00, 00]
+            [00, 00, 00, 00, 00, 00, 00, 00]
             [00, 00, 00, 00, 00, 00, 00, 00]
             [00, 00, 00, 00, 00, 00, 00, 00]
             [00, 00, 00, 00, 00, 00, 00, 00]

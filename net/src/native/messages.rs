@@ -57,6 +57,26 @@ pub enum ErrorCode {
     /// A sequenced produce request was not appended because an earlier request of its
     /// partition on the connection failed or did not arrive; resend them in order.
     OutOfOrderSequence = 17,
+    /// The group has no member with that id (it left, its session expired, or the
+    /// coordinator restarted without it): give up every partition without committing and
+    /// rejoin with epoch 0.
+    UnknownMemberId = 18,
+    /// The member epoch is not the member's: give up every partition without committing and
+    /// rejoin with epoch 0.
+    FencedMemberEpoch = 19,
+    /// A commit carries an older member epoch than the member's: retry with the epoch of the
+    /// latest heartbeat answer.
+    StaleMemberEpoch = 20,
+    /// A member committed an offset for a partition it does not own.
+    PartitionNotAssigned = 21,
+    /// The group has active members (delete, or an admin commit such as a reset).
+    GroupNotEmpty = 22,
+    /// No such group.
+    GroupNotFound = 23,
+    /// The group is a Kafka (classic) group with members, or the request does not fit it.
+    InconsistentGroupProtocol = 24,
+    /// The session timeout is outside the broker's allowed range.
+    InvalidSessionTimeout = 25,
 }
 
 impl ErrorCode {
@@ -185,6 +205,153 @@ pub enum Request {
         /// New start offset.
         before: i64,
     },
+    /// A consumer group member's heartbeat: join (`member_epoch` 0, `member_id` empty), stay
+    /// (the epoch of the last answer, and the partitions it owns), or leave (`member_epoch`
+    /// -1).
+    GroupHeartbeat {
+        /// Group id.
+        group_id: String,
+        /// Member id; empty when joining.
+        member_id: String,
+        /// 0 to join, -1 to leave, else the epoch of the last answer.
+        member_epoch: i32,
+        /// Client id, shown by describe.
+        client_id: String,
+        /// Without a heartbeat for this long the member is removed.
+        session_timeout_ms: u32,
+        /// Subscribed topics.
+        topics: Vec<String>,
+        /// Partitions the member owns now.
+        owned: Vec<TopicPartitions>,
+    },
+    /// Commit offsets for a group. A member sends its id and epoch; an admin (offset resets)
+    /// sends an empty id and epoch -1, accepted only while the group has no members.
+    CommitOffsets {
+        /// Group id.
+        group_id: String,
+        /// Member id, or empty.
+        member_id: String,
+        /// The member's epoch, or -1.
+        member_epoch: i32,
+        /// The offsets: the next offset to read per partition.
+        offsets: Vec<OffsetCommit>,
+    },
+    /// A group's committed offsets (`None`: every partition it has one for).
+    FetchOffsets {
+        /// Group id.
+        group_id: String,
+        /// Partitions wanted.
+        partitions: Option<Vec<TopicPartitions>>,
+    },
+    /// Every group of the broker, native and Kafka (classic).
+    ListGroups,
+    /// A group's state and members.
+    DescribeGroup {
+        /// Group id.
+        group_id: String,
+    },
+    /// Delete a group without members and its committed offsets.
+    DeleteGroup {
+        /// Group id.
+        group_id: String,
+    },
+}
+
+/// Partitions of one topic.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct TopicPartitions {
+    /// Topic.
+    pub topic: String,
+    /// Partitions.
+    pub partitions: Vec<i32>,
+}
+
+/// One offset to commit.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct OffsetCommit {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// The next offset to read.
+    pub offset: i64,
+    /// Client metadata.
+    pub metadata: String,
+}
+
+/// One partition's outcome in a `Committed` answer.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct PartitionResult {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// `None` when committed.
+    pub error: Option<ErrorCode>,
+}
+
+/// One committed offset.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct CommittedOffsetInfo {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// The committed offset, -1 when none.
+    pub offset: i64,
+    /// Its metadata.
+    pub metadata: String,
+}
+
+/// One group in a `Groups` answer.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct GroupSummary {
+    /// Group id.
+    pub group_id: String,
+    /// `consumer` (native) or `classic` (Kafka's protocol, or offsets only).
+    pub group_type: String,
+    /// Protocol type (`consumer` for consumers, empty for offsets only).
+    pub protocol_type: String,
+    /// State: Empty, Stable, Reconciling, PreparingRebalance, CompletingRebalance, Dead.
+    pub state: String,
+}
+
+/// One member in a `Group` answer.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct MemberInfo {
+    /// Member id.
+    pub member_id: String,
+    /// Static membership id (classic groups).
+    pub instance_id: Option<String>,
+    /// Client id.
+    pub client_id: String,
+    /// Client host (classic groups; empty for native members).
+    pub client_host: String,
+    /// Member epoch (native) or the group's generation (classic).
+    pub member_epoch: i32,
+    /// Subscribed topics, when known.
+    pub topics: Vec<String>,
+    /// The partitions the member owns.
+    pub assignment: Vec<TopicPartitions>,
+}
+
+/// A group in a `Group` answer.
+#[derive(Archive, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct GroupInfo {
+    /// Group id.
+    pub group_id: String,
+    /// `consumer` or `classic`.
+    pub group_type: String,
+    /// State.
+    pub state: String,
+    /// Protocol type.
+    pub protocol_type: String,
+    /// Assignor (native: the broker's; classic: the one the members chose).
+    pub protocol: String,
+    /// Group epoch (native) or generation (classic).
+    pub epoch: i32,
+    /// Members.
+    pub members: Vec<MemberInfo>,
 }
 
 /// One broker as the metadata response describes it.
@@ -284,6 +451,61 @@ pub enum Response {
         /// New log start offset for `DeleteRecords`, else 0.
         value: i64,
     },
+    /// Answer to `GroupHeartbeat`.
+    GroupHeartbeat {
+        /// The member's id (new when it joined).
+        member_id: String,
+        /// The member's epoch (-1 after leaving); commits carry it.
+        member_epoch: i32,
+        /// Heartbeat again within this long (shorter while partitions move).
+        heartbeat_interval_ms: u32,
+        /// Every partition the member may own. Owned partitions missing here must be revoked:
+        /// commit what was processed, stop fetching, and leave them out of the next heartbeat.
+        assignment: Vec<TopicPartitions>,
+    },
+    /// Answer to `CommitOffsets`: one result per partition.
+    Committed {
+        /// Results.
+        partitions: Vec<PartitionResult>,
+    },
+    /// Answer to `FetchOffsets`.
+    Offsets {
+        /// The committed offsets.
+        offsets: Vec<CommittedOffsetInfo>,
+    },
+    /// Answer to `ListGroups`.
+    Groups {
+        /// Groups sorted by id.
+        groups: Vec<GroupSummary>,
+    },
+    /// Answer to `DescribeGroup`.
+    Group {
+        /// The group (boxed: it is by far the largest answer header).
+        group: Box<GroupInfo>,
+    },
+}
+
+impl TopicPartitions {
+    /// Groups `(topic, partition)` pairs by topic, keeping first-seen topic order.
+    pub fn group<'a>(pairs: impl IntoIterator<Item = (&'a str, i32)>) -> Vec<TopicPartitions> {
+        let mut out: Vec<TopicPartitions> = Vec::new();
+        for (topic, partition) in pairs {
+            match out.iter_mut().find(|t| t.topic == topic) {
+                Some(t) => t.partitions.push(partition),
+                None => out.push(TopicPartitions {
+                    topic: topic.to_owned(),
+                    partitions: vec![partition],
+                }),
+            }
+        }
+        out
+    }
+
+    /// The `(topic, partition)` pairs, in order.
+    pub fn pairs(list: &[TopicPartitions]) -> impl Iterator<Item = (&str, i32)> {
+        list.iter()
+            .flat_map(|t| t.partitions.iter().map(move |p| (t.topic.as_str(), *p)))
+    }
 }
 
 /// Serialises a header with rkyv.
@@ -357,18 +579,79 @@ mod tests {
                 partition: 1,
                 before: -1,
             },
+            Request::GroupHeartbeat {
+                group_id: "g".into(),
+                member_id: "m".into(),
+                member_epoch: 3,
+                client_id: "c".into(),
+                session_timeout_ms: 10_000,
+                topics: vec!["t".into()],
+                owned: TopicPartitions::group([("t", 0), ("t", 2)]),
+            },
+            Request::CommitOffsets {
+                group_id: "g".into(),
+                member_id: String::new(),
+                member_epoch: -1,
+                offsets: vec![OffsetCommit {
+                    topic: "t".into(),
+                    partition: 0,
+                    offset: 7,
+                    metadata: String::new(),
+                }],
+            },
+            Request::FetchOffsets {
+                group_id: "g".into(),
+                partitions: None,
+            },
+            Request::ListGroups,
+            Request::DescribeGroup {
+                group_id: "g".into(),
+            },
+            Request::DeleteGroup {
+                group_id: "g".into(),
+            },
         ];
         for request in requests {
             let bytes = encode(&request);
             assert_eq!(decode_request(&bytes).expect("valid"), request);
         }
-        let response = Response::Error {
-            code: ErrorCode::NotOwner,
-            message: "moved".into(),
-        };
+        let responses = vec![
+            Response::Error {
+                code: ErrorCode::NotOwner,
+                message: "moved".into(),
+            },
+            Response::GroupHeartbeat {
+                member_id: "m".into(),
+                member_epoch: 4,
+                heartbeat_interval_ms: 200,
+                assignment: TopicPartitions::group([("a", 1), ("b", 0), ("a", 3)]),
+            },
+            Response::Committed {
+                partitions: vec![PartitionResult {
+                    topic: "t".into(),
+                    partition: 1,
+                    error: Some(ErrorCode::PartitionNotAssigned),
+                }],
+            },
+        ];
+        for response in responses {
+            assert_eq!(
+                decode_response(&encode(&response)).expect("valid"),
+                response
+            );
+        }
         assert_eq!(
-            decode_response(&encode(&response)).expect("valid"),
-            response
+            TopicPartitions::group([("a", 1), ("b", 0), ("a", 3)]),
+            vec![
+                TopicPartitions {
+                    topic: "a".into(),
+                    partitions: vec![1, 3]
+                },
+                TopicPartitions {
+                    topic: "b".into(),
+                    partitions: vec![0]
+                },
+            ]
         );
     }
 

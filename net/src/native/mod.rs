@@ -4,8 +4,9 @@
 //! Main items: [`frame`] (the sans-IO frame codec), [`messages`] (the typed request and
 //! response headers frames carry), [`stream`] (reading and writing frames on quinn streams),
 //! [`server`] (the broker side: [`serve_native`] on every shard), [`order`] (the ordering of
-//! a connection's pipelined produce requests per partition) and [`error`] (the one mapping
-//! from domain errors to [`messages::ErrorCode`]). The byte-exact specification and the
+//! a connection's pipelined produce requests per partition), `groups` (the server's group
+//! requests) and [`error`] (the one mapping from domain errors to [`messages::ErrorCode`]).
+//! The byte-exact specification and the
 //! message semantics are in `net/PROTOCOL.md`.
 //!
 //! Must not depend on: storage. Only [`server`] knows the shard (through the
@@ -14,6 +15,7 @@
 
 pub mod error;
 pub mod frame;
+mod groups;
 pub mod messages;
 pub mod order;
 pub mod server;

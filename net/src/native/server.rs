@@ -57,6 +57,7 @@ use crate::limits::{
 };
 use crate::native::error::error_code;
 use crate::native::frame::{Frame, PREFIX_BYTES};
+use crate::native::groups;
 use crate::native::messages::{
     BrokerEndpoint, ErrorCode, OffsetQuery, PartitionInfo, ProduceSequence, Request, Response,
     TopicInfo,
@@ -463,6 +464,12 @@ fn api_name(request: &Request) -> &'static str {
         Request::AlterConfig { .. } => "native_alter_config",
         Request::CreatePartitions { .. } => "native_create_partitions",
         Request::DeleteRecords { .. } => "native_delete_records",
+        Request::GroupHeartbeat { .. } => "native_group_heartbeat",
+        Request::CommitOffsets { .. } => "native_commit_offsets",
+        Request::FetchOffsets { .. } => "native_fetch_offsets",
+        Request::ListGroups => "native_list_groups",
+        Request::DescribeGroup { .. } => "native_describe_group",
+        Request::DeleteGroup { .. } => "native_delete_group",
     }
 }
 
@@ -664,6 +671,14 @@ impl Server {
                     Ok(start) => Answer::done(start.0),
                     Err(error) => failure(&error),
                 }
+            }
+            group @ (Request::GroupHeartbeat { .. }
+            | Request::CommitOffsets { .. }
+            | Request::FetchOffsets { .. }
+            | Request::ListGroups
+            | Request::DescribeGroup { .. }
+            | Request::DeleteGroup { .. }) => {
+                Answer::header(groups::handle(&self.shard, group).await)
             }
         }
     }

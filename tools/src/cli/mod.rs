@@ -1,5 +1,5 @@
-//! The client commands of `sluice`: `topic`, `produce`, `consume` and `cluster`, one module
-//! each (`cluster` reads a broker's admin endpoint instead of the native protocol).
+//! The client commands of `sluice`: `topic`, `produce`, `consume`, `group` and `cluster`, one
+//! module each (`cluster` reads a broker's admin endpoint instead of the native protocol).
 //!
 //! Each command runs on one executor on the calling thread (`rt::try_block_on`) and talks to
 //! the cluster through `sluice_net::client`. Every command takes the connection flags of
@@ -7,6 +7,7 @@
 
 pub mod cluster;
 pub mod consume;
+pub mod group;
 pub mod produce;
 pub mod topic;
 

@@ -180,6 +180,13 @@ impl Broker {
         self.child.try_wait().expect("poll the broker").is_none()
     }
 
+    /// Kills the broker with SIGKILL and starts it again on the same data directory, ports
+    /// and flags; waits until `/health` answers.
+    pub fn kill_and_restart(&mut self) {
+        self.kill();
+        self.restart();
+    }
+
     fn wait_healthy(&mut self) {
         let deadline = Instant::now() + START_DEADLINE;
         loop {
