@@ -663,6 +663,56 @@ mod tests {
         g.check_invariants("g");
     }
 
+    // Goal: growing a subscribed topic rebalances the group: the epoch goes up and the new
+    // partitions are assigned, while each member keeps what it owned. Method: two stable
+    // members over 6 partitions, then heartbeats that report 8 partitions.
+    #[test]
+    fn partition_count_change_rebalances() {
+        let mut g = NativeGroup::default();
+        let mut ids = Ids(0);
+        let now = TimestampMs(0);
+        g.heartbeat(now, &beat("", 0, &[]), &mut || ids.next())
+            .expect("join");
+        g.heartbeat(now, &beat("", 0, &[]), &mut || ids.next())
+            .expect("join");
+        g.heartbeat(now, &beat("m1", 1, &[0, 1, 2, 3, 4, 5]), &mut || ids.next())
+            .expect("hb");
+        let a = g
+            .heartbeat(now, &beat("m1", 1, &[0, 1, 2]), &mut || ids.next())
+            .expect("hb");
+        let b = g
+            .heartbeat(now, &beat("m2", 2, &[]), &mut || ids.next())
+            .expect("hb");
+        assert_eq!((parts(&a), parts(&b)), (vec![0, 1, 2], vec![3, 4, 5]));
+        assert!(g.stable());
+        let epoch = b.member_epoch;
+        let grown = |member: &str, epoch: i32, owned: &[i32]| ConsumerHeartbeat {
+            partition_counts: vec![("t".into(), 8)],
+            ..beat(member, epoch, owned)
+        };
+        let a2 = g
+            .heartbeat(now, &grown("m1", a.member_epoch, &[0, 1, 2]), &mut || {
+                ids.next()
+            })
+            .expect("hb");
+        let b2 = g
+            .heartbeat(now, &grown("m2", b.member_epoch, &[3, 4, 5]), &mut || {
+                ids.next()
+            })
+            .expect("hb");
+        g.check_invariants("g");
+        let mut all: Vec<i32> = parts(&a2).into_iter().chain(parts(&b2)).collect();
+        all.sort_unstable();
+        assert_eq!(
+            all,
+            (0..8).collect::<Vec<i32>>(),
+            "every partition assigned once"
+        );
+        assert!(parts(&a2).starts_with(&[0, 1, 2]), "a keeps its partitions");
+        assert!(parts(&b2).starts_with(&[3, 4, 5]), "b keeps its partitions");
+        assert!(b2.member_epoch > epoch, "the group epoch went up");
+    }
+
     // Goal: epochs are checked (fenced when unknown or too new; the previous epoch is accepted
     // after a lost answer), leave and expiry free partitions. Method: heartbeats by hand.
     #[test]
