@@ -32,6 +32,11 @@ pub const GROUP_TICK_MS: u64 = 100;
 /// size lives while a partition loads.
 pub const GROUP_LOAD_READ_BYTES: usize = 1 << 20;
 
+/// Partitions a shard opens at once when metadata places them there (start-up, topic
+/// creation). Each open reads the log's tail (one 256 KiB scan buffer) and its small files;
+/// 64 keeps io_uring busy while bounding the transient buffers to about 16 MiB per shard.
+pub const PARTITION_OPENS_INFLIGHT_MAX: usize = 64;
+
 /// Partitions a shard closes at once at shutdown. Each close issues a handful of fdatasyncs;
 /// 64 keeps io_uring's queue busy (the syncs overlap) while bounding the close futures and their
 /// IO buffers (a few KiB each) to well under a MiB.
