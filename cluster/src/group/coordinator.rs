@@ -502,6 +502,16 @@ impl<R> GroupCoordinator<R> {
         std::mem::take(&mut self.fx.actions)
     }
 
+    /// Ends an input that may have created or changed `group_id`: drops the group if the
+    /// input left it unused, checks its invariants, and hands out the actions.
+    fn finish(&mut self, group_id: &str) -> Vec<Action<R>> {
+        if self.groups.get(group_id).is_some_and(Group::unused) {
+            self.groups.remove(group_id);
+        }
+        self.check(group_id);
+        self.take()
+    }
+
     fn check(&self, group: &str) {
         if let Some(g) = self.groups.get(group) {
             g.check_invariants(group);
@@ -514,11 +524,7 @@ impl<R> GroupCoordinator<R> {
         if let Err(error) = self.join_inner(now, reply, request) {
             self.fx.actions.push(*error);
         }
-        if self.groups.get(&group_id).is_some_and(Group::unused) {
-            self.groups.remove(&group_id);
-        }
-        self.check(&group_id);
-        self.take()
+        self.finish(&group_id)
     }
 
     fn join_inner(
@@ -811,11 +817,7 @@ impl<R> GroupCoordinator<R> {
                 }
             }
         }
-        if self.groups.get(&group_id).is_some_and(Group::unused) {
-            self.groups.remove(&group_id);
-        }
-        self.check(&group_id);
-        self.take()
+        self.finish(&group_id)
     }
 
     fn consumer_heartbeat_inner(
