@@ -4,44 +4,70 @@
 //!
 //! Lives on its owning shard only (`!Send`, in an `Rc`). On a single broker the replica is the
 //! leader and the only in-sync replica, so the high watermark follows the written end of the
-//! log; replication moves it by follower acknowledgements instead.
+//! log. In a cluster its [`Role`] comes from metadata: as leader, appends carry the leader
+//! epoch, acks=all waits for the in-sync replicas through the shard's
+//! [`ShardReplication`](crate::replication::ShardReplication), and the high watermark moves
+//! by follower acknowledgements; as follower, the shard's fetcher writes the log and produce
+//! and fetch are refused by the shard.
 
 use std::cell::{Cell, RefCell};
 use std::path::Path;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::channel::oneshot;
 use sluice_engine::batch::{BatchError, BatchHeader, decode_batch, validate_produced};
 use sluice_engine::log::{
-    AppendError, AppendInfo, BatchCache, Durability, LogConfig, PartitionLog, PendingAppend,
-    ReadError,
+    AppendError, AppendInfo, BatchCache, Durability, LogConfig, PartitionLog, ReadError,
 };
 use sluice_engine::util::Notify;
 use sluice_engine::{LeaderEpoch, Offset, ShardId, TimestampMs, TopicPartition};
 
 use crate::config::{TimestampType, TopicConfig};
-use crate::metadata::TopicId;
+use crate::metadata::{PartitionMeta, TopicId};
+use crate::replication::{LeaderReplica, PartitionState, ReplicaError, ShardReplication};
 use crate::shard::{
     Acks, FetchData, FetchError, FetchRequest, OffsetAnswer, OffsetSpec, PartitionStatus,
     ProduceError, ProduceOk,
 };
 
+/// What this replica is for its partition.
+#[derive(Clone)]
+pub enum Role {
+    /// A single broker: leader and whole ISR.
+    Single,
+    /// The cluster leader in an epoch.
+    Leader(Rc<LeaderReplica>),
+    /// A cluster follower (the shard's fetcher writes the log).
+    Follower,
+    /// In a cluster, the partition has no usable leader here (offline, or not yet known).
+    Offline,
+}
+
+/// An append issued to the log: resolves once it is acknowledged as the produce's acks ask.
+pub type AppendFuture = Pin<Box<dyn Future<Output = Result<AppendInfo, ProduceError>>>>;
+
 /// One partition's replica on its owning shard.
 pub struct PartitionReplica {
     tp: TopicPartition,
     topic_id: TopicId,
-    log: PartitionLog,
+    log: Rc<PartitionLog>,
     config: RefCell<TopicConfig>,
     /// Bumped whenever the high watermark moves (or the replica closes), waking long-polling
     /// fetches.
-    data: Notify,
+    data: Rc<Notify>,
     /// Set when the replica is closing: long polls return at once so the close is not held up.
     closing: Cell<bool>,
+    /// The shard's replication driver (in a cluster).
+    replication: Option<Rc<ShardReplication>>,
+    role: RefCell<Role>,
 }
 
 impl PartitionReplica {
-    /// Opens (recovering if needed) the partition's log in `dir`.
+    /// Opens (recovering if needed) the partition's log in `dir`. In a cluster
+    /// (`replication`), the replica starts [`Role::Offline`] until [`Self::update_role`].
     pub async fn open(
         data_dir: &Path,
         tp: TopicPartition,
@@ -49,6 +75,7 @@ impl PartitionReplica {
         log_config: LogConfig,
         cache: Rc<BatchCache>,
         config: TopicConfig,
+        replication: Option<Rc<ShardReplication>>,
     ) -> Result<PartitionReplica, String> {
         let dir = sluice_engine::log::partition_dir(data_dir, &tp);
         let (log, report) = PartitionLog::open(dir, tp.clone(), log_config, cache)
@@ -57,16 +84,55 @@ impl PartitionReplica {
         if !report.truncations.is_empty() || !report.rebuilt_indexes.is_empty() {
             tracing::warn!(partition = %tp, ?report, "recovered partition");
         }
-        // Everything that survived recovery was written; a single replica makes it visible.
-        log.set_high_watermark(log.log_end_offset());
+        let role = if replication.is_some() {
+            // The checkpointed high watermark stands: the tail above it may be another
+            // leader's divergent records, which only the leader's answer can settle.
+            Role::Offline
+        } else {
+            // Everything that survived recovery was written; a single replica makes it visible.
+            log.set_high_watermark(log.log_end_offset());
+            Role::Single
+        };
         Ok(PartitionReplica {
             tp,
             topic_id,
-            log,
+            log: Rc::new(log),
             config: RefCell::new(config),
-            data: Notify::new(),
+            data: Rc::new(Notify::new()),
             closing: Cell::new(false),
+            replication,
+            role: RefCell::new(role),
         })
+    }
+
+    /// The current role.
+    pub fn role(&self) -> Role {
+        self.role.borrow().clone()
+    }
+
+    /// Takes the role `meta` (the partition's current metadata) gives this broker: lead,
+    /// follow, or neither. No-op on a single broker.
+    pub fn update_role(&self, meta: &PartitionMeta, local: sluice_engine::BrokerId) {
+        let Some(replication) = &self.replication else {
+            return;
+        };
+        let state = PartitionState::from(meta);
+        let role = if meta.leader == local {
+            let min = self.config.borrow().min_insync_replicas as usize;
+            match replication.lead(&self.tp, &self.log, &self.data, &state, min) {
+                Some(leader) => Role::Leader(leader),
+                None => Role::Offline,
+            }
+        } else if meta.leader.0 >= 0 {
+            replication.follow(&self.tp, &self.log, &state);
+            Role::Follower
+        } else {
+            replication.release(&self.tp);
+            Role::Offline
+        };
+        *self.role.borrow_mut() = role;
+        // Consumers waiting on a replica that stopped leading return (and are told to move).
+        self.data.notify();
     }
 
     /// The id of the topic this replica belongs to.
@@ -111,12 +177,10 @@ impl PartitionReplica {
         };
         check_batches(&batches, max_bytes)?;
         let append_time = sluice_engine::rt::clock::unix_now_ms();
-        let pending = self.append_ordered(batches, acks);
+        let pending = self.append_ordered(batches, acks)?;
         let replica = Rc::clone(self);
         Ok(async move {
-            let storage = |e: AppendError| ProduceError::Storage(e.to_string());
-            let info = pending.await.map_err(storage)?;
-            replica.appended(info);
+            let info = pending.await?;
             Ok(ProduceOk {
                 base_offset: info.base_offset,
                 last_offset: info.last_offset,
@@ -127,20 +191,99 @@ impl PartitionReplica {
         })
     }
 
-    /// Appends batches built by the broker itself (the group coordinator's records) without
-    /// the producer checks. Offsets are assigned before this returns, so call order is log
-    /// order; await the result, then call [`Self::appended`].
-    pub fn append_ordered(&self, batches: Bytes, acks: Acks) -> PendingAppend {
+    /// Appends batches without the producer checks (the group coordinator's own records, or
+    /// batches [`Self::produce_start`] checked). Offsets are assigned before this returns, so
+    /// call order is log order; the future resolves once the append is acknowledged as `acks`
+    /// asks (for acks=all in a cluster: by every in-sync replica) and visible.
+    pub fn append_ordered(
+        self: &Rc<Self>,
+        batches: Bytes,
+        acks: Acks,
+    ) -> Result<AppendFuture, ProduceError> {
         let durability = match acks {
             Acks::All => Durability::Synced,
             Acks::None | Acks::Leader => Durability::Written,
         };
-        self.log.append(batches, LeaderEpoch(0), durability)
+        let storage = |e: AppendError| ProduceError::Storage(e.to_string());
+        let leader = match self.role() {
+            Role::Single => {
+                let pending = self.log.append(batches, LeaderEpoch(0), durability);
+                let replica = Rc::clone(self);
+                return Ok(Box::pin(async move {
+                    let info = pending.await.map_err(storage)?;
+                    replica.appended(info);
+                    Ok(info)
+                }));
+            }
+            Role::Leader(leader) => leader,
+            Role::Follower | Role::Offline => {
+                return Err(ProduceError::NotLeader(self.tp.to_string()));
+            }
+        };
+        let replication = self
+            .replication
+            .clone()
+            .expect("a cluster leader has a replication driver");
+        let epoch = {
+            let core = leader.core.borrow();
+            let level = match acks {
+                Acks::All => crate::replication::Acks::All,
+                Acks::None | Acks::Leader => crate::replication::Acks::Leader,
+            };
+            if core.check_produce(level).is_err() {
+                return Err(ProduceError::NotEnoughReplicas {
+                    tp: self.tp.to_string(),
+                    isr: core.isr().len(),
+                    min: core.min_insync_replicas(),
+                });
+            }
+            core.epoch()
+        };
+        let pending = self.log.append(batches, epoch, durability);
+        let wait = match (acks, pending.info()) {
+            (Acks::All, Ok(info)) => Some(replication.wait_for(&leader, info.last_offset)),
+            _ => None,
+        };
+        // The leader's end counts toward the high watermark once written, whether or not the
+        // producer still waits (acks=0 drops the future), so completion is its own task.
+        let (written, done) = oneshot::channel();
+        let tp = self.tp.clone();
+        let driver = Rc::clone(&replication);
+        sluice_engine::rt::spawn(async move {
+            let result = pending.await;
+            if result.is_ok() {
+                driver.local_end_moved(&tp);
+            }
+            let _ = written.send(result);
+        })
+        .detach();
+        let tp = self.tp.to_string();
+        let timeout = replication.settings().produce_timeout;
+        Ok(Box::pin(async move {
+            let info = done
+                .await
+                .unwrap_or(Err(AppendError::Closed))
+                .map_err(storage)?;
+            let Some(wait) = wait else {
+                return Ok(info);
+            };
+            let sleep = std::pin::pin!(sluice_engine::rt::sleep(timeout));
+            match futures::future::select(wait, sleep).await {
+                futures::future::Either::Left((Ok(Ok(())), _)) => Ok(info),
+                futures::future::Either::Left((
+                    Ok(Err(ReplicaError::NotEnoughReplicasAfterAppend)),
+                    _,
+                )) => Err(ProduceError::NotEnoughReplicasAfterAppend(tp)),
+                // Leadership ended before the in-sync replicas had it.
+                futures::future::Either::Left(_) => Err(ProduceError::NotLeader(tp)),
+                futures::future::Either::Right(_) => Err(ProduceError::Timeout(tp)),
+            }
+        }))
     }
 
-    /// Makes an append that has become durable visible: advances the high watermark (a single
-    /// replica is the whole in-sync set) and wakes long-polling fetches.
-    pub fn appended(&self, info: AppendInfo) {
+    /// Makes a single broker's append that has become durable visible: advances the high
+    /// watermark (a single replica is the whole in-sync set) and wakes long-polling fetches.
+    fn appended(&self, info: AppendInfo) {
         let end = info.last_offset.plus(1);
         if end > self.log.high_watermark() {
             self.log.set_high_watermark(end);
@@ -161,7 +304,10 @@ impl PartitionReplica {
             {
                 return self.read(request, high_watermark).await;
             }
-            if request.from > high_watermark {
+            // Between the high watermark and the log end (records not yet replicated, or a new
+            // leader's high watermark still catching up) the fetch waits; only past the log
+            // end is it out of range.
+            if request.from > self.log.log_end_offset() {
                 return Err(self.out_of_range(request.from));
             }
             let remaining = deadline.saturating_duration_since(sluice_engine::rt::clock::now());
@@ -173,7 +319,7 @@ impl PartitionReplica {
 
     async fn read(&self, request: FetchRequest, upper: Offset) -> Result<FetchData, FetchError> {
         let log_start_offset = self.log.log_start_offset();
-        if request.from == upper {
+        if request.from >= upper {
             return Ok(FetchData {
                 batches: Vec::new(),
                 high_watermark: upper,
@@ -196,7 +342,7 @@ impl PartitionReplica {
         FetchError::OffsetOutOfRange {
             requested,
             log_start: self.log.log_start_offset(),
-            log_end: self.log.high_watermark(),
+            log_end: self.log.log_end_offset(),
         }
     }
 
@@ -310,6 +456,10 @@ impl PartitionReplica {
     /// Waits for in-flight requests on `replica` to finish (long polls are woken), then
     /// flushes and closes the log (clean shutdown), or deletes its data when `remove`.
     pub async fn close(replica: Rc<PartitionReplica>, remove: bool) {
+        if let Some(replication) = &replica.replication {
+            replication.release(&replica.tp);
+        }
+        *replica.role.borrow_mut() = Role::Offline;
         replica.closing.set(true);
         replica.data.notify();
         let deadline = sluice_engine::rt::clock::now() + CLOSE_WAIT;

@@ -34,9 +34,9 @@ pub enum PeerKind {
     /// A metadata command forwarded to the active controller (header: JSON
     /// `controller::ControllerEntry`); answered with a JSON `controller::CommandAnswer`.
     Command = 3,
-    /// Reserved for the replica fetcher (replication issue): a follower's fetch from the
-    /// partition leader on the same shard; header: the fetch positions, payload: the record
-    /// batches, unchanged. Not sent yet; a receiver answers it with
+    /// A follower shard's replica fetch from the same shard of a partition leader (header:
+    /// `replication::wire` request; answer header: the per-partition positions, answer
+    /// payload: the record batches, unchanged). A broker that is not in a cluster answers
     /// [`PeerError::Unsupported`].
     ReplicaFetch = 4,
 }

@@ -35,6 +35,7 @@ use crate::metadata::{
 use crate::metrics::ShardMetrics;
 use crate::partition::PartitionReplica;
 use crate::peer::{PeerError, PeerKind, PeerRequest, PeerResponse, PeerTransport};
+use crate::replication::{IsrProposal, ReplicationSettings, ShardReplication};
 
 /// How many replicas must have a produce before it is acknowledged (Kafka `acks`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -91,6 +92,27 @@ pub enum ProduceError {
     /// metadata is stale.
     #[error("not the leader of {0}")]
     NotLeader(String),
+    /// acks=all refused before the append: the in-sync replica set is smaller than the topic's
+    /// `min.insync.replicas`. Retriable: the ISR grows back when followers catch up.
+    #[error("{tp}: {isr} in-sync replicas, min.insync.replicas is {min}")]
+    NotEnoughReplicas {
+        /// Partition.
+        tp: String,
+        /// In-sync replicas now.
+        isr: usize,
+        /// The topic's `min.insync.replicas`.
+        min: usize,
+    },
+    /// acks=all appended, but the ISR was below `min.insync.replicas` when the replicas had it:
+    /// the records may be visible; the producer retries (Kafka
+    /// NOT_ENOUGH_REPLICAS_AFTER_APPEND).
+    #[error("{0}: not enough in-sync replicas after the append")]
+    NotEnoughReplicasAfterAppend(String),
+    /// acks=all appended, but the in-sync replicas did not all have it within the replication
+    /// timeout (a follower is cut off and not yet removed from the ISR, or this broker lost
+    /// its leadership without learning it). The records may still become visible.
+    #[error("{0}: replication did not complete in time")]
+    Timeout(String),
 }
 
 /// Which offset to look up.
@@ -296,6 +318,8 @@ pub struct ShardConfig {
     pub data_dir: PathBuf,
     /// Bytes of recent batches each shard caches for tailing readers.
     pub cache_bytes: usize,
+    /// Replication settings (used in a cluster).
+    pub replication: ReplicationSettings,
 }
 
 /// One shard's root. Lives on its executor thread only.
@@ -319,6 +343,8 @@ pub struct Shard {
     groups: OnceCell<Rc<GroupShard>>,
     /// Shard 0 of a cluster voter: the controller quorum member, once started.
     controller: OnceCell<Rc<Controller>>,
+    /// In a cluster: the replication driver of this shard's partitions.
+    replication: OnceCell<Rc<ShardReplication>>,
     /// Counters scraped by the admin endpoint.
     pub metrics: ShardMetrics,
 }
@@ -326,12 +352,14 @@ pub struct Shard {
 impl Shard {
     /// Builds the shard, joins the mesh, and opens the partitions `initial` places here.
     /// On shard 0 of a single broker, `store` becomes the metadata writer; in a cluster there
-    /// is no store and the controller (`start_controller`) writes metadata.
+    /// is no store and the controller (`start_controller`) writes metadata, and `peers` (this
+    /// shard's links to the same shard of the other brokers) carry replication.
     pub async fn start(
         context: ShardContext<ShardMsg>,
         config: ShardConfig,
         initial: Arc<MetadataSnapshot>,
         store: Option<FileMetadataStore>,
+        peers: Option<Rc<dyn PeerTransport>>,
     ) -> Rc<Shard> {
         let id = context.id;
         assert!(
@@ -354,8 +382,29 @@ impl Shard {
             reconciling: sluice_engine::rt::sync::Semaphore::new(1),
             groups: OnceCell::new(),
             controller: OnceCell::new(),
+            replication: OnceCell::new(),
             metrics: ShardMetrics::default(),
         });
+        if let Some(peers) = peers {
+            let weak = Rc::downgrade(&shard);
+            let proposer = Box::new(move |proposal: IsrProposal| {
+                if let Some(shard) = weak.upgrade() {
+                    shard.propose_isr(proposal);
+                }
+            });
+            let replication = ShardReplication::new(
+                shard.config.node,
+                id,
+                peers,
+                shard.config.replication,
+                proposer,
+            );
+            replication.start();
+            assert!(
+                shard.replication.set(replication).is_ok(),
+                "replication set once"
+            );
+        }
         let weak = Rc::downgrade(&shard);
         let mesh = context
             .join_mesh(move |msg| {
@@ -437,8 +486,40 @@ impl Shard {
                     None => Err(PeerError::Unsupported),
                 }
             }
-            _ => Err(PeerError::Unsupported),
+            PeerKind::ReplicaFetch => {
+                let Some(replication) = self.replication.get() else {
+                    return Err(PeerError::Unsupported);
+                };
+                let fetch = crate::replication::wire::decode_request(request.header)
+                    .map_err(|e| PeerError::Remote(e.to_string()))?;
+                let answer = replication.serve(&fetch).await;
+                let (header, payload) = crate::replication::wire::encode_response(&answer);
+                Ok(PeerResponse { header, payload })
+            }
         }
+    }
+
+    /// The replication driver (in a cluster).
+    pub fn replication(&self) -> Option<&Rc<ShardReplication>> {
+        self.replication.get()
+    }
+
+    /// Sends a leader's ISR change to the controller as `AlterPartition`. The leader core
+    /// proposes again if it is not committed, so a failure is only logged.
+    fn propose_isr(self: Rc<Self>, proposal: IsrProposal) {
+        sluice_engine::rt::spawn(async move {
+            let command = MetadataCommand::AlterPartition {
+                topic: proposal.tp.topic.to_string(),
+                partition: proposal.tp.partition,
+                leader: proposal.leader,
+                leader_epoch: proposal.leader_epoch,
+                isr: proposal.isr.clone(),
+            };
+            if let Err(error) = self.command(command).await {
+                tracing::info!(tp = %proposal.tp, %error, "ISR change not committed");
+            }
+        })
+        .detach();
     }
 
     /// True when this broker is part of a multi-broker cluster (metadata lists
@@ -700,7 +781,13 @@ impl Shard {
             .partitions
             .borrow()
             .iter()
-            .filter(|(tp, _)| &*tp.topic == OFFSETS_TOPIC)
+            .filter(|(tp, replica)| {
+                &*tp.topic == OFFSETS_TOPIC
+                    && matches!(
+                        replica.role(),
+                        crate::partition::Role::Single | crate::partition::Role::Leader(_)
+                    )
+            })
             .map(|(tp, replica)| (tp.partition.0, Rc::clone(replica)))
             .collect();
         for (partition, replica) in local {
@@ -893,6 +980,7 @@ impl Shard {
                     wanted.push((
                         TopicPartition::new(Arc::clone(&topic.name), partition.id.0),
                         topic,
+                        partition,
                     ));
                 }
             }
@@ -918,6 +1006,9 @@ impl Shard {
             {
                 groups.close(tp.partition.0);
             }
+            if let Some(replication) = self.replication.get() {
+                replication.release(&tp);
+            }
             let deleted = snapshot
                 .topic(&tp.topic)
                 .is_none_or(|t| t.id != replica.topic_id());
@@ -925,10 +1016,13 @@ impl Shard {
         }
         drop(previous);
         let mut to_open = Vec::new();
-        for (tp, topic) in wanted {
+        for (tp, topic, meta) in wanted {
             match self.local(&tp) {
-                Some(replica) => replica.update_config(&topic.config),
-                None => to_open.push((tp, topic)),
+                Some(replica) => {
+                    replica.update_config(&topic.config);
+                    self.update_role(&tp, &replica, meta);
+                }
+                None => to_open.push((tp, topic, meta)),
             }
         }
         // Opening is IO-bound (recovery reads the tail, preallocation, index files); opened
@@ -939,13 +1033,45 @@ impl Shard {
         futures::stream::iter(to_open)
             .for_each_concurrent(
                 crate::limits::PARTITION_OPENS_INFLIGHT_MAX,
-                |(tp, topic)| self.reconcile_open(tp, topic),
+                |(tp, topic, meta)| self.reconcile_open(tp, topic, meta),
             )
             .await;
     }
 
+    /// Gives `replica` the role `meta` names for this broker, and in a cluster starts or
+    /// stops coordinating the groups of an offsets partition as its leadership comes and goes
+    /// (the new leader replays the partition, so it coordinates from the log every replica
+    /// agrees on).
+    fn update_role(
+        &self,
+        tp: &TopicPartition,
+        replica: &Rc<PartitionReplica>,
+        meta: &crate::metadata::PartitionMeta,
+    ) {
+        replica.update_role(meta, self.config.node);
+        if &*tp.topic != OFFSETS_TOPIC {
+            return;
+        }
+        let Some(groups) = self.groups.get() else {
+            return;
+        };
+        match replica.role() {
+            crate::partition::Role::Single | crate::partition::Role::Leader(_) => {
+                groups.open(tp.partition.0, Rc::clone(replica));
+            }
+            crate::partition::Role::Follower | crate::partition::Role::Offline => {
+                groups.close(tp.partition.0);
+            }
+        }
+    }
+
     /// Opens (recovering) one partition newly placed here and registers it.
-    async fn reconcile_open(&self, tp: TopicPartition, topic: &crate::metadata::TopicMeta) {
+    async fn reconcile_open(
+        &self,
+        tp: TopicPartition,
+        topic: &crate::metadata::TopicMeta,
+        meta: &crate::metadata::PartitionMeta,
+    ) {
         let config = log_config(&topic.config);
         let opened = PartitionReplica::open(
             &self.config.data_dir,
@@ -954,22 +1080,24 @@ impl Shard {
             config,
             Rc::clone(&self.cache),
             topic.config.clone(),
+            self.replication.get().cloned(),
         )
         .await;
         match opened {
             Ok(replica) => {
                 let replica = Rc::new(replica);
-                if &*tp.topic == OFFSETS_TOPIC
-                    && let Some(groups) = self.groups.get()
-                {
-                    groups.open(tp.partition.0, Rc::clone(&replica));
-                }
-                let previous = self.partitions.borrow_mut().insert(tp.clone(), replica);
+                let previous = self
+                    .partitions
+                    .borrow_mut()
+                    .insert(tp.clone(), Rc::clone(&replica));
                 assert!(
                     previous.is_none(),
                     "partition {tp} opened twice on shard {}",
                     self.id.0
                 );
+                // The snapshot may have moved on while the log opened; the reconcile of the
+                // newer one (queued behind this) corrects the role.
+                self.update_role(&tp, &replica, meta);
             }
             Err(error) => {
                 tracing::error!(partition = %tp, %error, "cannot open partition");
@@ -1047,6 +1175,9 @@ impl Shard {
     /// Stops accepting produce requests, then flushes and closes every partition.
     pub async fn shutdown(&self) {
         self.stopping.set(true);
+        if let Some(replication) = self.replication.get() {
+            replication.stop();
+        }
         if let Some(groups) = self.groups.get() {
             groups.close_all();
         }

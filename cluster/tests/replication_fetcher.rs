@@ -101,10 +101,10 @@ fn fetchers_replicate_real_logs() {
         let mut shard = LeaderShard::new();
         shard.insert(
             tp.clone(),
-            LeaderReplica {
+            Rc::new(LeaderReplica {
                 core: RefCell::new(core),
                 log: leader_log.clone(),
-            },
+            }),
         );
         let shard = Rc::new(shard);
         for i in 0..10u64 {

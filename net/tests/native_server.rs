@@ -148,8 +148,11 @@ impl TestBroker {
                     node,
                     data_dir,
                     cache_bytes: 16 << 20,
+                    replication: sluice_cluster::replication::ReplicationSettings::with_lag(
+                        std::time::Duration::from_secs(30),
+                    ),
                 };
-                let shard = Shard::start(context, shard_config, snapshot, store).await;
+                let shard = Shard::start(context, shard_config, snapshot, store, None).await;
                 let stop = async move {
                     let _ = stop.await;
                 };

@@ -21,6 +21,7 @@ use sluice_cluster::controller::{ControllerBoot, ControllerConfig};
 use sluice_cluster::metadata::{
     BrokerInfo, BrokerRegistration, FileMetadataStore, MetadataSnapshot, replace_missing_shards,
 };
+use sluice_cluster::replication::ReplicationSettings;
 use sluice_cluster::shard::{Shard, ShardConfig};
 use sluice_engine::BrokerId;
 use sluice_engine::rt::{self, env, shards};
@@ -239,19 +240,27 @@ async fn run_shard(
         node: BrokerId(config.node_id),
         data_dir: config.data_dir.clone(),
         cache_bytes: config.cache_bytes,
+        replication: ReplicationSettings::with_lag(config.replica_lag_time_max),
     };
-    let shard = Shard::start(context, shard_config, snapshot, metadata.store).await;
-    shard.start_groups(config.groups.clone());
-    let id = shard.id();
-    let mut listeners = Vec::new();
-    let (stop_peers, peers_stopped) = futures::channel::oneshot::channel::<()>();
-    if !config.seeds.is_empty() {
+    // In a cluster, this shard's links to the same shard of every other seed (controller
+    // traffic on shard 0, replication on every shard).
+    let links = (!config.seeds.is_empty()).then(|| {
         let peers: HashMap<BrokerId, SocketAddr> = config
             .seeds
             .iter()
             .map(|s| (BrokerId(s.id), s.addr))
             .collect();
-        let links = PeerLinks::new(shard.node(), id, peers);
+        PeerLinks::new(BrokerId(config.node_id), context.id, peers)
+    });
+    let peers = links
+        .clone()
+        .map(|links| -> Rc<dyn sluice_cluster::peer::PeerTransport> { links });
+    let shard = Shard::start(context, shard_config, snapshot, metadata.store, peers).await;
+    shard.start_groups(config.groups.clone());
+    let id = shard.id();
+    let mut listeners = Vec::new();
+    let (stop_peers, peers_stopped) = futures::channel::oneshot::channel::<()>();
+    if let Some(links) = links {
         if let Some((controller, boot)) = metadata.controller {
             shard.start_controller(controller, boot, links);
         }

@@ -96,6 +96,11 @@ pub struct BrokerArgs {
     /// leader.imbalance.check.interval.seconds [default: 30000].
     #[arg(long)]
     pub leader_rebalance_interval_ms: Option<u64>,
+    /// A follower that has not caught up with the leader for this long leaves the in-sync
+    /// replicas, as Kafka's replica.lag.time.max.ms; acks=all produces wait at most twice
+    /// this for the in-sync replicas [default: 30000].
+    #[arg(long)]
+    pub replica_lag_time_max_ms: Option<u64>,
 }
 
 /// One seed: a voter of the controller quorum.
@@ -153,6 +158,7 @@ pub struct BrokerConfig {
     pub seeds: Vec<Seed>,
     pub broker_session_timeout: std::time::Duration,
     pub leader_rebalance_interval: std::time::Duration,
+    pub replica_lag_time_max: std::time::Duration,
 }
 
 fn addr(text: &str) -> SocketAddr {
@@ -264,11 +270,19 @@ impl BrokerArgs {
                 .leader_rebalance_interval_ms
                 .or(file.leader_rebalance_interval_ms)
                 .unwrap_or(30_000)),
+            replica_lag_time_max: ms(self
+                .replica_lag_time_max_ms
+                .or(file.replica_lag_time_max_ms)
+                .unwrap_or(30_000)),
         };
         anyhow::ensure!(config.cores >= 1, "--cores must be at least 1");
         anyhow::ensure!(
             config.broker_session_timeout >= std::time::Duration::from_millis(500),
             "--broker-session-timeout-ms must be at least 500"
+        );
+        anyhow::ensure!(
+            config.replica_lag_time_max >= std::time::Duration::from_millis(100),
+            "--replica-lag-time-max-ms must be at least 100"
         );
         anyhow::ensure!(
             config.leader_rebalance_interval >= std::time::Duration::from_millis(100),

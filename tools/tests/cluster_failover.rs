@@ -2,9 +2,9 @@
 //! 127.0.0.1, 127.0.0.2 and 127.0.0.3 with the same `--seeds`, killed with SIGKILL and
 //! restarted on their data directories.
 //!
-//! Until replication is wired in, followers receive no data: these tests check metadata
-//! (placement, leaders, epochs, ISR, fencing) and that clients follow leadership, not that
-//! records survive a leader's death.
+//! They check metadata (placement, leaders, epochs, ISR, fencing), that clients follow
+//! leadership, and that an acks=all record survives its leader's death; the chaos tests
+//! (`cluster_chaos.rs`) check replication under load.
 
 mod support;
 
@@ -343,6 +343,20 @@ fn cluster_forms_fails_over_and_restarts() {
         );
     }
 
+    // An acks=all record to the partition the controller leads: acknowledged only once every
+    // in-sync replica has it, so it must survive the leader's death.
+    let moved_partition = *described
+        .iter()
+        .find(|(_, (leader, _, _))| *leader == controller)
+        .expect("the controller leads a partition")
+        .0;
+    let mut produce = Command::new(sluice_bin());
+    produce
+        .args(["produce", "orders", "--partition"])
+        .arg(moved_partition.to_string())
+        .args(["--acks", "all", "--brokers", &cluster.quic_brokers(None)]);
+    assert_success(&run_with_input(produce, b"before-failover\n"));
+
     // Kill the active controller: a new one is elected and takes changes.
     let old = controller;
     let index = cluster
@@ -379,11 +393,6 @@ fn cluster_forms_fails_over_and_restarts() {
     });
 
     // The dead broker is fenced: the partition it led has a new in-sync leader.
-    let moved_partition = *described
-        .iter()
-        .find(|(_, (leader, _, _))| *leader == old)
-        .expect("the old controller led a partition")
-        .0;
     let after = cluster.wait_for("fencing of the dead broker", |cluster| {
         let all: Vec<_> = cluster
             .running()
@@ -469,14 +478,18 @@ fn cluster_forms_fails_over_and_restarts() {
         ])
         .args([
             "--count",
-            "1",
+            "2",
             "--timeout-ms",
             "10000",
             "--brokers",
             &native,
         ]);
     let out = assert_success(&run_with_input(consume, b""));
-    assert_eq!(out.trim(), "native-after-failover");
+    // The record acknowledged by the old leader was replicated: the new leader has it first.
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        ["before-failover", "native-after-failover"]
+    );
     // librdkafka.
     let bootstrap: Vec<String> = cluster.running().map(|n| n.kafka.to_string()).collect();
     let got = rdkafka_round_trip(&bootstrap.join(","), "orders", moved_partition as i32);
@@ -576,7 +589,7 @@ fn rdkafka_round_trip(bootstrap: &str, topic: &str, partition: i32) -> Vec<Strin
     consumer.assign(&assignment).expect("assign");
     let mut values = Vec::new();
     let deadline = Instant::now() + DEADLINE;
-    while values.len() < 2 && Instant::now() < deadline {
+    while values.len() < 3 && Instant::now() < deadline {
         if let Some(Ok(message)) = consumer.poll(Duration::from_millis(500)) {
             let value = message
                 .payload()

@@ -17,10 +17,10 @@ use std::collections::{HashMap, VecDeque};
 use std::rc::{Rc, Weak};
 use std::time::Duration;
 
+use crate::partition::AppendFuture;
 use bytes::Bytes;
 use futures::channel::oneshot;
 use sluice_engine::batch::{BatchBuilder, BatchHeader, Compression, decode_batch};
-use sluice_engine::log::PendingAppend;
 use sluice_engine::util::Notify;
 use sluice_engine::{Offset, TimestampMs, TopicPartition};
 
@@ -34,7 +34,7 @@ use crate::shard::Acks;
 type Reply = oneshot::Sender<GroupResponse>;
 
 /// One append on its way to the log, in issue order.
-type QueuedAppend = (AppendId, Result<PendingAppend, GroupError>);
+type QueuedAppend = (AppendId, Result<AppendFuture, GroupError>);
 
 /// The coordinator of the groups of one offsets partition, on the shard that owns it.
 pub struct GroupBackend {
@@ -122,8 +122,11 @@ impl GroupBackend {
                     let _ = reply.send(response);
                 }
                 Action::Append { id, records } => {
-                    let pending =
-                        encode(&records).map(|batch| self.replica.append_ordered(batch, Acks::All));
+                    let pending = encode(&records).and_then(|batch| {
+                        self.replica
+                            .append_ordered(batch, Acks::All)
+                            .map_err(|e| GroupError::Storage(e.to_string()))
+                    });
                     let mut appends = self.appends.borrow_mut();
                     assert!(
                         appends.back().is_none_or(|(last, _)| *last < id),
@@ -156,10 +159,7 @@ impl GroupBackend {
             };
             let result = match pending {
                 Ok(pending) => match pending.await {
-                    Ok(info) => {
-                        backend.replica.appended(info);
-                        Ok(())
-                    }
+                    Ok(_) => Ok(()),
                     Err(error) => Err(GroupError::Storage(error.to_string())),
                 },
                 Err(error) => Err(error),
@@ -178,7 +178,9 @@ impl GroupBackend {
             return;
         };
         let log = backend.replica.log();
-        let end = log.high_watermark();
+        // The whole local log: as leader, all of it is what every replica will agree on
+        // (the tail above the high watermark becomes committed with the leader's next append).
+        let end = log.log_end_offset();
         let mut from = log.log_start_offset();
         let mut records = 0u64;
         let started = sluice_engine::rt::clock::now();

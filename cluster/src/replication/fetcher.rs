@@ -5,17 +5,16 @@
 //! (truncate, append with `Durability::Synced`, set the high watermark).
 //!
 //! [`Fetcher::run_round`] sends one request to every leader that has partitions ready, handles
-//! the answers as they arrive, and returns; [`Fetcher::run`] repeats rounds until stopped, backing
-//! off when a round fetched nothing. A round waits for every leader's answer, so a slow leader
-//! delays the shard's next fetches from the others by up to one request (its long-poll wait);
-//! per-leader loops are the follow-up once the peer transport exists.
+//! the answers as they arrive, and returns (tests step with it); [`Fetcher::run`] runs one
+//! fetch loop per leader until stopped, so a leader that long-polls an idle request never
+//! delays the fetches from the others. The partitions of one answer append concurrently.
 //!
 //! [`InMemoryTransport`] answers requests from leader partitions in the same process, for tests.
 //!
 //! Must not depend on: the network layer (it implements [`ReplicaFetchTransport`]).
 
 use std::cell::{Cell, RefCell};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -23,6 +22,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use sluice_engine::log::{Durability, PartitionLog};
+use sluice_engine::util::Notify;
 use sluice_engine::{BrokerId, Offset, ShardId, TopicPartition};
 
 use super::follower::{FollowerAction, FollowerCore};
@@ -51,9 +51,12 @@ pub enum TransportError {
     /// The leader did not answer in time.
     #[error("replica fetch timed out")]
     Timeout,
+    /// The leader failed the request or answered something that could not be decoded.
+    #[error("replica fetch failed: {0}")]
+    Failed(String),
 }
 
-/// Carries replica fetches to leader shards. `net` implements it over the peer links.
+/// Carries replica fetches to leader shards (`PeerFetchTransport` over the peer links).
 pub trait ReplicaFetchTransport {
     /// Sends `request` to `shard` of broker `leader` and waits for its answer.
     fn replica_fetch(
@@ -96,8 +99,13 @@ pub struct Fetcher<T> {
     backoff: Duration,
     /// Never borrowed across an `.await`.
     partitions: RefCell<BTreeMap<TopicPartition, FollowerPartition>>,
+    /// Bumped when a partition is added (a new leader may need a fetch loop).
+    added: Notify,
     stats: Cell<FetcherStats>,
 }
+
+/// How often [`Fetcher::run`] looks at its stop flag when nothing else wakes it.
+const RUN_CHECK_PERIOD: Duration = Duration::from_millis(100);
 
 impl<T: ReplicaFetchTransport> Fetcher<T> {
     /// A fetcher for broker `local`: each request asks for at most `max_bytes` (Kafka's
@@ -111,6 +119,7 @@ impl<T: ReplicaFetchTransport> Fetcher<T> {
             max_wait_ms: u32::try_from(max_wait.as_millis()).unwrap_or(u32::MAX),
             backoff: Duration::from_millis(100),
             partitions: RefCell::new(BTreeMap::new()),
+            added: Notify::new(),
             stats: Cell::new(FetcherStats::default()),
         }
     }
@@ -149,6 +158,7 @@ impl<T: ReplicaFetchTransport> Fetcher<T> {
         };
         let tp = partition.core.tp().clone();
         self.partitions.borrow_mut().insert(tp, partition);
+        self.added.notify();
     }
 
     /// Stops following a partition (it became leader, or moved away).
@@ -157,6 +167,14 @@ impl<T: ReplicaFetchTransport> Fetcher<T> {
             .borrow_mut()
             .remove(tp)
             .map(|partition| partition.core)
+    }
+
+    /// The leader and epoch a follower partition follows.
+    pub fn following(&self, tp: &TopicPartition) -> Option<(BrokerId, sluice_engine::LeaderEpoch)> {
+        self.partitions
+            .borrow()
+            .get(tp)
+            .map(|partition| (partition.core.leader(), partition.core.epoch()))
     }
 
     /// A follower partition's high watermark.
@@ -178,11 +196,19 @@ impl<T: ReplicaFetchTransport> Fetcher<T> {
         self.stats.set(stats);
     }
 
-    /// The requests of one round: per leader, every partition ready to fetch.
-    fn build_requests(&self, now: Instant) -> Vec<(FetchTarget, ReplicaFetchRequest)> {
+    /// The requests of one round: per leader (or for `only` that one), every partition ready
+    /// to fetch.
+    fn build_requests(
+        &self,
+        now: Instant,
+        only: Option<FetchTarget>,
+    ) -> Vec<(FetchTarget, ReplicaFetchRequest)> {
         let mut by_target: BTreeMap<FetchTarget, ReplicaFetchRequest> = BTreeMap::new();
         let mut partitions = self.partitions.borrow_mut();
         for partition in partitions.values_mut() {
+            if only.is_some_and(|only| only != partition.target) {
+                continue;
+            }
             if partition.backoff_until.is_some_and(|until| now < until) {
                 continue;
             }
@@ -204,65 +230,121 @@ impl<T: ReplicaFetchTransport> Fetcher<T> {
         by_target.into_iter().collect()
     }
 
+    /// The leaders the shard's follower partitions fetch from.
+    fn targets(&self) -> BTreeSet<FetchTarget> {
+        self.partitions
+            .borrow()
+            .values()
+            .map(|p| p.target)
+            .collect()
+    }
+
     /// One round: one request to every leader with partitions ready, answers handled as they
     /// arrive. Returns the number of partitions that appended or truncated.
     pub async fn run_round(&self) -> usize {
         let now = sluice_engine::rt::clock::now();
-        let requests = self.build_requests(now);
+        let requests = self.build_requests(now, None);
         let mut inflight: FuturesUnordered<_> = requests
             .into_iter()
-            .map(|(target, request)| {
-                let tps: Vec<TopicPartition> =
-                    request.partitions.iter().map(|p| p.tp.clone()).collect();
-                self.count(|stats| stats.requests += 1);
-                async move {
-                    let result = self
-                        .transport
-                        .replica_fetch(target.leader, target.shard, request)
-                        .await;
-                    (target, tps, result)
-                }
-            })
+            .map(|(target, request)| self.fetch_from(target, request))
             .collect();
         let mut progressed = 0;
-        while let Some((target, tps, result)) = inflight.next().await {
-            match result {
-                Ok(response) => progressed += self.handle_response(response).await,
-                Err(error) => {
-                    tracing::debug!(leader = target.leader.0, %error, "replica fetch failed");
-                    self.count(|stats| stats.transport_errors += 1);
-                    let until = sluice_engine::rt::clock::now() + self.backoff;
-                    let mut partitions = self.partitions.borrow_mut();
-                    for tp in &tps {
-                        if let Some(partition) = partitions.get_mut(tp) {
-                            partition.core.on_fetch_failed();
-                            partition.backoff_until = Some(until);
-                        }
-                    }
-                }
-            }
+        while let Some(moved) = inflight.next().await {
+            progressed += moved;
         }
         progressed
     }
 
-    /// Runs rounds until `stop` is set (checked between rounds), sleeping `idle` after a round
-    /// that moved no partition. Runs for as long as the shard follows partitions.
-    pub async fn run(&self, stop: &Cell<bool>, idle: Duration) {
-        while !stop.get() {
-            if self.run_round().await == 0 {
-                sluice_engine::rt::sleep(idle).await;
+    /// Sends one request to `target` and applies its answer (or backs its partitions off).
+    /// Returns the number of partitions that appended or truncated.
+    async fn fetch_from(&self, target: FetchTarget, request: ReplicaFetchRequest) -> usize {
+        let tps: Vec<TopicPartition> = request.partitions.iter().map(|p| p.tp.clone()).collect();
+        self.count(|stats| stats.requests += 1);
+        let result = self
+            .transport
+            .replica_fetch(target.leader, target.shard, request)
+            .await;
+        match result {
+            Ok(response) => self.handle_response(response).await,
+            Err(error) => {
+                tracing::debug!(leader = target.leader.0, %error, "replica fetch failed");
+                self.count(|stats| stats.transport_errors += 1);
+                let until = sluice_engine::rt::clock::now() + self.backoff;
+                let mut partitions = self.partitions.borrow_mut();
+                for tp in &tps {
+                    if let Some(partition) = partitions.get_mut(tp) {
+                        partition.core.on_fetch_failed();
+                        partition.backoff_until = Some(until);
+                    }
+                }
+                0
             }
         }
+    }
+
+    /// Fetches until `stop` is set, with one loop per leader so that a leader with nothing new
+    /// (long-polling the request) never delays fetches from the others. A loop sleeps `idle`
+    /// when none of its partitions is ready, and ends when no partition follows its leader
+    /// any more; loops for new leaders start as partitions are added. Runs for as long as the
+    /// shard follows partitions.
+    pub async fn run(&self, stop: &Cell<bool>, idle: Duration) {
+        let mut loops = FuturesUnordered::new();
+        let mut running = BTreeSet::new();
+        while !stop.get() {
+            let seen = self.added.version();
+            for target in self.targets() {
+                if running.insert(target) {
+                    loops.push(self.run_target(target, stop, idle));
+                }
+            }
+            // Woken by a loop ending, a partition added, or the period (to notice `stop`).
+            let period = std::pin::pin!(sluice_engine::rt::sleep(RUN_CHECK_PERIOD));
+            let added = std::pin::pin!(self.added.changed(seen));
+            let woken = futures::future::select(period, added);
+            if loops.is_empty() {
+                woken.await;
+                continue;
+            }
+            match futures::future::select(loops.next(), woken).await {
+                futures::future::Either::Left((Some(target), _)) => {
+                    running.remove(&target);
+                }
+                futures::future::Either::Left((None, _)) | futures::future::Either::Right(_) => {}
+            }
+        }
+        // Let the loops see `stop` (each checks it between requests).
+        while loops.next().await.is_some() {}
+    }
+
+    /// The fetch loop of one leader; returns `target` when it ends.
+    async fn run_target(
+        &self,
+        target: FetchTarget,
+        stop: &Cell<bool>,
+        idle: Duration,
+    ) -> FetchTarget {
+        while !stop.get() && self.targets().contains(&target) {
+            let now = sluice_engine::rt::clock::now();
+            match self.build_requests(now, Some(target)).pop() {
+                Some((_, request)) => {
+                    self.fetch_from(target, request).await;
+                }
+                None => sluice_engine::rt::sleep(idle).await,
+            }
+        }
+        target
     }
 
     async fn handle_response(&self, response: ReplicaFetchResponse) -> usize {
-        let mut progressed = 0;
-        for answer in response.partitions {
-            if self.handle_partition(answer).await {
-                progressed += 1;
-            }
-        }
-        progressed
+        // Partitions append (each with its own fdatasync) concurrently.
+        let changed = futures::future::join_all(
+            response
+                .partitions
+                .into_iter()
+                .map(|answer| self.handle_partition(answer)),
+        )
+        .await;
+        changed.into_iter().filter(|changed| *changed).count()
     }
 
     /// Applies one partition's answer; true if the log changed.
@@ -349,7 +431,7 @@ impl<T: ReplicaFetchTransport> Fetcher<T> {
 }
 
 /// Leader partitions of one (broker, shard), as the in-memory transport serves them.
-pub type LeaderShard = BTreeMap<TopicPartition, LeaderReplica>;
+pub type LeaderShard = BTreeMap<TopicPartition, Rc<LeaderReplica>>;
 
 /// A [`ReplicaFetchTransport`] answering from leader partitions in the same process (tests).
 /// High-watermark actions are applied to the leader logs at once; the other leader actions
@@ -399,7 +481,8 @@ impl ReplicaFetchTransport for InMemoryTransport {
             return Err(TransportError::Unreachable(leader));
         };
         let now = sluice_engine::rt::clock::now();
-        let (response, actions) = serve_replica_fetch(&leaders, &request, now).await;
+        let lookup = |tp: &TopicPartition| leaders.get(tp).cloned();
+        let (response, actions) = serve_replica_fetch(&lookup, &request, now).await;
         for (tp, action) in actions {
             match action {
                 LeaderAction::HighWatermark(offset) => {

@@ -212,6 +212,16 @@ impl LeaderCore {
         self.epoch_start
     }
 
+    /// Applies a changed `min.insync.replicas` (a topic config change).
+    pub fn set_min_insync_replicas(&mut self, min_insync_replicas: usize) {
+        self.config.min_insync_replicas = min_insync_replicas;
+    }
+
+    /// The `min.insync.replicas` in force.
+    pub fn min_insync_replicas(&self) -> usize {
+        self.config.min_insync_replicas
+    }
+
     /// Checks an append before it is made: acks=all needs a committed ISR of at least
     /// `min.insync.replicas`.
     pub fn check_produce(&self, acks: Acks) -> Result<(), ReplicaError> {
@@ -463,9 +473,15 @@ impl LeaderCore {
 
     /// Gives up leadership (a new epoch, or the broker stops leading): every waiting acks=all
     /// produce completes with `NotLeader`.
-    pub fn resign(self) -> Vec<LeaderAction> {
+    pub fn resign(mut self) -> Vec<LeaderAction> {
+        self.fail_waiters()
+    }
+
+    /// [`Self::resign`] for a core still shared with a request in progress: the waiters
+    /// complete with `NotLeader` and the core takes no more (the driver drops it).
+    pub fn fail_waiters(&mut self) -> Vec<LeaderAction> {
         self.waiters
-            .into_iter()
+            .drain(..)
             .map(|waiter| LeaderAction::Complete {
                 id: waiter.id,
                 result: Err(ReplicaError::NotLeader),

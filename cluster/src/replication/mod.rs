@@ -16,22 +16,28 @@
 //!   [`serve_replica_fetch`] is the leader half: it answers a request from the shard's
 //!   [`LeaderReplica`]s. [`InMemoryTransport`] connects the two in one process for tests.
 //!
-//! Not wired into `cluster::shard` yet: the peer transport and the controller (which commits
-//! ISR proposals and elects leaders) are built separately and joined by the lead.
+//! - [`ShardReplication`]: the per-shard driver in a cluster: roles from metadata, the leaders'
+//!   long-polled fetch serving and acks=all waiters, the fetcher over the peer links
+//!   ([`PeerFetchTransport`], messages encoded by [`wire`]), ISR proposals to the controller.
 //!
 //! Must not depend on: `sluice-net`, sockets, or protocol codecs.
 
+mod driver;
 mod fetcher;
 mod follower;
 mod leader;
 mod messages;
 mod serve;
+pub mod wire;
 
 use std::time::Duration;
 
 use sluice_engine::log::PartitionLog;
 use sluice_engine::{BrokerId, LeaderEpoch, Offset};
 
+pub use driver::{
+    IsrProposer, PeerFetchTransport, ReplicationSettings, ReplicationWait, ShardReplication,
+};
 pub use fetcher::{
     FetchTarget, Fetcher, FetcherStats, InMemoryTransport, LeaderShard, ReplicaFetchTransport,
     TransportError,

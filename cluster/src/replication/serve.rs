@@ -9,7 +9,6 @@
 //! Must not depend on: the network layer.
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::time::Instant;
 
@@ -31,12 +30,12 @@ pub struct LeaderReplica {
     pub log: Rc<PartitionLog>,
 }
 
-/// Answers `request` from `leaders` (the partitions this shard leads). Partitions it does not
-/// lead get `NotLeader`. The response holds at most `request.max_bytes` of batches, but always
+/// Answers `request` from `leaders` (looks up the partitions this shard leads). Partitions it
+/// does not lead get `NotLeader`. The response holds at most `request.max_bytes` of batches, but always
 /// the first batch a partition has to send when nothing was sent before it (so one oversized
 /// batch still replicates). Returns the response and the leader actions, per partition.
 pub async fn serve_replica_fetch(
-    leaders: &BTreeMap<TopicPartition, LeaderReplica>,
+    leaders: &dyn Fn(&TopicPartition) -> Option<Rc<LeaderReplica>>,
     request: &ReplicaFetchRequest,
     now: Instant,
 ) -> (ReplicaFetchResponse, Vec<(TopicPartition, LeaderAction)>) {
@@ -45,7 +44,7 @@ pub async fn serve_replica_fetch(
     let mut budget = usize::try_from(request.max_bytes).expect("u32 fits in usize");
     let mut sent_any = false;
     for partition in &request.partitions {
-        let Some(leader) = leaders.get(&partition.tp) else {
+        let Some(leader) = leaders(&partition.tp) else {
             partitions.push(ReplicaFetchPartitionResponse {
                 tp: partition.tp.clone(),
                 error: Some(ReplicaError::NotLeader),

@@ -31,6 +31,11 @@ pub fn error_code<'a>(error: impl Into<DomainError<'a>>) -> ResponseError {
             // Clients refresh metadata and retry, as in Kafka's controlled shutdown.
             ProduceError::ShuttingDown => ResponseError::NotLeaderOrFollower,
             ProduceError::NotLeader(_) => ResponseError::NotLeaderOrFollower,
+            ProduceError::NotEnoughReplicas { .. } => ResponseError::NotEnoughReplicas,
+            ProduceError::NotEnoughReplicasAfterAppend(_) => {
+                ResponseError::NotEnoughReplicasAfterAppend
+            }
+            ProduceError::Timeout(_) => ResponseError::RequestTimedOut,
             _ => ResponseError::UnknownServerError,
         },
         DomainError::Fetch(error) => match error {
@@ -166,6 +171,21 @@ mod tests {
             (produce(ProduceError::Overloaded), 7, true),
             (produce(ProduceError::ShuttingDown), 6, true),
             (produce(ProduceError::NotLeader("t-0".into())), 6, true),
+            (
+                produce(ProduceError::NotEnoughReplicas {
+                    tp: "t-0".into(),
+                    isr: 1,
+                    min: 2,
+                }),
+                19,
+                true,
+            ),
+            (
+                produce(ProduceError::NotEnoughReplicasAfterAppend("t-0".into())),
+                20,
+                true,
+            ),
+            (produce(ProduceError::Timeout("t-0".into())), 7, true),
             (fetch(FetchError::NotLeader("t-0".into())), 6, true),
             (
                 fetch(FetchError::UnknownTopicOrPartition("t-0".into())),

@@ -30,6 +30,11 @@ pub fn error_code<'a>(error: impl Into<DomainError<'a>>) -> ErrorCode {
             ProduceError::ShuttingDown => ErrorCode::ShuttingDown,
             // Leadership moved: the client refreshes metadata and goes to the new leader.
             ProduceError::NotLeader(_) => ErrorCode::NotOwner,
+            ProduceError::NotEnoughReplicas { .. } => ErrorCode::NotEnoughReplicas,
+            ProduceError::NotEnoughReplicasAfterAppend(_) => {
+                ErrorCode::NotEnoughReplicasAfterAppend
+            }
+            ProduceError::Timeout(_) => ErrorCode::ReplicationTimeout,
             _ => ErrorCode::Internal,
         },
         DomainError::Fetch(error) => match error {
@@ -127,6 +132,25 @@ mod tests {
                 produce(ProduceError::MessageTooLarge { size: 10, max: 5 }),
                 ErrorCode::MessageTooLarge,
                 false,
+            ),
+            (
+                produce(ProduceError::NotEnoughReplicas {
+                    tp: "t-0".into(),
+                    isr: 1,
+                    min: 2,
+                }),
+                ErrorCode::NotEnoughReplicas,
+                true,
+            ),
+            (
+                produce(ProduceError::NotEnoughReplicasAfterAppend("t-0".into())),
+                ErrorCode::NotEnoughReplicasAfterAppend,
+                true,
+            ),
+            (
+                produce(ProduceError::Timeout("t-0".into())),
+                ErrorCode::ReplicationTimeout,
+                true,
             ),
             (
                 produce(ProduceError::Storage("disk full".into())),

@@ -77,6 +77,15 @@ pub enum ErrorCode {
     InconsistentGroupProtocol = 24,
     /// The session timeout is outside the broker's allowed range.
     InvalidSessionTimeout = 25,
+    /// acks=all refused: the partition has fewer in-sync replicas than its
+    /// `min.insync.replicas`; retry.
+    NotEnoughReplicas = 26,
+    /// acks=all appended, but the in-sync set was below `min.insync.replicas` when the
+    /// replicas had it; the records may be visible. Retry.
+    NotEnoughReplicasAfterAppend = 27,
+    /// acks=all appended, but the in-sync replicas did not all have it in time; the records
+    /// may still become visible. Retry.
+    ReplicationTimeout = 28,
 }
 
 impl ErrorCode {
@@ -88,6 +97,9 @@ impl ErrorCode {
                 | ErrorCode::ShuttingDown
                 | ErrorCode::NotOwner
                 | ErrorCode::OutOfOrderSequence
+                | ErrorCode::NotEnoughReplicas
+                | ErrorCode::NotEnoughReplicasAfterAppend
+                | ErrorCode::ReplicationTimeout
         )
     }
 }

@@ -124,8 +124,11 @@ impl RunningBroker {
                     node,
                     data_dir,
                     cache_bytes: 16 << 20,
+                    replication: sluice_cluster::replication::ReplicationSettings::with_lag(
+                        std::time::Duration::from_secs(30),
+                    ),
                 };
-                let shard = Shard::start(context, shard_config, snapshot, store).await;
+                let shard = Shard::start(context, shard_config, snapshot, store, None).await;
                 shard.start_groups(groups);
                 let admin_task = (shard.id().0 == 0).then(|| {
                     sluice_engine::rt::spawn(sluice_net::admin::serve(Rc::clone(&shard), admin))
