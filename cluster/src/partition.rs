@@ -130,9 +130,51 @@ impl PartitionReplica {
             replication.release(&self.tp);
             Role::Offline
         };
-        *self.role.borrow_mut() = role;
+        let previous = self.role.replace(role.clone());
+        let new_epoch = match (&previous, &role) {
+            (Role::Leader(before), Role::Leader(now)) => !Rc::ptr_eq(before, now),
+            (_, Role::Leader(_)) => true,
+            _ => false,
+        };
+        if new_epoch {
+            self.mark_epoch_start(local);
+        }
         // Consumers waiting on a replica that stopped leading return (and are told to move).
         self.data.notify();
+    }
+
+    /// A new leader's first append: a control batch (Kafka's LEADER_CHANGE control record)
+    /// in its epoch, when the log holds records above the high watermark. The high watermark
+    /// only passes offsets of the leader's own epoch (Raft's commit rule), so without it the
+    /// records the leader inherited would stay invisible until a producer wrote. Consumers
+    /// skip control batches (Kafka clients and ours alike).
+    fn mark_epoch_start(&self, local: sluice_engine::BrokerId) {
+        if self.log.next_offset() <= self.log.high_watermark() {
+            return;
+        }
+        let Role::Leader(leader) = self.role() else {
+            return;
+        };
+        let epoch = leader.core.borrow().epoch();
+        let batch = match leader_change_batch(local, epoch) {
+            Ok(batch) => batch,
+            Err(error) => {
+                tracing::error!(partition = %self.tp, %error, "cannot build the epoch marker");
+                return;
+            }
+        };
+        let pending = self.log.append(batch, epoch, Durability::Written);
+        let Some(replication) = self.replication.clone() else {
+            return;
+        };
+        let tp = self.tp.clone();
+        sluice_engine::rt::spawn(async move {
+            match pending.await {
+                Ok(_) => replication.local_end_moved(&tp),
+                Err(error) => tracing::warn!(%tp, %error, "epoch marker not appended"),
+            }
+        })
+        .detach();
     }
 
     /// The id of the topic this replica belongs to.
@@ -485,6 +527,30 @@ impl PartitionReplica {
 
 /// How long closing a partition waits for its in-flight requests.
 const CLOSE_WAIT: Duration = Duration::from_secs(10);
+
+/// Kafka's LEADER_CHANGE control record (key: version 0, type 2; value: `LeaderChangeMessage`
+/// v0 with this leader and no voter lists) in a control batch of `epoch`.
+fn leader_change_batch(
+    leader: sluice_engine::BrokerId,
+    epoch: LeaderEpoch,
+) -> Result<Bytes, sluice_engine::batch::BuildError> {
+    const LEADER_CHANGE: i16 = 2;
+    let key = [0i16.to_be_bytes(), LEADER_CHANGE.to_be_bytes()].concat();
+    let mut value = Vec::with_capacity(14);
+    value.extend_from_slice(&0i16.to_be_bytes());
+    value.extend_from_slice(&leader.0.to_be_bytes());
+    value.extend_from_slice(&0i32.to_be_bytes());
+    value.extend_from_slice(&0i32.to_be_bytes());
+    let mut builder = sluice_engine::batch::BatchBuilder::new(1024);
+    builder.mark_control().set_leader_epoch(epoch);
+    builder.push(
+        Some(&key),
+        Some(&value),
+        &[],
+        sluice_engine::rt::clock::unix_now_ms(),
+    )?;
+    builder.build(sluice_engine::batch::Compression::None)
+}
 
 /// Checks every batch of a produce request before anything is appended, so a bad batch in the
 /// middle leaves the log unchanged.

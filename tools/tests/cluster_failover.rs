@@ -454,6 +454,22 @@ fn cluster_forms_fails_over_and_restarts() {
     // Clients follow the new leader: native (bootstrap list starts with the dead broker).
     let native = cluster.quic_brokers(Some(dead_quic));
     let partition = moved_partition.to_string();
+    // Before anyone writes to it, the new leader serves the record it inherited: its epoch
+    // marker committed everything below it.
+    let mut consume = Command::new(sluice_bin());
+    consume
+        .args(["consume", "orders", "--partition", &partition])
+        .args([
+            "--from",
+            "beginning",
+            "--count",
+            "1",
+            "--timeout-ms",
+            "10000",
+        ])
+        .args(["--brokers", &native]);
+    let out = assert_success(&run_with_input(consume, b""));
+    assert_eq!(out.trim(), "before-failover");
     let mut produce = Command::new(sluice_bin());
     produce
         .args([

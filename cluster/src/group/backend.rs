@@ -232,6 +232,10 @@ impl GroupBackend {
                 }
             };
             let batch = rest.split_to(header.total_bytes().min(rest.len()));
+            if header.attributes.is_control() {
+                // A leader's epoch marker (`PartitionReplica::mark_epoch_start`).
+                continue;
+            }
             let decoded = decode_batch(&batch, sluice_engine::limits::BATCH_BYTES_MAX)
                 .and_then(|d| d.collect_records());
             let records = match decoded {
