@@ -57,6 +57,9 @@ pub struct MetricsSnapshot {
     pub committed_offsets: Vec<(String, TopicPartition, Offset)>,
     /// High watermark of every partition.
     pub high_watermarks: Vec<(TopicPartition, Offset)>,
+    /// Of every partition led here, each follower's lag in offsets behind the leader's log
+    /// end (`None`: its position is not known in the current epoch yet).
+    pub replica_lag: Vec<(TopicPartition, sluice_engine::BrokerId, Option<i64>)>,
 }
 
 impl MetricsSnapshot {
@@ -89,6 +92,7 @@ impl MetricsSnapshot {
         self.shard_gauges.extend(other.shard_gauges);
         self.committed_offsets.extend(other.committed_offsets);
         self.high_watermarks.extend(other.high_watermarks);
+        self.replica_lag.extend(other.replica_lag);
     }
 
     /// Consumer lag per group and partition: high watermark minus committed offset (never

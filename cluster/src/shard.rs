@@ -1147,6 +1147,19 @@ impl Shard {
             .iter()
             .map(|(tp, replica)| (tp.clone(), replica.log().high_watermark()))
             .collect();
+        if let Some(replication) = self.replication.get() {
+            snapshot.replica_lag = replication.follower_lag();
+            let stats = replication.fetcher_stats();
+            for (name, value) in [
+                ("replica_fetch_requests", stats.requests),
+                ("replica_fetch_errors", stats.transport_errors),
+                ("replica_fetched_bytes", stats.appended_bytes),
+                ("replica_truncations", stats.truncations),
+                ("replica_log_errors", stats.log_errors),
+            ] {
+                snapshot.shard_gauges.push((self.id.0, name, value));
+            }
+        }
         snapshot
     }
 

@@ -340,6 +340,24 @@ pub fn render(snapshot: &MetricsSnapshot, shard: &Shard) -> String {
             tp.partition.0
         );
     }
+    let _ = writeln!(
+        out,
+        "# HELP sluice_replica_lag Offsets a follower is behind the leader's log end, per \
+         partition led here (-1: not yet known in this leader epoch)."
+    );
+    let _ = writeln!(out, "# TYPE sluice_replica_lag gauge");
+    let mut lag = snapshot.replica_lag.clone();
+    lag.sort();
+    for (tp, replica, lag) in lag {
+        let _ = writeln!(
+            out,
+            "sluice_replica_lag{{topic=\"{}\",partition=\"{}\",replica=\"{}\"}} {}",
+            tp.topic,
+            tp.partition.0,
+            replica.0,
+            lag.unwrap_or(-1)
+        );
+    }
     let mut gauges = snapshot.shard_gauges.clone();
     gauges.sort_unstable_by_key(|(shard, name, _)| (*name, *shard));
     let mut last_name = "";

@@ -521,6 +521,31 @@ fn cluster_forms_fails_over_and_restarts() {
     cluster.wait_for("the restarted broker to see the new topic", |cluster| {
         cluster.describe(restarted, "after-failover").map(|_| ())
     });
+    // It catches up as a follower and the leader takes it back into the ISR (AlterPartition);
+    // the leader's metrics show it caught up.
+    cluster.wait_for("the restarted broker back in the ISR", |cluster| {
+        let all = placement(&cluster.describe(cluster.node(*new_leader), "orders")?);
+        let (_, _, isr) = all.get(&moved_partition)?;
+        isr.split(',').any(|b| b == old.to_string()).then_some(())
+    });
+    let lag_line = format!(
+        "sluice_replica_lag{{topic=\"orders\",partition=\"{moved_partition}\",replica=\"{old}\"}}"
+    );
+    let metrics = cluster.wait_for(
+        "the leader's lag gauge for the restarted broker",
+        |cluster| {
+            let metrics = http_get(cluster.node(*new_leader).admin, "/metrics")?;
+            metrics
+                .contains(&format!("{lag_line} 0"))
+                .then_some(metrics)
+        },
+    );
+    let expands: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("sluice_isr_expands_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("expansions counter");
+    assert!(expands >= 1, "{metrics}");
 
     // A full cluster restart keeps all metadata.
     let before: Vec<_> = ["orders", "after-failover"]

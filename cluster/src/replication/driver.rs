@@ -174,6 +174,20 @@ impl ShardReplication {
         self.fetcher.stats()
     }
 
+    /// Per led partition and follower: how many offsets the follower is behind the leader's
+    /// log end (`None`: position not known in this epoch yet).
+    pub fn follower_lag(&self) -> Vec<(TopicPartition, BrokerId, Option<i64>)> {
+        let leaders = self.leaders.borrow();
+        leaders
+            .iter()
+            .flat_map(|(tp, led)| {
+                let lag = led.replica.core.borrow().follower_lag();
+                lag.into_iter()
+                    .map(move |(replica, lag)| (tp.clone(), replica, lag))
+            })
+            .collect()
+    }
+
     /// The leader state of `tp`, if this broker leads it.
     pub fn leader(&self, tp: &TopicPartition) -> Option<Rc<LeaderReplica>> {
         self.leaders

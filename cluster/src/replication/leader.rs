@@ -489,6 +489,20 @@ impl LeaderCore {
             .collect()
     }
 
+    /// Each follower's lag behind the leader's log end, in offsets: `None` while its position
+    /// in this epoch is unknown (no fetch on the leader's log yet).
+    pub fn follower_lag(&self) -> Vec<(BrokerId, Option<i64>)> {
+        self.followers
+            .iter()
+            .map(|(replica, follower)| {
+                let lag = follower
+                    .log_end
+                    .map(|end| (self.local_end.0 - end.0).max(0));
+                (*replica, lag)
+            })
+            .collect()
+    }
+
     /// The maximal ISR: the committed ISR plus a proposed expansion (a proposed shrink still
     /// counts the leaving members until it is committed).
     fn maximal_isr(&self) -> BTreeSet<BrokerId> {
