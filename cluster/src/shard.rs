@@ -1009,9 +1009,14 @@ impl Shard {
             if let Some(replication) = self.replication.get() {
                 replication.release(&tp);
             }
+            // Data goes with deleted topics, and in a cluster with replicas moved off this
+            // broker (a reassignment); a partition moving between shards keeps its files.
             let deleted = snapshot
                 .topic(&tp.topic)
-                .is_none_or(|t| t.id != replica.topic_id());
+                .and_then(|t| t.partition(tp.partition).map(|p| (t, p)))
+                .is_none_or(|(t, p)| {
+                    t.id != replica.topic_id() || (clustered && !p.replicas.contains(&node))
+                });
             PartitionReplica::close(replica, deleted).await;
         }
         drop(previous);

@@ -1,5 +1,7 @@
-//! The admin HTTP endpoint: `GET /health`, `GET /metrics` (Prometheus text format) and
-//! `GET /cluster` (JSON: the quorum and broker registrations, for `sluice cluster`).
+//! The admin HTTP endpoint: `GET /health`, `GET /metrics` (Prometheus text format),
+//! `GET /cluster` (JSON: the quorum and broker registrations, for `sluice cluster`) and
+//! `POST /cluster/reassign?topic=T&partition=P&replicas=1,2,3` (start a reassignment;
+//! answers the cluster view, or 400 with the reason).
 //!
 //! Runs on shard 0 only. HTTP/1.1 with one request per connection (`Connection: close`): the
 //! endpoint is scraped every few seconds, so simplicity beats keep-alive. Requests are bounded
@@ -12,9 +14,11 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 
 use futures::{AsyncReadExt, AsyncWriteExt};
+use sluice_cluster::metadata::MetadataCommand;
 use sluice_cluster::metrics::{LATENCY_BUCKETS_US, MetricsSnapshot};
 use sluice_cluster::shard::Shard;
 use sluice_engine::rt::net::{TcpListener, TcpStream};
+use sluice_engine::{BrokerId, PartitionId};
 
 use crate::limits::ADMIN_REQUEST_BYTES_MAX;
 
@@ -74,8 +78,51 @@ async fn handle(shard: Rc<Shard>, mut stream: TcpStream) -> std::io::Result<()> 
             let body = cluster_json(&shard);
             respond(&mut stream, "200 OK", "application/json", &body).await
         }
+        ("POST", path) if path.starts_with("/cluster/reassign?") => {
+            let (status, body) = match reassign_command(&path["/cluster/reassign?".len()..]) {
+                Ok(command) => match shard.command(command).await {
+                    Ok(_) => ("200 OK", cluster_json(&shard)),
+                    Err(error) => ("400 Bad Request", format!("{error}\n")),
+                },
+                Err(error) => ("400 Bad Request", format!("{error}\n")),
+            };
+            respond(&mut stream, status, "application/json", &body).await
+        }
         _ => respond(&mut stream, "404 Not Found", "text/plain", "not found\n").await,
     }
+}
+
+/// `topic=T&partition=P&replicas=1,2,3` as a reassignment command.
+fn reassign_command(query: &str) -> Result<MetadataCommand, String> {
+    let mut topic = None;
+    let mut partition = None;
+    let mut replicas = None;
+    for pair in query.split('&') {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match key {
+            "topic" => topic = Some(value.to_owned()),
+            "partition" => {
+                partition = Some(
+                    value
+                        .parse::<i32>()
+                        .map_err(|_| "bad partition".to_owned())?,
+                );
+            }
+            "replicas" => {
+                let ids: Result<Vec<BrokerId>, _> = value
+                    .split(',')
+                    .map(|id| id.parse().map(BrokerId))
+                    .collect();
+                replicas = Some(ids.map_err(|_| "bad replicas: use ids like 1,2,3".to_owned())?);
+            }
+            other => return Err(format!("unknown parameter {other:?}")),
+        }
+    }
+    Ok(MetadataCommand::ReassignPartition {
+        topic: topic.ok_or("topic missing")?,
+        partition: PartitionId(partition.ok_or("partition missing")?),
+        replicas: replicas.ok_or("replicas missing")?,
+    })
 }
 
 async fn respond(
@@ -129,6 +176,9 @@ pub struct PartitionView {
     pub replicas: Vec<i32>,
     /// In-sync replicas.
     pub isr: Vec<i32>,
+    /// The replica set a reassignment in progress moves to.
+    #[serde(default)]
+    pub target_replicas: Option<Vec<i32>>,
 }
 
 fn cluster_json(shard: &Shard) -> String {
@@ -151,6 +201,10 @@ fn cluster_json(shard: &Shard) -> String {
                     leader_epoch: p.leader_epoch.0,
                     replicas: p.replicas.iter().map(|b| b.0).collect(),
                     isr: p.isr.iter().map(|b| b.0).collect(),
+                    target_replicas: p
+                        .target_replicas
+                        .as_ref()
+                        .map(|t| t.iter().map(|b| b.0).collect()),
                 })
             })
             .collect(),

@@ -182,6 +182,7 @@ mod tests {
             leader_epoch: LeaderEpoch(5),
             replicas: ids(replicas),
             isr: ids(isr),
+            target_replicas: None,
         }
     }
 

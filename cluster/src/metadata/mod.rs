@@ -44,6 +44,12 @@ pub struct PartitionMeta {
     pub replicas: Vec<BrokerId>,
     /// In-sync replicas.
     pub isr: Vec<BrokerId>,
+    /// A reassignment in progress: the replica set the partition moves to (Kafka's target
+    /// replicas). Meanwhile `replicas` is the old set plus the new members, which catch up as
+    /// followers; once every target replica is in the ISR, `replicas` becomes the target (the
+    /// leader moves first if it is leaving).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_replicas: Option<Vec<BrokerId>>,
 }
 
 /// A topic with its partitions and config overrides.
@@ -241,6 +247,17 @@ pub enum MetadataCommand {
     /// Move leadership back to each partition's preferred replica where it is live and in
     /// sync (Kafka's auto.leader.rebalance).
     ElectPreferredLeaders,
+    /// Move a partition to another replica set with no downtime (Kafka's
+    /// AlterPartitionReassignments): the new replicas are added and catch up, then the
+    /// partition moves to exactly `replicas` (first: the preferred leader).
+    ReassignPartition {
+        /// Topic name.
+        topic: String,
+        /// Partition.
+        partition: PartitionId,
+        /// The new replica set: distinct live brokers.
+        replicas: Vec<BrokerId>,
+    },
 }
 
 /// Why a metadata change was refused.

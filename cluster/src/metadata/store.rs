@@ -256,6 +256,66 @@ pub fn apply_with(
             meta.isr = isr;
             next.cluster.isr_shrinks_total += u64::from(shrunk);
             next.cluster.isr_expands_total += u64::from(grown);
+            next.cluster.leader_elections_total += u64::from(finish_reassignment(meta));
+        }
+        MetadataCommand::ReassignPartition {
+            topic,
+            partition,
+            replicas,
+        } => {
+            let live = live_brokers(current);
+            let invalid = |why: String| MetadataError::InvalidReplicaAssignment(why);
+            if live.is_empty() {
+                return Err(invalid("reassignment needs a cluster".into()));
+            }
+            let mut distinct = replicas.clone();
+            distinct.sort_unstable();
+            distinct.dedup();
+            if replicas.is_empty() || distinct.len() != replicas.len() {
+                return Err(invalid(format!("{replicas:?} must be distinct brokers")));
+            }
+            if let Some(b) = replicas.iter().find(|b| !live.contains(b)) {
+                return Err(invalid(format!("broker {} is not a live broker", b.0)));
+            }
+            let meta = next
+                .topics
+                .get_mut(topic.as_str())
+                .and_then(|t| {
+                    usize::try_from(partition.0)
+                        .ok()
+                        .and_then(|i| t.partitions.get_mut(i))
+                })
+                .ok_or_else(|| MetadataError::UnknownTopic(format!("{topic}-{}", partition.0)))?;
+            // The partition keeps its shard: peer links join equal shards.
+            for b in replicas {
+                let shards = current
+                    .cluster
+                    .registration(*b)
+                    .map_or(0, BrokerRegistration::shard_count);
+                if usize::from(meta.shard.0) >= shards {
+                    return Err(invalid(format!(
+                        "broker {} has no shard {} for {topic}-{}",
+                        b.0, meta.shard.0, partition.0
+                    )));
+                }
+            }
+            if meta
+                .target_replicas
+                .as_ref()
+                .is_some_and(|target| target != replicas)
+            {
+                return Err(MetadataError::Refused(format!(
+                    "a reassignment of {topic}-{} is in progress",
+                    partition.0
+                )));
+            }
+            for b in replicas {
+                if !meta.replicas.contains(b) {
+                    meta.replicas.push(*b);
+                }
+            }
+            meta.target_replicas = Some(replicas.clone());
+            next.cluster.leader_elections_total += u64::from(finish_reassignment(meta));
         }
         MetadataCommand::ElectPreferredLeaders => {
             let cluster = next.cluster.clone();
@@ -313,6 +373,7 @@ fn new_partition(
             leader_epoch: LeaderEpoch(0),
             replicas: vec![context.node],
             isr: vec![context.node],
+            target_replicas: None,
         };
     }
     // Spread each topic from a different broker so small topics do not all lead on one.
@@ -335,7 +396,30 @@ fn new_partition(
         leader_epoch: LeaderEpoch(0),
         isr: replicas.clone(),
         replicas,
+        target_replicas: None,
     }
+}
+
+/// Completes `meta`'s reassignment once every target replica is in the ISR: the replica set
+/// becomes the target, leaving members leave the ISR, and a leaving leader hands over to the
+/// first target replica (epoch bumped). Returns true if the leader changed.
+fn finish_reassignment(meta: &mut PartitionMeta) -> bool {
+    let Some(target) = meta.target_replicas.clone() else {
+        return false;
+    };
+    if !target.iter().all(|b| meta.isr.contains(b)) {
+        return false;
+    }
+    meta.replicas = target.clone();
+    meta.isr.retain(|b| target.contains(b));
+    meta.isr.sort_by_key(|b| target.iter().position(|t| t == b));
+    meta.target_replicas = None;
+    if target.contains(&meta.leader) {
+        return false;
+    }
+    meta.leader = target[0];
+    meta.leader_epoch = LeaderEpoch(meta.leader_epoch.0 + 1);
+    true
 }
 
 /// Re-places partitions whose recorded shard does not exist on this broker (it restarted with
@@ -679,5 +763,73 @@ mod tests {
         let grown = apply(&shrunk, &alter(p.leader, 0, p.replicas.clone()), CONTEXT).expect("grow");
         assert_eq!(grown.topic("t").expect("t").partitions[0].isr, p.replicas);
         assert_eq!(grown.cluster.isr_expands_total, 1);
+    }
+
+    // Goal: a reassignment adds the new replicas first, completes only once they are in the
+    // ISR (moving leadership off a leaving leader with a new epoch), and refuses brokers that
+    // are not live, duplicates, and a different target while one is in progress.
+    #[test]
+    fn reassignment_adds_then_moves() {
+        let four = registered(&[1, 2, 3, 4]);
+        let mut command = create("t", 1);
+        if let MetadataCommand::CreateTopic { replication, .. } = &mut command {
+            *replication = 2;
+        }
+        let one = with_id(&command, &four);
+        let p = one.topic("t").expect("created").partitions[0].clone();
+        let leaving = p.leader;
+        let kept = p.replicas[1];
+        let newcomer = *[1, 2, 3, 4]
+            .iter()
+            .map(|b| BrokerId(*b))
+            .collect::<Vec<_>>()
+            .iter()
+            .find(|b| !p.replicas.contains(b))
+            .expect("a broker without a replica");
+        let reassign = |replicas: Vec<BrokerId>| MetadataCommand::ReassignPartition {
+            topic: "t".into(),
+            partition: PartitionId(0),
+            replicas,
+        };
+        for bad in [vec![], vec![kept, kept], vec![kept, BrokerId(9)]] {
+            let refused = apply(&one, &reassign(bad.clone()), CONTEXT);
+            assert!(
+                matches!(refused, Err(MetadataError::InvalidReplicaAssignment(_))),
+                "{bad:?}: {refused:?}"
+            );
+        }
+        let target = vec![kept, newcomer];
+        let started = apply(&one, &reassign(target.clone()), CONTEXT).expect("reassign");
+        let during = &started.topic("t").expect("t").partitions[0];
+        assert_eq!(
+            during.replicas,
+            vec![leaving, kept, newcomer],
+            "added first"
+        );
+        assert_eq!(during.isr, p.isr, "the ISR grows only by catching up");
+        assert_eq!(during.leader, leaving);
+        assert_eq!(during.target_replicas.as_ref(), Some(&target));
+        let other = apply(&started, &reassign(vec![kept]), CONTEXT);
+        assert!(matches!(other, Err(MetadataError::Refused(_))), "{other:?}");
+
+        // The leader takes the caught-up newcomer into the ISR: the move completes.
+        let caught_up = MetadataCommand::AlterPartition {
+            topic: "t".into(),
+            partition: PartitionId(0),
+            leader: leaving,
+            leader_epoch: p.leader_epoch,
+            isr: vec![leaving, kept, newcomer],
+        };
+        let done = apply(&started, &caught_up, CONTEXT).expect("expand");
+        let after = &done.topic("t").expect("t").partitions[0];
+        assert_eq!(after.replicas, target);
+        assert_eq!(after.isr, target);
+        assert_eq!(after.leader, kept, "the leaving leader handed over");
+        assert_eq!(after.leader_epoch, LeaderEpoch(p.leader_epoch.0 + 1));
+        assert_eq!(after.target_replicas, None);
+        assert_eq!(
+            done.cluster.leader_elections_total,
+            started.cluster.leader_elections_total + 1
+        );
     }
 }

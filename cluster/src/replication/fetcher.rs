@@ -83,6 +83,9 @@ pub struct FetcherStats {
 }
 
 struct FollowerPartition {
+    /// Distinguishes this core from earlier ones of the same partition: an answer to a fetch
+    /// sent for an earlier core (another leader or epoch) is dropped, not fed to this one.
+    generation: u64,
     core: FollowerCore,
     log: Rc<PartitionLog>,
     target: FetchTarget,
@@ -101,7 +104,16 @@ pub struct Fetcher<T> {
     partitions: RefCell<BTreeMap<TopicPartition, FollowerPartition>>,
     /// Bumped when a partition is added (a new leader may need a fetch loop).
     added: Notify,
+    /// The next `FollowerPartition::generation`.
+    generations: Cell<u64>,
     stats: Cell<FetcherStats>,
+}
+
+/// A request on its way to one leader, with the generation of each partition's core at the
+/// time it was built.
+struct Outgoing {
+    request: ReplicaFetchRequest,
+    generations: BTreeMap<TopicPartition, u64>,
 }
 
 /// How often [`Fetcher::run`] looks at its stop flag when nothing else wakes it.
@@ -120,6 +132,7 @@ impl<T: ReplicaFetchTransport> Fetcher<T> {
             backoff: Duration::from_millis(100),
             partitions: RefCell::new(BTreeMap::new()),
             added: Notify::new(),
+            generations: Cell::new(0),
             stats: Cell::new(FetcherStats::default()),
         }
     }
@@ -150,7 +163,10 @@ impl<T: ReplicaFetchTransport> Fetcher<T> {
             "{}: following ourselves",
             core.tp()
         );
+        let generation = self.generations.get();
+        self.generations.set(generation + 1);
         let partition = FollowerPartition {
+            generation,
             core,
             log,
             target,
@@ -202,8 +218,8 @@ impl<T: ReplicaFetchTransport> Fetcher<T> {
         &self,
         now: Instant,
         only: Option<FetchTarget>,
-    ) -> Vec<(FetchTarget, ReplicaFetchRequest)> {
-        let mut by_target: BTreeMap<FetchTarget, ReplicaFetchRequest> = BTreeMap::new();
+    ) -> Vec<(FetchTarget, Outgoing)> {
+        let mut by_target: BTreeMap<FetchTarget, Outgoing> = BTreeMap::new();
         let mut partitions = self.partitions.borrow_mut();
         for partition in partitions.values_mut() {
             if only.is_some_and(|only| only != partition.target) {
@@ -216,18 +232,38 @@ impl<T: ReplicaFetchTransport> Fetcher<T> {
             let Some(fetch) = partition.core.next_fetch() else {
                 continue;
             };
-            by_target
+            let outgoing = by_target
                 .entry(partition.target)
-                .or_insert_with(|| ReplicaFetchRequest {
-                    replica: self.local,
-                    max_bytes: self.max_bytes,
-                    max_wait_ms: self.max_wait_ms,
-                    partitions: Vec::new(),
-                })
-                .partitions
-                .push(fetch);
+                .or_insert_with(|| Outgoing {
+                    request: ReplicaFetchRequest {
+                        replica: self.local,
+                        max_bytes: self.max_bytes,
+                        max_wait_ms: self.max_wait_ms,
+                        partitions: Vec::new(),
+                    },
+                    generations: BTreeMap::new(),
+                });
+            outgoing
+                .generations
+                .insert(fetch.tp.clone(), partition.generation);
+            outgoing.request.partitions.push(fetch);
         }
         by_target.into_iter().collect()
+    }
+
+    /// Runs `f` on `tp`'s follower state if it is still the one of `generation` (not removed,
+    /// not replaced by a core for another leader or epoch since).
+    fn with_partition<R>(
+        &self,
+        tp: &TopicPartition,
+        generation: u64,
+        f: impl FnOnce(&mut FollowerPartition) -> R,
+    ) -> Option<R> {
+        let mut partitions = self.partitions.borrow_mut();
+        partitions
+            .get_mut(tp)
+            .filter(|partition| partition.generation == generation)
+            .map(f)
     }
 
     /// The leaders the shard's follower partitions fetch from.
@@ -246,7 +282,7 @@ impl<T: ReplicaFetchTransport> Fetcher<T> {
         let requests = self.build_requests(now, None);
         let mut inflight: FuturesUnordered<_> = requests
             .into_iter()
-            .map(|(target, request)| self.fetch_from(target, request))
+            .map(|(target, outgoing)| self.fetch_from(target, outgoing))
             .collect();
         let mut progressed = 0;
         while let Some(moved) = inflight.next().await {
@@ -257,25 +293,27 @@ impl<T: ReplicaFetchTransport> Fetcher<T> {
 
     /// Sends one request to `target` and applies its answer (or backs its partitions off).
     /// Returns the number of partitions that appended or truncated.
-    async fn fetch_from(&self, target: FetchTarget, request: ReplicaFetchRequest) -> usize {
-        let tps: Vec<TopicPartition> = request.partitions.iter().map(|p| p.tp.clone()).collect();
+    async fn fetch_from(&self, target: FetchTarget, outgoing: Outgoing) -> usize {
+        let Outgoing {
+            request,
+            generations,
+        } = outgoing;
         self.count(|stats| stats.requests += 1);
         let result = self
             .transport
             .replica_fetch(target.leader, target.shard, request)
             .await;
         match result {
-            Ok(response) => self.handle_response(response).await,
+            Ok(response) => self.handle_response(response, &generations).await,
             Err(error) => {
                 tracing::debug!(leader = target.leader.0, %error, "replica fetch failed");
                 self.count(|stats| stats.transport_errors += 1);
                 let until = sluice_engine::rt::clock::now() + self.backoff;
-                let mut partitions = self.partitions.borrow_mut();
-                for tp in &tps {
-                    if let Some(partition) = partitions.get_mut(tp) {
+                for (tp, generation) in &generations {
+                    self.with_partition(tp, *generation, |partition| {
                         partition.core.on_fetch_failed();
                         partition.backoff_until = Some(until);
-                    }
+                    });
                 }
                 0
             }
@@ -326,8 +364,8 @@ impl<T: ReplicaFetchTransport> Fetcher<T> {
         while !stop.get() && self.targets().contains(&target) {
             let now = sluice_engine::rt::clock::now();
             match self.build_requests(now, Some(target)).pop() {
-                Some((_, request)) => {
-                    self.fetch_from(target, request).await;
+                Some((_, outgoing)) => {
+                    self.fetch_from(target, outgoing).await;
                 }
                 None => sluice_engine::rt::sleep(idle).await,
             }
@@ -335,32 +373,39 @@ impl<T: ReplicaFetchTransport> Fetcher<T> {
         target
     }
 
-    async fn handle_response(&self, response: ReplicaFetchResponse) -> usize {
-        // Partitions append (each with its own fdatasync) concurrently.
-        let changed = futures::future::join_all(
-            response
-                .partitions
-                .into_iter()
-                .map(|answer| self.handle_partition(answer)),
-        )
-        .await;
+    async fn handle_response(
+        &self,
+        response: ReplicaFetchResponse,
+        generations: &BTreeMap<TopicPartition, u64>,
+    ) -> usize {
+        // Partitions append (each with its own fdatasync) concurrently. An answer for a
+        // partition the request did not carry is ignored.
+        let changed =
+            futures::future::join_all(response.partitions.into_iter().filter_map(|answer| {
+                let generation = *generations.get(&answer.tp)?;
+                Some(self.handle_partition(answer, generation))
+            }))
+            .await;
         changed.into_iter().filter(|changed| *changed).count()
     }
 
     /// Applies one partition's answer; true if the log changed.
-    async fn handle_partition(&self, answer: ReplicaFetchPartitionResponse) -> bool {
-        let (log, actions) = {
-            let mut partitions = self.partitions.borrow_mut();
-            // Removed while the fetch was in flight: drop the answer.
-            let Some(partition) = partitions.get_mut(&answer.tp) else {
-                return false;
-            };
+    async fn handle_partition(
+        &self,
+        answer: ReplicaFetchPartitionResponse,
+        generation: u64,
+    ) -> bool {
+        // Removed or replaced (a new leader or epoch) while the fetch was in flight: the
+        // answer is for a core that no longer exists; drop it.
+        let Some((log, actions)) = self.with_partition(&answer.tp, generation, |partition| {
             let actions = partition.core.on_response(&answer, &*partition.log);
             (partition.log.clone(), actions)
+        }) else {
+            return false;
         };
         let mut changed = false;
         for action in actions {
-            changed |= self.apply(&answer.tp, &log, action).await;
+            changed |= self.apply(&answer.tp, generation, &log, action).await;
         }
         changed
     }
@@ -368,6 +413,7 @@ impl<T: ReplicaFetchTransport> Fetcher<T> {
     async fn apply(
         &self,
         tp: &TopicPartition,
+        generation: u64,
         log: &Rc<PartitionLog>,
         action: FollowerAction,
     ) -> bool {
@@ -380,29 +426,26 @@ impl<T: ReplicaFetchTransport> Fetcher<T> {
                 } else {
                     self.count(|stats| stats.truncations += 1);
                 }
-                if let Some(partition) = self.partitions.borrow_mut().get_mut(tp) {
+                self.with_partition(tp, generation, |partition| {
                     partition.core.on_truncated(&**log);
-                }
+                });
                 result.is_ok()
             }
             FollowerAction::Append(batches) => {
                 let bytes = batches.len() as u64;
                 let result = log.append_replicated(batches, Durability::Synced).await;
-                let follow_up = {
-                    let mut partitions = self.partitions.borrow_mut();
-                    let Some(partition) = partitions.get_mut(tp) else {
-                        return result.is_ok();
-                    };
-                    match &result {
-                        Ok(_) => partition.core.on_appended(&**log),
-                        Err(error) => {
-                            tracing::warn!(%tp, %error, "follower append failed");
-                            partition.core.on_append_failed(&**log);
-                            partition.backoff_until =
-                                Some(sluice_engine::rt::clock::now() + self.backoff);
-                            Vec::new()
-                        }
+                let follow_up = self.with_partition(tp, generation, |partition| match &result {
+                    Ok(_) => partition.core.on_appended(&**log),
+                    Err(error) => {
+                        tracing::warn!(%tp, %error, "follower append failed");
+                        partition.core.on_append_failed(&**log);
+                        partition.backoff_until =
+                            Some(sluice_engine::rt::clock::now() + self.backoff);
+                        Vec::new()
                     }
+                });
+                let Some(follow_up) = follow_up else {
+                    return result.is_ok();
                 };
                 match result {
                     Ok(_) => self.count(|stats| stats.appended_bytes += bytes),
@@ -421,9 +464,9 @@ impl<T: ReplicaFetchTransport> Fetcher<T> {
             }
             FollowerAction::Retry(error) => {
                 tracing::debug!(%tp, %error, "replica fetch refused; backing off");
-                if let Some(partition) = self.partitions.borrow_mut().get_mut(tp) {
+                self.with_partition(tp, generation, |partition| {
                     partition.backoff_until = Some(sluice_engine::rt::clock::now() + self.backoff);
-                }
+                });
                 false
             }
         }

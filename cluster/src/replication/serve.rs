@@ -31,9 +31,9 @@ pub struct LeaderReplica {
 }
 
 /// Answers `request` from `leaders` (looks up the partitions this shard leads). Partitions it
-/// does not lead get `NotLeader`. The response holds at most `request.max_bytes` of batches, but always
-/// the first batch a partition has to send when nothing was sent before it (so one oversized
-/// batch still replicates). Returns the response and the leader actions, per partition.
+/// does not lead get `NotLeader`. The response holds at most `request.max_bytes` of batches,
+/// but always the first batch a partition has to send when nothing was sent before it (so one
+/// oversized batch still replicates). Returns the response and the leader actions, per partition.
 pub async fn serve_replica_fetch(
     leaders: &dyn Fn(&TopicPartition) -> Option<Rc<LeaderReplica>>,
     request: &ReplicaFetchRequest,

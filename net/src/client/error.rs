@@ -113,7 +113,9 @@ pub enum ClientError {
         /// How many partitions the topic has.
         partitions: i32,
     },
-    /// The metadata names a broker or shard it does not describe.
+    /// The metadata names a broker or shard it does not describe: in a cluster, a partition
+    /// without a leader (`broker` -1) during an election, or a broker not listed yet.
+    /// Retriable: newer metadata names the endpoint (Kafka's LEADER_NOT_AVAILABLE).
     #[error("metadata names no endpoint for broker {broker} shard {shard}")]
     NoEndpoint {
         /// The broker id.
@@ -151,6 +153,7 @@ impl ClientError {
                     | quinn::ConnectionError::LocallyClosed
             ),
             ClientError::NoBroker { last, .. } => last.is_retriable(),
+            ClientError::NoEndpoint { .. } => true,
             _ => false,
         }
     }

@@ -1,10 +1,10 @@
-//! `sluice cluster status | brokers`: the controller quorum and the registered brokers, read
-//! from a broker's admin endpoint (`GET /cluster`).
+//! `sluice cluster status | brokers | reassign`: the controller quorum and the registered
+//! brokers, read from a broker's admin endpoint (`GET /cluster`), and partition reassignment
+//! (`POST /cluster/reassign`).
 //!
 //! The admin endpoint rather than the native protocol: the quorum's state (raft term, voter
-//! progress) is operator information that lives beside `/metrics`, and the native protocol
-//! stays the data path. Until the replication issue lands, followers receive no data: the
-//! output says so.
+//! progress) and replica moves are operator matters that live beside `/metrics`, and the
+//! native protocol stays the data path.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -20,6 +20,26 @@ pub enum ClusterCommand {
     Status(AdminArgs),
     /// Registered brokers: id, endpoints, alive or fenced.
     Brokers(AdminArgs),
+    /// Move a partition to another replica set with no downtime: the new replicas catch up,
+    /// join the ISR, then the old ones leave (leadership moves first if its broker leaves).
+    Reassign(ReassignArgs),
+}
+
+/// `sluice cluster reassign`.
+#[derive(clap::Args, Debug)]
+pub struct ReassignArgs {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// The new replica set, preferred leader first (broker ids, e.g. 2,3,4).
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub replicas: Vec<i32>,
+    /// Wait until the move has completed (or this many seconds have passed: then fail).
+    #[arg(long, value_name = "SECONDS")]
+    pub wait: Option<u64>,
+    #[command(flatten)]
+    pub admin: AdminArgs,
 }
 
 /// Which broker to ask.
@@ -46,19 +66,83 @@ pub fn main(command: ClusterCommand) -> anyhow::Result<()> {
             let view = fetch(args.admin)?;
             print!("{}", brokers_text(&view));
         }
+        ClusterCommand::Reassign(args) => reassign(&args)?,
     }
     Ok(())
 }
 
+fn reassign(args: &ReassignArgs) -> anyhow::Result<()> {
+    let replicas: Vec<String> = args.replicas.iter().map(ToString::to_string).collect();
+    let path = format!(
+        "/cluster/reassign?topic={}&partition={}&replicas={}",
+        args.topic,
+        args.partition,
+        replicas.join(",")
+    );
+    request(args.admin.admin, "POST", &path)?;
+    let Some(seconds) = args.wait else {
+        println!(
+            "reassignment of {}-{} to {} started",
+            args.topic,
+            args.partition,
+            replicas.join(",")
+        );
+        return Ok(());
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(seconds);
+    loop {
+        let view = fetch(args.admin.admin)?;
+        let partition = view
+            .partitions
+            .iter()
+            .find(|p| p.topic == args.topic && p.partition == args.partition)
+            .with_context(|| format!("{}-{} is gone", args.topic, args.partition))?;
+        if partition.target_replicas.is_none() && partition.replicas == args.replicas {
+            println!(
+                "{}-{}: replicas {} leader {} isr {}",
+                args.topic,
+                args.partition,
+                replicas.join(","),
+                partition.leader,
+                join(&partition.isr)
+            );
+            return Ok(());
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "{}-{} not moved within {seconds} s: replicas {} isr {}",
+            args.topic,
+            args.partition,
+            join(&partition.replicas),
+            join(&partition.isr)
+        );
+        // Polling the controller's view; the admin endpoint has no change feed.
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn join(ids: &[i32]) -> String {
+    ids.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 fn fetch(admin: SocketAddr) -> anyhow::Result<ClusterView> {
-    let timeout = Duration::from_secs(5);
+    let body = request(admin, "GET", "/cluster")?;
+    serde_json::from_str(&body).context("cannot decode the cluster view")
+}
+
+/// One HTTP request to the admin endpoint; the body of a 200 answer, or the error it gave.
+fn request(admin: SocketAddr, method: &str, path: &str) -> anyhow::Result<String> {
+    let timeout = Duration::from_secs(30);
     let mut stream = TcpStream::connect_timeout(&admin, timeout)
         .with_context(|| format!("cannot reach the admin endpoint {admin}"))?;
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
     write!(
         stream,
-        "GET /cluster HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n"
     )?;
     let mut response = Vec::new();
     stream
@@ -71,10 +155,11 @@ fn fetch(admin: SocketAddr) -> anyhow::Result<ClusterView> {
         .context("malformed admin answer")?;
     anyhow::ensure!(
         head.starts_with("HTTP/1.1 200"),
-        "admin endpoint answered {}",
-        head.lines().next().unwrap_or_default()
+        "admin endpoint answered {}: {}",
+        head.lines().next().unwrap_or_default(),
+        body.trim()
     );
-    serde_json::from_str(body).context("cannot decode the cluster view")
+    Ok(body.to_owned())
 }
 
 fn status_text(view: &ClusterView) -> String {
@@ -99,10 +184,6 @@ fn status_text(view: &ClusterView) -> String {
                     voter.id, role, voter.matched
                 ));
             }
-            out.push_str(
-                "note: partition data is not replicated to followers yet (RF>1 is placement \
-                 and failover only)\n",
-            );
         }
     }
     out
