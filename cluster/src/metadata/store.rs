@@ -226,15 +226,7 @@ pub fn apply_with(
             leader_epoch,
             isr,
         } => {
-            let meta = next
-                .topics
-                .get_mut(topic.as_str())
-                .and_then(|t| {
-                    usize::try_from(partition.0)
-                        .ok()
-                        .and_then(|i| t.partitions.get_mut(i))
-                })
-                .ok_or_else(|| MetadataError::UnknownTopic(format!("{topic}-{}", partition.0)))?;
+            let meta = partition_mut(&mut next.topics, topic, *partition)?;
             if meta.leader != *leader || meta.leader_epoch != *leader_epoch {
                 return Err(MetadataError::StaleLeaderEpoch {
                     topic: topic.clone(),
@@ -277,15 +269,7 @@ pub fn apply_with(
             if let Some(b) = replicas.iter().find(|b| !live.contains(b)) {
                 return Err(invalid(format!("broker {} is not a live broker", b.0)));
             }
-            let meta = next
-                .topics
-                .get_mut(topic.as_str())
-                .and_then(|t| {
-                    usize::try_from(partition.0)
-                        .ok()
-                        .and_then(|i| t.partitions.get_mut(i))
-                })
-                .ok_or_else(|| MetadataError::UnknownTopic(format!("{topic}-{}", partition.0)))?;
+            let meta = partition_mut(&mut next.topics, topic, *partition)?;
             // The partition keeps its shard: peer links join equal shards.
             for b in replicas {
                 let shards = current
@@ -398,6 +382,22 @@ fn new_partition(
         replicas,
         target_replicas: None,
     }
+}
+
+/// The partition a cluster command names, or `UnknownTopic`.
+fn partition_mut<'a>(
+    topics: &'a mut std::collections::BTreeMap<std::sync::Arc<str>, TopicMeta>,
+    topic: &str,
+    partition: PartitionId,
+) -> Result<&'a mut PartitionMeta, MetadataError> {
+    topics
+        .get_mut(topic)
+        .and_then(|t| {
+            usize::try_from(partition.0)
+                .ok()
+                .and_then(|i| t.partitions.get_mut(i))
+        })
+        .ok_or_else(|| MetadataError::UnknownTopic(format!("{topic}-{}", partition.0)))
 }
 
 /// Completes `meta`'s reassignment once every target replica is in the ISR: the replica set
