@@ -20,6 +20,9 @@ use super::{run_with_input, sluice_bin};
 /// fencing each take a few seconds at most.
 pub const DEADLINE: Duration = Duration::from_secs(60);
 
+/// How long a restarted broker's QUIC port may stay taken after the previous process was reaped.
+const PORTS_FREE_DEADLINE: Duration = Duration::from_secs(10);
+
 /// How long a broker may take to exit after SIGTERM before it is killed.
 const STOP_DEADLINE: Duration = Duration::from_secs(20);
 
@@ -91,6 +94,9 @@ pub struct Node {
 impl Node {
     pub fn start(&mut self, seeds: &str) {
         assert!(self.child.is_none(), "broker {} already running", self.id);
+        if self.netns.is_none() {
+            self.wait_ports_free();
+        }
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -124,6 +130,23 @@ impl Node {
             .spawn()
             .expect("start sluice broker");
         self.child = Some(child);
+    }
+
+    /// Waits (bounded) until this node's QUIC port can be bound again. A killed broker's UDP
+    /// port was seen still taken right after it was reaped (likely the asynchronous teardown
+    /// of its io_uring instance), and a restart that finds the port taken fails at once. (The TCP
+    /// listeners rebind fine; probing them would wait on the killed connections' TIME_WAIT.)
+    /// After the deadline the start goes ahead and fails visibly if the port is still taken.
+    fn wait_ports_free(&self) {
+        let deadline = Instant::now() + PORTS_FREE_DEADLINE;
+        // Bounded by the deadline.
+        while Instant::now() < deadline {
+            if UdpSocket::bind(self.quic).is_ok() {
+                return;
+            }
+            // Polling a condition: nothing signals that the kernel released a port.
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// SIGKILL, as a crash.
