@@ -627,13 +627,14 @@ fn show(bytes: &Option<Bytes>) -> String {
 
 /// Asserts that each of `records` is in `log` at its offset with the same key and value.
 fn assert_in_log(what: &str, records: &[Record], log: &BTreeMap<(i32, i64), Record>) {
-    let wrong: Vec<(&Record, Option<&Record>)> = records
+    let mut wrong: Vec<(&Record, Option<&Record>)> = records
         .iter()
         .filter_map(|r| {
             let stored = log.get(&(r.partition, r.offset));
             (stored != Some(r)).then_some((r, stored))
         })
         .collect();
+    wrong.sort_by_key(|(r, _)| (r.partition, r.offset));
     let Some((first, stored)) = wrong.first() else {
         return;
     };
