@@ -359,12 +359,14 @@ impl Load {
 
     /// Waits until `ACKS_PER_PHASE` more records are acknowledged; fails with the brokers'
     /// logs if the cluster stops taking acks=all writes for `PHASE_DEADLINE` (two of three
-    /// replicas are enough for `min.insync.replicas=2` in every phase).
-    fn wait_progress(&self, cluster: &Cluster, phase: &str) {
+    /// replicas are enough for `min.insync.replicas=2` in every phase), or if a broker not in
+    /// `may_exit` crashes.
+    fn wait_progress(&self, cluster: &Cluster, phase: &str, may_exit: &[i64]) {
         let target = self.acked() + ACKS_PER_PHASE;
         let deadline = Instant::now() + PHASE_DEADLINE;
         // Bounded by the deadline.
         while self.acked() < target {
+            assert_no_crash(cluster, may_exit);
             if Instant::now() >= deadline {
                 let views: Vec<String> = cluster
                     .nodes
@@ -451,9 +453,24 @@ fn placements(view: &serde_json::Value) -> Option<BTreeMap<i32, Placement>> {
     (out.len() == PARTITIONS as usize).then_some(out)
 }
 
+/// Fails at once, with the end of its log, if a broker the test did not stop has exited
+/// (a panic or a fatal error), unless its id is in `may_exit`.
+fn assert_no_crash(cluster: &Cluster, may_exit: &[i64]) {
+    for node in &cluster.nodes {
+        if node.exited_by_itself() && !may_exit.contains(&i64::from(node.id)) {
+            panic!(
+                "broker {} exited by itself; its log ends:\n{}",
+                node.id,
+                tail(&node.log())
+            );
+        }
+    }
+}
+
 /// The placement every broker in `ids` agrees on, if they all answer and agree, with every
-/// partition led.
+/// partition led. Fails if a broker crashed.
 fn agreed(cluster: &Cluster, ids: &[i64]) -> Option<BTreeMap<i32, Placement>> {
+    assert_no_crash(cluster, &[]);
     let mut views = Vec::new();
     for id in ids {
         views.push(placements(&cluster.node(*id).view()?)?);
@@ -754,7 +771,7 @@ fn leader_killed_and_restarted() {
     let endpoints = Endpoints::of(&cluster, None);
     let before = create_topic(&cluster, &endpoints);
     let load = Load::start(&endpoints);
-    load.wait_progress(&cluster, "before the kill");
+    load.wait_progress(&cluster, "before the kill", &[]);
 
     let old = before[&0].leader;
     let index = cluster.index_of(old);
@@ -768,13 +785,13 @@ fn leader_killed_and_restarted() {
         let now = agreed(cluster, &survivors)?;
         (now[&0].leader != old).then_some(())
     });
-    load.wait_progress(&cluster, "with the leader dead");
+    load.wait_progress(&cluster, "with the leader dead", &[]);
 
     cluster.start_node(index);
     cluster.wait_for("the restarted broker to answer", |cluster| {
         cluster.nodes[index].view().map(|_| ())
     });
-    load.wait_progress(&cluster, "after the restart");
+    load.wait_progress(&cluster, "after the restart", &[]);
     let (acked, consumed) = load.finish();
     check(&mut cluster, &endpoints, &acked, &consumed);
 }
@@ -970,7 +987,7 @@ fn leader_cut_off_and_healed() {
     let endpoints = Endpoints::of(&cluster, Some(&netns.ca()));
     let before = create_topic(&cluster, &endpoints);
     let load = Load::start(&endpoints);
-    load.wait_progress(&cluster, "before the cut");
+    load.wait_progress(&cluster, "before the cut", &[]);
 
     let old = before[&0].leader;
     netns.cut(old);
@@ -994,7 +1011,7 @@ fn leader_cut_off_and_healed() {
     cluster.wait_for("all brokers to agree again", |cluster| {
         agreed(cluster, &ids).map(|_| ())
     });
-    load.wait_progress(&cluster, "after healing");
+    load.wait_progress(&cluster, "after healing", &[]);
     let (acked, consumed) = load.finish();
     check(&mut cluster, &endpoints, &acked, &consumed);
     drop(cluster);
@@ -1030,7 +1047,7 @@ fn follower_disk_fills_and_frees() {
         .expect("with two partitions on three brokers, one leads neither");
     let index = cluster.index_of(follower);
     let load = Load::start(&endpoints);
-    load.wait_progress(&cluster, "before the disk fills");
+    load.wait_progress(&cluster, "before the disk fills", &[]);
 
     let filler = disks[index].mount.join("filler");
     let filled = disks[index].fill(&filler);
@@ -1059,7 +1076,7 @@ fn follower_disk_fills_and_frees() {
         // Polling a condition across processes; no event to wait on.
         std::thread::sleep(Duration::from_millis(100));
     }
-    load.wait_progress(&cluster, "with a follower's disk full");
+    load.wait_progress(&cluster, "with a follower's disk full", &[follower]);
 
     std::fs::remove_file(&filler).expect("remove the filler");
     if !cluster.nodes[index].is_running() {
@@ -1069,15 +1086,25 @@ fn follower_disk_fills_and_frees() {
         );
         cluster.start_node(index);
     }
-    load.wait_progress(&cluster, "after freeing the disk");
+    load.wait_progress(&cluster, "after freeing the disk", &[]);
     let (acked, consumed) = load.finish();
     check(&mut cluster, &endpoints, &acked, &consumed);
     drop(cluster);
     drop(disks);
 }
 
-/// The last lines of a log.
+/// The last lines of a log, without backtrace frames (brokers inherit `RUST_BACKTRACE`), so
+/// a panic's message and location show.
 fn tail(log: &str) -> String {
-    let lines: Vec<&str> = log.lines().collect();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|line| {
+            let trimmed = line.trim_start();
+            let frame = trimmed
+                .split_once(": ")
+                .is_some_and(|(n, _)| n.parse::<u32>().is_ok());
+            !frame && !trimmed.starts_with("at ")
+        })
+        .collect();
     lines[lines.len().saturating_sub(20)..].join("\n")
 }

@@ -189,6 +189,21 @@ impl Node {
         true
     }
 
+    /// True when the broker was started by the test and has exited by itself since (a panic,
+    /// a fatal error): its process is a zombie, not reaped yet. Needs no `&mut`, so polling
+    /// conditions can check it.
+    pub fn exited_by_itself(&self) -> bool {
+        let Some(child) = &self.child else {
+            return false;
+        };
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", child.id()));
+        // The state follows the command name in parentheses; Z is a zombie. An unreadable
+        // stat of a child we have not reaped cannot happen, so it reads as "still running".
+        stat.ok()
+            .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| rest.starts_with('Z')))
+            .unwrap_or(false)
+    }
+
     /// True when the broker was started and not killed or stopped by the test (it may have
     /// exited by itself).
     pub fn is_started(&self) -> bool {
