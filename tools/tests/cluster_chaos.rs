@@ -831,6 +831,7 @@ impl Netns {
             euid, 0,
             "the netns chaos test must run as root (ip netns, veth, bridge); CI runs as root"
         );
+        remove_stale_netns();
         let pid = std::process::id();
         let routes = Command::new("ip")
             .args(["-4", "route", "show"])
@@ -842,7 +843,7 @@ impl Netns {
             .find(|o| !routes.contains(&format!("10.{o}.")))
             .expect("a free 10.x.0.0/16 in the root namespace");
         let netns = Netns {
-            tag: format!("sc{}", pid % 100_000),
+            tag: format!("{LINK_PREFIX}{pid}"),
             tls: tempfile::tempdir().expect("temp dir"),
             octet,
             ids: ids.to_vec(),
@@ -878,7 +879,7 @@ impl Netns {
     }
 
     fn name(&self, id: i64) -> String {
-        format!("sluice-chaos-{}-{id}", std::process::id())
+        format!("{NETNS_PREFIX}{}-{id}", std::process::id())
     }
 
     fn bridge(&self) -> String {
@@ -951,6 +952,51 @@ impl Netns {
 
     fn heal(&self, id: i64) {
         ip(&["link", "set", &self.port(id), "up"]);
+    }
+}
+
+/// Root-namespace links of a run start with this and the test process's pid (at most 7
+/// digits), then `br`, `cID` or `xID`: at most 11 of the 15 characters a name may have.
+const LINK_PREFIX: &str = "sc";
+/// Namespaces of a run are `NETNS_PREFIX` PID-ID.
+const NETNS_PREFIX: &str = "sluice-chaos-";
+
+/// Removes the namespaces and root links that runs killed before their `Drop` left behind
+/// (named after a process that no longer runs).
+fn remove_stale_netns() {
+    let dead = |pid: &str| pid.parse::<u32>().is_ok() && !Path::new("/proc").join(pid).exists();
+    let listed = |args: &[&str]| {
+        let out = Command::new("ip").args(args).output().expect("ip runs");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    for line in listed(&["netns", "list"]).lines() {
+        let name = line.split_whitespace().next().unwrap_or("");
+        let pid = name
+            .strip_prefix(NETNS_PREFIX)
+            .and_then(|rest| rest.split_once('-'))
+            .map(|(pid, _)| pid);
+        if pid.is_some_and(dead) {
+            let _ = Command::new("ip").args(["netns", "del", name]).status();
+        }
+    }
+    for line in listed(&["-o", "link", "show"]).lines() {
+        // "16: sc18542c1@if2: <...": the name is the second field, up to '@' or ':'.
+        let name = line.split_whitespace().nth(1).unwrap_or("");
+        let name = name.split(['@', ':']).next().unwrap_or("");
+        let Some(rest) = name.strip_prefix(LINK_PREFIX) else {
+            continue;
+        };
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let (pid, suffix) = rest.split_at(digits);
+        let ours = suffix == "br"
+            || (suffix.len() == 2
+                && suffix.starts_with(['c', 'x'])
+                && suffix[1..].chars().all(|c| c.is_ascii_digit()));
+        if ours && dead(pid) {
+            let _ = Command::new("ip").args(["link", "del", name]).status();
+        }
     }
 }
 
