@@ -8,10 +8,8 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-
 use bytes::{Bytes, BytesMut};
+use common::small_fs::{SmallFs, ballast};
 use common::{append, batch, cache, config, open, payload, read_all, tp};
 use sluice_engine::batch::BatchError;
 use sluice_engine::io::faults::{self, Failure, Op, Plan};
@@ -296,57 +294,6 @@ fn failed_sync_poisons_until_reopened() {
     });
 }
 
-/// A small ext4 file system on a loop device, unmounted when dropped.
-struct SmallFs {
-    _dir: tempfile::TempDir,
-    mount: PathBuf,
-}
-
-impl SmallFs {
-    fn new() -> Option<SmallFs> {
-        let dir = tempfile::tempdir().unwrap();
-        let image = dir.path().join("fs.img");
-        let mount = dir.path().join("mnt");
-        std::fs::create_dir(&mount).unwrap();
-        let run = |program: &str, args: &[&str]| {
-            Command::new(program)
-                .args(args)
-                .output()
-                .is_ok_and(|out| out.status.success())
-        };
-        let image_arg = image.to_str().unwrap();
-        let ok = run("truncate", &["-s", "64M", image_arg])
-            && run("mkfs.ext4", &["-q", image_arg])
-            && run("mount", &["-o", "loop", image_arg, mount.to_str().unwrap()]);
-        ok.then_some(SmallFs { _dir: dir, mount })
-    }
-
-    fn free_bytes(&self) -> u64 {
-        let path = std::ffi::CString::new(self.mount.to_str().unwrap()).unwrap();
-        // SAFETY: statvfs is plain old data; all-zero is a valid value.
-        let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
-        // SAFETY: path is a valid C string and stat a valid out pointer.
-        assert_eq!(unsafe { libc::statvfs(path.as_ptr(), &mut stat) }, 0);
-        stat.f_bavail * stat.f_frsize
-    }
-}
-
-impl Drop for SmallFs {
-    fn drop(&mut self) {
-        // Lazy: the executor may not have closed every descriptor of the log's files yet (they
-        // close asynchronously); the kernel finishes the unmount when they are gone.
-        let _ = Command::new("umount").arg("-l").arg(&self.mount).status();
-    }
-}
-
-fn ballast(path: &Path, bytes: u64) {
-    use std::os::fd::AsRawFd;
-    let file = std::fs::File::create(path).unwrap();
-    // SAFETY: fallocate on a file descriptor we own.
-    let result = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, bytes as libc::off_t) };
-    assert_eq!(result, 0, "ballast allocation");
-}
-
 // Goal: on a really full file system the append fails with NoSpace, everything acknowledged
 // stays readable, and appends work again once space is freed (also after a reopen).
 // Method: mount a 64 MiB ext4 image, fill most of it with a ballast file, append 64 KiB batches
@@ -354,9 +301,12 @@ fn ballast(path: &Path, bytes: u64) {
 // message otherwise.
 #[test]
 fn full_disk_fails_cleanly_and_recovers() {
-    let Some(fs) = SmallFs::new() else {
-        eprintln!("skipping full_disk_fails_cleanly_and_recovers: cannot mount a loop file system");
-        return;
+    let fs = match SmallFs::new(64) {
+        Ok(fs) => fs,
+        Err(why) => {
+            eprintln!("skipping full_disk_fails_cleanly_and_recovers: {why}");
+            return;
+        }
     };
     let data = fs.mount.join("data");
     std::fs::create_dir(&data).unwrap();

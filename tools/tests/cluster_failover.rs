@@ -9,234 +9,23 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use support::cluster::{Cluster, DEADLINE, Node, http_get};
 use support::{assert_success, run_with_input, sluice_bin};
 
-/// Longest any condition below may take to come true; a broker start, an election and a
-/// fencing each take a few seconds at most.
-const DEADLINE: Duration = Duration::from_secs(60);
 /// Session timeout the brokers run with, so fencing happens within the test's patience.
 const SESSION_TIMEOUT_MS: &str = "2000";
 
-fn free_tcp(ip: &str) -> SocketAddr {
-    let listener = TcpListener::bind((ip, 0)).expect("bind a free TCP port");
-    listener.local_addr().expect("bound")
-}
-
-fn free_udp(ip: &str) -> SocketAddr {
-    let socket = UdpSocket::bind((ip, 0)).expect("bind a free UDP port");
-    socket.local_addr().expect("bound")
-}
-
-/// One broker's fixed identity: its id, addresses and data directory (kept across restarts).
-struct Node {
-    id: i32,
-    kafka: SocketAddr,
-    quic: SocketAddr,
-    admin: SocketAddr,
-    cluster: SocketAddr,
-    dir: PathBuf,
-    child: Option<Child>,
-}
-
-impl Node {
-    fn start(&mut self, seeds: &str) {
-        assert!(self.child.is_none(), "broker {} already running", self.id);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("broker.log"))
-            .expect("log file");
-        let child = Command::new(sluice_bin())
-            .arg("broker")
-            .args(["--node-id", &self.id.to_string()])
-            .arg("--data-dir")
-            .arg(self.dir.join("data"))
-            .args(["--quic-listen", &self.quic.to_string()])
-            .args(["--kafka-listen", &self.kafka.to_string()])
-            .args(["--admin-listen", &self.admin.to_string()])
-            .args(["--cluster-listen", &self.cluster.to_string()])
-            .args(["--seeds", seeds])
-            .args(["--cores", "1"])
-            .args(["--offsets-topic-partitions", "2"])
-            .args(["--broker-session-timeout-ms", SESSION_TIMEOUT_MS])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start sluice broker");
-        self.child = Some(child);
-    }
-
-    /// SIGKILL, as a crash.
-    fn kill(&mut self) {
-        let mut child = self.child.take().expect("broker running");
-        child.kill().expect("kill -9");
-        child.wait().expect("reap");
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("broker.log")).unwrap_or_default()
-    }
-
-    /// `GET /cluster` as JSON, if the broker answers.
-    fn view(&self) -> Option<serde_json::Value> {
-        let body = http_get(self.admin, "/cluster")?;
-        serde_json::from_str(&body).ok()
-    }
-
-    fn sluice(&self, args: &[&str], brokers: &str) -> Output {
-        let mut command = Command::new(sluice_bin());
-        command.args(args).args(["--brokers", brokers]);
-        run_with_input(command, b"")
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: sluice\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).ok()?;
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).ok()?;
-    let (head, body) = answer.split_once("\r\n\r\n")?;
-    head.starts_with("HTTP/1.1 200").then(|| body.to_owned())
-}
-
-struct Cluster {
-    nodes: Vec<Node>,
-    seeds: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Cluster {
-    fn start() -> Cluster {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let nodes: Vec<Node> = (1..=3)
-            .map(|id| {
-                let ip = format!("127.0.0.{id}");
-                let node_dir = dir.path().join(format!("broker-{id}"));
-                std::fs::create_dir_all(&node_dir).expect("broker dir");
-                Node {
-                    id,
-                    kafka: free_tcp(&ip),
-                    quic: free_udp(&ip),
-                    admin: free_tcp(&ip),
-                    cluster: free_tcp(&ip),
-                    dir: node_dir,
-                    child: None,
-                }
-            })
-            .collect();
-        let seeds = nodes
-            .iter()
-            .map(|n| format!("{}@{}", n.id, n.cluster))
-            .collect::<Vec<_>>()
-            .join(",");
-        let mut cluster = Cluster {
-            nodes,
-            seeds,
-            _dir: dir,
-        };
-        for i in 0..3 {
-            cluster.start_node(i);
-        }
-        cluster
-    }
-
-    fn start_node(&mut self, index: usize) {
-        let seeds = self.seeds.clone();
-        self.nodes[index].start(&seeds);
-    }
-
-    fn node(&self, id: i64) -> &Node {
-        self.nodes
-            .iter()
-            .find(|n| i64::from(n.id) == id)
-            .expect("known broker id")
-    }
-
-    fn running(&self) -> impl Iterator<Item = &Node> {
-        self.nodes.iter().filter(|n| n.child.is_some())
-    }
-
-    /// QUIC bootstrap list of the running brokers, `first` (if given) in front.
-    fn quic_brokers(&self, first: Option<SocketAddr>) -> String {
-        let mut list: Vec<String> = first.iter().map(ToString::to_string).collect();
-        list.extend(self.running().map(|n| n.quic.to_string()));
-        list.join(",")
-    }
-
-    fn logs(&self) -> String {
-        self.nodes
-            .iter()
-            .map(|n| format!("--- broker {} ---\n{}", n.id, n.log()))
-            .collect()
-    }
-
-    /// Polls `condition` until it holds, failing with the brokers' logs at the deadline.
-    fn wait_for<T>(&self, what: &str, mut condition: impl FnMut(&Cluster) -> Option<T>) -> T {
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            if let Some(value) = condition(self) {
-                return value;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}\n{}",
-                self.logs()
-            );
-            // Polling a condition across processes; no event to wait on.
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    /// Waits until every running broker names the same live controller and sees `alive`
-    /// unfenced registrations; returns the controller.
-    fn wait_converged(&self, alive: usize) -> i64 {
-        self.wait_for("a controller and registrations", |cluster| {
-            let mut controllers = Vec::new();
-            for node in cluster.running() {
-                let view = node.view()?;
-                let controller = view["controller"].as_i64()?;
-                let live = view["brokers"]
-                    .as_array()?
-                    .iter()
-                    .filter(|b| b["fenced"] == serde_json::Value::Bool(false))
-                    .count();
-                if controller < 0 || live != alive {
-                    return None;
-                }
-                controllers.push(controller);
-            }
-            controllers.dedup();
-            (controllers.len() == 1).then(|| controllers[0])
-        })
-    }
-
-    /// Topic metadata (leader, epoch-free replicas and ISR per partition) as every running
-    /// broker's `/cluster`-adjacent metadata answers it, through `sluice topic describe`.
-    fn describe(&self, node: &Node, topic: &str) -> Option<String> {
-        let output = node.sluice(&["topic", "describe", topic], &node.quic.to_string());
-        output
-            .status
-            .success()
-            .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
-    }
+/// Topic metadata (leader, epoch-free replicas and ISR per partition) as `node` answers it,
+/// through `sluice topic describe`.
+fn describe(node: &Node, topic: &str) -> Option<String> {
+    let output = node.sluice(&["topic", "describe", topic], &node.quic.to_string());
+    output
+        .status
+        .success()
+        .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
 /// Partition → (leader, replicas, isr) from `sluice topic describe` output
@@ -272,7 +61,12 @@ fn placement(describe: &str) -> BTreeMap<i64, (i64, String, String)> {
 // with deadlines.
 #[test]
 fn cluster_forms_fails_over_and_restarts() {
-    let mut cluster = Cluster::start();
+    let mut cluster = Cluster::start(&[
+        "--offsets-topic-partitions",
+        "2",
+        "--broker-session-timeout-ms",
+        SESSION_TIMEOUT_MS,
+    ]);
     let controller = cluster.wait_converged(3);
 
     // Forwarded: create through a broker that is not the controller.
@@ -320,7 +114,7 @@ fn cluster_forms_fails_over_and_restarts() {
     let described = cluster.wait_for("identical descriptions", |cluster| {
         let all: Vec<_> = cluster
             .running()
-            .map(|n| cluster.describe(n, "orders").map(|d| placement(&d)))
+            .map(|n| describe(n, "orders").map(|d| placement(&d)))
             .collect::<Option<Vec<_>>>()?;
         (all.len() == 3 && all[0].len() == 3 && all.iter().all(|p| *p == all[0]))
             .then(|| all[0].clone())
@@ -396,7 +190,7 @@ fn cluster_forms_fails_over_and_restarts() {
     let after = cluster.wait_for("fencing of the dead broker", |cluster| {
         let all: Vec<_> = cluster
             .running()
-            .map(|n| cluster.describe(n, "orders").map(|d| placement(&d)))
+            .map(|n| describe(n, "orders").map(|d| placement(&d)))
             .collect::<Option<Vec<_>>>()?;
         let (leader, _, isr) = all[0].get(&moved_partition)?.clone();
         let fenced = leader != old && !isr.split(',').any(|b| b == old.to_string());
@@ -518,8 +312,8 @@ fn cluster_forms_fails_over_and_restarts() {
     cluster.start_node(index);
     cluster.wait_converged(3);
     let restarted = &cluster.nodes[index];
-    cluster.wait_for("the restarted broker to see the new topic", |cluster| {
-        cluster.describe(restarted, "after-failover").map(|_| ())
+    cluster.wait_for("the restarted broker to see the new topic", |_| {
+        describe(restarted, "after-failover").map(|_| ())
     });
     // It catches up as a follower and the leader takes it back into the ISR (AlterPartition);
     // the leader's metrics show it caught up.
@@ -550,7 +344,7 @@ fn cluster_forms_fails_over_and_restarts() {
     // A full cluster restart keeps all metadata.
     let before: Vec<_> = ["orders", "after-failover"]
         .iter()
-        .map(|t| placement(&cluster.describe(&cluster.nodes[0], t).expect("described")))
+        .map(|t| placement(&describe(&cluster.nodes[0], t).expect("described")))
         .collect();
     for i in 0..3 {
         cluster.nodes[i].kill();
@@ -561,9 +355,7 @@ fn cluster_forms_fails_over_and_restarts() {
     cluster.wait_converged(3);
     for (topic, before) in ["orders", "after-failover"].iter().zip(&before) {
         let now = cluster.wait_for("metadata after a full restart", |cluster| {
-            cluster
-                .describe(&cluster.nodes[0], topic)
-                .map(|d| placement(&d))
+            describe(&cluster.nodes[0], topic).map(|d| placement(&d))
         });
         let replicas = |p: &BTreeMap<i64, (i64, String, String)>| {
             p.values().map(|(_, r, _)| r.clone()).collect::<Vec<_>>()

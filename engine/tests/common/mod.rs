@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod small_fs;
+
 use std::path::Path;
 use std::rc::Rc;
 

@@ -2,8 +2,14 @@
 //! ready once its `/health` answers, killed when dropped (or on purpose, and restarted on
 //! the same data directory); running `sluice` client commands against it; and running the
 //! native client library against it (`run`, `connect`, `read_records`, `assert_same_record`).
+//! `cluster`: three brokers with the same `--seeds`; `small_fs`: a loop-mounted ext4 image
+//! (engine's, shared by path).
 
 #![allow(dead_code)] // Each test file uses a different subset.
+
+pub mod cluster;
+#[path = "../../../engine/tests/common/small_fs.rs"]
+pub mod small_fs;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
