@@ -9,7 +9,7 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use support::cluster::{Cluster, DEADLINE, Node, http_get};
@@ -318,7 +318,7 @@ fn cluster_forms_fails_over_and_restarts() {
     // It catches up as a follower and the leader takes it back into the ISR (AlterPartition);
     // the leader's metrics show it caught up.
     cluster.wait_for("the restarted broker back in the ISR", |cluster| {
-        let all = placement(&cluster.describe(cluster.node(*new_leader), "orders")?);
+        let all = placement(&describe(cluster.node(*new_leader), "orders")?);
         let (_, _, isr) = all.get(&moved_partition)?;
         isr.split(',').any(|b| b == old.to_string()).then_some(())
     });
@@ -442,7 +442,12 @@ fn rdkafka_round_trip(bootstrap: &str, topic: &str, partition: i32) -> Vec<Strin
 fn reassignment_moves_a_partition_under_load() {
     use std::io::Write as _;
 
-    let cluster = Cluster::start();
+    let cluster = Cluster::start(&[
+        "--offsets-topic-partitions",
+        "1",
+        "--broker-session-timeout-ms",
+        SESSION_TIMEOUT_MS,
+    ]);
     cluster.wait_converged(3);
     let brokers = cluster.quic_brokers(None);
     let node = &cluster.nodes[0];
@@ -460,7 +465,7 @@ fn reassignment_moves_a_partition_under_load() {
     );
     assert_success(&created);
     let before = cluster.wait_for("the topic described", |cluster| {
-        let all = placement(&cluster.describe(&cluster.nodes[0], "moving")?);
+        let all = placement(&describe(&cluster.nodes[0], "moving")?);
         let (leader, replicas, isr) = all.get(&0)?.clone();
         (isr.split(',').count() == 2).then_some((leader, replicas))
     });
@@ -510,7 +515,7 @@ fn reassignment_moves_a_partition_under_load() {
     let after = cluster.wait_for("the target placement on every broker", |cluster| {
         let all: Vec<_> = cluster
             .running()
-            .map(|n| cluster.describe(n, "moving").map(|d| placement(&d)))
+            .map(|n| describe(n, "moving").map(|d| placement(&d)))
             .collect::<Option<Vec<_>>>()?;
         let (leader, replicas, isr) = all[0].get(&0)?.clone();
         (replicas == target && isr.split(',').count() == 2 && all.iter().all(|p| *p == all[0]))
@@ -518,7 +523,7 @@ fn reassignment_moves_a_partition_under_load() {
     });
     assert_ne!(after, leader, "the leaving leader handed over");
     assert!(target.split(',').any(|b| b == after.to_string()));
-    let leaving_copy = cluster.node(leader).dir.join("data").join("moving-0");
+    let leaving_copy = cluster.node(leader).data.join("moving-0");
     cluster.wait_for("the leaving broker to delete its copy", |_| {
         (!leaving_copy.exists()).then_some(())
     });
