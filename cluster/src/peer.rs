@@ -39,6 +39,10 @@ pub enum PeerKind {
     /// payload: the record batches, unchanged). A broker that is not in a cluster answers
     /// [`PeerError::Unsupported`].
     ReplicaFetch = 4,
+    /// An observer's (a broker outside the quorum) metadata pull from a voter (header: JSON
+    /// `controller::MetadataFetch`); answered with a JSON `Option<MetadataSnapshot>`,
+    /// long-polled until there is something newer.
+    MetadataFetch = 5,
 }
 
 impl PeerKind {
@@ -49,6 +53,7 @@ impl PeerKind {
             2 => Some(PeerKind::Heartbeat),
             3 => Some(PeerKind::Command),
             4 => Some(PeerKind::ReplicaFetch),
+            5 => Some(PeerKind::MetadataFetch),
             _ => None,
         }
     }
@@ -118,4 +123,7 @@ pub trait PeerTransport {
     fn call(&self, to: BrokerId, request: PeerRequest) -> PeerCall;
     /// Sends a one-way `request` (no answer); fails at once if it cannot be queued.
     fn send(&self, to: BrokerId, request: PeerRequest) -> Result<(), PeerError>;
+    /// Learns (or changes) a peer's shard-0 cluster address, from its registration: brokers
+    /// outside the seeds become reachable this way. Takes effect on the next connection.
+    fn set_address(&self, peer: BrokerId, cluster: std::net::SocketAddr);
 }

@@ -23,7 +23,7 @@ use sluice_engine::log::{BatchCache, LogConfig};
 use sluice_engine::rt::shards::{Mesh, Overloaded, ShardContext};
 use sluice_engine::{BrokerId, Offset, ShardId, TimestampMs, TopicPartition};
 
-use crate::controller::{Controller, ControllerBoot, ControllerConfig};
+use crate::controller::{Controller, ControllerBoot, ControllerConfig, Observer, ObserverConfig};
 use crate::group::{
     GroupConfig, GroupError, GroupListing, GroupRequest, GroupResponse, GroupShard, OFFSETS_TOPIC,
     partition_for,
@@ -343,8 +343,12 @@ pub struct Shard {
     groups: OnceCell<Rc<GroupShard>>,
     /// Shard 0 of a cluster voter: the controller quorum member, once started.
     controller: OnceCell<Rc<Controller>>,
+    /// Shard 0 of a broker outside the quorum: the metadata puller, once started.
+    observer: OnceCell<Rc<Observer>>,
     /// In a cluster: the replication driver of this shard's partitions.
     replication: OnceCell<Rc<ShardReplication>>,
+    /// In a cluster: this shard's links to the same shard of the other brokers.
+    peers: Option<Rc<dyn PeerTransport>>,
     /// Counters scraped by the admin endpoint.
     pub metrics: ShardMetrics,
 }
@@ -382,7 +386,9 @@ impl Shard {
             reconciling: sluice_engine::rt::sync::Semaphore::new(1),
             groups: OnceCell::new(),
             controller: OnceCell::new(),
+            observer: OnceCell::new(),
             replication: OnceCell::new(),
+            peers: peers.clone(),
             metrics: ShardMetrics::default(),
         });
         if let Some(peers) = peers {
@@ -472,6 +478,20 @@ impl Shard {
         );
     }
 
+    /// Starts the observer on shard 0 of a broker outside the quorum (cluster mode): it pulls
+    /// metadata from the voters and forwards commands to the controller.
+    pub fn start_observer(self: &Rc<Self>, config: ObserverConfig, peers: Rc<dyn PeerTransport>) {
+        assert!(
+            self.writer.is_none() && self.controller.get().is_none(),
+            "an observer has neither a single-broker writer nor a controller"
+        );
+        let observer = Observer::start(config, self, peers);
+        assert!(
+            self.observer.set(observer).is_ok(),
+            "observer started twice"
+        );
+    }
+
     /// The controller of this voter (shard 0 only).
     pub fn controller(&self) -> Option<&Rc<Controller>> {
         self.controller.get()
@@ -480,7 +500,7 @@ impl Shard {
     /// Handles a request from a peer broker's shard with the same id as this one.
     pub async fn handle_peer(&self, request: PeerRequest) -> Result<PeerResponse, PeerError> {
         match request.kind {
-            PeerKind::Raft | PeerKind::Heartbeat | PeerKind::Command => {
+            PeerKind::Raft | PeerKind::Heartbeat | PeerKind::Command | PeerKind::MetadataFetch => {
                 match self.controller.get() {
                     Some(controller) => controller.handle_peer(request).await,
                     None => Err(PeerError::Unsupported),
@@ -733,6 +753,9 @@ impl Shard {
         if let Some(controller) = self.controller.get() {
             return controller.submit(command).await;
         }
+        if let Some(observer) = self.observer.get() {
+            return observer.submit(command).await;
+        }
         let writer = self.writer.as_ref().ok_or(MetadataError::NotController)?;
         let _permit = writer
             .lock
@@ -968,6 +991,14 @@ impl Shard {
         }
         let previous = self.metadata.replace(Arc::clone(&snapshot));
         let node = self.config.node;
+        // Brokers outside the seeds are reachable at the address they registered.
+        if let Some(peers) = &self.peers {
+            for registration in &snapshot.cluster.registrations {
+                if registration.id != node {
+                    peers.set_address(registration.id, registration.cluster);
+                }
+            }
+        }
         let clustered = !snapshot.cluster.registrations.is_empty();
         // A single broker holds every partition; in a cluster, the ones it is a replica of.
         let here = |p: &crate::metadata::PartitionMeta| {

@@ -17,7 +17,7 @@ use anyhow::Context;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
-use sluice_cluster::controller::{ControllerBoot, ControllerConfig};
+use sluice_cluster::controller::{ControllerBoot, ControllerConfig, ObserverConfig};
 use sluice_cluster::metadata::{
     BrokerInfo, BrokerRegistration, FileMetadataStore, MetadataSnapshot, replace_missing_shards,
 };
@@ -53,15 +53,26 @@ pub fn run(mut config: BrokerConfig) -> anyhow::Result<()> {
     let quic_addrs: Vec<SocketAddr> = (0..config.cores)
         .map(|i| with_port_offset(config.quic_advertise, i))
         .collect();
+    let mut observer = None;
     let (store, snapshot, controller) = if config.seeds.is_empty() {
         let (store, snapshot) = single_broker_metadata(&config, node, quic_addrs)?;
         (Some(store), snapshot, None)
-    } else {
+    } else if config.seeds.iter().any(|s| s.id == config.node_id) {
         let controller = controller_config(&config, node, quic_addrs);
         let boot = sluice_cluster::controller::boot(&controller)
             .context("cannot load the controller log")?;
         let snapshot = boot.initial.clone();
         (None, snapshot, Some((controller, boot)))
+    } else {
+        // Outside the quorum: no metadata until the voters hand it over.
+        let voter = controller_config(&config, node, quic_addrs);
+        observer = Some(ObserverConfig {
+            node,
+            voters: voter.voters,
+            registration: voter.registration,
+            session_timeout: voter.session_timeout,
+        });
+        (None, MetadataSnapshot::default(), None)
     };
     let snapshot = Arc::new(snapshot);
     // TLS is set up once, before the shards start: it reads PEM files (and makes the
@@ -83,6 +94,7 @@ pub fn run(mut config: BrokerConfig) -> anyhow::Result<()> {
     };
     let store = Arc::new(std::sync::Mutex::new(store));
     let controller = Arc::new(std::sync::Mutex::new(controller));
+    let observer = Arc::new(observer);
     let config = Arc::new(config);
     tracing::info!(
         data_dir = %config.data_dir.display(),
@@ -99,19 +111,24 @@ pub fn run(mut config: BrokerConfig) -> anyhow::Result<()> {
         let stop = Arc::clone(&stop);
         let native = native.clone();
         // Shard 0 takes the metadata store; the lock is touched once per shard at start-up.
-        let (store, controller) = if context.id.0 == 0 {
+        let (store, controller, observer) = if context.id.0 == 0 {
             (
                 store.lock().expect("start-up lock not poisoned").take(),
                 controller
                     .lock()
                     .expect("start-up lock not poisoned")
                     .take(),
+                Option::clone(&observer),
             )
         } else {
-            (None, None)
+            (None, None, None)
         };
         async move {
-            let metadata = ShardMetadata { store, controller };
+            let metadata = ShardMetadata {
+                store,
+                controller,
+                observer,
+            };
             run_shard(context, config, native, snapshot, metadata, stop).await
         }
     })?;
@@ -192,6 +209,8 @@ fn controller_config(
 struct ShardMetadata {
     store: Option<FileMetadataStore>,
     controller: Option<(ControllerConfig, ControllerBoot)>,
+    /// A broker outside the quorum: how its observer runs.
+    observer: Option<ObserverConfig>,
 }
 
 /// The native server configuration every shard starts from (each sets its own address).
@@ -263,6 +282,8 @@ async fn run_shard(
     if let Some(links) = links {
         if let Some((controller, boot)) = metadata.controller {
             shard.start_controller(controller, boot, links);
+        } else if let Some(observer) = metadata.observer {
+            shard.start_observer(observer, links);
         }
         listeners.push(rt::spawn(log_exit(
             "cluster",

@@ -288,14 +288,6 @@ impl BrokerArgs {
             config.leader_rebalance_interval >= std::time::Duration::from_millis(100),
             "--leader-rebalance-interval-ms must be at least 100"
         );
-        if !config.seeds.is_empty() {
-            anyhow::ensure!(
-                config.seeds.iter().any(|s| s.id == config.node_id),
-                "--node-id {} is not in --seeds: brokers outside the controller quorum \
-                 (observers) are not supported yet",
-                config.node_id
-            );
-        }
         // Shard i uses port + i on both addresses; every one must be a valid port.
         for (flag, address) in [
             ("--quic-listen", config.quic_listen),

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::cluster::{Cluster, DEADLINE, Node, http_get};
+use support::cluster::{Cluster, DEADLINE, Node, http_get, loopback_spec};
 use support::{assert_success, run_with_input, sluice_bin};
 
 /// Session timeout the brokers run with, so fencing happens within the test's patience.
@@ -551,4 +551,119 @@ fn reassignment_moves_a_partition_under_load() {
     }
     let want: Vec<String> = (0..RECORDS).map(|i| format!("r-{i:05}")).collect();
     assert_eq!(first, want, "every record once, in order");
+}
+
+// Goal: the cluster grows: a broker started with a new id and the same seeds (outside the
+// quorum) registers, gets the metadata, forwards commands, and a partition moved onto it
+// (preferred leader first) is led by it with every earlier record; clients follow.
+// Method: three seeds plus broker 4 on 127.0.0.4, `sluice cluster reassign --wait`, produce
+// and read back through the cluster.
+#[test]
+fn a_new_broker_joins_and_takes_a_partition() {
+    let flags = [
+        "--offsets-topic-partitions",
+        "1",
+        "--broker-session-timeout-ms",
+        SESSION_TIMEOUT_MS,
+    ];
+    let mut cluster = Cluster::start(&flags);
+    cluster.wait_converged(3);
+    let brokers = cluster.quic_brokers(None);
+    let created = cluster.nodes[0].sluice(
+        &[
+            "topic",
+            "create",
+            "growing",
+            "--partitions",
+            "1",
+            "--replicas",
+            "3",
+        ],
+        &brokers,
+    );
+    assert_success(&created);
+    let produce = |brokers: &str, prefix: &str| {
+        let lines: String = (0..100).map(|i| format!("{prefix}-{i:03}\n")).collect();
+        let mut command = Command::new(sluice_bin());
+        command
+            .args(["produce", "growing", "--partition", "0", "--acks", "all"])
+            .args(["--brokers", brokers]);
+        assert_success(&run_with_input(command, lines.as_bytes()));
+    };
+    produce(&brokers, "old");
+
+    let index = cluster.add_observer(loopback_spec(4, &flags));
+    cluster.wait_converged(4);
+    let newcomer = &cluster.nodes[index];
+    // A command through the newcomer is forwarded to the controller.
+    let forwarded = newcomer.sluice(
+        &[
+            "topic",
+            "create",
+            "via-newcomer",
+            "--partitions",
+            "1",
+            "--replicas",
+            "2",
+        ],
+        &newcomer.quic.to_string(),
+    );
+    assert_success(&forwarded);
+
+    let (leader, _, _) = cluster.wait_for("the topic described", |cluster| {
+        placement(&describe(&cluster.nodes[0], "growing")?)
+            .get(&0)
+            .cloned()
+    });
+    let mut target = vec!["4".to_owned()];
+    target.extend(
+        (1..=3)
+            .filter(|b| i64::from(*b) != leader)
+            .map(|b| b.to_string()),
+    );
+    let target = target.join(",");
+    let mut reassign = Command::new(sluice_bin());
+    reassign
+        .args(["cluster", "reassign", "growing", "0", "--replicas", &target])
+        .args([
+            "--wait",
+            "60",
+            "--admin",
+            &cluster.nodes[0].admin.to_string(),
+        ]);
+    assert_success(&run_with_input(reassign, b""));
+    let (leader, _, isr) = cluster.wait_for("broker 4 leading", |cluster| {
+        let all = placement(&describe(&cluster.nodes[index], "growing")?);
+        let entry = all.get(&0)?.clone();
+        (entry.0 == 4).then_some(entry)
+    });
+    assert_eq!(leader, 4);
+    assert_eq!(isr, target, "every target replica in sync");
+
+    let brokers = cluster.quic_brokers(None);
+    produce(&brokers, "new");
+    let mut consume = Command::new(sluice_bin());
+    consume
+        .args([
+            "consume",
+            "growing",
+            "--partition",
+            "0",
+            "--from",
+            "beginning",
+        ])
+        .args([
+            "--count",
+            "200",
+            "--timeout-ms",
+            "10000",
+            "--brokers",
+            &brokers,
+        ]);
+    let out = assert_success(&run_with_input(consume, b""));
+    let want: Vec<String> = ["old", "new"]
+        .iter()
+        .flat_map(|p| (0..100).map(move |i| format!("{p}-{i:03}")))
+        .collect();
+    assert_eq!(out.lines().collect::<Vec<_>>(), want);
 }

@@ -20,7 +20,10 @@
 //! through `peer::PeerTransport`).
 
 pub mod election;
+mod observer;
 pub mod storage;
+
+pub use observer::{MetadataFetch, Observer, ObserverConfig};
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -358,7 +361,37 @@ impl Controller {
                 };
                 Ok(json_response(&answer))
             }
+            PeerKind::MetadataFetch => {
+                let fetch: MetadataFetch = serde_json::from_slice(&request.header)
+                    .map_err(|e| PeerError::Remote(format!("bad metadata fetch: {e}")))?;
+                Ok(json_response(&self.metadata_for(&fetch).await))
+            }
             _ => Err(PeerError::Unsupported),
+        }
+    }
+
+    /// An observer's metadata pull: the applied snapshot (naming the controller) once it is
+    /// newer than the observer's or names another controller, else `None` after the wait.
+    async fn metadata_for(&self, fetch: &MetadataFetch) -> Option<MetadataSnapshot> {
+        let wait = Duration::from_millis(u64::from(fetch.wait_ms)).min(Duration::from_secs(5));
+        let deadline = sluice_engine::rt::clock::now() + wait;
+        // Bounded by the deadline.
+        loop {
+            let seen = self.changed.version();
+            let controller = self.leader().unwrap_or(BrokerId(-1));
+            let state = Arc::clone(&self.state.borrow());
+            if state.revision.0 > fetch.after || controller.0 != fetch.controller {
+                let mut snapshot = MetadataSnapshot::clone(&state);
+                snapshot.controller = controller;
+                return Some(snapshot);
+            }
+            let now = sluice_engine::rt::clock::now();
+            if now >= deadline {
+                return None;
+            }
+            let changed = std::pin::pin!(self.changed.changed(seen));
+            let timer = std::pin::pin!(sluice_engine::rt::sleep(deadline - now));
+            futures::future::select(changed, timer).await;
         }
     }
 
@@ -453,31 +486,7 @@ impl Controller {
         leader: BrokerId,
         entry: &ControllerEntry,
     ) -> Result<Revision, MetadataError> {
-        let header = serde_json::to_vec(entry).expect("entries encode as JSON");
-        let call = self.peers.call(
-            leader,
-            PeerRequest {
-                kind: PeerKind::Command,
-                header: header.into(),
-                payload: Bytes::new(),
-            },
-        );
-        let answer = match call.await {
-            Ok(Ok(response)) => response,
-            Ok(Err(error)) => {
-                tracing::debug!(%error, leader = leader.0, "cannot forward a command");
-                return Err(MetadataError::NotController);
-            }
-            Err(_) => return Err(MetadataError::NotController),
-        };
-        let answer: CommandAnswer = serde_json::from_slice(&answer.header)
-            .map_err(|e| MetadataError::Refused(format!("bad answer from the controller: {e}")))?;
-        match answer {
-            CommandAnswer::Applied(revision) => Ok(Revision(revision)),
-            CommandAnswer::NotController => Err(MetadataError::NotController),
-            CommandAnswer::TopicExists(name) => Err(MetadataError::TopicExists(name)),
-            CommandAnswer::Refused(reason) => Err(MetadataError::Refused(reason)),
-        }
+        forward_command(&*self.peers, leader, entry).await
     }
 
     async fn propose(&self, entry: ControllerEntry) -> Result<Revision, MetadataError> {
@@ -546,18 +555,9 @@ impl Controller {
                     controller.heartbeat(registration);
                 }
                 Some(leader) => {
-                    let header = serde_json::to_vec(&Heartbeat { registration })
-                        .expect("heartbeats encode as JSON");
-                    let call = controller.peers.call(
-                        leader,
-                        PeerRequest {
-                            kind: PeerKind::Heartbeat,
-                            header: header.into(),
-                            payload: Bytes::new(),
-                        },
-                    );
+                    let call = heartbeat_call(&*controller.peers, leader, registration);
                     drop(controller);
-                    if let Ok(Err(error)) = call.await {
+                    if let Err(error) = call.await {
                         tracing::debug!(%error, "heartbeat failed");
                     }
                 }
@@ -939,6 +939,65 @@ impl Controller {
                 self.propose_background(MetadataCommand::ElectPreferredLeaders, REBALANCE_DUTY);
             }
         }
+    }
+}
+
+/// Sends a heartbeat with `registration` to `to`; resolves to its answer. The call is made
+/// before this returns (the caller may drop its borrows before awaiting).
+fn heartbeat_call(
+    peers: &dyn PeerTransport,
+    to: BrokerId,
+    registration: BrokerRegistration,
+) -> impl std::future::Future<Output = Result<HeartbeatAnswer, String>> + use<> {
+    let header = serde_json::to_vec(&Heartbeat { registration }).expect("heartbeats encode");
+    let call = peers.call(
+        to,
+        PeerRequest {
+            kind: PeerKind::Heartbeat,
+            header: header.into(),
+            payload: Bytes::new(),
+        },
+    );
+    async move {
+        match call.await {
+            Ok(Ok(response)) => serde_json::from_slice(&response.header).map_err(|e| e.to_string()),
+            Ok(Err(error)) => Err(error.to_string()),
+            Err(_) => Err("link closed".to_owned()),
+        }
+    }
+}
+
+/// Sends `entry` to `leader` (the active controller, as far as the sender knows) and returns
+/// the revision it was applied at; `NotController` if `leader` is not (or is unreachable).
+async fn forward_command(
+    peers: &dyn PeerTransport,
+    leader: BrokerId,
+    entry: &ControllerEntry,
+) -> Result<Revision, MetadataError> {
+    let header = serde_json::to_vec(entry).expect("entries encode as JSON");
+    let call = peers.call(
+        leader,
+        PeerRequest {
+            kind: PeerKind::Command,
+            header: header.into(),
+            payload: Bytes::new(),
+        },
+    );
+    let answer = match call.await {
+        Ok(Ok(response)) => response,
+        Ok(Err(error)) => {
+            tracing::debug!(%error, leader = leader.0, "cannot forward a command");
+            return Err(MetadataError::NotController);
+        }
+        Err(_) => return Err(MetadataError::NotController),
+    };
+    let answer: CommandAnswer = serde_json::from_slice(&answer.header)
+        .map_err(|e| MetadataError::Refused(format!("bad answer from the controller: {e}")))?;
+    match answer {
+        CommandAnswer::Applied(revision) => Ok(Revision(revision)),
+        CommandAnswer::NotController => Err(MetadataError::NotController),
+        CommandAnswer::TopicExists(name) => Err(MetadataError::TopicExists(name)),
+        CommandAnswer::Refused(reason) => Err(MetadataError::Refused(reason)),
     }
 }
 

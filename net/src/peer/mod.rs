@@ -227,6 +227,10 @@ impl PeerTransport for PeerLinks {
         let kind = request.kind;
         link.enqueue(kind, Flags::OneWay, request).map(|_| ())
     }
+
+    fn set_address(&self, peer: BrokerId, cluster: SocketAddr) {
+        PeerLinks::set_address(self, peer, cluster);
+    }
 }
 
 /// Connects, writes queued frames and reads answers until the link fails; then backs off and

@@ -58,21 +58,22 @@ pub struct NodeSpec {
 
 /// Three brokers on 127.0.0.1-3 with free ports, each run with `flags`.
 pub fn loopback_specs(flags: &[&str]) -> Vec<NodeSpec> {
-    (1..=3)
-        .map(|id| {
-            let ip = format!("127.0.0.{id}");
-            NodeSpec {
-                id,
-                kafka: free_tcp(&ip),
-                quic: free_udp(&ip),
-                admin: free_tcp(&ip),
-                cluster: free_tcp(&ip),
-                netns: None,
-                data_dir: None,
-                flags: flags.iter().map(|f| (*f).to_owned()).collect(),
-            }
-        })
-        .collect()
+    (1..=3).map(|id| loopback_spec(id, flags)).collect()
+}
+
+/// Broker `id` on 127.0.0.`id` with free ports, run with `flags`.
+pub fn loopback_spec(id: i32, flags: &[&str]) -> NodeSpec {
+    let ip = format!("127.0.0.{id}");
+    NodeSpec {
+        id,
+        kafka: free_tcp(&ip),
+        quic: free_udp(&ip),
+        admin: free_tcp(&ip),
+        cluster: free_tcp(&ip),
+        netns: None,
+        data_dir: None,
+        flags: flags.iter().map(|f| (*f).to_owned()).collect(),
+    }
 }
 
 /// One broker's fixed identity: its id, addresses and data directory (kept across restarts).
@@ -92,6 +93,24 @@ pub struct Node {
 }
 
 impl Node {
+    /// A stopped node as `spec` says, its directory under `root`.
+    fn new(spec: NodeSpec, root: &std::path::Path) -> Node {
+        let node_dir = root.join(format!("broker-{}", spec.id));
+        std::fs::create_dir_all(&node_dir).expect("broker dir");
+        Node {
+            id: spec.id,
+            kafka: spec.kafka,
+            quic: spec.quic,
+            admin: spec.admin,
+            cluster: spec.cluster,
+            data: spec.data_dir.unwrap_or_else(|| node_dir.join("data")),
+            dir: node_dir,
+            netns: spec.netns,
+            flags: spec.flags,
+            child: None,
+        }
+    }
+
     pub fn start(&mut self, seeds: &str) {
         assert!(self.child.is_none(), "broker {} already running", self.id);
         if self.netns.is_none() {
@@ -265,22 +284,7 @@ impl Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let nodes: Vec<Node> = specs
             .into_iter()
-            .map(|spec| {
-                let node_dir = dir.path().join(format!("broker-{}", spec.id));
-                std::fs::create_dir_all(&node_dir).expect("broker dir");
-                Node {
-                    id: spec.id,
-                    kafka: spec.kafka,
-                    quic: spec.quic,
-                    admin: spec.admin,
-                    cluster: spec.cluster,
-                    data: spec.data_dir.unwrap_or_else(|| node_dir.join("data")),
-                    dir: node_dir,
-                    netns: spec.netns,
-                    flags: spec.flags,
-                    child: None,
-                }
-            })
+            .map(|spec| Node::new(spec, dir.path()))
             .collect();
         let seeds = nodes
             .iter()
@@ -296,6 +300,16 @@ impl Cluster {
             cluster.start_node(i);
         }
         cluster
+    }
+
+    /// Starts one more broker with the same seeds but outside them (an observer: it joins
+    /// the cluster without a vote); returns its index in `nodes`.
+    pub fn add_observer(&mut self, spec: NodeSpec) -> usize {
+        let node = Node::new(spec, self._dir.path());
+        self.nodes.push(node);
+        let index = self.nodes.len() - 1;
+        self.start_node(index);
+        index
     }
 
     pub fn start_node(&mut self, index: usize) {
