@@ -817,11 +817,13 @@ fn check(cluster: &mut Cluster, endpoints: &Endpoints, load: &LoadReport) -> Che
     Checked { lost, epoch_starts }
 }
 
-/// A partition leader a fault took away: the partition, the broker and its epoch, when, and
-/// when the test first saw another leader agreed on ([`wait_new_leaders`]).
+/// A partition leader a fault took away: the partition, the broker (and whether it was the
+/// active controller too) and its epoch, when, and when the test first saw another leader
+/// agreed on ([`wait_new_leaders`]).
 struct LostLeader {
     partition: i32,
     broker: i64,
+    controller: bool,
     epoch: i64,
     at: Instant,
     elected: Option<Instant>,
@@ -835,14 +837,18 @@ struct Fault {
     lost_leaders: Vec<LostLeader>,
 }
 
-/// The partitions `broker` leads in `placement`, as lost at `at`.
-fn led_by(placement: &BTreeMap<i32, Placement>, broker: i64, at: Instant) -> Vec<LostLeader> {
+/// The partitions `broker` leads in `placement`, as lost now (the caller's fault follows at
+/// once); every broker must be up.
+fn led_by(cluster: &Cluster, placement: &BTreeMap<i32, Placement>, broker: i64) -> Vec<LostLeader> {
+    let controller = cluster.wait_converged(cluster.nodes.len()) == broker;
+    let at = Instant::now();
     placement
         .iter()
         .filter(|(_, p)| p.leader == broker)
         .map(|(partition, p)| LostLeader {
             partition: *partition,
             broker,
+            controller,
             epoch: p.epoch,
             at,
             elected: None,
@@ -925,8 +931,14 @@ fn print_figures(scenario: &str, load: &LoadReport, checked: &Checked, fault: &F
                 Some(at) => format!("{:.2} s", (at - lost.at).as_secs_f64()),
                 None => "not waited for".to_owned(),
             };
+            let controller = if lost.controller {
+                ", the controller"
+            } else {
+                ""
+            };
             format!(
-                "{time} (partition {} from broker {}, new leader seen after {elected})",
+                "{time} (partition {} from broker {}{controller}, new leader seen after \
+                 {elected})",
                 lost.partition, lost.broker
             )
         })
@@ -968,8 +980,8 @@ fn leader_killed_and_restarted() {
 
     let old = before[&0].leader;
     let index = cluster.index_of(old);
+    let mut lost_leaders = led_by(&cluster, &placement_now(&cluster), old);
     let started = Instant::now();
-    let mut lost_leaders = led_by(&placement_now(&cluster), old, started);
     cluster.nodes[index].kill();
     eprintln!("killed broker {old}, the leader of partition 0");
     let survivors: Vec<i64> = all_ids(&cluster)
@@ -1051,9 +1063,9 @@ fn rolling_restart(scenario: &str, restart: Restart) {
         let placement = cluster.wait_for("every replica in every ISR", |cluster| {
             all_in_sync(cluster, &ids)
         });
+        let mut lost = led_by(&cluster, &placement, *id);
         let at = Instant::now();
         started.get_or_insert(at);
-        let mut lost = led_by(&placement, *id, at);
         match restart {
             Restart::Clean => {
                 let clean = cluster.nodes[index].stop();
@@ -1349,8 +1361,8 @@ fn leader_cut_off_and_healed() {
     load.wait_progress(&cluster, "before the cut", &[]);
 
     let old = before[&0].leader;
+    let mut lost_leaders = led_by(&cluster, &placement_now(&cluster), old);
     let started = Instant::now();
-    let mut lost_leaders = led_by(&placement_now(&cluster), old, started);
     netns.cut(old);
     eprintln!("cut broker {old}, the leader of partition 0, off from the other brokers");
     let others: Vec<i64> = all_ids(&cluster)
@@ -1416,8 +1428,8 @@ fn follower_disk_fills_and_frees() {
     load.wait_progress(&cluster, "before the disk fills", &[]);
 
     let filler = disks[index].mount.join("filler");
+    let lost_leaders = led_by(&cluster, &placement_now(&cluster), follower);
     let started = Instant::now();
-    let lost_leaders = led_by(&placement_now(&cluster), follower, started);
     let filled = disks[index].fill(&filler);
     eprintln!(
         "filled broker {follower}'s disk: {filled} bytes, {} left",
