@@ -84,7 +84,7 @@ pub fn run(mut config: BrokerConfig) -> anyhow::Result<()> {
         signal_hook::flag::register(signal, Arc::clone(&stop))
             .context("cannot install signal handler")?;
     }
-    let cpus = core_ids(config.cores);
+    let cpus = core_ids(config.cores, &config.cpuset);
     let shards_config = shards::ShardsConfig {
         count: config.cores,
         cpus,
@@ -352,12 +352,21 @@ async fn log_exit<E: std::fmt::Display>(
     }
 }
 
-fn core_ids(count: usize) -> Vec<usize> {
-    let available: Vec<usize> = core_affinity::get_core_ids()
+/// The CPUs the shards are pinned to: `cpuset` where given (those this process may use),
+/// else the first `count`; empty (no pinning) when there are not enough.
+fn core_ids(count: usize, cpuset: &[usize]) -> Vec<usize> {
+    let mut available: Vec<usize> = core_affinity::get_core_ids()
         .unwrap_or_default()
         .into_iter()
         .map(|c| c.id)
         .collect();
+    if !cpuset.is_empty() {
+        available = cpuset
+            .iter()
+            .copied()
+            .filter(|cpu| available.contains(cpu))
+            .collect();
+    }
     if available.len() >= count {
         available[..count].to_vec()
     } else {

@@ -26,6 +26,10 @@ pub struct BrokerArgs {
     /// Number of shards (cores) to run [default: all cores].
     #[arg(long)]
     pub cores: Option<usize>,
+    /// CPUs to pin the shards to, in shard order, e.g. `2,3` (several brokers on one machine
+    /// each take their own) [default: the first --cores CPUs].
+    #[arg(long, value_delimiter = ',')]
+    pub cpuset: Option<Vec<usize>>,
     /// Kafka protocol listener [default: 127.0.0.1:9092].
     #[arg(long)]
     pub kafka_listen: Option<SocketAddr>,
@@ -141,6 +145,8 @@ pub struct BrokerConfig {
     pub data_dir: PathBuf,
     pub node_id: i32,
     pub cores: usize,
+    /// Empty: the first `cores` CPUs.
+    pub cpuset: Vec<usize>,
     pub kafka_listen: SocketAddr,
     pub kafka_advertise: SocketAddr,
     pub quic_listen: SocketAddr,
@@ -227,6 +233,7 @@ impl BrokerArgs {
                 .unwrap_or_else(|| "sluice-data".into()),
             node_id: self.node_id.or(file.node_id).unwrap_or(1),
             cores: self.cores.or(file.cores).unwrap_or(cores_available),
+            cpuset: self.cpuset.or(file.cpuset).unwrap_or_default(),
             kafka_listen,
             kafka_advertise: self
                 .kafka_advertise
@@ -276,6 +283,12 @@ impl BrokerArgs {
                 .unwrap_or(30_000)),
         };
         anyhow::ensure!(config.cores >= 1, "--cores must be at least 1");
+        anyhow::ensure!(
+            config.cpuset.is_empty() || config.cpuset.len() >= config.cores,
+            "--cpuset names {} CPUs for {} shards",
+            config.cpuset.len(),
+            config.cores
+        );
         anyhow::ensure!(
             config.broker_session_timeout >= std::time::Duration::from_millis(500),
             "--broker-session-timeout-ms must be at least 500"

@@ -643,8 +643,22 @@ impl Controller {
                 }
             }
             let now = sluice_engine::rt::clock::now();
-            if now.duration_since(last_duty) >= self.config.session_timeout / 4 {
+            let since_duty = now.duration_since(last_duty);
+            if since_duty >= self.config.session_timeout / 4 {
                 last_duty = now;
+                if since_duty > self.config.session_timeout / 2 {
+                    // This shard did not run for a while (starved or paused): the
+                    // heartbeats it did not read say nothing about the brokers. Give every
+                    // one a fresh session instead of fencing them all.
+                    tracing::warn!(
+                        ms = since_duty.as_millis() as u64,
+                        "controller paused; restarting every broker's session"
+                    );
+                    let mut heartbeats = self.heartbeats.borrow_mut();
+                    for seen in heartbeats.values_mut() {
+                        *seen = now;
+                    }
+                }
                 self.duties(&mut last_rebalance);
             }
             if node.has_ready() {
@@ -893,6 +907,8 @@ impl Controller {
                 .registrations
                 .iter()
                 .filter(|r| !r.fenced)
+                // The active controller is alive by running this.
+                .filter(|r| r.id != self.config.node)
                 .filter(|r| {
                     heartbeats
                         .get(&r.id)

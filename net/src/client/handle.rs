@@ -175,8 +175,15 @@ pub(super) struct Inner {
     targets: RefCell<HashMap<String, Target>>,
     /// The metadata/admin address that answered last; tried first next time.
     control: RefCell<Option<String>>,
+    /// Addresses whose last call failed on the connection (refused, timed out), and when:
+    /// metadata and admin requests try them last for `SUSPECT_FOR`, so a dead broker does
+    /// not cost a request timeout on every refresh. Never borrowed across an `.await`.
+    suspects: RefCell<HashMap<String, std::time::Instant>>,
     closed: Cell<bool>,
 }
+
+/// How long an address that failed on the connection is tried last.
+const SUSPECT_FOR: Duration = Duration::from_secs(10);
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -205,6 +212,7 @@ impl Client {
                 metadata: RefCell::new(Rc::new(ClusterMetadata::default())),
                 targets: RefCell::new(HashMap::new()),
                 control: RefCell::new(None),
+                suspects: RefCell::new(HashMap::new()),
                 closed: Cell::new(false),
             }),
         };
@@ -348,10 +356,29 @@ impl Client {
             return Err(ClientError::Closed);
         }
         let target = self.target(address).await?;
-        self.inner
+        let result = self
+            .inner
             .pool
             .call(&target, request, payload, timeout, order)
-            .await
+            .await;
+        match &result {
+            Err(error) if error.is_connection_failure() => {
+                let now = rt::clock::now();
+                self.inner
+                    .suspects
+                    .borrow_mut()
+                    .insert(address.to_owned(), now);
+                let mut control = self.inner.control.borrow_mut();
+                if control.as_deref() == Some(address) {
+                    *control = None;
+                }
+            }
+            Ok(_) => {
+                self.inner.suspects.borrow_mut().remove(address);
+            }
+            Err(_) => {}
+        }
+        result
     }
 
     /// The wait before retry number `retry` (0-based).
@@ -365,7 +392,8 @@ impl Client {
     }
 
     /// Addresses that serve metadata and admin requests, most promising first: the one that
-    /// answered last, every broker's shard 0, then the bootstrap list.
+    /// answered last, every broker's shard 0, then the bootstrap list; those that failed on
+    /// the connection within `SUSPECT_FOR` last.
     fn control_addresses(&self) -> Vec<String> {
         let mut addresses: Vec<String> = Vec::new();
         let mut add = |address: &str| {
@@ -382,6 +410,16 @@ impl Client {
         for address in &self.inner.config.brokers {
             add(address);
         }
+        // Addresses that recently failed on the connection go last (stable: the order above
+        // stays among the rest).
+        let now = rt::clock::now();
+        let suspects = self.inner.suspects.borrow();
+        let suspect = |address: &String| {
+            suspects
+                .get(address)
+                .is_some_and(|since| now.duration_since(*since) < SUSPECT_FOR)
+        };
+        addresses.sort_by_key(suspect);
         addresses
     }
 
@@ -676,6 +714,7 @@ mod tests {
                 metadata: RefCell::new(Rc::new(ClusterMetadata::default())),
                 targets: RefCell::new(HashMap::new()),
                 control: RefCell::new(None),
+                suspects: RefCell::new(HashMap::new()),
                 closed: Cell::new(false),
             }),
         };

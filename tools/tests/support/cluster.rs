@@ -36,6 +36,12 @@ fn free_udp(ip: &str) -> SocketAddr {
     socket.local_addr().expect("bound")
 }
 
+/// The CPU broker `id` pins its single shard to: brokers spread over the machine's CPUs.
+fn cpu_for(id: i32) -> usize {
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    usize::try_from(id).unwrap_or(0) % cpus
+}
+
 /// How to run one broker of a [`Cluster`].
 pub struct NodeSpec {
     /// Broker id (also its seed id).
@@ -142,6 +148,9 @@ impl Node {
             .args(["--cluster-listen", &self.cluster.to_string()])
             .args(["--seeds", seeds])
             .args(["--cores", "1"])
+            // Brokers of one machine each on their own CPU where there are enough (else
+            // they would all pin their shard to CPU 0).
+            .args(["--cpuset", &cpu_for(self.id).to_string()])
             .args(&self.flags)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
