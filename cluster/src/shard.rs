@@ -288,6 +288,12 @@ pub enum ShardMsg {
         /// Reply lane: the groups this shard coordinates.
         reply: Reply<Vec<GroupListing>>,
     },
+    /// shard 0 → every shard when this broker loses or regains contact with the active
+    /// controller (see `Shard::isolated`). Sent with waiting, never dropped.
+    Isolated {
+        /// Cut off for a whole session.
+        isolated: bool,
+    },
     /// shard 0 → every shard after each metadata change. Sent with waiting, never dropped;
     /// `done` fires once the shard has opened or closed its partitions to match.
     Metadata {
@@ -349,6 +355,10 @@ pub struct Shard {
     replication: OnceCell<Rc<ShardReplication>>,
     /// In a cluster: this shard's links to the same shard of the other brokers.
     peers: Option<Rc<dyn PeerTransport>>,
+    /// In a cluster: this broker has not reached the active controller for a whole session
+    /// (shard 0 tells every shard). It leads nothing meanwhile and refuses metadata requests,
+    /// so clients go to brokers that know the current leaders.
+    isolated: Cell<bool>,
     /// Counters scraped by the admin endpoint.
     pub metrics: ShardMetrics,
 }
@@ -389,6 +399,7 @@ impl Shard {
             observer: OnceCell::new(),
             replication: OnceCell::new(),
             peers: peers.clone(),
+            isolated: Cell::new(false),
             metrics: ShardMetrics::default(),
         });
         if let Some(peers) = peers {
@@ -471,11 +482,18 @@ impl Shard {
             self.writer.is_none(),
             "a cluster has no single-broker writer"
         );
+        let session = config.session_timeout;
         let controller = Controller::start(config, boot, self, peers);
         assert!(
             self.controller.set(controller).is_ok(),
             "controller started twice"
         );
+        self.spawn_isolation_watch(session, move |shard| {
+            shard
+                .controller
+                .get()
+                .is_some_and(|c| c.in_contact(session))
+        });
     }
 
     /// Starts the observer on shard 0 of a broker outside the quorum (cluster mode): it pulls
@@ -551,11 +569,93 @@ impl Shard {
     /// In a cluster, whether this broker leads `tp` now.
     fn leads(&self, tp: &TopicPartition) -> bool {
         !self.clustered()
-            || self
-                .metadata
-                .borrow()
-                .partition(tp)
-                .is_some_and(|p| p.leader == self.config.node)
+            || (!self.isolated.get()
+                && self
+                    .metadata
+                    .borrow()
+                    .partition(tp)
+                    .is_some_and(|p| p.leader == self.config.node))
+    }
+
+    /// True while this broker is cut off from the active controller for longer than a
+    /// session: the controller has fenced it (or will), and another broker leads what it led.
+    pub fn isolated(&self) -> bool {
+        self.isolated.get()
+    }
+
+    /// Enters or leaves isolation on this shard: entering gives up every leadership (waiting
+    /// acks=all produces fail with NotLeader at once instead of timing out); leaving takes
+    /// the roles the current metadata names again.
+    async fn set_isolated(&self, isolated: bool) {
+        let _one_at_a_time = self
+            .reconciling
+            .acquire_permit(1)
+            .await
+            .expect("semaphore never closed");
+        if self.isolated.replace(isolated) == isolated {
+            return;
+        }
+        let snapshot = self.metadata();
+        let replicas: Vec<(TopicPartition, Rc<PartitionReplica>)> = self
+            .partitions
+            .borrow()
+            .iter()
+            .map(|(tp, replica)| (tp.clone(), Rc::clone(replica)))
+            .collect();
+        for (tp, replica) in replicas {
+            let Some(meta) = snapshot.partition(&tp) else {
+                continue;
+            };
+            self.update_role(&tp, &replica, meta);
+        }
+    }
+
+    /// Shard 0 in a cluster: tells every shard when `in_contact` (the controller or observer
+    /// reached the active controller recently) has been false for longer than `session`, and
+    /// when it is true again. Runs for the life of the shard.
+    fn spawn_isolation_watch(
+        self: &Rc<Self>,
+        session: Duration,
+        in_contact: impl Fn(&Shard) -> bool + 'static,
+    ) {
+        let weak = Rc::downgrade(self);
+        sluice_engine::rt::spawn(async move {
+            let mut lost_since = None;
+            let mut isolated = false;
+            loop {
+                sluice_engine::rt::sleep(session / 8).await;
+                let Some(shard) = weak.upgrade() else { return };
+                if shard.stopping.get() {
+                    return;
+                }
+                let now = sluice_engine::rt::clock::now();
+                let since = if in_contact(&shard) {
+                    lost_since = None;
+                    None
+                } else {
+                    Some(*lost_since.get_or_insert(now))
+                };
+                let cut_off = since.is_some_and(|since| now.duration_since(since) > session);
+                if cut_off == isolated {
+                    continue;
+                }
+                isolated = cut_off;
+                tracing::warn!(
+                    isolated,
+                    "contact with the active controller {}",
+                    if isolated {
+                        "lost for a session: leading nothing"
+                    } else {
+                        "back"
+                    }
+                );
+                for to in 0..shard.count {
+                    let to = ShardId(u16::try_from(to).expect("shard ids fit in u16"));
+                    let _ = shard.mesh().send(to, ShardMsg::Isolated { isolated }).await;
+                }
+            }
+        })
+        .detach();
     }
 
     fn mesh(&self) -> &Mesh<ShardMsg> {
@@ -975,6 +1075,7 @@ impl Shard {
                 self.reconcile(snapshot).await;
                 let _ = done.send(());
             }
+            ShardMsg::Isolated { isolated } => self.set_isolated(isolated).await,
         }
     }
 
@@ -1084,6 +1185,17 @@ impl Shard {
         replica: &Rc<PartitionReplica>,
         meta: &crate::metadata::PartitionMeta,
     ) {
+        let offline;
+        let meta = if self.isolated.get() && meta.leader == self.config.node {
+            // Cut off from the controller: another broker leads this by now.
+            offline = crate::metadata::PartitionMeta {
+                leader: crate::controller::election::NO_LEADER,
+                ..meta.clone()
+            };
+            &offline
+        } else {
+            meta
+        };
         replica.update_role(meta, self.config.node);
         if &*tp.topic != OFFSETS_TOPIC {
             return;

@@ -1349,8 +1349,9 @@ impl Drop for Netns {
 // replicas' logs agree below the high watermark. Method: each broker in its own network
 // namespace (see `Netns`), clients in the root namespace; once records are acknowledged, the
 // leader of partition 0 loses its link to the others; wait until the other two elect a new
-// leader and more records are acknowledged, heal, wait until all three agree and more are
-// acknowledged, stop, check. Needs root; fails otherwise.
+// leader and more records are acknowledged and the old leader refuses metadata requests (it
+// isolated itself), heal, wait until all three agree and more are acknowledged, stop, check.
+// Needs root; fails otherwise.
 #[test]
 fn leader_cut_off_and_healed() {
     let netns = Netns::create(&[1, 2, 3]);
@@ -1370,6 +1371,19 @@ fn leader_cut_off_and_healed() {
         .filter(|id| *id != old)
         .collect();
     wait_new_leaders(&cluster, &others, &mut lost_leaders);
+    // Cut off from the controller for a session, the old leader stops claiming leadership:
+    // it refuses metadata requests, so clients asking it go to the others.
+    let cut_off = cluster.node(old);
+    let ca = endpoints.ca.as_ref().map(|p| p.display().to_string());
+    cluster.wait_for("the cut-off broker to refuse metadata", |_| {
+        let mut args = vec!["topic", "describe", TOPIC];
+        if let Some(ca) = &ca {
+            args.extend(["--ca", ca]);
+        }
+        let described = cut_off.sluice(&args, &cut_off.quic.to_string());
+        let error = String::from_utf8_lossy(&described.stderr);
+        (!described.status.success() && error.contains("cut off from the controller")).then_some(())
+    });
     load.soak(SOAK, "with the old leader cut off");
 
     netns.heal(old);

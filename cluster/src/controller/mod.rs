@@ -245,6 +245,8 @@ pub struct Controller {
     status: RefCell<ControllerStatus>,
     /// Proposals of this node waiting for their entry to apply, by proposal id.
     pending: RefCell<HashMap<u64, oneshot::Sender<Result<Revision, MetadataError>>>>,
+    /// When this broker last reached the active controller (or was it).
+    last_contact: Cell<Option<Instant>>,
     /// Active controller only: when each broker last heartbeated.
     heartbeats: RefCell<HashMap<BrokerId, Instant>>,
     /// Active controller only: brokers with a registration or fence in flight.
@@ -289,6 +291,7 @@ impl Controller {
                 ..ControllerStatus::default()
             }),
             pending: RefCell::new(HashMap::new()),
+            last_contact: Cell::new(None),
             heartbeats: RefCell::new(HashMap::new()),
             in_flight: RefCell::new(HashSet::new()),
             next_proposal: Cell::new(seed),
@@ -312,6 +315,14 @@ impl Controller {
     pub fn leader(&self) -> Option<BrokerId> {
         let leader = self.status.borrow().leader;
         (leader >= 0).then_some(BrokerId(leader))
+    }
+
+    /// Whether this broker reached the active controller (or was it) within `session`.
+    pub fn in_contact(&self, session: Duration) -> bool {
+        let now = sluice_engine::rt::clock::now();
+        self.last_contact
+            .get()
+            .is_some_and(|at| now.duration_since(at) <= session)
     }
 
     fn is_leader(&self) -> bool {
@@ -553,12 +564,25 @@ impl Controller {
                 None => {}
                 Some(leader) if leader == controller.config.node => {
                     controller.heartbeat(registration);
+                    controller
+                        .last_contact
+                        .set(Some(sluice_engine::rt::clock::now()));
                 }
                 Some(leader) => {
                     let call = heartbeat_call(&*controller.peers, leader, registration);
                     drop(controller);
-                    if let Err(error) = call.await {
-                        tracing::debug!(%error, "heartbeat failed");
+                    match call.await {
+                        Ok(answer) if answer.is_controller => {
+                            if let Some(controller) = weak.upgrade() {
+                                controller
+                                    .last_contact
+                                    .set(Some(sluice_engine::rt::clock::now()));
+                            }
+                        }
+                        Ok(_) => {
+                            tracing::debug!("heartbeat went to a broker that is not the controller")
+                        }
+                        Err(error) => tracing::debug!(%error, "heartbeat failed"),
                     }
                 }
             }

@@ -72,6 +72,8 @@ pub struct Observer {
     published: Notify,
     /// Which voter to ask next when the controller is unknown or failed.
     next_voter: Cell<usize>,
+    /// When the active controller last took a heartbeat.
+    last_contact: Cell<Option<std::time::Instant>>,
 }
 
 impl Observer {
@@ -95,10 +97,19 @@ impl Observer {
             published_revision: Cell::new(0),
             published: Notify::new(),
             next_voter: Cell::new(0),
+            last_contact: Cell::new(None),
         });
         sluice_engine::rt::spawn(Self::puller(Rc::downgrade(&observer))).detach();
         sluice_engine::rt::spawn(Self::heartbeater(Rc::downgrade(&observer))).detach();
         observer
+    }
+
+    /// Whether the active controller took a heartbeat within `session`.
+    pub fn in_contact(&self, session: Duration) -> bool {
+        let now = sluice_engine::rt::clock::now();
+        self.last_contact
+            .get()
+            .is_some_and(|at| now.duration_since(at) <= session)
     }
 
     /// The controller the latest metadata names, or the next voter to try.
@@ -199,6 +210,11 @@ impl Observer {
             let call = heartbeat_call(&*observer.peers, to, observer.config.registration.clone());
             drop(observer);
             let accepted = call.await.is_ok_and(|answer| answer.is_controller);
+            if accepted && let Some(observer) = weak.upgrade() {
+                observer
+                    .last_contact
+                    .set(Some(sluice_engine::rt::clock::now()));
+            }
             if !accepted {
                 tracing::debug!(voter = to.0, "heartbeat not taken; trying another voter");
                 if let Some(observer) = weak.upgrade() {

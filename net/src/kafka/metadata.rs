@@ -123,9 +123,18 @@ impl Context {
             .partitions
             .iter()
             .map(|p| {
+                // Cut off from the controller, this broker's view is stale: no leader is
+                // named, so clients look again (at another broker).
+                let isolated = self.shard.isolated();
+                let leader = if isolated { -1 } else { p.leader.0 };
                 let partition = MetadataResponsePartition::default()
                     .with_partition_index(p.id.0)
-                    .with_leader_id(BrokerId(p.leader.0))
+                    .with_error_code(if isolated {
+                        ResponseError::LeaderNotAvailable.code()
+                    } else {
+                        0
+                    })
+                    .with_leader_id(BrokerId(leader))
                     .with_replica_nodes(broker_ids(&p.replicas))
                     .with_isr_nodes(broker_ids(&p.isr));
                 if version >= 7 {

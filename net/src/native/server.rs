@@ -687,6 +687,13 @@ impl Server {
     /// topics are created first when `auto_create_topics` is on; any still missing fail the
     /// whole request, naming the topic.
     async fn metadata(&self, topics: Option<Vec<String>>) -> Answer {
+        if self.shard.isolated() {
+            // Its metadata is stale (it still names itself leader): send the client on.
+            return Answer::error(
+                ErrorCode::Overloaded,
+                "this broker is cut off from the controller; ask another broker",
+            );
+        }
         let mut snapshot = self.shard.metadata();
         let Some(names) = topics else {
             let all = snapshot.topics.values().map(topic_info).collect();
