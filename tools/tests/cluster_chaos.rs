@@ -718,6 +718,9 @@ fn assert_in_log(what: &str, records: &[Record], log: &BTreeMap<(i32, i64), Reco
 struct Checked {
     /// Acknowledged records missing from the final log (0, or the check failed).
     lost: usize,
+    /// Records the final log holds more than once (a producer's retry of a request whose
+    /// answer it did not get: acks=all without idempotence, as in Kafka).
+    duplicates: usize,
     /// Per partition, each leader epoch in the final leader's log below the high watermark and
     /// the offset its first batch starts at, in log order.
     epoch_starts: BTreeMap<i32, Vec<(i32, i64)>>,
@@ -740,6 +743,11 @@ fn check(cluster: &mut Cluster, endpoints: &Endpoints, load: &LoadReport) -> Che
     );
     assert!(!acked.is_empty(), "the load acknowledged nothing");
     let lost = not_in_log(&acked, &log).len();
+    let distinct: std::collections::BTreeSet<(i32, &Option<Bytes>, &Option<Bytes>)> = log
+        .values()
+        .map(|r| (r.partition, &r.key, &r.value))
+        .collect();
+    let duplicates = log.len() - distinct.len();
     assert_in_log("acknowledged records", &acked, &log);
     assert_in_log("records the consumer saw", &consumed.seen, &log);
 
@@ -814,7 +822,11 @@ fn check(cluster: &mut Cluster, endpoints: &Endpoints, load: &LoadReport) -> Che
         }
         epoch_starts.insert(*partition, starts);
     }
-    Checked { lost, epoch_starts }
+    Checked {
+        lost,
+        duplicates,
+        epoch_starts,
+    }
 }
 
 /// A partition leader a fault took away: the partition, the broker (and whether it was the
@@ -957,10 +969,11 @@ fn print_figures(scenario: &str, load: &LoadReport, checked: &Checked, fault: &F
         .unwrap_or_default();
     eprintln!(
         "chaos figures {scenario}: acknowledged before {before}, during {during}, after \
-         {after}; acks=all failed {failed} {:?}; lost {}; failover {failover}; longest gap \
-         between acknowledgements {:.2} s",
+         {after}; acks=all failed {failed} {:?}; lost {}; duplicates {}; failover {failover}; \
+         longest gap between acknowledgements {:.2} s",
         load.failed,
         checked.lost,
+        checked.duplicates,
         gap.as_secs_f64()
     );
 }
