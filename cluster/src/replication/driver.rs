@@ -371,7 +371,13 @@ impl ShardReplication {
             match action {
                 LeaderAction::HighWatermark(offset) => {
                     let leaders = self.leaders.borrow();
-                    if let Some(led) = leaders.get(tp) {
+                    // Actions of a replica fetch are applied after its reads: a newer high
+                    // watermark (a local append, another follower's fetch, or the previous
+                    // epoch's core) may have been stored meanwhile. The high watermark only
+                    // moves forward; an older value is simply obsolete.
+                    if let Some(led) = leaders.get(tp)
+                        && offset > led.replica.log.high_watermark()
+                    {
                         led.replica.log.set_high_watermark(offset);
                         led.visible.notify();
                     }

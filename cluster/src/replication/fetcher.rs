@@ -452,14 +452,20 @@ impl<T: ReplicaFetchTransport> Fetcher<T> {
                     Err(_) => self.count(|stats| stats.log_errors += 1),
                 }
                 for action in follow_up {
-                    if let FollowerAction::HighWatermark(offset) = action {
+                    if let FollowerAction::HighWatermark(offset) = action
+                        && offset > log.high_watermark()
+                    {
                         log.set_high_watermark(offset);
                     }
                 }
                 true
             }
             FollowerAction::HighWatermark(offset) => {
-                log.set_high_watermark(offset);
+                // Only forward (the core's high watermark never decreases; the log may hold
+                // a later one already).
+                if offset > log.high_watermark() {
+                    log.set_high_watermark(offset);
+                }
                 false
             }
             FollowerAction::Retry(error) => {

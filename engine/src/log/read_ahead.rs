@@ -219,14 +219,22 @@ pub(crate) async fn read(
                 data: ChunkData::Ready(bytes),
             });
         }
-        assert!(
-            stream
-                .chunks
-                .iter()
-                .zip(stream.chunks.iter().skip(1))
-                .all(|(a, b)| a.position + a.len as u64 == b.position),
-            "read-ahead chunks of segment {segment} are not contiguous"
-        );
+        // Two readers of one partition at different positions (a leader serving two
+        // followers, or two catch-up consumers) take and give back chunks of the one stream
+        // in turn: what comes back may no longer join what is queued. The stream is only a
+        // prefetch: drop it, and the next reader starts a fresh one where it reads.
+        let contiguous = stream
+            .chunks
+            .iter()
+            .zip(stream.chunks.iter().skip(1))
+            .all(|(a, b)| a.position + a.len as u64 == b.position);
+        if !contiguous {
+            tracing::debug!(
+                segment = segment.0,
+                "concurrent readers: read-ahead restarted"
+            );
+            state.read_ahead = None;
+        }
     }
     drop(state);
     Ok(result)
