@@ -537,11 +537,6 @@ impl Shard {
         }
     }
 
-    /// The replication driver (in a cluster).
-    pub fn replication(&self) -> Option<&Rc<ShardReplication>> {
-        self.replication.get()
-    }
-
     /// Sends a leader's ISR change to the controller as `AlterPartition`. The leader core
     /// proposes again if it is not committed, so a failure is only logged.
     fn propose_isr(self: Rc<Self>, proposal: IsrProposal) {

@@ -319,10 +319,7 @@ impl Controller {
 
     /// Whether this broker reached the active controller (or was it) within `session`.
     pub fn in_contact(&self, session: Duration) -> bool {
-        let now = sluice_engine::rt::clock::now();
-        self.last_contact
-            .get()
-            .is_some_and(|at| now.duration_since(at) <= session)
+        within(self.last_contact.get(), session)
     }
 
     fn is_leader(&self) -> bool {
@@ -980,6 +977,12 @@ impl Controller {
             }
         }
     }
+}
+
+/// Whether `at` (a last contact) is at most `session` ago.
+fn within(at: Option<Instant>, session: Duration) -> bool {
+    let now = sluice_engine::rt::clock::now();
+    at.is_some_and(|at| now.duration_since(at) <= session)
 }
 
 /// Sends a heartbeat with `registration` to `to`; resolves to its answer. The call is made

@@ -23,7 +23,7 @@ use bytes::Bytes;
 use sluice_engine::BrokerId;
 use sluice_engine::util::Notify;
 
-use super::{ControllerEntry, apply_entry, forward_command, heartbeat_call};
+use super::{ControllerEntry, apply_entry, forward_command, heartbeat_call, within};
 use crate::metadata::{BrokerRegistration, MetadataCommand, MetadataError, MetadataSnapshot};
 use crate::peer::{PeerKind, PeerRequest, PeerTransport};
 use crate::shard::Shard;
@@ -106,10 +106,7 @@ impl Observer {
 
     /// Whether the active controller took a heartbeat within `session`.
     pub fn in_contact(&self, session: Duration) -> bool {
-        let now = sluice_engine::rt::clock::now();
-        self.last_contact
-            .get()
-            .is_some_and(|at| now.duration_since(at) <= session)
+        within(self.last_contact.get(), session)
     }
 
     /// The controller the latest metadata names, or the next voter to try.

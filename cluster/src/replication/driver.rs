@@ -25,7 +25,7 @@ use std::time::Duration;
 use futures::channel::oneshot;
 use sluice_engine::log::PartitionLog;
 use sluice_engine::util::Notify;
-use sluice_engine::{BrokerId, LeaderEpoch, Offset, ShardId, TopicPartition};
+use sluice_engine::{BrokerId, Offset, ShardId, TopicPartition};
 
 use super::fetcher::{FetchTarget, Fetcher, FetcherStats, ReplicaFetchTransport, TransportError};
 use super::follower::FollowerCore;
@@ -390,13 +390,6 @@ impl ShardReplication {
                 }
             }
         }
-    }
-
-    /// The leader epoch this shard leads or follows `tp` in, for diagnostics.
-    pub fn epoch(&self, tp: &TopicPartition) -> Option<LeaderEpoch> {
-        self.leader(tp)
-            .map(|replica| replica.core.borrow().epoch())
-            .or_else(|| self.fetcher.following(tp).map(|(_, epoch)| epoch))
     }
 }
 
