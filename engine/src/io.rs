@@ -175,6 +175,14 @@ pub async fn allocate(file: &DmaFile, size: u64) -> io::Result<()> {
     Ok(())
 }
 
+/// Whether an IO error means the file system (or the quota) is out of space.
+pub fn is_no_space(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+    )
+}
+
 /// Sets the file size to `size`, discarding anything past it.
 pub async fn truncate(file: &DmaFile, size: u64) -> io::Result<()> {
     faults::check(faults::Op::Truncate, &path_of(file))?;

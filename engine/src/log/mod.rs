@@ -96,6 +96,7 @@ mod config;
 mod epoch;
 mod error;
 mod index;
+mod preallocate;
 mod read;
 mod read_ahead;
 mod recovery;
@@ -392,6 +393,8 @@ struct State {
     /// written size of its segment as they are now (a truncation discards it).
     read_ahead: Option<read_ahead::ReadAhead>,
     read_ahead_next_id: u64,
+    /// The active segment's preallocation step, carried across rolls.
+    preallocation: preallocate::Preallocation,
     stats: LogStats,
 }
 

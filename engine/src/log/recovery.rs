@@ -1086,6 +1086,7 @@ pub(crate) async fn open(
         sealed_file: None,
         read_ahead: None,
         read_ahead_next_id: 0,
+        preallocation: Default::default(),
         stats: LogStats::default(),
     };
     state.assign = cursor_of_active(&state);

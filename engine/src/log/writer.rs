@@ -43,6 +43,7 @@ use crate::limits::{
 };
 use crate::log::checkpoint::{CHECKPOINT_FILE, Checkpoint, EPOCH_FILE, SealedRow, encode_epochs};
 use crate::log::index::{IndexBuilder, IndexFile};
+use crate::log::preallocate::Preallocation;
 use crate::log::segment::{
     ActiveSegment, INDEX_EXTENSION, LOG_EXTENSION, Segment, TIME_INDEX_EXTENSION, file_path,
 };
@@ -65,6 +66,8 @@ pub(crate) fn ensure_running(inner: &Rc<Inner>) {
 }
 
 type IoFuture = Pin<Box<dyn Future<Output = io::Result<()>>>>;
+/// A preallocation: resolves to the file size it reached.
+type AllocationFuture = Pin<Box<dyn Future<Output = io::Result<u64>>>>;
 type RoundFuture = Pin<Box<dyn Future<Output = (Round, io::Result<()>)>>>;
 
 /// What a write round in flight will have written when it completes.
@@ -118,8 +121,8 @@ struct Pipeline {
     padded_block: Option<u64>,
     sync: Option<SyncInFlight>,
     index_flush: Option<IndexFlushInFlight>,
-    /// A preallocation in flight and the file size it grows to.
-    allocation: Option<(u64, IoFuture)>,
+    /// A preallocation in flight.
+    allocation: Option<AllocationFuture>,
     /// A write failed or the log failed: no round is issued until the abandoned ones drained.
     draining: bool,
     /// Largest end of a write of an abandoned generation that succeeded: stale batches that
@@ -203,7 +206,7 @@ enum Event {
     Round(Round, io::Result<()>),
     Synced(io::Result<()>),
     IndexFlushed(io::Result<()>),
-    Allocated(io::Result<()>),
+    Allocated(io::Result<u64>),
     Kicked,
 }
 
@@ -264,7 +267,7 @@ fn poll_event(inner: &Inner, pipeline: &mut Pipeline, cx: &mut Context<'_>) -> P
     {
         return Poll::Ready(Event::IndexFlushed(result));
     }
-    if let Some((_, future)) = pipeline.allocation.as_mut()
+    if let Some(future) = pipeline.allocation.as_mut()
         && let Poll::Ready(result) = future.as_mut().poll(cx)
     {
         return Poll::Ready(Event::Allocated(result));
@@ -349,17 +352,21 @@ fn plan(inner: &Inner, pipeline: &mut Pipeline) -> Plan {
             align_down(total)
         };
         let write_end = position + write_len;
-        let step = inner.config().preallocate_bytes;
+        let config = inner.config();
+        let step = config.preallocate_bytes;
         if step > 0 && write_end > state.active.allocated {
             // Writes past the preallocated size would extend the file, which the file system
             // serialises: grow the preallocation first.
             if pipeline.allocation.is_none() {
-                let size = round_up(write_end, step);
+                let limit = align_up(config.segment_bytes);
+                let size =
+                    state
+                        .preallocation
+                        .target(crate::rt::clock::now(), step, write_end, limit);
+                let least = Preallocation::least(step, write_end, limit);
                 let file = state.active.log.clone();
-                pipeline.allocation = Some((
-                    size,
-                    Box::pin(async move { dio::allocate(&file, size).await }),
-                ));
+                let allocated = state.active.allocated;
+                pipeline.allocation = Some(Box::pin(allocate(file, allocated, size, least)));
             }
             break;
         }
@@ -620,13 +627,37 @@ fn complete_round(
     arm_flush_timer(inner);
 }
 
-fn complete_allocation(inner: &Rc<Inner>, pipeline: &mut Pipeline, result: io::Result<()>) {
-    let (size, _) = pipeline
-        .allocation
-        .take()
-        .expect("an allocation was in flight");
+/// Preallocates the active segment's file (now `allocated` bytes long) to `size`, or, when the
+/// disk has no room for that, to the `least` that holds the pending write. Resolves to the
+/// size reached.
+async fn allocate(file: File, allocated: u64, size: u64, least: u64) -> io::Result<u64> {
+    assert!(least <= size, "fallback preallocation {least} above {size}");
+    let mut size = size;
+    loop {
+        match dio::allocate(&file, size).await {
+            Ok(()) => return Ok(size),
+            Err(error) if dio::is_no_space(&error) => {
+                // A failed fallocate keeps the blocks it got past the end of the file; a
+                // truncation to the current size gives them back (ext4 trims blocks past
+                // EOF even when the size does not change).
+                dio::truncate(&file, allocated).await?;
+                if size == least {
+                    return Err(error);
+                }
+                size = least;
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
+
+fn complete_allocation(inner: &Rc<Inner>, pipeline: &mut Pipeline, result: io::Result<u64>) {
+    assert!(
+        pipeline.allocation.take().is_some(),
+        "an allocation was in flight"
+    );
     match result {
-        Ok(()) => {
+        Ok(size) => {
             let mut state = inner.state.borrow_mut();
             state.active.allocated = state.active.allocated.max(size);
         }
@@ -748,11 +779,6 @@ pub(crate) async fn wait_idle(inner: &Inner) {
         receiver
     };
     let _ = receiver.await;
-}
-
-/// Rounds `value` up to a multiple of `step`.
-fn round_up(value: u64, step: u64) -> u64 {
-    value.div_ceil(step) * step
 }
 
 fn wake(waiters: &mut VecDeque<Waiter>, upto: Offset, tp: &crate::types::TopicPartition) {
@@ -1097,20 +1123,4 @@ pub(crate) async fn write_checkpoint(inner: &Inner) -> io::Result<()> {
         .epochs
         .prune_before(checkpoint.log_start);
     Ok(())
-}
-
-/// Rounds used in tests of the round-up helper.
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::io::align_up;
-
-    // Goal: preallocation targets are whole steps past the write end.
-    #[test]
-    fn round_up_to_steps() {
-        assert_eq!(round_up(1, 4096), 4096);
-        assert_eq!(round_up(4096, 4096), 4096);
-        assert_eq!(round_up(4097, 1 << 20), 1 << 20);
-        assert_eq!(align_up(1), 4096);
-    }
 }
