@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::channel::oneshot;
-use sluice_engine::batch::{BatchError, BatchHeader, decode_batch, validate_produced};
+use sluice_engine::batch::{BatchError, BatchHeader, decode_batch};
 use sluice_engine::log::{
     AppendError, AppendInfo, BatchCache, Durability, LogConfig, PartitionLog, ReadError,
 };
@@ -246,7 +246,7 @@ impl PartitionReplica {
             Acks::All => Durability::Synced,
             Acks::None | Acks::Leader => Durability::Written,
         };
-        let storage = |e: AppendError| ProduceError::Storage(e.to_string());
+        let storage = produce_error;
         let leader = match self.role() {
             Role::Single => {
                 let pending = self.log.append(batches, LeaderEpoch(0), durability);
@@ -552,8 +552,20 @@ fn leader_change_batch(
     builder.build(sluice_engine::batch::Compression::None)
 }
 
-/// Checks every batch of a produce request before anything is appended, so a bad batch in the
-/// middle leaves the log unchanged.
+/// A refused or failed append as the producer sees it: a batch the log found invalid is the
+/// producer's error, anything else is the broker's storage.
+fn produce_error(error: AppendError) -> ProduceError {
+    match error {
+        AppendError::InvalidBatch { error, .. } => ProduceError::Corrupt(error),
+        other => ProduceError::Storage(other.to_string()),
+    }
+}
+
+/// Checks what the log cannot: every batch's size against the topic's `max.message.bytes`,
+/// before anything is appended. The log itself checks the rest of every batch (framing, CRC,
+/// record count) before it appends any of them, so a bad batch in the middle leaves the log
+/// unchanged; its refusal becomes [`ProduceError::Corrupt`] ([`produce_error`]). One CRC pass
+/// per produced byte.
 fn check_batches(batches: &Bytes, max_message_bytes: u64) -> Result<(), ProduceError> {
     let mut rest: &[u8] = batches;
     if rest.is_empty() {
@@ -571,7 +583,12 @@ fn check_batches(batches: &Bytes, max_message_bytes: u64) -> Result<(), ProduceE
                 max: max_message_bytes,
             });
         }
-        validate_produced(rest, sluice_engine::limits::BATCH_BYTES_MAX)?;
+        if rest.len() < size {
+            return Err(ProduceError::Corrupt(BatchError::Truncated {
+                needed: size,
+                have: rest.len(),
+            }));
+        }
         rest = &rest[size..];
     }
     Ok(())

@@ -426,7 +426,7 @@ impl Shard {
         let mesh = context
             .join_mesh(move |msg| {
                 if let Some(shard) = weak.upgrade() {
-                    sluice_engine::rt::spawn(async move { shard.handle(msg).await }).detach();
+                    shard.receive(msg);
                 }
             })
             .await;
@@ -659,34 +659,60 @@ impl Shard {
 
     /// Appends to `tp` wherever it lives: locally, or by message to the owning shard.
     pub async fn produce(
-        &self,
+        self: &Rc<Self>,
         tp: TopicPartition,
         batches: Bytes,
         acks: Acks,
     ) -> Result<ProduceOk, ProduceError> {
-        let Some(owner) = self.owner(&tp) else {
-            return Err(ProduceError::UnknownTopicOrPartition(tp.to_string()));
-        };
-        if owner == self.id {
-            return self.produce_local(&tp, batches, acks).await;
+        self.produce_start(tp, batches, acks).await
+    }
+
+    /// [`Self::produce`] in two steps: the append is issued before this returns, and the
+    /// returned future waits for the acknowledgement `acks` asks for. Call order is log order
+    /// for the partition, also when the partition lives on another shard: the mesh channel to
+    /// a shard is FIFO and the owner issues forwarded produces in the order they arrive
+    /// ([`Self::receive`]). Connections use it to pipeline a client's produces.
+    pub fn produce_start(
+        self: &Rc<Self>,
+        tp: TopicPartition,
+        batches: Bytes,
+        acks: Acks,
+    ) -> impl Future<Output = Result<ProduceOk, ProduceError>> + use<> {
+        enum Issued<L> {
+            Local(L),
+            Forwarded(oneshot::Receiver<Result<ProduceOk, ProduceError>>),
         }
-        let (reply, answer) = oneshot::channel();
-        self.forward(
-            owner,
-            ShardMsg::Produce {
-                tp,
-                batches,
-                acks,
-                reply,
-            },
-        )
-        .map_err(|()| ProduceError::Overloaded)?;
-        answer.await.unwrap_or(Err(ProduceError::ShuttingDown))
+        let issued = match self.owner(&tp) {
+            None => Err(ProduceError::UnknownTopicOrPartition(tp.to_string())),
+            Some(owner) if owner == self.id => self
+                .produce_local_start(&tp, batches, acks)
+                .map(Issued::Local),
+            Some(owner) => {
+                let (reply, answer) = oneshot::channel();
+                let msg = ShardMsg::Produce {
+                    tp,
+                    batches,
+                    acks,
+                    reply,
+                };
+                self.forward(owner, msg)
+                    .map(|()| Issued::Forwarded(answer))
+                    .map_err(|()| ProduceError::Overloaded)
+            }
+        };
+        async move {
+            match issued? {
+                Issued::Local(pending) => pending.await,
+                Issued::Forwarded(answer) => {
+                    answer.await.unwrap_or(Err(ProduceError::ShuttingDown))
+                }
+            }
+        }
     }
 
     /// Appends to a partition this shard owns.
     pub async fn produce_local(
-        &self,
+        self: &Rc<Self>,
         tp: &TopicPartition,
         batches: Bytes,
         acks: Acks,
@@ -697,13 +723,12 @@ impl Shard {
     /// [`Self::produce_local`] in two steps: the append is issued before this returns (so
     /// call order is log order for the partition), and the returned future waits for the
     /// acknowledgement `acks` asks for; both steps count in the produce metrics as before.
-    /// The native server uses it to order a connection's pipelined produces.
     pub fn produce_local_start(
-        &self,
+        self: &Rc<Self>,
         tp: &TopicPartition,
         batches: Bytes,
         acks: Acks,
-    ) -> Result<impl Future<Output = Result<ProduceOk, ProduceError>> + '_, ProduceError> {
+    ) -> Result<impl Future<Output = Result<ProduceOk, ProduceError>> + use<>, ProduceError> {
         if self.stopping.get() {
             return Err(ProduceError::ShuttingDown);
         }
@@ -722,9 +747,11 @@ impl Shard {
             }
         };
         let tp = tp.clone();
+        let shard = Rc::clone(self);
         Ok(async move {
             let result = pending.await;
-            self.metrics
+            shard
+                .metrics
                 .record_produce(&tp, bytes, result.as_ref().ok());
             result
         })
@@ -1028,7 +1055,10 @@ impl Shard {
         self.mesh().try_send(to, msg).map_err(|Overloaded(_)| ())
     }
 
-    async fn handle(self: Rc<Self>, msg: ShardMsg) {
+    /// Takes one message from another shard. A produce is issued here, in arrival order, so a
+    /// sender's produces to one partition append in the order it sent them; everything else
+    /// runs as its own task.
+    fn receive(self: Rc<Self>, msg: ShardMsg) {
         match msg {
             ShardMsg::Produce {
                 tp,
@@ -1036,8 +1066,25 @@ impl Shard {
                 acks,
                 reply,
             } => {
-                let _ = reply.send(self.produce_local(&tp, batches, acks).await);
+                let pending = self.produce_local_start(&tp, batches, acks);
+                sluice_engine::rt::spawn(async move {
+                    let result = match pending {
+                        Ok(pending) => pending.await,
+                        Err(error) => Err(error),
+                    };
+                    let _ = reply.send(result);
+                })
+                .detach();
             }
+            msg => {
+                sluice_engine::rt::spawn(async move { self.handle(msg).await }).detach();
+            }
+        }
+    }
+
+    async fn handle(self: Rc<Self>, msg: ShardMsg) {
+        match msg {
+            ShardMsg::Produce { .. } => unreachable!("produces are issued in Shard::receive"),
             ShardMsg::Fetch { tp, request, reply } => {
                 let _ = reply.send(self.fetch_local(&tp, request).await);
             }

@@ -250,6 +250,11 @@ pub const KAFKA_REQUEST_BYTES_MIN: usize = 8;
 /// of the bytes that have arrived (a client declaring 100 MiB and sending nothing costs 64 KiB).
 pub const KAFKA_READ_CHUNK_BYTES: usize = 64 * 1024;
 
+/// Pieces of a fetch response up to this size are copied into shared chunks when the response
+/// is spliced (`kafka::splice`); larger batches are written from their own buffers. Bounds the
+/// write calls of a response of many tiny batches.
+pub const SPLICE_COPY_BYTES_MAX: usize = 16 * 1024;
+
 /// Requests read from one connection but not yet answered. Kafka answers in order; this bounds
 /// the response queue (and the fetches long-polling concurrently) per connection.
 pub const KAFKA_INFLIGHT_REQUESTS_MAX: usize = 16;

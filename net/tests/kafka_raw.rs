@@ -57,7 +57,7 @@ use kafka_protocol::messages::produce_request::{
 use kafka_protocol::messages::sync_group_request::SyncGroupRequest;
 use kafka_protocol::messages::{ApiKey, GroupId, ResponseKind, TopicName};
 use kafka_protocol::protocol::{Decodable, StrBytes};
-use sluice_engine::batch::{Compression, SimpleRecord, build_batch, decode_batch};
+use sluice_engine::batch::{Compression, SimpleRecord, build_batch, decode_batch, iter_batches};
 use sluice_net::kafka::SUPPORTED_APIS;
 
 fn group(s: &str) -> GroupId {
@@ -132,6 +132,30 @@ fn produce_request(topic: &str, partition: i32, records: Bytes) -> ProduceReques
         ])
 }
 
+/// A fetch of `partitions` of `topic` from offset 0, naming the topic by id from v13 on.
+fn fetch_from_start(version: i16, topic: &str, id: uuid::Uuid, partitions: &[i32]) -> FetchRequest {
+    let partitions = partitions
+        .iter()
+        .map(|&p| {
+            FetchPartition::default()
+                .with_partition(p)
+                .with_fetch_offset(0)
+                .with_partition_max_bytes(1 << 20)
+        })
+        .collect();
+    let fetch_topic = FetchTopic::default().with_partitions(partitions);
+    let fetch_topic = if version >= 13 {
+        fetch_topic.with_topic_id(id)
+    } else {
+        fetch_topic.with_topic(name(topic))
+    };
+    FetchRequest::default()
+        .with_max_wait_ms(100)
+        .with_min_bytes(1)
+        .with_max_bytes(8 << 20)
+        .with_topics(vec![fetch_topic])
+}
+
 // Goal: every advertised API answers at every advertised version with a response that decodes
 // (so no version-bounded field is set where the version lacks it) and, where the outcome is
 // deterministic, with the expected result. Method: one raw connection walks SUPPORTED_APIS.
@@ -177,21 +201,7 @@ fn every_api_at_every_version() {
                     assert!(p.base_offset >= 0);
                 }
                 ApiKey::Fetch => {
-                    let partition = FetchPartition::default()
-                        .with_partition(0)
-                        .with_fetch_offset(0)
-                        .with_partition_max_bytes(1 << 20);
-                    let mut fetch_topic = FetchTopic::default().with_partitions(vec![partition]);
-                    fetch_topic = if v >= 13 {
-                        fetch_topic.with_topic_id(id)
-                    } else {
-                        fetch_topic.with_topic(name(topic))
-                    };
-                    let request = FetchRequest::default()
-                        .with_max_wait_ms(100)
-                        .with_min_bytes(1)
-                        .with_max_bytes(1 << 20)
-                        .with_topics(vec![fetch_topic]);
+                    let request = fetch_from_start(v, topic, id, &[0]);
                     let ResponseKind::Fetch(r) = raw.call(v, request) else {
                         panic!()
                     };
@@ -788,4 +798,63 @@ fn fetch_long_poll_wakes_on_produce() {
         .expect("decodes");
     assert_eq!(first.value.as_deref(), Some(&b"wake"[..]));
     assert_eq!(partitions[1].high_watermark, 1);
+}
+
+// Goal: a fetch answer carries every partition's batches intact when the record sets are
+// spliced into the response from the log's buffers: several partitions, many small batches
+// (copied together) and batches larger than the splice copy limit (passed through), at a
+// version with INT32 record lengths (v4), the first with compact lengths (v12), and the newest.
+// Method: produce five small batches and one 40 KiB batch to each of three partitions, fetch
+// all three in one request, and decode every batch of every partition in order.
+#[test]
+fn fetch_answers_many_batches_of_many_partitions() {
+    let mut raw = Raw::connect();
+    let topic = "raw-splice";
+    create_topic(&mut raw, topic, 3);
+    let big = "x".repeat(40 << 10);
+    let mut expected: Vec<Vec<String>> = vec![Vec::new(); 3];
+    for partition in 0..3 {
+        for j in 0..6 {
+            let value = if j == 3 {
+                format!("{partition}-{j}-{big}")
+            } else {
+                format!("{partition}-{j}")
+            };
+            let batch = build_batch(&[SimpleRecord::value(value.clone())], Compression::None)
+                .expect("batch");
+            let ResponseKind::Produce(r) = raw.call(9, produce_request(topic, partition, batch))
+            else {
+                panic!("kind")
+            };
+            assert_eq!(r.responses[0].partition_responses[0].error_code, 0);
+            expected[partition as usize].push(value);
+        }
+    }
+    let id = topic_id(&mut raw, topic);
+    for version in [4, 12, 16] {
+        let request = fetch_from_start(version, topic, id, &[0, 1, 2]);
+        let ResponseKind::Fetch(response) = raw.call(version, request) else {
+            panic!("kind")
+        };
+        let partitions = &response.responses[0].partitions;
+        assert_eq!(partitions.len(), 3, "v{version}");
+        for data in partitions {
+            assert_eq!(data.error_code, 0, "v{version}");
+            let records = data.records.clone().expect("records");
+            let mut values = Vec::new();
+            for batch in iter_batches(&records, 1 << 20) {
+                let (_, bytes) = batch.expect("whole, valid batch");
+                let bytes = records.slice_ref(bytes);
+                for record in decode_batch(&bytes, 1 << 20).expect("batch decodes") {
+                    let value = record.expect("record decodes").value.expect("value");
+                    values.push(String::from_utf8(value.to_vec()).expect("utf-8"));
+                }
+            }
+            assert_eq!(
+                values, expected[data.partition_index as usize],
+                "v{version} partition {}",
+                data.partition_index
+            );
+        }
+    }
 }

@@ -12,6 +12,7 @@ use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind, ResponseHeade
 use kafka_protocol::protocol::{Decodable, Encodable};
 
 use super::guard::{self, GuardError};
+use super::splice::{Placeholders, RecordsPrefix, splice};
 use super::versions::{self, is_supported};
 use crate::limits::{KAFKA_READ_CHUNK_BYTES, KAFKA_REQUEST_BYTES_MIN};
 
@@ -115,9 +116,12 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     let mut buf = BytesMut::new();
     while buf.len() < size {
         let start = buf.len();
-        let step = (size - start).min(KAFKA_READ_CHUNK_BYTES);
-        // Allocation on the request path: bounded by the bytes the peer has actually sent
-        // plus one chunk.
+        // Allocation on the request path: at most twice the bytes the peer has actually sent
+        // plus one chunk, grown by doubling so that a large frame is moved only a few times.
+        if buf.capacity() == start {
+            buf.reserve((start + KAFKA_READ_CHUNK_BYTES).min(size - start));
+        }
+        let step = (size - start).min(buf.capacity() - start);
         buf.resize(start + step, 0);
         let n = reader.read(&mut buf[start..]).await?;
         buf.truncate(start + n);
@@ -232,6 +236,39 @@ pub fn encode_response(
     body: &ResponseKind,
     capacity: usize,
 ) -> Result<Bytes, EncodeError> {
+    encode_response_buf(api, version, correlation_id, body, capacity).map(BytesMut::freeze)
+}
+
+/// [`encode_response`] for a fetch response whose `records` fields hold `placeholders`: the
+/// frame as chunks with the record sets spliced in (see [`super::splice`]).
+pub fn encode_response_spliced(
+    api: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    body: &ResponseKind,
+    capacity: usize,
+    placeholders: Placeholders,
+) -> Result<Vec<Bytes>, EncodeError> {
+    let frame = encode_response_buf(api, version, correlation_id, body, capacity)?;
+    let prefix = if version >= 12 {
+        RecordsPrefix::Compact
+    } else {
+        RecordsPrefix::Int32
+    };
+    splice(frame, prefix, placeholders).map_err(|reason| EncodeError {
+        api,
+        version,
+        reason,
+    })
+}
+
+fn encode_response_buf(
+    api: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    body: &ResponseKind,
+    capacity: usize,
+) -> Result<BytesMut, EncodeError> {
     let mut buf = BytesMut::with_capacity(capacity + 64);
     buf.put_u32(0);
     ResponseHeader::default()
@@ -253,7 +290,7 @@ pub fn encode_response(
         reason: "response larger than 4 GiB".into(),
     })?;
     buf[..4].copy_from_slice(&size.to_be_bytes());
-    Ok(buf.freeze())
+    Ok(buf)
 }
 
 /// The v0 ApiVersions response for a client that asked with an unsupported version.

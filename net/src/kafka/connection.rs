@@ -1,11 +1,12 @@
 //! One Kafka connection: read frames, dispatch, write responses in request order.
 //!
-//! The read side handles requests one at a time, in order, so produce requests on a connection
-//! append in the order they were sent (Kafka processes a connection's requests strictly in
-//! order too). Fetch requests are the exception: they may long-poll, so each runs as its own
-//! task and the read side moves on. Responses go through a queue of at most
-//! [`KAFKA_INFLIGHT_REQUESTS_MAX`] entries that the write side drains in order, awaiting a
-//! fetch's task when it reaches it; a full queue stops reading (backpressure).
+//! The read side handles requests one at a time, in order (Kafka processes a connection's
+//! requests strictly in order too). Two kinds do not hold it up: a produce issues its appends
+//! when it is read, so a connection's produces append in the order they were sent, and waits
+//! for their acknowledgement in its own task; a fetch may long-poll, so it runs as its own
+//! task. The read side moves on to the next request meanwhile. Responses go through a queue of
+//! at most [`KAFKA_INFLIGHT_REQUESTS_MAX`] entries that the write side drains in order, awaiting
+//! a produce's or fetch's task when it reaches it; a full queue stops reading (backpressure).
 //!
 //! Any error (a malformed frame, an oversized declared length, an unknown API, a failed
 //! socket) ends this connection only: responses already queued are written, then the socket
@@ -16,13 +17,14 @@ use std::rc::Rc;
 use bytes::Bytes;
 use futures::future::Either;
 use futures::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
-use kafka_protocol::messages::ApiKey;
+use kafka_protocol::messages::{ApiKey, RequestKind};
 use sluice_engine::rt::net::TcpStream;
 use sluice_engine::rt::sync::{LocalReceiver, LocalSender, new_bounded};
 use sluice_engine::rt::{Task, spawn};
 
 use super::codec::{
-    Decoded, ReadError, api_versions_fallback, decode_request, encode_response, read_frame,
+    Decoded, ReadError, api_versions_fallback, decode_request, encode_response,
+    encode_response_spliced, read_frame,
 };
 use super::handler::{Context, Outcome};
 use crate::limits::{KAFKA_INFLIGHT_REQUESTS_MAX, KAFKA_REQUEST_BYTES_MAX};
@@ -31,6 +33,8 @@ use crate::limits::{KAFKA_INFLIGHT_REQUESTS_MAX, KAFKA_REQUEST_BYTES_MAX};
 enum Reply {
     /// An encoded response frame.
     Frame(Bytes),
+    /// An encoded response frame in pieces, written in order (a spliced fetch response).
+    Chunks(Vec<Bytes>),
     /// Nothing (acks=0).
     Nothing,
     /// Stop writing and close the connection.
@@ -98,7 +102,20 @@ async fn read_loop(
                 let api = request.api;
                 let version = request.header.request_api_version;
                 let correlation_id = request.header.correlation_id;
-                if api == ApiKey::Fetch {
+                if let RequestKind::Produce(body) = request.body {
+                    // The header's client id is a slice of the frame: dropped first so that a
+                    // record set can be the frame's last reference (see `produce_start`).
+                    drop(request.header);
+                    // Issued now, in arrival order; acknowledged in its own task.
+                    let start = sluice_engine::rt::clock::now();
+                    let acknowledged = context.produce_start(version, body);
+                    let context = Rc::clone(context);
+                    Pending::Later(spawn(async move {
+                        let outcome = acknowledged.await;
+                        record(&context, api, start, &outcome);
+                        reply(api, version, correlation_id, outcome)
+                    }))
+                } else if api == ApiKey::Fetch {
                     let context = Rc::clone(context);
                     Pending::Later(spawn(async move {
                         let outcome = handle_measured(&context, request, api).await;
@@ -128,12 +145,17 @@ async fn handle_measured(
 ) -> Outcome {
     let start = sluice_engine::rt::clock::now();
     let outcome = context.handle(request).await;
+    record(context, api, start, &outcome);
+    outcome
+}
+
+/// Counts one handled request, with its latency since `start`.
+fn record(context: &Context, api: ApiKey, start: std::time::Instant, outcome: &Outcome) {
     let failed = matches!(outcome, Outcome::Close(_));
     context
         .shard
         .metrics
         .record_request(metric_name(api), start.elapsed(), failed);
-    outcome
 }
 
 /// The `api` label of a Kafka API in `/metrics`.
@@ -162,6 +184,19 @@ fn reply(api: ApiKey, version: i16, correlation_id: i32, outcome: Outcome) -> Re
                 }
             }
         }
+        Outcome::RespondSpliced {
+            body,
+            capacity,
+            records,
+        } => {
+            match encode_response_spliced(api, version, correlation_id, &body, capacity, records) {
+                Ok(chunks) => Reply::Chunks(chunks),
+                Err(error) => {
+                    tracing::error!(%error, "cannot encode kafka response");
+                    Reply::Close(error.to_string())
+                }
+            }
+        }
         Outcome::Silent => Reply::Nothing,
         Outcome::Close(reason) => Reply::Close(reason),
     }
@@ -184,6 +219,14 @@ async fn write_loop(
                     .write_all(&frame)
                     .await
                     .map_err(|e| format!("write failed: {e}"))?;
+            }
+            Reply::Chunks(chunks) => {
+                for chunk in chunks {
+                    writer
+                        .write_all(&chunk)
+                        .await
+                        .map_err(|e| format!("write failed: {e}"))?;
+                }
             }
             Reply::Nothing => {}
             Reply::Close(reason) => {

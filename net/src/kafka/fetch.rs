@@ -5,12 +5,13 @@
 //! Method: read every partition without waiting; if that is less than `min_bytes` and time
 //! remains, wait until any one partition has more data (each wait is a fetch with the
 //! remaining time on the owning shard), then read all again. Records are the stored batch
-//! bytes, unchanged; a partition answering one batch passes that batch's `Bytes` through.
+//! bytes, unchanged and not copied: each partition's batches stand in the response as a
+//! placeholder that the connection replaces with them when it writes (`super::splice`).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::fetch_request::FetchRequest as KafkaFetch;
 use kafka_protocol::messages::fetch_response::{
@@ -24,6 +25,7 @@ use sluice_engine::{Offset, TopicPartition};
 use super::error::error_code;
 use super::handler::Context;
 use super::metadata::topic_by_id;
+use super::splice::Placeholders;
 use crate::limits::{KAFKA_FETCH_ROUNDS_MAX, KAFKA_FETCH_WAIT_MS_MAX};
 
 /// One partition of a fetch request.
@@ -40,8 +42,13 @@ struct Item {
 type PartitionResult = Result<FetchData, ResponseError>;
 
 impl Context {
-    /// Handles Fetch; returns the response and its approximate encoded size.
-    pub async fn fetch(&self, version: i16, request: KafkaFetch) -> (FetchResponse, usize) {
+    /// Handles Fetch; returns the response (its `records` fields holding placeholders), its
+    /// approximate encoded size without the record sets, and the record sets.
+    pub async fn fetch(
+        &self,
+        version: i16,
+        request: KafkaFetch,
+    ) -> (FetchResponse, usize, Placeholders) {
         let snapshot = self.shard.metadata();
         let wait_ms = u64::try_from(request.max_wait_ms)
             .unwrap_or(0)
@@ -95,6 +102,9 @@ impl Context {
         let mut total = 0usize;
         let mut full = false;
         let mut partitions: Vec<Vec<PartitionData>> = topics.iter().map(|_| Vec::new()).collect();
+        // Items are in request order, which is the order the response encodes them in, so the
+        // placeholders are added in encoding order too.
+        let mut records = Placeholders::new();
         for (item, result) in items.iter().zip(results) {
             let data = PartitionData::default().with_partition_index(item.partition);
             let data = match result {
@@ -111,7 +121,11 @@ impl Context {
                     let data = data
                         .with_high_watermark(fetched.high_watermark.0)
                         .with_last_stable_offset(fetched.high_watermark.0)
-                        .with_records(Some(concat(taken)));
+                        .with_records(Some(if taken.is_empty() {
+                            Bytes::new()
+                        } else {
+                            records.add(taken)
+                        }));
                     if version >= 5 {
                         data.with_log_start_offset(fetched.log_start_offset.0)
                     } else {
@@ -144,8 +158,12 @@ impl Context {
                 }
             })
             .collect();
-        let capacity = total + 64 * (items.len() + 1);
-        (FetchResponse::default().with_responses(responses), capacity)
+        let capacity = 64 * (items.len() + 1);
+        (
+            FetchResponse::default().with_responses(responses),
+            capacity,
+            records,
+        )
     }
 
     /// Reads every item, waiting (at most until `deadline`, in a bounded number of rounds)
@@ -222,19 +240,4 @@ fn next_offset(from: Offset, data: &FetchData) -> Offset {
         .last()
         .and_then(|batch| BatchHeader::parse(batch, usize::MAX).ok())
         .map_or(from, |header| header.next_offset().max(from))
-}
-
-/// The batches as one `records` field: a single batch is passed through without a copy.
-fn concat(batches: Vec<Bytes>) -> Bytes {
-    match batches.len() {
-        0 => Bytes::new(),
-        1 => batches.into_iter().next().expect("one batch"),
-        _ => {
-            let mut out = BytesMut::with_capacity(batches.iter().map(Bytes::len).sum());
-            for batch in &batches {
-                out.extend_from_slice(batch);
-            }
-            out.freeze()
-        }
-    }
 }

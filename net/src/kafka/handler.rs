@@ -13,6 +13,7 @@ use sluice_cluster::shard::Shard;
 
 use super::KafkaConfig;
 use super::codec::Request;
+use super::splice::Placeholders;
 use super::versions::api_versions_response;
 
 /// What to send back for one request.
@@ -25,6 +26,16 @@ pub enum Outcome {
         body: ResponseKind,
         /// Encoded size hint in bytes.
         capacity: usize,
+    },
+    /// Encode and send this response with the record sets of `records` spliced in for their
+    /// placeholders (a fetch; see [`super::splice`]).
+    RespondSpliced {
+        /// The body, its `records` fields holding placeholders.
+        body: ResponseKind,
+        /// Encoded size hint in bytes, record sets excluded.
+        capacity: usize,
+        /// The record sets.
+        records: Placeholders,
     },
     /// Send nothing (produce with acks=0).
     Silent,
@@ -106,12 +117,13 @@ impl Context {
             RequestKind::Metadata(body) => {
                 Outcome::small(ResponseKind::Metadata(self.metadata(version, body).await))
             }
-            RequestKind::Produce(body) => self.produce(version, body).await,
+            RequestKind::Produce(body) => self.produce_start(version, body).await,
             RequestKind::Fetch(body) => {
-                let (response, bytes) = self.fetch(version, body).await;
-                Outcome::Respond {
+                let (response, capacity, records) = self.fetch(version, body).await;
+                Outcome::RespondSpliced {
                     body: ResponseKind::Fetch(response),
-                    capacity: bytes,
+                    capacity,
+                    records,
                 }
             }
             RequestKind::ListOffsets(body) => Outcome::small(ResponseKind::ListOffsets(

@@ -25,6 +25,7 @@ mod handler;
 mod metadata;
 mod offsets;
 mod produce;
+mod splice;
 mod versions;
 
 use std::future::Future;

@@ -1,6 +1,10 @@
 //! Produce: split a request per partition, append through the shard API (which forwards to
 //! the owning shard), join the answers.
 //!
+//! The appends are issued when the request is read and acknowledged in a task, so a
+//! connection may have several produces in flight (up to `KAFKA_INFLIGHT_REQUESTS_MAX`) while
+//! they still append in the order the client sent them.
+//!
 //! The `records` bytes of each partition are a slice of the request frame and go to
 //! [`Shard::produce`](sluice_cluster::shard::Shard::produce) unchanged: the broker validates
 //! (CRC, framing, size) but never decompresses or re-encodes; producer id, epoch and sequence
@@ -8,12 +12,14 @@
 
 use std::sync::Arc;
 
+use futures::future::{Either, join_all, ready};
+
 use kafka_protocol::ResponseError;
-use kafka_protocol::messages::ResponseKind;
 use kafka_protocol::messages::produce_request::ProduceRequest;
 use kafka_protocol::messages::produce_response::{
     PartitionProduceResponse, ProduceResponse, TopicProduceResponse,
 };
+use kafka_protocol::messages::{ResponseKind, TopicName};
 use kafka_protocol::protocol::StrBytes;
 use sluice_cluster::shard::{Acks, ProduceError, ProduceOk};
 use sluice_engine::TopicPartition;
@@ -24,64 +30,89 @@ use super::error::error_code;
 use super::handler::{Context, Outcome};
 
 impl Context {
-    /// Handles Produce. With acks=0 nothing is answered, and a failure closes the connection.
-    pub async fn produce(&self, version: i16, request: ProduceRequest) -> Outcome {
-        let acks = match request.acks {
+    /// Handles Produce in two steps: every partition's append is issued before this returns
+    /// (so a connection's produces append in the order they arrived, while several of them are
+    /// in flight), and the returned future waits for the acknowledgements and builds the
+    /// response. With acks=0 nothing is answered, and a failure closes the connection.
+    pub fn produce_start(
+        &self,
+        version: i16,
+        request: ProduceRequest,
+    ) -> impl Future<Output = Outcome> + use<> {
+        // Only the record sets may keep the request frame alive past this point: a record set
+        // that is the frame's last reference is appended without a copy (the log rewrites its
+        // header in place).
+        let ProduceRequest {
+            acks,
+            topic_data,
+            transactional_id,
+            ..
+        } = request;
+        drop(transactional_id);
+        let acks = match acks {
             0 => Some(Acks::None),
             1 => Some(Acks::Leader),
             -1 => Some(Acks::All),
             _ => None,
         };
         let mut appends = Vec::new();
-        let mut shape = Vec::with_capacity(request.topic_data.len());
-        for topic in request.topic_data {
+        let mut shape = Vec::with_capacity(topic_data.len());
+        for topic in topic_data {
             let name: Arc<str> = Arc::from(&*topic.name.0);
+            drop(topic.name);
+            // Clients may not write the internal topics (Kafka answers the same).
+            let internal = is_internal_topic(&name);
             let mut partitions = Vec::with_capacity(topic.partition_data.len());
             for partition in topic.partition_data {
                 partitions.push(partition.index);
                 let tp = TopicPartition::new(Arc::clone(&name), partition.index);
                 let records = partition.records.unwrap_or_default();
-                // Clients may not write the internal topics (Kafka answers the same).
-                let internal = is_internal_topic(&name);
-                appends.push(async move {
-                    match acks {
-                        _ if internal => Err(ResponseError::InvalidTopicException),
-                        Some(acks) => Ok(self.shard.produce(tp, records, acks).await),
-                        None => Err(ResponseError::InvalidRequiredAcks),
-                    }
+                appends.push(match acks {
+                    _ if internal => Either::Left(ready(Err(ResponseError::InvalidTopicException))),
+                    Some(acks) => Either::Right(self.shard.produce_start(tp, records, acks)),
+                    None => Either::Left(ready(Err(ResponseError::InvalidRequiredAcks))),
                 });
             }
-            shape.push((topic.name, partitions));
+            shape.push((Arc::clone(&name), partitions));
         }
-        let mut results = futures::future::join_all(appends).await.into_iter();
-        if acks == Some(Acks::None) {
-            let failed = results.by_ref().find_map(|r| match r {
-                Ok(Err(error)) => Some(error),
-                _ => None,
-            });
-            return match failed {
-                Some(error) => Outcome::Close(format!("acks=0 produce failed: {error}")),
-                None => Outcome::Silent,
-            };
-        }
-        let responses = shape
-            .into_iter()
-            .map(|(name, partitions)| {
-                let partition_responses = partitions
-                    .into_iter()
-                    .map(|index| {
-                        let result = results.next().expect("one result per partition");
-                        partition_response(version, index, result)
-                    })
-                    .collect();
-                TopicProduceResponse::default()
-                    .with_name(name)
-                    .with_partition_responses(partition_responses)
-            })
-            .collect();
-        Outcome::Respond {
-            body: ResponseKind::Produce(ProduceResponse::default().with_responses(responses)),
-            capacity: 256,
+        async move {
+            let results = join_all(appends.into_iter().map(|append| async move {
+                match append {
+                    Either::Left(refused) => refused.await,
+                    Either::Right(pending) => Ok(pending.await),
+                }
+            }))
+            .await;
+            let mut results = results.into_iter();
+            if acks == Some(Acks::None) {
+                let failed = results.by_ref().find_map(|r| match r {
+                    Ok(Err(error)) => Some(error),
+                    _ => None,
+                });
+                return match failed {
+                    Some(error) => Outcome::Close(format!("acks=0 produce failed: {error}")),
+                    None => Outcome::Silent,
+                };
+            }
+            let responses = shape
+                .into_iter()
+                .map(|(name, partitions)| {
+                    let partition_responses = partitions
+                        .into_iter()
+                        .map(|index| {
+                            let result = results.next().expect("one result per partition");
+                            partition_response(version, index, result)
+                        })
+                        .collect();
+                    TopicProduceResponse::default()
+                        .with_name(TopicName(StrBytes::from_string(name.to_string())))
+                        .with_partition_responses(partition_responses)
+                })
+                .collect();
+            Outcome::Respond {
+                body: ResponseKind::Produce(ProduceResponse::default().with_responses(responses)),
+                capacity: 256,
+            }
         }
     }
 }
