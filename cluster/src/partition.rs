@@ -236,7 +236,8 @@ impl PartitionReplica {
     /// Appends batches without the producer checks (the group coordinator's own records, or
     /// batches [`Self::produce_start`] checked). Offsets are assigned before this returns, so
     /// call order is log order; the future resolves once the append is acknowledged as `acks`
-    /// asks (for acks=all in a cluster: by every in-sync replica) and visible.
+    /// asks (for acks=all in a cluster: by every in-sync replica) and visible. An append the
+    /// log refuses (an invalid batch, a full queue) is an `Err` here, not from the future.
     pub fn append_ordered(
         self: &Rc<Self>,
         batches: Bytes,
@@ -250,6 +251,9 @@ impl PartitionReplica {
         let leader = match self.role() {
             Role::Single => {
                 let pending = self.log.append(batches, LeaderEpoch(0), durability);
+                // A refusal (an invalid batch, a full queue) is known now: report it before
+                // the caller lets a later request go.
+                pending.info().map_err(produce_error)?;
                 let replica = Rc::clone(self);
                 return Ok(Box::pin(async move {
                     let info = pending.await.map_err(storage)?;
@@ -282,6 +286,7 @@ impl PartitionReplica {
             core.epoch()
         };
         let pending = self.log.append(batches, epoch, durability);
+        pending.info().map_err(produce_error)?;
         let wait = match (acks, pending.info()) {
             (Acks::All, Ok(info)) => Some(replication.wait_for(&leader, info.last_offset)),
             _ => None,
