@@ -77,6 +77,14 @@ pub async fn create(path: &Path) -> io::Result<File> {
     Ok(Rc::new(file))
 }
 
+/// Releases a handle; the last handle of a file closes its descriptor now. (glommio closes a
+/// dropped file only at the reactor's next IO cycle; the log opens index files briefly and
+/// must not let descriptors pile up.) Other handles of the file keep it open.
+pub async fn close(file: File) -> io::Result<()> {
+    file.close_rc().await?;
+    Ok(())
+}
+
 /// Builds an aligned buffer holding `parts` back to back followed by zeros up to the next
 /// block boundary. The buffer is allocated for this write and freed when the write completes.
 pub fn aligned_buffer(file: &DmaFile, parts: &[&[u8]]) -> crate::rt::fs::DmaBuffer {
