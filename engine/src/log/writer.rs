@@ -38,8 +38,8 @@ use futures::stream::FuturesOrdered;
 
 use crate::io::{self as dio, File, align_down, align_up};
 use crate::limits::{
-    DIO_ALIGN_BYTES, OFFSET_INDEX_ENTRY_BYTES, TIME_INDEX_ENTRY_BYTES, WRITE_ROUND_BYTES_MAX,
-    WRITE_ROUNDS_INFLIGHT_MAX,
+    DIO_ALIGN_BYTES, OFFSET_INDEX_ENTRY_BYTES, PREALLOCATE_BYTES_FIRST, TIME_INDEX_ENTRY_BYTES,
+    WRITE_ROUND_BYTES_MAX, WRITE_ROUNDS_INFLIGHT_MAX,
 };
 use crate::log::checkpoint::{CHECKPOINT_FILE, Checkpoint, EPOCH_FILE, SealedRow, encode_epochs};
 use crate::log::index::{IndexBuilder, IndexFile, IndexFlush};
@@ -355,7 +355,12 @@ fn plan(inner: &Inner, pipeline: &mut Pipeline) -> Plan {
             // Writes past the preallocated size would extend the file, which the file system
             // serialises: grow the preallocation first.
             if pipeline.allocation.is_none() {
-                let size = round_up(write_end, step);
+                let size = round_up(write_end, preallocation_step(state.active.allocated, step));
+                assert!(
+                    size >= write_end && size > state.active.allocated,
+                    "{}: preallocation to {size} does not cover {write_end}",
+                    inner.tp
+                );
                 state.active.files_exact = false;
                 let file = state.active.log.clone();
                 pipeline.allocation = Some((
@@ -755,6 +760,19 @@ pub(crate) async fn wait_idle(inner: &Inner) {
     let _ = receiver.await;
 }
 
+/// The next preallocation step of a segment with `allocated` bytes reserved: the allocation
+/// doubles from [`PREALLOCATE_BYTES_FIRST`] up to `step_max` at a time, so a partition that
+/// gets a few records reserves little while a busy one soon grows by whole steps.
+fn preallocation_step(allocated: u64, step_max: u64) -> u64 {
+    assert!(step_max > 0, "preallocation disabled");
+    let step = align_down(allocated).clamp(PREALLOCATE_BYTES_FIRST.min(step_max), step_max);
+    assert!(
+        step.is_multiple_of(DIO_ALIGN_BYTES as u64),
+        "unaligned step {step}"
+    );
+    step
+}
+
 /// Rounds `value` up to a multiple of `step`.
 fn round_up(value: u64, step: u64) -> u64 {
     value.div_ceil(step) * step
@@ -1142,5 +1160,27 @@ mod tests {
         assert_eq!(round_up(4096, 4096), 4096);
         assert_eq!(round_up(4097, 1 << 20), 1 << 20);
         assert_eq!(align_up(1), 4096);
+    }
+
+    // Goal: preallocation starts small and doubles up to the configured step.
+    #[test]
+    fn preallocation_doubles_up_to_the_step() {
+        let max = 4 << 20;
+        let mut allocated = 0;
+        let mut sizes = Vec::new();
+        while allocated < 12 << 20 {
+            allocated = round_up(allocated + 1, preallocation_step(allocated, max));
+            sizes.push(allocated >> 10);
+        }
+        assert_eq!(
+            sizes,
+            [64, 128, 256, 512, 1024, 2048, 4096, 8192, 12288],
+            "KiB after each fallocate"
+        );
+        assert_eq!(
+            preallocation_step(0, 16 << 10),
+            16 << 10,
+            "a smaller step caps"
+        );
     }
 }
