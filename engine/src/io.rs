@@ -295,6 +295,23 @@ pub async fn write_file_atomic(dir: &Path, name: &str, content: &[u8]) -> io::Re
     sync_dir(dir).await
 }
 
+/// Overwrites an existing small file's first blocks in place with `content` (padded with zeros
+/// to whole blocks) and fdatasyncs it. The file keeps its size when `content` fits in it, so
+/// the sync changes no metadata; a crash may leave a torn mix of old and new blocks, so only
+/// files whose content is checksummed and optional (the clean-shutdown marker) are written
+/// this way. `NotFound` when the file does not exist.
+pub async fn overwrite_small_file(path: &Path, content: &[u8]) -> io::Result<()> {
+    let file = open_read_write(path).await?;
+    let result = async {
+        let buffer = aligned_buffer(&file, &[content]);
+        write_at(&file, buffer, 0).await?;
+        sync(&file).await
+    }
+    .await;
+    close(file).await?;
+    result
+}
+
 /// Reads a whole small file (checkpoint, marker); `Ok(None)` when it does not exist.
 pub async fn read_small_file(path: &Path, len_max: usize) -> io::Result<Option<Bytes>> {
     let file = match open_read(path).await {

@@ -383,3 +383,35 @@ fn index_written_after_reopen_matches_rebuild() {
         );
     });
 }
+
+// Goal: opening invalidates the clean-shutdown marker in place, so a crash after a clean open
+// is recovered by a scan and never trusted as clean; the next clean close makes it valid again.
+// Method: build and close; reopen (clean), drop without closing; reopen: not clean, the
+// marker file is still there (zeroed, not removed); close, reopen: clean again.
+#[test]
+fn crash_after_clean_open_is_not_trusted() {
+    let dir = tempfile::tempdir().unwrap();
+    let tp = tp("marker-in-place");
+    let marker = partition_dir(dir.path(), &tp).join("clean_shutdown");
+    block_on(async {
+        let (sent, _) = build(dir.path(), &tp).await;
+        let (log, report) = open(dir.path(), &tp, config(), &cache()).await;
+        assert!(report.clean_shutdown, "{report:?}");
+        drop(log);
+        assert!(
+            std::fs::read(&marker)
+                .unwrap()
+                .iter()
+                .all(|byte| *byte == 0),
+            "invalidated in place"
+        );
+        let (log, report) = open(dir.path(), &tp, config(), &cache()).await;
+        assert!(!report.clean_shutdown, "{report:?}");
+        assert!(!report.scanned_segments.is_empty(), "{report:?}");
+        check_lookups(&log, &sent).await;
+        log.close().await.unwrap();
+        let (log, report) = open(dir.path(), &tp, config(), &cache()).await;
+        assert!(report.clean_shutdown, "{report:?}");
+        log.close().await.unwrap();
+    });
+}

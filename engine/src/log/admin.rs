@@ -511,7 +511,16 @@ pub(crate) async fn close(inner: &Rc<Inner>) -> Result<(), AdminError> {
             last_time_entry: builder.last_time_entry,
         }
     };
-    dio::write_file_atomic(&inner.dir, CLEAN_SHUTDOWN_FILE, &marker.encode()).await?;
+    // In place when the file exists (open left it invalidated, not removed): one fdatasync
+    // and no directory fsync. A crash mid-write leaves a marker that fails its CRC, and the
+    // next open recovers by scanning, so the marker need not be replaced atomically.
+    let bytes = marker.encode();
+    match dio::overwrite_small_file(&inner.dir.join(CLEAN_SHUTDOWN_FILE), &bytes).await {
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            dio::write_file_atomic(&inner.dir, CLEAN_SHUTDOWN_FILE, &bytes).await?;
+        }
+        other => other?,
+    }
     Ok(())
 }
 
