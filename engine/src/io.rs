@@ -77,6 +77,14 @@ pub async fn create(path: &Path) -> io::Result<File> {
     Ok(Rc::new(file))
 }
 
+/// Releases a handle; the last handle of a file closes its descriptor now. (glommio closes a
+/// dropped file only at the reactor's next IO cycle; the log opens index files briefly and
+/// must not let descriptors pile up.) Other handles of the file keep it open.
+pub async fn close(file: File) -> io::Result<()> {
+    file.close_rc().await?;
+    Ok(())
+}
+
 /// Builds an aligned buffer holding `parts` back to back followed by zeros up to the next
 /// block boundary. The buffer is allocated for this write and freed when the write completes.
 pub fn aligned_buffer(file: &DmaFile, parts: &[&[u8]]) -> crate::rt::fs::DmaBuffer {
@@ -293,6 +301,23 @@ pub async fn write_file_atomic(dir: &Path, name: &str, content: &[u8]) -> io::Re
     }
     rename(&tmp, &dir.join(name)).await?;
     sync_dir(dir).await
+}
+
+/// Overwrites an existing small file's first blocks in place with `content` (padded with zeros
+/// to whole blocks) and fdatasyncs it. The file keeps its size when `content` fits in it, so
+/// the sync changes no metadata; a crash may leave a torn mix of old and new blocks, so only
+/// files whose content is checksummed and optional (the clean-shutdown marker) are written
+/// this way. `NotFound` when the file does not exist.
+pub async fn overwrite_small_file(path: &Path, content: &[u8]) -> io::Result<()> {
+    let file = open_read_write(path).await?;
+    let result = async {
+        let buffer = aligned_buffer(&file, &[content]);
+        write_at(&file, buffer, 0).await?;
+        sync(&file).await
+    }
+    .await;
+    close(file).await?;
+    result
 }
 
 /// Reads a whole small file (checkpoint, marker); `Ok(None)` when it does not exist.

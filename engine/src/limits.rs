@@ -79,8 +79,10 @@ pub const QUEUED_BYTES_MAX: usize = 64 << 20;
 ///
 /// One `fallocate` per step; at most one step of unused but reserved disk space per active
 /// segment, released when the segment is sealed or the log closed. 4 MiB is what a partition
-/// written slowly reserves, so 1,000 idle partitions reserve at most 4 GiB; one written fast
-/// ramps up to `PREALLOCATE_BURST_BYTES_MAX`.
+/// written slowly reserves, so 1,000 idle partitions reserve at most 4 GiB; segments that
+/// start without preallocated space grow from [`PREALLOCATE_BYTES_FIRST`], so partitions that
+/// got a few records reserve far less, and one written fast ramps up to
+/// [`PREALLOCATE_BURST_BYTES_MAX`].
 pub const PREALLOCATE_BYTES_DEFAULT: u64 = 4 << 20;
 
 /// Largest step the active segment's preallocation ramps up to while it is written fast (see
@@ -95,6 +97,15 @@ pub const PREALLOCATE_RAMP_MS: u64 = 1000;
 
 /// Largest preallocation step accepted.
 pub const PREALLOCATE_BYTES_MAX: u64 = 1 << 30;
+
+/// First preallocation step of a segment that was opened or created without preallocated
+/// space; each later step doubles the allocation up to the configured step.
+///
+/// A partition that receives a few records then reserves 64 KiB instead of a whole step:
+/// 10,000 partitions filled with a few records each would otherwise hold 40 GiB of fallocated
+/// space at the 4 MiB default. A busy partition reaches the full step after six doublings (six
+/// extra `fallocate`s per segment).
+pub const PREALLOCATE_BYTES_FIRST: u64 = 64 << 10;
 
 /// Bytes read per step while scanning a segment (recovery, index rebuild, timestamp search).
 ///
@@ -158,6 +169,8 @@ const _: () = assert!(WRITE_ROUNDS_INFLIGHT_MAX >= 1);
 const _: () = assert!(QUEUED_BYTES_MAX >= WRITE_ROUNDS_INFLIGHT_MAX * WRITE_ROUND_BYTES_MAX);
 const _: () = assert!(WRITE_ROUND_BYTES_MAX.is_multiple_of(DIO_ALIGN_BYTES));
 const _: () = assert!(PREALLOCATE_BYTES_DEFAULT.is_multiple_of(DIO_ALIGN_BYTES as u64));
+const _: () = assert!(PREALLOCATE_BYTES_FIRST.is_multiple_of(DIO_ALIGN_BYTES as u64));
+const _: () = assert!(PREALLOCATE_BYTES_FIRST <= PREALLOCATE_BYTES_DEFAULT);
 const _: () = assert!(PREALLOCATE_BYTES_MAX.is_multiple_of(DIO_ALIGN_BYTES as u64));
 const _: () = assert!(PREALLOCATE_BURST_BYTES_MAX.is_multiple_of(PREALLOCATE_BYTES_DEFAULT));
 const _: () = assert!(SCAN_CHUNK_BYTES.is_multiple_of(DIO_ALIGN_BYTES));

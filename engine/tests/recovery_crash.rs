@@ -2,8 +2,12 @@
 //! offset with a checksum of its batch; the parent kills it with SIGKILL mid-stream, reopens
 //! the log, and checks that every acknowledged batch is there, byte for byte.
 //!
-//! The child is this test binary re-executed (`std::env::current_exe()`) running the ignored
-//! test `crash_child`, selected by an environment variable that names the data directory.
+//! The child is this test binary re-executed (`std::env::current_exe()`) running an ignored
+//! child test, selected by an environment variable that names the data directory.
+//!
+//! Two variants: small segments (the kill can land during a roll), and one large segment indexed
+//! at every batch, so the active indexes hold whole blocks on disk and a partial block in
+//! memory when the kill lands (the index files are not held open between block writes).
 
 // STYLE §6: unwrap is allowed in tests.
 #![allow(clippy::unwrap_used)]
@@ -33,17 +37,26 @@ fn config() -> LogConfig {
     }
 }
 
+fn indexed_config() -> LogConfig {
+    // One segment for the whole run, an index entry for every batch: the active offset index
+    // fills a block every 512 batches and the time index one every 341.
+    LogConfig {
+        segment_bytes: 256 << 20,
+        index_interval_bytes: 0,
+        preallocate_bytes: 1 << 20,
+        ..LogConfig::default()
+    }
+}
+
 // The child role: appends from four concurrent tasks until killed (or for at most a minute),
 // printing `ACK <base offset> <record count> <crc32c of the unchanged bytes>` per acknowledged
 // append.
-#[test]
-#[ignore = "child role of sigkill_mid_stream_keeps_every_acknowledged_append"]
-fn crash_child() {
+fn run_child(config: LogConfig) {
     let Ok(dir) = std::env::var(CHILD_DIR_ENV) else {
         return;
     };
     block_on(async move {
-        let (log, _) = open(std::path::Path::new(&dir), &tp("crash"), config(), &cache()).await;
+        let (log, _) = open(std::path::Path::new(&dir), &tp("crash"), config, &cache()).await;
         let log = std::rc::Rc::new(log);
         let deadline = sluice_engine::rt::clock::now() + Duration::from_secs(60);
         let tasks = (0..4u64).map(|task| {
@@ -74,21 +87,35 @@ fn crash_child() {
     });
 }
 
-// Goal: nothing acknowledged as Synced is lost or altered by kill -9.
-// Method: run the child, SIGKILL it after it acknowledged ACKS_BEFORE_KILL appends (while it is
-// still appending), collect every ACK it printed, reopen the log and check each one.
 #[test]
-fn sigkill_mid_stream_keeps_every_acknowledged_append() {
-    let dir = tempfile::tempdir().unwrap();
+#[ignore = "child role of sigkill_mid_stream_keeps_every_acknowledged_append"]
+fn crash_child() {
+    run_child(config());
+}
+
+#[test]
+#[ignore = "child role of sigkill_with_index_blocks_in_memory_recovers_lookups"]
+fn crash_child_indexed() {
+    run_child(indexed_config());
+}
+
+/// Runs the child test `name` on `dir`, SIGKILLs it once it acknowledged `acks_before_kill`
+/// appends (while it is still appending) and returns every `(base, records, checksum)` it
+/// acknowledged.
+fn run_and_kill(
+    name: &str,
+    dir: &std::path::Path,
+    acks_before_kill: usize,
+) -> Vec<(i64, i32, u32)> {
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
-            "crash_child",
+            name,
             "--ignored",
             "--nocapture",
             "--test-threads=1",
         ])
-        .env(CHILD_DIR_ENV, dir.path())
+        .env(CHILD_DIR_ENV, dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -104,7 +131,7 @@ fn sigkill_mid_stream_keeps_every_acknowledged_append() {
         }
     });
     let mut acks = Vec::new();
-    while acks.len() < ACKS_BEFORE_KILL {
+    while acks.len() < acks_before_kill {
         match receiver.recv_timeout(Duration::from_secs(60)) {
             Ok(line) => acks.push(line),
             Err(error) => panic!(
@@ -119,9 +146,7 @@ fn sigkill_mid_stream_keeps_every_acknowledged_append() {
     reader.join().unwrap();
     // Lines printed before the kill are acknowledged appends too.
     acks.extend(receiver.try_iter());
-
-    let acked: Vec<(i64, i32, u32)> = acks
-        .iter()
+    acks.iter()
         .map(|line| {
             let mut parts = line.split_whitespace().skip(1);
             let mut next = || parts.next().unwrap();
@@ -131,42 +156,107 @@ fn sigkill_mid_stream_keeps_every_acknowledged_append() {
                 next().parse().unwrap(),
             )
         })
-        .collect();
+        .collect()
+}
+
+/// Checks that every acknowledged batch reads back unchanged at its offset (each read with a
+/// cold cache goes through the offset index) and that the log is whole past them.
+async fn check_acknowledged(log: &sluice_engine::log::PartitionLog, acked: &[(i64, i32, u32)]) {
+    let end = log.log_end_offset();
+    let last = acked
+        .iter()
+        .map(|(base, records, _)| base + i64::from(*records))
+        .max()
+        .unwrap();
+    assert!(
+        end.0 >= last,
+        "log end {end} below the last acknowledged offset {last}"
+    );
+    for (base, records, checksum) in acked {
+        let slice = log.read(Offset(*base), 1, end).await.unwrap();
+        let got = &slice.batches[0];
+        let h = header(got);
+        assert_eq!(h.base_offset, Offset(*base));
+        assert_eq!(h.record_count, *records);
+        assert_eq!(h.leader_epoch, LeaderEpoch(3));
+        assert_eq!(
+            crc32c::crc32c(payload(got)),
+            *checksum,
+            "batch at {base} altered"
+        );
+    }
+    // The log is consistent past the acknowledged part too: every batch reads back.
+    assert_eq!(
+        common::read_all(log, log.log_start_offset())
+            .await
+            .last()
+            .map(|b| header(b).next_offset()),
+        Some(end)
+    );
+}
+
+// Goal: nothing acknowledged as Synced is lost or altered by kill -9.
+// Method: run the child, SIGKILL it after it acknowledged ACKS_BEFORE_KILL appends (while it is
+// still appending), collect every ACK it printed, reopen the log and check each one.
+#[test]
+fn sigkill_mid_stream_keeps_every_acknowledged_append() {
+    let dir = tempfile::tempdir().unwrap();
+    let acked = run_and_kill("crash_child", dir.path(), ACKS_BEFORE_KILL);
     block_on(async {
         let (log, report) = open(dir.path(), &tp("crash"), config(), &cache()).await;
         assert!(!report.clean_shutdown);
-        let end = log.log_end_offset();
-        let last = acked
-            .iter()
-            .map(|(base, records, _)| base + i64::from(*records))
-            .max()
-            .unwrap();
-        assert!(
-            end.0 >= last,
-            "log end {end} below the last acknowledged offset {last}"
-        );
         assert!(log.segment_count() > 1, "the stream rolled segments");
-        for (base, records, checksum) in &acked {
-            let slice = log.read(Offset(*base), 1, end).await.unwrap();
-            let got = &slice.batches[0];
-            let h = header(got);
-            assert_eq!(h.base_offset, Offset(*base));
-            assert_eq!(h.record_count, *records);
-            assert_eq!(h.leader_epoch, LeaderEpoch(3));
-            assert_eq!(
-                crc32c::crc32c(payload(got)),
-                *checksum,
-                "batch at {base} altered"
-            );
-        }
-        // The log is consistent past the acknowledged part too: every batch reads back.
-        assert_eq!(
-            common::read_all(&log, log.log_start_offset())
-                .await
-                .last()
-                .map(|b| header(b).next_offset()),
-            Some(end)
+        check_acknowledged(&log, &acked).await;
+        log.close().await.unwrap();
+    });
+}
+
+// Goal: a kill -9 while the active indexes hold entries not yet written (a partial block in
+// memory, whole blocks possibly in flight) loses no acknowledged record, and after recovery
+// lookups by offset and by timestamp answer as a scan of the log does.
+// Method: the indexed child (every batch indexed, one segment) is killed after enough appends
+// to have flushed several index blocks; reopen with a cold cache, read every acknowledged
+// batch at its offset (index lookups), compare `offset_for_timestamp` with the first batch of
+// a full scan whose max timestamp reaches each target, then close and reopen cleanly and
+// check the rebuilt index files survived as written.
+#[test]
+fn sigkill_with_index_blocks_in_memory_recovers_lookups() {
+    let dir = tempfile::tempdir().unwrap();
+    let acked = run_and_kill("crash_child_indexed", dir.path(), 2_000);
+    block_on(async {
+        let (log, report) = open(dir.path(), &tp("crash"), indexed_config(), &cache()).await;
+        assert!(!report.clean_shutdown);
+        assert_eq!(log.segment_count(), 1, "one active segment: {report:?}");
+        let index = sluice_engine::log::partition_dir(dir.path(), &tp("crash"))
+            .join(format!("{:020}.index", 0));
+        assert!(
+            std::fs::metadata(&index).unwrap().len() >= 8192,
+            "whole index blocks were written before the kill"
         );
+        check_acknowledged(&log, &acked).await;
+        let all = common::read_all(&log, Offset(0)).await;
+        let headers: Vec<_> = all.iter().map(|b| header(b)).collect();
+        let max_timestamp = headers.iter().map(|h| h.max_timestamp.0).max().unwrap();
+        for target in (0..=max_timestamp).step_by(37).chain([max_timestamp]) {
+            let expected = headers
+                .iter()
+                .find(|h| h.max_timestamp.0 >= target)
+                .map(|h| h.base_offset);
+            let found = log
+                .offset_for_timestamp(sluice_engine::TimestampMs(target))
+                .await
+                .unwrap()
+                .map(|found| found.offset);
+            assert_eq!(found, expected, "timestamp {target}");
+        }
+        log.close().await.unwrap();
+        drop(log);
+        let (log, report) = open(dir.path(), &tp("crash"), indexed_config(), &cache()).await;
+        assert!(
+            report.clean_shutdown && report.scanned_segments.is_empty(),
+            "{report:?}"
+        );
+        check_acknowledged(&log, &acked).await;
         log.close().await.unwrap();
     });
 }

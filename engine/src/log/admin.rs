@@ -343,23 +343,24 @@ pub(crate) async fn rebuild_index_bytes(
 }
 
 /// Writes `bytes` as an active index file: whole blocks on disk, the rest returned for memory.
+/// Opens (or creates) the file and closes it again: active indexes are not held open.
 pub(crate) async fn write_active_index(
-    file: &crate::io::File,
     path: std::path::PathBuf,
     bytes: &[u8],
 ) -> std::io::Result<IndexFile> {
     let full = usize::try_from(align_down(bytes.len() as u64)).expect("fits");
-    dio::truncate(file, 0).await?;
-    if full > 0 {
-        let buffer = dio::aligned_buffer(file, &[&bytes[..full]]);
-        dio::write_at(file, buffer, 0).await?;
+    let file = open_or_create(&path).await?;
+    let result = async {
+        dio::truncate(&file, 0).await?;
+        if full > 0 {
+            let buffer = dio::aligned_buffer(&file, &[&bytes[..full]]);
+            dio::write_at(&file, buffer, 0).await?;
+        }
+        Ok(())
     }
-    Ok(IndexFile {
-        file: file.clone(),
-        path,
-        disk_bytes: full as u64,
-        mem: bytes[full..].to_vec(),
-    })
+    .await;
+    dio::close(file).await?;
+    result.map(|()| IndexFile::new(path, full as u64, bytes[full..].to_vec()))
 }
 
 /// Opens a file for writing, creating it if missing.
@@ -428,10 +429,8 @@ async fn truncate_idle(inner: &Rc<Inner>, offset: Offset) -> Result<Offset, Admi
         u64::from(inner.config().index_interval_bytes),
     )
     .await?;
-    let index_file = open_or_create(&paths[1]).await?;
-    let time_file = open_or_create(&paths[2]).await?;
-    let index_state = write_active_index(&index_file, paths[1].clone(), &offsets).await?;
-    let time_state = write_active_index(&time_file, paths[2].clone(), &times).await?;
+    let index_state = write_active_index(paths[1].clone(), &offsets).await?;
+    let time_state = write_active_index(paths[2].clone(), &times).await?;
     let tail_from = align_down(cut);
     let tail_len = usize::try_from(cut - tail_from).expect("below a block");
     let tail = dio::read_at(&log, tail_from, tail_len).await?.to_vec();
@@ -450,6 +449,7 @@ async fn truncate_idle(inner: &Rc<Inner>, offset: Offset) -> Result<Offset, Admi
         state.active = ActiveSegment {
             base,
             log,
+            files_exact: false,
             tail,
             allocated: cut,
             index: index_state,
@@ -493,7 +493,7 @@ pub(crate) async fn close(inner: &Rc<Inner>) -> Result<(), AdminError> {
         return Err(AdminError::Failed);
     }
     let (index_bytes, time_index_bytes) = finish_active(inner, Finish::Close).await?;
-    write_checkpoint(inner).await?;
+    writer::write_checkpoint_if_changed(inner).await?;
     let marker = {
         let state = inner.state.borrow();
         let segment = state.segments.back().expect("active segment");
@@ -511,7 +511,16 @@ pub(crate) async fn close(inner: &Rc<Inner>) -> Result<(), AdminError> {
             last_time_entry: builder.last_time_entry,
         }
     };
-    dio::write_file_atomic(&inner.dir, CLEAN_SHUTDOWN_FILE, &marker.encode()).await?;
+    // In place when the file exists (open left it invalidated, not removed): one fdatasync
+    // and no directory fsync. A crash mid-write leaves a marker that fails its CRC, and the
+    // next open recovers by scanning, so the marker need not be replaced atomically.
+    let bytes = marker.encode();
+    match dio::overwrite_small_file(&inner.dir.join(CLEAN_SHUTDOWN_FILE), &bytes).await {
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            dio::write_file_atomic(&inner.dir, CLEAN_SHUTDOWN_FILE, &bytes).await?;
+        }
+        other => other?,
+    }
     Ok(())
 }
 

@@ -8,7 +8,8 @@
 //!
 //! Indexes are never held whole in memory: a lookup binary-searches the file in windows of one
 //! block (one read per probe); only the active segment keeps its not-yet-flushed tail (less than
-//! one block per index) in memory ([`IndexFile`]).
+//! one block per index) in memory ([`IndexFile`]). No index file is held open: the writer opens
+//! one to write a full block, to seal or to close, and a lookup opens it for its reads.
 //!
 //! Must not depend on: the write pipeline or the batch cache.
 
@@ -306,24 +307,64 @@ pub(crate) fn check_time_entries(
 }
 
 /// An index file being appended to (the active segment's): whole blocks on disk, the partial
-/// last block in memory until it fills or the segment is sealed.
-#[derive(Debug)]
+/// last block in memory until it fills or the segment is sealed or closed.
+///
+/// The file is not held open: a partition at rest keeps one descriptor (its active segment's
+/// log), so a shard can hold tens of thousands of partitions within the open-files limit.
+/// The writer opens the file only to write a full block ([`IndexFlush::write`], about once
+/// per 2 MiB of log at the default 4 KiB interval: 512 offset entries or 341 time entries fill a
+/// block) and when the segment is sealed or closed; lookups open it on demand
+/// ([`IndexSource`]). A block is written as soon as it is full, exactly as when the file was
+/// held open, so the on-disk state after a crash is the same (recovery rebuilds the tail).
+#[derive(Clone, Debug)]
 pub(crate) struct IndexFile {
-    pub file: File,
     pub path: PathBuf,
     /// Invariant: bytes `[0, disk_bytes)` are on disk (not necessarily synced); a multiple of
     /// the block size while the file is active.
-    pub disk_bytes: u64,
+    disk_bytes: u64,
     /// Invariant: bytes `[disk_bytes, disk_bytes + mem.len())` of the index, not yet written.
-    pub mem: Vec<u8>,
+    /// Bounded: whole blocks are written as soon as the writer sees them (one flush at a time),
+    /// so this holds less than a block plus the entries of the rounds completed during a flush.
+    mem: Vec<u8>,
 }
 
 impl IndexFile {
+    /// An index whose first `disk_bytes` (whole blocks) are in the file and whose following
+    /// bytes are `mem`.
+    pub fn new(path: PathBuf, disk_bytes: u64, mem: Vec<u8>) -> IndexFile {
+        assert!(
+            disk_bytes.is_multiple_of(DIO_ALIGN_BYTES as u64),
+            "index {}: unaligned disk bytes {disk_bytes}",
+            path.display()
+        );
+        assert!(
+            mem.len() < DIO_ALIGN_BYTES,
+            "index {}: a whole block left in memory",
+            path.display()
+        );
+        IndexFile {
+            path,
+            disk_bytes,
+            mem,
+        }
+    }
+
     pub fn len(&self) -> u64 {
         self.disk_bytes + self.mem.len() as u64
     }
 
+    /// Bytes in the file (whole blocks).
+    pub fn disk_bytes(&self) -> u64 {
+        self.disk_bytes
+    }
+
     pub fn push(&mut self, entry: &[u8]) {
+        assert!(
+            entry.len() == OFFSET_INDEX_ENTRY_BYTES || entry.len() == TIME_INDEX_ENTRY_BYTES,
+            "index {}: entry of {} bytes",
+            self.path.display(),
+            entry.len()
+        );
         self.mem.extend_from_slice(entry);
     }
 
@@ -340,12 +381,10 @@ impl IndexFile {
         if full == 0 {
             return None;
         }
-        let buffer = dio::aligned_buffer(&self.file, &[&self.mem[..full]]);
         Some(IndexFlush {
-            file: self.file.clone(),
-            buffer,
+            path: self.path.clone(),
+            bytes: self.mem[..full].to_vec(),
             position: self.disk_bytes,
-            bytes: full,
         })
     }
 
@@ -362,14 +401,39 @@ impl IndexFile {
             "index {} flushed more than it held",
             self.path.display()
         );
+        assert!(
+            bytes.is_multiple_of(DIO_ALIGN_BYTES),
+            "index {} flushed a partial block",
+            self.path.display()
+        );
         self.mem.drain(..bytes);
         self.disk_bytes += bytes as u64;
     }
 
-    /// A read view for lookups, independent of later changes.
+    /// Writes the partial block held in memory, trims the file to [`IndexFile::len`] and
+    /// fdatasyncs it (sealing or closing the segment). Opens and closes the file; creates it
+    /// when missing (recovery then finds a hole and rebuilds the index). Memory is unchanged:
+    /// a closed segment that is reopened continues from the same state.
+    pub async fn finish(&self) -> io::Result<u64> {
+        let file = crate::log::admin::open_or_create(&self.path).await?;
+        let result = async {
+            if !self.mem.is_empty() {
+                let buffer = dio::aligned_buffer(&file, &[&self.mem]);
+                dio::write_at(&file, buffer, self.disk_bytes).await?;
+            }
+            dio::truncate(&file, self.len()).await?;
+            dio::sync(&file).await
+        }
+        .await;
+        dio::close(file).await?;
+        result.map(|()| self.len())
+    }
+
+    /// A read view for lookups, independent of later changes. It opens the file on demand
+    /// (only when a lookup reaches the flushed blocks) and closes it when dropped.
     pub fn source(&self, entry_bytes: usize) -> IndexSource {
         IndexSource {
-            file: Some(self.file.clone()),
+            file: None,
             path: self.path.clone(),
             disk_bytes: self.disk_bytes,
             mem: self.mem.clone(),
@@ -380,10 +444,27 @@ impl IndexFile {
 
 /// A prepared write of an index's whole blocks.
 pub(crate) struct IndexFlush {
-    pub file: File,
-    pub buffer: crate::rt::fs::DmaBuffer,
+    pub path: PathBuf,
+    /// Whole blocks of entries.
+    pub bytes: Vec<u8>,
     pub position: u64,
-    pub bytes: usize,
+}
+
+impl IndexFlush {
+    /// Opens the index file, writes the blocks at their position and closes it again.
+    pub async fn write(self) -> io::Result<()> {
+        assert!(
+            !self.bytes.is_empty() && self.bytes.len().is_multiple_of(DIO_ALIGN_BYTES),
+            "index {}: flush of {} bytes",
+            self.path.display(),
+            self.bytes.len()
+        );
+        let file = crate::log::admin::open_or_create(&self.path).await?;
+        let buffer = dio::aligned_buffer(&file, &[&self.bytes]);
+        let result = dio::write_at(&file, buffer, self.position).await;
+        dio::close(file).await?;
+        result
+    }
 }
 
 /// Where a lookup reads index entries from: a file prefix plus an in-memory tail.

@@ -70,10 +70,11 @@
 //! - A partition at rest costs about 1 KiB of counters and state, 80 bytes per segment in its
 //!   segment table, the active segment's partially filled tail block and the unflushed tails of
 //!   its two index files (each under 4 KiB, the index tails usually a few hundred bytes), a read
-//!   memo of `READ_MEMO_ENTRIES` positions, and three open files (the active segment and its two
-//!   indexes) plus at most one cached handle of a sealed segment. Sealed segments' indexes stay
-//!   on disk and are read on demand, one block per binary-search probe; sealed segment files are
-//!   opened lazily. An idle partition has no task.
+//!   memo of `READ_MEMO_ENTRIES` positions, and one open file (the active segment's log; its
+//!   index files are opened only to write a full block, to seal or close, and for a lookup)
+//!   plus at most one cached handle of a sealed segment (after a read from one). Sealed
+//!   segments' indexes stay on disk and are read on demand, one block per binary-search probe;
+//!   sealed segment files are opened lazily. An idle partition has no task.
 //! - Writing costs one aligned buffer per write round in flight, sized to the staged bytes (at
 //!   most `WRITE_ROUND_BYTES_MAX`, or one larger append) and freed when the write completes:
 //!   at most `WRITE_ROUNDS_INFLIGHT_MAX` of them per partition. Queued
@@ -370,6 +371,9 @@ struct State {
     epochs: epoch::EpochCache,
     /// What the epoch file on disk holds (as written or read at open).
     epochs_persisted: epoch::EpochCache,
+    /// What the checkpoint file on disk holds (as written at open or since), so a close with
+    /// nothing new skips rewriting it.
+    checkpoint_persisted: checkpoint::Checkpoint,
     unsynced_records: u64,
     queue: VecDeque<Op>,
     /// Invariant: the bytes of the `Op::Write`s in `queue`; at most `QUEUED_BYTES_MAX` plus one

@@ -12,11 +12,18 @@
 //! partition preallocates about once per ramp interval of its own write rate, and an idle one
 //! reserves at most one configured step.
 //!
+//! Below one configured step (a new partition, or an active segment reopened after a close or
+//! a recovery, trimmed to its data) the file instead grows from [`PREALLOCATE_BYTES_FIRST`] by
+//! doubling its size, so 10,000 partitions that each get a few records do not reserve 40 GiB.
+//!
 //! Sans-IO: the writer asks it for the next target size and issues the `fallocate` itself.
 
 use std::time::{Duration, Instant};
 
-use crate::limits::{PREALLOCATE_BURST_BYTES_MAX, PREALLOCATE_RAMP_MS};
+use crate::io::align_down;
+use crate::limits::{
+    DIO_ALIGN_BYTES, PREALLOCATE_BURST_BYTES_MAX, PREALLOCATE_BYTES_FIRST, PREALLOCATE_RAMP_MS,
+};
 
 /// The preallocation step of one partition's active segment, carried across segment rolls.
 #[derive(Debug, Default)]
@@ -28,10 +35,22 @@ pub(crate) struct Preallocation {
 }
 
 impl Preallocation {
-    /// The file size to preallocate to so that a write ending at `write_end` fits: whole steps
-    /// past `write_end`. `configured` is the log's step (not 0); the result never passes
-    /// `limit` (the segment's size limit) unless `write_end` does.
-    pub fn target(&mut self, now: Instant, configured: u64, write_end: u64, limit: u64) -> u64 {
+    /// The file size to preallocate to so that a write ending at `write_end` fits (whole
+    /// steps past it), and the smaller size to fall back to when the disk has no room for it.
+    /// `configured` is the log's step (not 0) and `allocated` the file's size now; the result
+    /// never passes `limit` (the segment's size limit) unless `write_end` does.
+    ///
+    /// A file holding less than one configured step grows from [`PREALLOCATE_BYTES_FIRST`],
+    /// doubling its size, so a partition that gets a few records reserves little; past that the
+    /// step ramps with the write rate.
+    pub fn target(
+        &mut self,
+        now: Instant,
+        configured: u64,
+        allocated: u64,
+        write_end: u64,
+        limit: u64,
+    ) -> (u64, u64) {
         assert!(
             configured > 0,
             "preallocation asked for with preallocation disabled"
@@ -39,25 +58,32 @@ impl Preallocation {
         let fast = self
             .last
             .is_some_and(|last| now.saturating_duration_since(last) < ramp());
-        self.step = if fast {
-            (self.step * 2).clamp(configured, configured.max(PREALLOCATE_BURST_BYTES_MAX))
-        } else {
-            configured
-        };
         self.last = Some(now);
-        let target = write_end.div_ceil(self.step) * self.step;
-        let target = target.min(limit.max(write_end));
+        let growth =
+            align_down(allocated).clamp(PREALLOCATE_BYTES_FIRST.min(configured), configured);
+        let step = if growth < configured {
+            self.step = configured;
+            growth
+        } else {
+            self.step = if fast {
+                (self.step * 2).clamp(configured, configured.max(PREALLOCATE_BURST_BYTES_MAX))
+            } else {
+                configured
+            };
+            self.step
+        };
+        let cap = limit.max(write_end);
+        let target = (write_end.div_ceil(step) * step).min(cap);
+        let least = (write_end.div_ceil(growth) * growth).min(cap).min(target);
         assert!(
-            target >= write_end,
-            "preallocation {target} short of write end {write_end}"
+            least >= write_end && target >= least,
+            "preallocation {least}..{target} short of write end {write_end}"
         );
-        target
-    }
-
-    /// The smallest preallocation that holds a write ending at `write_end`: one configured
-    /// step, for when the disk has no room for [`Self::target`].
-    pub fn least(configured: u64, write_end: u64, limit: u64) -> u64 {
-        (write_end.div_ceil(configured) * configured).min(limit.max(write_end))
+        assert!(
+            step.is_multiple_of(DIO_ALIGN_BYTES as u64),
+            "unaligned step {step}"
+        );
+        (target, least)
     }
 }
 
@@ -70,47 +96,67 @@ mod tests {
     use super::*;
 
     const MIB: u64 = 1 << 20;
+    const LIMIT: u64 = 1 << 30;
 
-    // Goal: a fast writer's step doubles up to the burst maximum, a slow one stays at the
-    // configured step, and a pause falls back to it.
+    // Goal: a file starting empty grows from PREALLOCATE_BYTES_FIRST by doubling up to the
+    // configured step; past it a fast writer's step doubles up to the burst maximum; a pause
+    // falls back to the configured step.
     #[test]
-    fn step_ramps_with_rate_and_falls_back() {
+    fn step_grows_then_ramps_with_rate_and_falls_back() {
         let mut prealloc = Preallocation::default();
-        let start = Instant::now();
-        let limit = 1 << 30;
-        assert_eq!(prealloc.target(start, 4 * MIB, 1, limit), 4 * MIB);
-        let mut at = start;
-        let mut end = 4 * MIB;
-        let mut steps = Vec::new();
-        for _ in 0..6 {
+        let mut at = Instant::now();
+        let mut allocated = 0;
+        let mut sizes = Vec::new();
+        while allocated < 132 * MIB {
             at += Duration::from_millis(10);
-            let target = prealloc.target(at, 4 * MIB, end + 1, limit);
-            steps.push(prealloc.step);
-            assert!(target > end && target.is_multiple_of(prealloc.step));
-            end = target;
+            let (target, least) = prealloc.target(at, 4 * MIB, allocated, allocated + 1, LIMIT);
+            assert!(target > allocated && least > allocated && least <= target);
+            allocated = target;
+            sizes.push(allocated >> 10);
         }
         assert_eq!(
-            steps,
-            [8 * MIB, 16 * MIB, 32 * MIB, 64 * MIB, 64 * MIB, 64 * MIB],
-            "doubling up to PREALLOCATE_BURST_BYTES_MAX"
+            sizes,
+            [
+                64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072, 196608
+            ],
+            "KiB after each fallocate: doubling to 4 MiB, then steps of 8, 16, 32, 64, 64 MiB"
         );
+        assert_eq!(PREALLOCATE_BYTES_FIRST, 64 << 10);
         assert_eq!(PREALLOCATE_BURST_BYTES_MAX, 64 * MIB);
         at += Duration::from_millis(PREALLOCATE_RAMP_MS + 1);
-        prealloc.target(at, 4 * MIB, end + 1, limit);
-        assert_eq!(prealloc.step, 4 * MIB, "slow again: the configured step");
+        let (target, _) = prealloc.target(at, 4 * MIB, allocated, allocated + 1, LIMIT);
+        assert_eq!(
+            target - allocated,
+            4 * MIB,
+            "slow again: the configured step"
+        );
     }
 
-    // Goal: preallocation stops at the segment's size limit, but always covers the write.
+    // Goal: preallocation stops at the segment's size limit but always covers the write, its
+    // fallback is one configured step, and a configured step larger than the burst maximum or
+    // smaller than the first step is used as configured.
     #[test]
-    fn target_is_capped_by_the_segment_limit() {
-        let mut prealloc = Preallocation::default();
+    fn target_is_capped_and_falls_back_to_one_step() {
         let now = Instant::now();
-        assert_eq!(prealloc.target(now, 4 * MIB, MIB, 2 * MIB), 2 * MIB);
-        assert_eq!(prealloc.target(now, 4 * MIB, 3 * MIB, 2 * MIB), 3 * MIB);
-        // A configured step larger than the burst maximum is kept.
+        let mut prealloc = Preallocation::default();
+        assert_eq!(
+            prealloc.target(now, 4 * MIB, 4 * MIB, 5 * MIB, 6 * MIB),
+            (6 * MIB, 6 * MIB)
+        );
+        assert_eq!(
+            prealloc.target(now, 4 * MIB, 4 * MIB, 7 * MIB, 6 * MIB),
+            (7 * MIB, 7 * MIB)
+        );
+        let (target, least) = prealloc.target(now, 4 * MIB, 8 * MIB, 8 * MIB + 1, LIMIT);
+        assert!(target > least && least == 12 * MIB, "{target} {least}");
         let mut large = Preallocation::default();
-        large.target(now, 128 * MIB, 1, 1 << 30);
-        large.target(now, 128 * MIB, 128 * MIB + 1, 1 << 30);
+        large.target(now, 128 * MIB, 128 * MIB, 128 * MIB + 1, LIMIT);
+        large.target(now, 128 * MIB, 256 * MIB, 256 * MIB + 1, LIMIT);
         assert_eq!(large.step, 128 * MIB);
+        let mut small = Preallocation::default();
+        assert_eq!(
+            small.target(now, 16 << 10, 0, 1, LIMIT),
+            (16 << 10, 16 << 10)
+        );
     }
 }

@@ -61,10 +61,18 @@ pub(crate) struct Segment {
 }
 
 /// The writer's state of the active (last) segment. Held by the log while open.
+///
+/// Only the log file is held open (the partition's one descriptor at rest); the index files are
+/// opened when a block must be written (see [`IndexFile`]).
 #[derive(Debug)]
 pub(crate) struct ActiveSegment {
     pub base: Offset,
     pub log: File,
+    /// Invariant: when true, the log file is exactly the segment's size and each index file
+    /// exactly its [`IndexFile::len`], all fdatasync'ed since their last change, so closing has
+    /// nothing to write or sync. Set by a clean open and by closing; cleared before anything
+    /// writes, preallocates or trims one of the three files.
+    pub files_exact: bool,
     /// Invariant: the bytes `[align_down(size), size)` of the segment: the partially filled last
     /// block, rewritten with every write until it is full.
     pub tail: Vec<u8>,
