@@ -113,13 +113,16 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     }
     let declared = i32::from_be_bytes(prefix);
     let size = check_frame_size(declared, max_bytes)?;
-    let mut buf = BytesMut::new();
+    let mut buf: Vec<u8> = Vec::new();
     while buf.len() < size {
         let start = buf.len();
         // Allocation on the request path: at most twice the bytes the peer has actually sent
-        // plus one chunk, grown by doubling so that a large frame is moved only a few times.
+        // plus one chunk, grown by doubling so that a large frame is moved only a few times,
+        // and exactly `size` at the end: a record set appended without a copy keeps this
+        // buffer alive in the batch cache, which counts only the record bytes.
         if buf.capacity() == start {
-            buf.reserve((start + KAFKA_READ_CHUNK_BYTES).min(size - start));
+            let capacity = (2 * start).max(KAFKA_READ_CHUNK_BYTES).min(size);
+            buf.reserve_exact(capacity - start);
         }
         let step = (size - start).min(buf.capacity() - start);
         buf.resize(start + step, 0);
@@ -130,7 +133,7 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
         }
     }
     assert_eq!(buf.len(), size, "frame read past its declared size");
-    Ok(Some(buf.freeze()))
+    Ok(Some(Bytes::from(buf)))
 }
 
 /// Validates a declared frame size.

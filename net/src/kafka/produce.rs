@@ -49,6 +49,20 @@ impl Context {
             ..
         } = request;
         drop(transactional_id);
+        // The log takes a record set without a copy only when it is the frame's last reference;
+        // with several partitions that would be the last one issued, which would then hold the
+        // whole frame in the batch cache. So a request of several partitions keeps the frame
+        // referenced until all are issued, and every record set is copied (into exactly its
+        // own size).
+        let partition_count: usize = topic_data.iter().map(|t| t.partition_data.len()).sum();
+        let keep_shared = (partition_count > 1)
+            .then(|| {
+                topic_data
+                    .iter()
+                    .flat_map(|t| &t.partition_data)
+                    .find_map(|p| p.records.clone())
+            })
+            .flatten();
         let acks = match acks {
             0 => Some(Acks::None),
             1 => Some(Acks::Leader),
@@ -75,6 +89,7 @@ impl Context {
             }
             shape.push((Arc::clone(&name), partitions));
         }
+        drop(keep_shared);
         async move {
             let results = join_all(appends.into_iter().map(|append| async move {
                 match append {
