@@ -657,18 +657,9 @@ impl Shard {
         self.mesh.get().expect("mesh joined in start")
     }
 
-    /// Appends to `tp` wherever it lives: locally, or by message to the owning shard.
-    pub async fn produce(
-        self: &Rc<Self>,
-        tp: TopicPartition,
-        batches: Bytes,
-        acks: Acks,
-    ) -> Result<ProduceOk, ProduceError> {
-        self.produce_start(tp, batches, acks).await
-    }
-
-    /// [`Self::produce`] in two steps: the append is issued before this returns, and the
-    /// returned future waits for the acknowledgement `acks` asks for. Call order is log order
+    /// Appends to `tp` wherever it lives (locally, or by message to the owning shard) in two
+    /// steps: the append is issued before this returns, and the returned future waits for the
+    /// acknowledgement `acks` asks for. Call order is log order
     /// for the partition, also when the partition lives on another shard: the mesh channel to
     /// a shard is FIFO and the owner issues forwarded produces in the order they arrive
     /// ([`Self::receive`]). Connections use it to pipeline a client's produces.
@@ -710,19 +701,9 @@ impl Shard {
         }
     }
 
-    /// Appends to a partition this shard owns.
-    pub async fn produce_local(
-        self: &Rc<Self>,
-        tp: &TopicPartition,
-        batches: Bytes,
-        acks: Acks,
-    ) -> Result<ProduceOk, ProduceError> {
-        self.produce_local_start(tp, batches, acks)?.await
-    }
-
-    /// [`Self::produce_local`] in two steps: the append is issued before this returns (so
-    /// call order is log order for the partition), and the returned future waits for the
-    /// acknowledgement `acks` asks for; both steps count in the produce metrics as before.
+    /// Appends to a partition this shard owns in two steps: the append is issued before this
+    /// returns (so call order is log order for the partition), and the returned future waits
+    /// for the acknowledgement `acks` asks for; both steps count in the produce metrics.
     pub fn produce_local_start(
         self: &Rc<Self>,
         tp: &TopicPartition,

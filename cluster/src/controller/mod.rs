@@ -544,7 +544,7 @@ impl Controller {
         }
     }
 
-    /// Sends this broker's heartbeat to the active controller every third of the session
+    /// Sends this broker's heartbeat to the active controller every quarter of the session
     /// timeout (to itself when it is the active controller).
     async fn heartbeater(weak: Weak<Controller>) {
         // Runs for the life of the controller.

@@ -28,7 +28,8 @@ use crate::limits::{
 /// The preallocation step of one partition's active segment, carried across segment rolls.
 #[derive(Debug, Default)]
 pub(crate) struct Preallocation {
-    /// The step of the last preallocation; 0 before the first.
+    /// The rate-ramped step: the configured step while the file grows to it, doubled per fast
+    /// preallocation past it; 0 before the first preallocation.
     step: u64,
     /// When the last preallocation was asked for.
     last: Option<Instant>,
@@ -54,6 +55,10 @@ impl Preallocation {
         assert!(
             configured > 0,
             "preallocation asked for with preallocation disabled"
+        );
+        assert!(
+            write_end > allocated,
+            "preallocation asked for a write ending at {write_end} within {allocated} bytes"
         );
         let fast = self
             .last

@@ -367,11 +367,6 @@ fn plan(inner: &Inner, pipeline: &mut Pipeline) -> Plan {
                     write_end,
                     limit,
                 );
-                assert!(
-                    size >= write_end && size > state.active.allocated,
-                    "{}: preallocation to {size} does not cover {write_end}",
-                    inner.tp
-                );
                 state.active.files_exact = false;
                 let file = state.active.log.clone();
                 pipeline.allocation = Some(Box::pin(allocate(file, allocated, size, least)));

@@ -6,12 +6,13 @@
 //! they still append in the order the client sent them.
 //!
 //! The `records` bytes of each partition are a slice of the request frame and go to
-//! [`Shard::produce`](sluice_cluster::shard::Shard::produce) unchanged: the broker validates
-//! (CRC, framing, size) but never decompresses or re-encodes; producer id, epoch and sequence
-//! are stored as sent.
+//! [`Shard::produce_start`](sluice_cluster::shard::Shard::produce_start) unchanged: the broker
+//! validates (CRC, framing, size) but never decompresses or re-encodes; producer id, epoch and
+//! sequence are stored as sent.
 
 use std::sync::Arc;
 
+use futures::FutureExt;
 use futures::future::{Either, join_all, ready};
 
 use kafka_protocol::ResponseError;
@@ -83,22 +84,17 @@ impl Context {
                 let records = partition.records.unwrap_or_default();
                 appends.push(match acks {
                     _ if internal => Either::Left(ready(Err(ResponseError::InvalidTopicException))),
-                    Some(acks) => Either::Right(self.shard.produce_start(tp, records, acks)),
+                    Some(acks) => {
+                        Either::Right(self.shard.produce_start(tp, records, acks).map(Ok))
+                    }
                     None => Either::Left(ready(Err(ResponseError::InvalidRequiredAcks))),
                 });
             }
-            shape.push((Arc::clone(&name), partitions));
+            shape.push((name, partitions));
         }
         drop(keep_shared);
         async move {
-            let results = join_all(appends.into_iter().map(|append| async move {
-                match append {
-                    Either::Left(refused) => refused.await,
-                    Either::Right(pending) => Ok(pending.await),
-                }
-            }))
-            .await;
-            let mut results = results.into_iter();
+            let mut results = join_all(appends).await.into_iter();
             if acks == Some(Acks::None) {
                 let failed = results.by_ref().find_map(|r| match r {
                     Ok(Err(error)) => Some(error),

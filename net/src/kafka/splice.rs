@@ -51,12 +51,9 @@ impl Placeholders {
     /// Registers a record set (batches back to back) and returns the placeholder to encode in
     /// its `records` field. Record sets must be added in the order the encoder writes them.
     pub fn add(&mut self, batches: Vec<Bytes>) -> Bytes {
-        let index = self.records.len() as u64;
+        let placeholder = Bytes::copy_from_slice(&self.placeholder(self.records.len()));
         self.records.push(batches);
-        let mut placeholder = Vec::with_capacity(PLACEHOLDER_BYTES);
-        placeholder.extend_from_slice(&self.nonce);
-        placeholder.extend_from_slice(&index.to_be_bytes());
-        Bytes::from(placeholder)
+        placeholder
     }
 
     fn placeholder(&self, index: usize) -> [u8; PLACEHOLDER_BYTES] {
@@ -137,12 +134,12 @@ pub fn splice(
     let mut consumed = 0;
     let mut size_delta: i64 = 0;
     let mut prefixes = Vec::with_capacity(positions.len());
-    for (records, &(start, _)) in placeholders.records.iter().zip(&positions) {
+    for records in &placeholders.records {
         let len: usize = records.iter().map(Bytes::len).sum();
         let mut encoded = BytesMut::with_capacity(5);
         prefix.encode(len, &mut encoded)?;
         size_delta += (encoded.len() + len) as i64 - (old_prefix.len() + PLACEHOLDER_BYTES) as i64;
-        prefixes.push((start, encoded));
+        prefixes.push(encoded);
     }
     let size = i64::from(u32::from_be_bytes(frame[..4].try_into().expect("4 bytes")));
     let size = u32::try_from(size + size_delta)
@@ -151,7 +148,7 @@ pub fn splice(
         .ok_or_else(|| format!("response of {} bytes is too large", size + size_delta))?;
     out.copy(&size.to_be_bytes());
     consumed += 4;
-    for ((records, (start, end)), (_, encoded)) in placeholders
+    for ((records, (start, end)), encoded) in placeholders
         .records
         .into_iter()
         .zip(positions)
