@@ -54,9 +54,10 @@ use kafka_protocol::messages::offset_for_leader_epoch_request::{
 use kafka_protocol::messages::produce_request::{
     PartitionProduceData, ProduceRequest, TopicProduceData,
 };
+use kafka_protocol::messages::produce_response::ProduceResponse;
 use kafka_protocol::messages::sync_group_request::SyncGroupRequest;
-use kafka_protocol::messages::{ApiKey, GroupId, ResponseKind, TopicName};
-use kafka_protocol::protocol::{Decodable, StrBytes};
+use kafka_protocol::messages::{ApiKey, GroupId, ResponseHeader, ResponseKind, TopicName};
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
 use sluice_engine::batch::{Compression, SimpleRecord, build_batch, decode_batch, iter_batches};
 use sluice_net::kafka::SUPPORTED_APIS;
 
@@ -840,16 +841,7 @@ fn fetch_answers_many_batches_of_many_partitions() {
         assert_eq!(partitions.len(), 3, "v{version}");
         for data in partitions {
             assert_eq!(data.error_code, 0, "v{version}");
-            let records = data.records.clone().expect("records");
-            let mut values = Vec::new();
-            for batch in iter_batches(&records, 1 << 20) {
-                let (_, bytes) = batch.expect("whole, valid batch");
-                let bytes = records.slice_ref(bytes);
-                for record in decode_batch(&bytes, 1 << 20).expect("batch decodes") {
-                    let value = record.expect("record decodes").value.expect("value");
-                    values.push(String::from_utf8(value.to_vec()).expect("utf-8"));
-                }
-            }
+            let values = record_values(&data.records.clone().expect("records"));
             assert_eq!(
                 values, expected[data.partition_index as usize],
                 "v{version} partition {}",
@@ -857,4 +849,62 @@ fn fetch_answers_many_batches_of_many_partitions() {
             );
         }
     }
+}
+
+// Goal: produce requests pipelined on one connection (written before any answer is read) are
+// answered in order and appended in the order they were sent. Method: twenty single-record
+// produces (v8) on one raw connection, then the twenty answers read back: each carries its
+// correlation id in turn and the next offset, and a fetch returns the values in send order.
+#[test]
+fn pipelined_produces_append_in_send_order() {
+    let mut raw = Raw::connect();
+    let topic = "raw-pipelined";
+    create_topic(&mut raw, topic, 1);
+    let count = 20;
+    for i in 0..count {
+        let batch =
+            build_batch(&[SimpleRecord::value(format!("v{i}"))], Compression::None).expect("batch");
+        let mut body = BytesMut::new();
+        produce_request(topic, 0, batch)
+            .encode(&mut body, 8)
+            .expect("encode produce");
+        raw.send_frame(&frame(0, 8, 1_000 + i, &body));
+    }
+    for i in 0..count {
+        let mut answer = raw.read_frame().expect("produce answer");
+        let header = ResponseHeader::decode(&mut answer, 0).expect("response header");
+        assert_eq!(header.correlation_id, 1_000 + i, "answers in request order");
+        let response = ProduceResponse::decode(&mut answer, 8).expect("produce response");
+        let partition = &response.responses[0].partition_responses[0];
+        assert_eq!(partition.error_code, 0, "produce {i}");
+        assert_eq!(
+            partition.base_offset,
+            i64::from(i),
+            "produce {i} appended in send order"
+        );
+    }
+    let id = topic_id(&mut raw, topic);
+    let ResponseKind::Fetch(response) = raw.call(12, fetch_from_start(12, topic, id, &[0])) else {
+        panic!("kind")
+    };
+    let records = response.responses[0].partitions[0]
+        .records
+        .clone()
+        .expect("records");
+    let expected: Vec<String> = (0..count).map(|i| format!("v{i}")).collect();
+    assert_eq!(record_values(&records), expected);
+}
+
+/// The values of every record of every batch of a fetched record set, in order.
+fn record_values(records: &Bytes) -> Vec<String> {
+    let mut values = Vec::new();
+    for batch in iter_batches(records, 1 << 20) {
+        let (_, bytes) = batch.expect("whole, valid batch");
+        let bytes = records.slice_ref(bytes);
+        for record in decode_batch(&bytes, 1 << 20).expect("batch decodes") {
+            let value = record.expect("record decodes").value.expect("value");
+            values.push(String::from_utf8(value.to_vec()).expect("utf-8"));
+        }
+    }
+    values
 }
