@@ -246,9 +246,12 @@ pub const KAFKA_REQUEST_BYTES_MAX: usize = 100 * 1024 * 1024;
 /// Smallest well-formed request frame: api key (2), api version (2), correlation id (4).
 pub const KAFKA_REQUEST_BYTES_MIN: usize = 8;
 
-/// Bytes read per step while receiving a request frame. Bounds how far the buffer runs ahead
-/// of the bytes that have arrived (a client declaring 100 MiB and sending nothing costs 64 KiB).
-pub const KAFKA_READ_CHUNK_BYTES: usize = 64 * 1024;
+/// A request frame up to this size is received into one buffer of its size, allocated when its
+/// length prefix arrives: Kafka producers' default `max.request.size` is 1 MiB, so a produce
+/// request is neither moved nor zeroed twice on the way in. A larger frame grows by doubling
+/// from here, so the buffer never runs ahead of the bytes that have arrived by more than this
+/// (a client declaring 100 MiB and sending nothing costs 1 MiB).
+pub const KAFKA_READ_CHUNK_BYTES: usize = 1024 * 1024;
 
 /// Pieces of a fetch response up to this size are copied into shared chunks when the response
 /// is spliced (`kafka::splice`); larger batches are written from their own buffers. Bounds the
