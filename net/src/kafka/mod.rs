@@ -25,7 +25,7 @@ mod handler;
 mod metadata;
 mod offsets;
 mod produce;
-mod splice;
+pub mod splice;
 mod versions;
 
 use std::future::Future;

@@ -1,18 +1,19 @@
-//! Record sets spliced into an encoded response, so that fetched batches go from the log's
-//! buffers to the socket without being copied into the response.
+//! Record sets spliced into an encoded Kafka message, so that batches go from their own buffers
+//! to the socket without being copied into the message: fetched batches into a Fetch response
+//! (the broker), produced batches into a Produce request (`sluice-perf`'s Kafka client).
 //!
-//! `kafka-protocol` encodes a `records` field by copying its bytes into the response buffer,
+//! `kafka-protocol` encodes a `records` field by copying its bytes into the message buffer,
 //! and a partition's batches come as several buffers (cache entries, read-ahead chunks) that
-//! would first be joined: two copies of every fetched byte. Instead the fetch handler puts a
-//! 16-byte placeholder in each `records` field ([`Placeholders::add`]); after encoding,
-//! [`splice`] finds each placeholder (a per-response random nonce and its index, in encoding
-//! order), rewrites its length prefix for the real record set, and returns the frame as chunks:
-//! the encoded parts between placeholders and the batches themselves. Small pieces are copied
-//! into shared chunks ([`SPLICE_COPY_BYTES_MAX`]) so that a response of many tiny batches is
+//! would first be joined: two copies of every byte. Instead the encoder is given a 16-byte
+//! placeholder in each `records` field ([`Placeholders::add`]); after encoding, [`splice`]
+//! finds each placeholder (a per-message random nonce and its index, in encoding order),
+//! rewrites its length prefix for the real record set, and returns the frame as chunks: the
+//! encoded parts between placeholders and the batches themselves. Small pieces are copied
+//! into shared chunks ([`SPLICE_COPY_BYTES_MAX`]) so that a message of many tiny batches is
 //! still written with few system calls.
 //!
 //! A placeholder that cannot be found with the expected prefix (a topic name that happens to
-//! hold the nonce) is an error for that one response, never a panic.
+//! hold the nonce) is an error for that one message, never a panic.
 //!
 //! Must not depend on: the shard API.
 
@@ -25,7 +26,7 @@ use crate::limits::SPLICE_COPY_BYTES_MAX;
 /// Bytes of one placeholder: the nonce, then the index.
 const PLACEHOLDER_BYTES: usize = 16;
 
-/// The record sets of one response, each standing in the encoded response as a placeholder.
+/// The record sets of one message, each standing in the encoded message as a placeholder.
 pub struct Placeholders {
     nonce: [u8; 8],
     records: Vec<Vec<Bytes>>,
@@ -103,8 +104,8 @@ impl RecordsPrefix {
     }
 }
 
-/// Replaces the placeholders of `frame` (a whole response: the 4-byte size, header, body)
-/// with their record sets and fixes the size. Returns the frame as chunks to write in order.
+/// Replaces the placeholders of `frame` (a whole message: the 4-byte size, header, body) with
+/// their record sets and fixes the size. Returns the frame as chunks to write in order.
 pub fn splice(
     frame: BytesMut,
     prefix: RecordsPrefix,
@@ -145,7 +146,7 @@ pub fn splice(
     let size = u32::try_from(size + size_delta)
         .ok()
         .filter(|&size| i32::try_from(size).is_ok())
-        .ok_or_else(|| format!("response of {} bytes is too large", size + size_delta))?;
+        .ok_or_else(|| format!("message of {} bytes is too large", size + size_delta))?;
     out.copy(&size.to_be_bytes());
     consumed += 4;
     for ((records, (start, end)), encoded) in placeholders

@@ -1,7 +1,8 @@
 //! One Kafka connection with pipelined requests.
 //!
-//! A request is encoded whole (header and body, one copy of any record bytes), given a
-//! correlation id and queued for the writer task; its reply slot joins a FIFO in the same
+//! A request is encoded whole (header and body), given a correlation id and queued for the
+//! writer task; record sets given as placeholders ([`sluice_net::kafka::splice`]) are written
+//! from their own buffers instead of being copied into the request; its reply slot joins a FIFO in the same
 //! synchronous step, so the FIFO order is the write order. The reader task takes response
 //! frames in order (a Kafka broker answers a connection's requests in the order it got
 //! them), checks each correlation id against the FIFO's head, decodes the body with the
@@ -30,6 +31,7 @@ use kafka_protocol::protocol::{Encodable, StrBytes};
 use sluice_engine::rt::net::TcpStream;
 use sluice_engine::rt::sync::{LocalReceiver, LocalSender, Semaphore, new_bounded};
 use sluice_engine::rt::{self, Task};
+use sluice_net::kafka::splice::{Placeholders, RecordsPrefix, splice};
 
 /// Largest response frame accepted (a fetch answer is bounded by its `max_bytes`).
 const RESPONSE_BYTES_MAX: usize = 512 << 20;
@@ -47,9 +49,10 @@ struct Waiting {
     reply: Reply,
 }
 
-/// A frame for the writer; `release` frees its window slot once written (no response).
+/// A frame for the writer, in chunks written in order; `release` frees its window slot once
+/// written (no response).
 struct Outgoing {
-    frame: Bytes,
+    chunks: Vec<Bytes>,
     release: bool,
 }
 
@@ -174,8 +177,21 @@ impl Connection {
         version: i16,
         body: &R,
     ) -> anyhow::Result<ResponseKind> {
+        self.call_spliced(api, version, body, None).await
+    }
+
+    /// As [`Connection::call`], with the record sets of `body` given as placeholders of
+    /// `records` (in encoding order, with the `records` length prefix of `version`).
+    pub async fn call_spliced<R: Encodable>(
+        &self,
+        api: ApiKey,
+        version: i16,
+        body: &R,
+        records: Option<Records>,
+    ) -> anyhow::Result<ResponseKind> {
         let (reply, answer) = oneshot::channel();
-        self.submit(api, version, body, Some(reply)).await?;
+        self.submit(api, version, body, records, Some(reply))
+            .await?;
         match answer.await {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(reason)) => bail!("{api:?} to {}: {reason}", self.addr),
@@ -184,13 +200,15 @@ impl Connection {
     }
 
     /// Sends a request that gets no response (acks=0 produce); returns once it is queued.
+    /// `records` as for [`Connection::call_spliced`].
     pub async fn send_only<R: Encodable>(
         &self,
         api: ApiKey,
         version: i16,
         body: &R,
+        records: Option<Records>,
     ) -> anyhow::Result<()> {
-        self.submit(api, version, body, None).await
+        self.submit(api, version, body, records, None).await
     }
 
     async fn submit<R: Encodable>(
@@ -198,6 +216,7 @@ impl Connection {
         api: ApiKey,
         version: i16,
         body: &R,
+        records: Option<Records>,
         reply: Option<Reply>,
     ) -> anyhow::Result<()> {
         if let Some(reason) = self.shared.broken.borrow().clone() {
@@ -206,6 +225,11 @@ impl Connection {
         let correlation_id = self.next_correlation_id.get();
         self.next_correlation_id.set(correlation_id.wrapping_add(1));
         let frame = encode_request(api, version, correlation_id, body)?;
+        let chunks = match records {
+            None => vec![frame.freeze()],
+            Some(records) => splice(frame, records.prefix, records.placeholders)
+                .map_err(|reason| anyhow::anyhow!("cannot encode {api:?} v{version}: {reason}"))?,
+        };
         if self.shared.window.acquire(1).await.is_err() {
             let reason = self.shared.broken.borrow().clone().unwrap_or_default();
             bail!("connection to {} is broken: {reason}", self.addr);
@@ -220,11 +244,19 @@ impl Connection {
                 reply,
             });
         }
-        if self.frames.try_send(Outgoing { frame, release }).is_err() {
+        if self.frames.try_send(Outgoing { chunks, release }).is_err() {
             bail!("connection to {} is closed", self.addr);
         }
         Ok(())
     }
+}
+
+/// The record sets of a request, standing in its encoded body as placeholders.
+pub struct Records {
+    /// The placeholders given to the body's `records` fields, with their record sets.
+    pub placeholders: Placeholders,
+    /// How the request's version encodes a `records` length.
+    pub prefix: RecordsPrefix,
 }
 
 /// Encodes a size-prefixed request frame.
@@ -233,7 +265,7 @@ fn encode_request<R: Encodable>(
     version: i16,
     correlation_id: i32,
     body: &R,
-) -> anyhow::Result<Bytes> {
+) -> anyhow::Result<BytesMut> {
     let header = RequestHeader::default()
         .with_request_api_key(api as i16)
         .with_request_api_version(version)
@@ -248,7 +280,7 @@ fn encode_request<R: Encodable>(
         .with_context(|| format!("cannot encode {api:?} v{version}"))?;
     let size = u32::try_from(buf.len() - 4).context("request larger than 4 GiB")?;
     buf[..4].copy_from_slice(&size.to_be_bytes());
-    Ok(buf.freeze())
+    Ok(buf)
 }
 
 async fn write_loop(
@@ -258,9 +290,11 @@ async fn write_loop(
 ) {
     // Runs until the connection is dropped (the channel closes) or the socket fails.
     while let Some(outgoing) = queued.recv().await {
-        if let Err(error) = writer.write_all(&outgoing.frame).await {
-            shared.fail(format!("write failed: {error}"));
-            return;
+        for chunk in &outgoing.chunks {
+            if let Err(error) = writer.write_all(chunk).await {
+                shared.fail(format!("write failed: {error}"));
+                return;
+            }
         }
         if outgoing.release {
             shared.window.signal(1);
@@ -349,7 +383,7 @@ mod tests {
         let frame = encode_request(ApiKey::Metadata, 12, 42, &body).expect("encodes");
         let size = u32::from_be_bytes([frame[0], frame[1], frame[2], frame[3]]) as usize;
         assert_eq!(size, frame.len() - 4);
-        let mut rest = frame.slice(4..);
+        let mut rest = frame.freeze().slice(4..);
         let header = RequestHeader::decode(&mut rest, ApiKey::Metadata.request_header_version(12))
             .expect("header decodes");
         assert_eq!(header.correlation_id, 42);
@@ -360,5 +394,57 @@ mod tests {
         assert_eq!(versions.pick(ApiKey::Metadata, 1, 12).expect("overlap"), 9);
         assert!(versions.pick(ApiKey::Metadata, 10, 12).is_err());
         assert!(versions.pick(ApiKey::Produce, 3, 9).is_err());
+    }
+
+    // Goal: a Produce request whose record sets are spliced in from their own buffers is the
+    // request the crate would encode with the bytes inline, at a non-flexible and a flexible
+    // version. Method: encode with placeholders, splice, join the chunks, decode, compare.
+    #[test]
+    fn spliced_produce_requests_decode_with_their_records() {
+        use kafka_protocol::messages::TopicName;
+        use kafka_protocol::messages::produce_request::{
+            PartitionProduceData, ProduceRequest, TopicProduceData,
+        };
+
+        let sets: Vec<Bytes> = vec![
+            Bytes::from(vec![7u8; 100]),
+            Bytes::from((0..70_000u32).map(|i| i as u8).collect::<Vec<u8>>()),
+        ];
+        for (version, prefix) in [(8, RecordsPrefix::Int32), (9, RecordsPrefix::Compact)] {
+            let mut placeholders = Placeholders::new();
+            let partitions = sets
+                .iter()
+                .enumerate()
+                .map(|(index, set)| {
+                    PartitionProduceData::default()
+                        .with_index(index as i32)
+                        .with_records(Some(placeholders.add(vec![set.clone()])))
+                })
+                .collect();
+            let body = ProduceRequest::default().with_acks(1).with_topic_data(vec![
+                TopicProduceData::default()
+                    .with_name(TopicName(StrBytes::from_static_str("t")))
+                    .with_partition_data(partitions),
+            ]);
+            let frame = encode_request(ApiKey::Produce, version, 7, &body).expect("encodes");
+            let chunks = splice(frame, prefix, placeholders).expect("splices");
+            let joined: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
+            let size = u32::from_be_bytes([joined[0], joined[1], joined[2], joined[3]]) as usize;
+            assert_eq!(size, joined.len() - 4, "v{version}: size prefix");
+            let mut rest = Bytes::from(joined).slice(4..);
+            RequestHeader::decode(&mut rest, ApiKey::Produce.request_header_version(version))
+                .expect("header decodes");
+            let RequestKind::Produce(decoded) =
+                RequestKind::decode(ApiKey::Produce, &mut rest, version).expect("body decodes")
+            else {
+                panic!("v{version}: not a produce request");
+            };
+            let records: Vec<Bytes> = decoded.topic_data[0]
+                .partition_data
+                .iter()
+                .map(|p| p.records.clone().expect("records"))
+                .collect();
+            assert_eq!(records, sets, "v{version}: record sets");
+        }
     }
 }

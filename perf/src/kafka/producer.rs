@@ -28,7 +28,9 @@ use sluice_engine::batch::{BatchBuilder, BuildError, Compression};
 use sluice_engine::rt::sync::Semaphore;
 use sluice_engine::rt::{self, Task, clock};
 
-use super::conn::Connection;
+use sluice_net::kafka::splice::{Placeholders, RecordsPrefix};
+
+use super::conn::{Connection, Records};
 use super::{TopicLayout, describe, topic_name};
 use crate::stats::{Counters, Probe};
 
@@ -387,6 +389,8 @@ async fn send_request_inner(
     slot: usize,
     parts: &mut [(usize, Closed)],
 ) -> anyhow::Result<Vec<Option<String>>> {
+    // The batches go to the socket from their own buffers: the request carries placeholders.
+    let mut placeholders = Placeholders::new();
     let mut partition_data = Vec::with_capacity(parts.len());
     for (p, batch) in parts.iter_mut() {
         let records: Bytes = batch
@@ -398,7 +402,7 @@ async fn send_request_inner(
         partition_data.push(
             PartitionProduceData::default()
                 .with_index(*p as i32)
-                .with_records(Some(records)),
+                .with_records(Some(placeholders.add(vec![records]))),
         );
     }
     let request = ProduceRequest::default()
@@ -411,14 +415,25 @@ async fn send_request_inner(
         ]);
     let connection = &inner.connections[slot];
     let version = inner.versions[slot];
+    let records = Some(Records {
+        placeholders,
+        // Produce v9 is the first flexible version: COMPACT_RECORDS.
+        prefix: if version >= 9 {
+            RecordsPrefix::Compact
+        } else {
+            RecordsPrefix::Int32
+        },
+    });
     if inner.settings.acks == 0 {
         connection
-            .send_only(ApiKey::Produce, version, &request)
+            .send_only(ApiKey::Produce, version, &request, records)
             .await?;
         return Ok(vec![None; parts.len()]);
     }
-    let ResponseKind::Produce(answer) = connection.call(ApiKey::Produce, version, &request).await?
-    else {
+    let answer = connection
+        .call_spliced(ApiKey::Produce, version, &request, records)
+        .await?;
+    let ResponseKind::Produce(answer) = answer else {
         bail!("Produce answered with something else");
     };
     let mut codes: HashMap<i32, (i16, Option<String>)> = HashMap::new();
