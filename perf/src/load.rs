@@ -101,6 +101,12 @@ pub struct LoadArgs {
     /// CPUs to pin harness threads to, comma separated [default: unpinned].
     #[arg(long, value_delimiter = ',')]
     pub cpus: Vec<usize>,
+    /// Microseconds an idle harness thread keeps polling before it sleeps (0: sleeps at once).
+    /// An open-loop run paces records tens of microseconds apart; polling instead of arming a
+    /// timer for every gap keeps the send schedule exact, at the cost of a busy CPU, so use
+    /// it with `--cpus` on a CPU of its own.
+    #[arg(long, default_value_t = 0)]
+    pub idle_poll_us: u64,
     /// Value size in bytes: N, uniform:MIN-MAX or exp:MEAN (suffixes KiB, MiB allowed).
     #[arg(long, default_value = "1024")]
     pub record_size: String,
@@ -409,6 +415,7 @@ pub fn run(plan: Plan) -> anyhow::Result<Measured> {
         io_memory_bytes: HARNESS_IO_MEMORY_BYTES,
         inbox_capacity: 1,
         name: "sluice-perf".into(),
+        idle_poll: Duration::from_micros(plan.args.idle_poll_us),
     };
     let body_shared = Arc::clone(&shared);
     let handle = shards::start::<(), _, _>(config, move |context| {

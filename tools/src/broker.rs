@@ -91,6 +91,7 @@ pub fn run(mut config: BrokerConfig) -> anyhow::Result<()> {
         io_memory_bytes: io_memory,
         inbox_capacity: sluice_cluster::limits::SHARD_INBOX_CAPACITY,
         name: "sluice-shard".into(),
+        idle_poll: config.idle_poll,
     };
     let store = Arc::new(std::sync::Mutex::new(store));
     let controller = Arc::new(std::sync::Mutex::new(controller));

@@ -108,6 +108,7 @@ impl RunningBroker {
             io_memory_bytes: sluice_engine::rt::env::IO_MEMORY_BYTES_DEFAULT,
             inbox_capacity: sluice_cluster::limits::SHARD_INBOX_CAPACITY,
             name: "kafka-test".into(),
+            idle_poll: std::time::Duration::ZERO,
         };
         let handle = shards::start(config, move |context: ShardContext<ShardMsg>| {
             let snapshot = Arc::clone(&snapshot);
