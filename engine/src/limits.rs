@@ -123,13 +123,26 @@ pub const READ_CHUNK_BYTES_MIN: usize = 64 << 10;
 pub const READ_AHEAD_CHUNK_BYTES: usize = 1 << 20;
 
 /// Read-ahead chunks a partition keeps in flight (or read and not yet consumed) for its
-/// sequential reader.
+/// sequential reader, while the shard's read-ahead budget allows.
 ///
-/// Four overlapping reads keep the device busy while the reader checks and serves the chunk
-/// it holds (the reference measures reads at the same queue depth). Costs at most
-/// `(READ_AHEAD_CHUNKS + 1) * READ_AHEAD_CHUNK_BYTES` = 5 MiB per partition with a catch-up
-/// reader; a partition whose reads are served from the cache has none.
-pub const READ_AHEAD_CHUNKS: usize = 4;
+/// A catch-up consumer takes a whole fetch (commonly 1 to 4 MiB per partition) from the stream
+/// at once, then the response crosses the network and the client asks again: the window must
+/// cover one fetch being served plus the next being read, or the device idles during every
+/// round trip. Measured with 4 MiB fetches of 1 MiB batches, one partition (sluice-perf
+/// consume over Kafka): 4 chunks gave 896-926 MB/s, 8 chunks 1291-1426 MB/s (perf/RESULTS.md).
+/// Costs at most `(READ_AHEAD_CHUNKS + 1) * READ_AHEAD_CHUNK_BYTES` = 9 MiB per partition with
+/// a catch-up reader; a partition whose reads are served from the cache has none.
+pub const READ_AHEAD_CHUNKS: usize = 8;
+
+/// Read-ahead chunks a stream issues whatever the shard's budget: the one read a sequential
+/// reader needs to make progress, in flight ahead of it.
+pub const READ_AHEAD_CHUNKS_MIN: usize = 1;
+
+/// Read-ahead chunks all the streams of one shard hold together (in flight, or read and not yet
+/// consumed) before streams stop growing past [`READ_AHEAD_CHUNKS_MIN`]: 64 MiB, so eight
+/// partitions catch up at full depth at once, and a shard with a thousand catch-up readers
+/// holds 64 MiB plus one chunk each rather than nine each.
+pub const READ_AHEAD_SHARD_CHUNKS_MAX: usize = 64;
 
 /// Largest fetch a single `read` call serves (beyond the first batch, which is always served
 /// whole). Bounds the read buffer of one fetch.
@@ -177,7 +190,9 @@ const _: () = assert!(SCAN_CHUNK_BYTES.is_multiple_of(DIO_ALIGN_BYTES));
 const _: () = assert!(READ_CHUNK_BYTES_MIN.is_multiple_of(DIO_ALIGN_BYTES));
 const _: () = assert!(READ_BYTES_MAX >= READ_CHUNK_BYTES_MIN);
 const _: () = assert!(READ_AHEAD_CHUNK_BYTES.is_multiple_of(DIO_ALIGN_BYTES));
-const _: () = assert!(READ_AHEAD_CHUNKS >= 1);
+const _: () = assert!(READ_AHEAD_CHUNKS_MIN >= 1);
+const _: () = assert!(READ_AHEAD_CHUNKS >= READ_AHEAD_CHUNKS_MIN);
+const _: () = assert!(READ_AHEAD_SHARD_CHUNKS_MAX >= READ_AHEAD_CHUNKS);
 const _: () = assert!(DIO_ALIGN_BYTES.is_multiple_of(OFFSET_INDEX_ENTRY_BYTES));
 // Any batch accepted uncompressed must also decode when its records arrive compressed.
 const _: () = assert!(RECORDS_DECOMPRESSED_BYTES_MAX >= BATCH_BYTES_MAX);

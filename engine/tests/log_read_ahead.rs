@@ -176,3 +176,56 @@ fn truncation_discards_read_ahead() {
         log.close().await.unwrap();
     });
 }
+
+// Goal: the read-ahead streams of one shard hold at most the shard's budget plus one chunk per
+// stream, whatever the number of catch-up readers, and give all of it back when they are gone;
+// readers kept short of depth still read exactly the stored batches.
+// Method: ten partitions of ~9 MiB on one thread (one shard) with no cache; two sequential
+// reads on each start its stream; the shard's held bytes are checked against the budget (and
+// against a floor showing the first streams filled deep), then every partition is read to
+// its end and compared, and once the logs are closed and dropped nothing is held.
+#[test]
+fn shard_read_ahead_stays_within_its_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    block_on(async {
+        let chunk = limits::READ_AHEAD_CHUNK_BYTES;
+        let mut logs = Vec::new();
+        for index in 0..10u64 {
+            let tp = tp(&format!("read-ahead-budget-{index}"));
+            let (log, _) = open(dir.path(), &tp, config(64 << 20), &no_cache()).await;
+            let batches = uneven_batches(9 << 20, 10 + index);
+            for b in &batches {
+                append(&log, b.clone(), Durability::Written).await;
+            }
+            logs.push((log, batches));
+        }
+        assert_eq!(sluice_engine::log::read_ahead_held_bytes(), 0);
+        let mut firsts = Vec::new();
+        for (log, _) in &logs {
+            let end = log.log_end_offset();
+            let first = log.read(Offset(0), 64 << 10, end).await.unwrap();
+            let second = log.read(first.next_offset, 64 << 10, end).await.unwrap();
+            let mut got = first.batches.clone();
+            got.extend(second.batches);
+            firsts.push((second.next_offset, got));
+        }
+        let held = sluice_engine::log::read_ahead_held_bytes();
+        assert!(
+            held <= (limits::READ_AHEAD_SHARD_CHUNKS_MAX + logs.len()) * chunk,
+            "{held} bytes held by ten streams"
+        );
+        assert!(
+            held >= limits::READ_AHEAD_SHARD_CHUNKS_MAX / 2 * chunk,
+            "streams filled only {held} bytes"
+        );
+        for ((log, batches), (next, mut got)) in logs.iter().zip(firsts) {
+            got.extend(read_in_steps(log, next, 1 << 20).await);
+            check_same(&got, batches);
+        }
+        for (log, _) in &logs {
+            log.close().await.unwrap();
+        }
+        drop(logs);
+        assert_eq!(sluice_engine::log::read_ahead_held_bytes(), 0);
+    });
+}

@@ -83,7 +83,9 @@
 //! - Reading from disk costs the requested bytes (bounded by `READ_BYTES_MAX`, or one larger
 //!   batch) plus a scan chunk. A partition with a sequential catch-up reader also holds its
 //!   read-ahead stream: at most `READ_AHEAD_CHUNKS + 1` chunks of `READ_AHEAD_CHUNK_BYTES`
-//!   (plus the chunks one batch larger than a chunk spans).
+//!   (plus the chunks one batch larger than a chunk spans), and the shard's streams together
+//!   grow past `READ_AHEAD_CHUNKS_MIN` each only while they hold fewer than
+//!   `READ_AHEAD_SHARD_CHUNKS_MAX` ([`read_ahead_held_bytes`]).
 //! - The [`BatchCache`] is bounded by its byte budget, whatever the logs retain, and shared by
 //!   every partition of the shard.
 //!
@@ -117,6 +119,7 @@ pub use config::{ConfigError, LogConfig};
 pub use epoch::EpochEntry;
 pub use error::{AdminError, AppendError, OpenError, ReadError};
 pub use index::IndexDamage;
+pub use read_ahead::held_bytes as read_ahead_held_bytes;
 pub use recovery::{
     CheckpointStatus, IndexKind, RebuiltIndex, RecoveryReport, Truncation, TruncationReason,
 };

@@ -4,7 +4,10 @@
 //!
 //! A partition keeps at most one read-ahead stream ([`ReadAhead`]): up to
 //! `READ_AHEAD_CHUNKS` reads of `READ_AHEAD_CHUNK_BYTES` (plus the chunks a reader gave back
-//! partly used), contiguous, of one segment, each a direct read running in its own task. A
+//! partly used), contiguous, of one segment, each a direct read running in its own task. The
+//! streams of a shard share a budget of `READ_AHEAD_SHARD_CHUNKS_MAX` chunks: past it a stream
+//! keeps only `READ_AHEAD_CHUNKS_MIN` in flight, so read-ahead memory is bounded per shard, not
+//! per catch-up reader ([`held_bytes`] reports what the shard holds). A
 //! read continuing where the previous one stopped is served from the stream (a slice of a
 //! chunk, without copying, unless a batch straddles two chunks); any other read restarts the
 //! stream at its position. Only data below
@@ -16,22 +19,84 @@
 //!
 //! Must not depend on: the write path.
 
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::io;
 
 use bytes::{Bytes, BytesMut};
 
 use crate::io::{self as dio, File, align_down};
-use crate::limits::{READ_AHEAD_CHUNK_BYTES, READ_AHEAD_CHUNKS};
+use crate::limits::{
+    READ_AHEAD_CHUNK_BYTES, READ_AHEAD_CHUNKS, READ_AHEAD_CHUNKS_MIN, READ_AHEAD_SHARD_CHUNKS_MAX,
+};
 use crate::log::Inner;
 use crate::rt::Task;
 use crate::types::Offset;
+
+thread_local! {
+    /// Chunks held by the read-ahead streams of this thread's shard, and their bytes. A shard
+    /// is one thread, so this is the shard's own count (tests running several logs on one
+    /// thread share it, as the logs of a shard do).
+    static SHARD_HELD: Cell<(usize, usize)> = const { Cell::new((0, 0)) };
+}
+
+/// Bytes the read-ahead streams of the calling shard hold: chunks in flight, or read and not
+/// yet consumed.
+pub fn held_bytes() -> usize {
+    SHARD_HELD.with(|held| held.get().1)
+}
+
+/// A chunk's claim on the shard's read-ahead budget, released when the chunk is dropped.
+struct Held {
+    len: usize,
+}
+
+impl Held {
+    fn new(len: usize) -> Held {
+        SHARD_HELD.with(|held| {
+            let (chunks, bytes) = held.get();
+            held.set((chunks + 1, bytes + len));
+        });
+        Held { len }
+    }
+
+    /// Chunks held by the shard's streams.
+    fn shard_chunks() -> usize {
+        SHARD_HELD.with(|held| held.get().0)
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        SHARD_HELD.with(|held| {
+            let (chunks, bytes) = held.get();
+            assert!(
+                chunks >= 1 && bytes >= self.len,
+                "read-ahead budget released more than was held"
+            );
+            held.set((chunks - 1, bytes - self.len));
+        });
+    }
+}
 
 /// One chunk of a stream: `[position, position + len)` of the segment.
 struct Chunk {
     position: u64,
     len: usize,
     data: ChunkData,
+    /// Counts the chunk in the shard's budget for as long as the stream or a reader holds it.
+    _held: Held,
+}
+
+impl Chunk {
+    fn new(position: u64, len: usize, data: ChunkData) -> Chunk {
+        Chunk {
+            position,
+            len,
+            data,
+            _held: Held::new(len),
+        }
+    }
 }
 
 enum ChunkData {
@@ -46,7 +111,8 @@ pub(crate) struct ReadAhead {
     id: u64,
     segment: Offset,
     file: File,
-    /// Invariant: contiguous and in position order; at most `READ_AHEAD_CHUNKS`.
+    /// Invariant: contiguous and in position order; at most `READ_AHEAD_CHUNKS` plus the chunks
+    /// a reader gave back (`fill` issues none past `READ_AHEAD_CHUNKS`).
     chunks: VecDeque<Chunk>,
     /// Where the next chunk starts: the end of the last chunk.
     next: u64,
@@ -76,25 +142,29 @@ impl ReadAhead {
                 .is_some_and(|chunk| chunk.position <= position && position < self.next)
     }
 
-    /// Issues chunk reads until the stream holds `READ_AHEAD_CHUNKS` or reaches `size`;
-    /// returns how many it issued.
+    /// Issues chunk reads until the stream holds `READ_AHEAD_CHUNKS` (or only
+    /// `READ_AHEAD_CHUNKS_MIN` while the shard's budget is spent) or reaches `size`; returns
+    /// how many it issued.
     fn fill(&mut self, size: u64) -> u64 {
         let mut issued = 0;
-        while self.chunks.len() < READ_AHEAD_CHUNKS && self.next < size {
+        while self.next < size && self.wants_more() {
             let position = self.next;
             let len = usize::try_from((size - position).min(READ_AHEAD_CHUNK_BYTES as u64))
                 .expect("chunk fits in usize");
             let file = self.file.clone();
             let task = crate::rt::spawn(async move { dio::read_at(&file, position, len).await });
-            self.chunks.push_back(Chunk {
-                position,
-                len,
-                data: ChunkData::InFlight(task),
-            });
+            self.chunks
+                .push_back(Chunk::new(position, len, ChunkData::InFlight(task)));
             self.next = position + len as u64;
             issued += 1;
         }
         issued
+    }
+
+    fn wants_more(&self) -> bool {
+        let held = self.chunks.len();
+        held < READ_AHEAD_CHUNKS_MIN
+            || (held < READ_AHEAD_CHUNKS && Held::shard_chunks() < READ_AHEAD_SHARD_CHUNKS_MAX)
     }
 }
 
@@ -213,11 +283,9 @@ pub(crate) async fn read(
         && stream.id == id
     {
         for (chunk_position, len, bytes) in ready.into_iter().rev() {
-            stream.chunks.push_front(Chunk {
-                position: chunk_position,
-                len,
-                data: ChunkData::Ready(bytes),
-            });
+            stream
+                .chunks
+                .push_front(Chunk::new(chunk_position, len, ChunkData::Ready(bytes)));
         }
         // Two readers of one partition at different positions (a leader serving two
         // followers, or two catch-up consumers) take and give back chunks of the one stream
