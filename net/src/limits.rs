@@ -253,6 +253,13 @@ pub const KAFKA_REQUEST_BYTES_MIN: usize = 8;
 /// (a client declaring 100 MiB and sending nothing costs 1 MiB).
 pub const KAFKA_READ_CHUNK_BYTES: usize = 1024 * 1024;
 
+/// Receive buffer of a Kafka connection. A request's 4-byte length and a small request's body
+/// arrive with one `recv` into it (several pipelined small requests too) instead of one call
+/// each for the length, the body and the empty socket; a read of a body at least this large
+/// goes straight into the frame, so a large produce request is copied from it at most once,
+/// for the bytes that came with its length.
+pub const KAFKA_RECV_BUFFER_BYTES: usize = 16 * 1024;
+
 /// Pieces of a fetch response up to this size are copied into shared chunks when the response
 /// is spliced (`kafka::splice`); larger batches are written from their own buffers. Bounds the
 /// write calls of a response of many tiny batches.

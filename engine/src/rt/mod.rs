@@ -18,7 +18,7 @@ pub mod fs;
 
 /// Sockets driven by the shard's io_uring ring. These are `!Send`: they live on one shard.
 pub mod net {
-    pub use glommio::net::{TcpListener, TcpStream, UdpSocket};
+    pub use glommio::net::{Preallocated, TcpListener, TcpStream, UdpSocket};
 }
 
 /// Shard-local synchronisation primitives (`!Send`).

@@ -18,7 +18,7 @@ use bytes::Bytes;
 use futures::future::Either;
 use futures::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use kafka_protocol::messages::{ApiKey, RequestKind};
-use sluice_engine::rt::net::TcpStream;
+use sluice_engine::rt::net::{Preallocated, TcpStream};
 use sluice_engine::rt::sync::{LocalReceiver, LocalSender, new_bounded};
 use sluice_engine::rt::{Task, spawn};
 
@@ -27,7 +27,12 @@ use super::codec::{
     encode_response_spliced, read_frame,
 };
 use super::handler::{Context, Outcome};
-use crate::limits::{KAFKA_INFLIGHT_REQUESTS_MAX, KAFKA_REQUEST_BYTES_MAX};
+use crate::limits::{
+    KAFKA_INFLIGHT_REQUESTS_MAX, KAFKA_RECV_BUFFER_BYTES, KAFKA_REQUEST_BYTES_MAX,
+};
+
+/// A connection's socket, reading through a small buffer (see [`KAFKA_RECV_BUFFER_BYTES`]).
+type Stream = TcpStream<Preallocated>;
 
 /// What to write for one request.
 enum Reply {
@@ -54,6 +59,7 @@ pub async fn serve(context: Rc<Context>, stream: TcpStream) {
     if let Err(error) = stream.set_nodelay(true) {
         tracing::debug!(%peer, %error, "cannot set TCP_NODELAY");
     }
+    let stream = stream.buffered_with(Preallocated::new(KAFKA_RECV_BUFFER_BYTES));
     let (reader, writer) = stream.split();
     let (queue, replies) = new_bounded(KAFKA_INFLIGHT_REQUESTS_MAX);
     let read = std::pin::pin!(read_loop(&context, reader, queue, peer_addr));
@@ -78,7 +84,7 @@ pub async fn serve(context: Rc<Context>, stream: TcpStream) {
 
 async fn read_loop(
     context: &Rc<Context>,
-    mut reader: ReadHalf<TcpStream>,
+    mut reader: ReadHalf<Stream>,
     queue: LocalSender<Pending>,
     peer: Option<std::net::SocketAddr>,
 ) -> Result<(), String> {
@@ -203,7 +209,7 @@ fn reply(api: ApiKey, version: i16, correlation_id: i32, outcome: Outcome) -> Re
 }
 
 async fn write_loop(
-    mut writer: WriteHalf<TcpStream>,
+    mut writer: WriteHalf<Stream>,
     replies: LocalReceiver<Pending>,
 ) -> Result<(), String> {
     // Runs until the reader drops the queue (and it is drained) or a reply closes the

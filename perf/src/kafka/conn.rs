@@ -28,13 +28,20 @@ use futures::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use kafka_protocol::messages::api_versions_request::ApiVersionsRequest;
 use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader, ResponseKind};
 use kafka_protocol::protocol::{Encodable, StrBytes};
-use sluice_engine::rt::net::TcpStream;
+use sluice_engine::rt::net::{Preallocated, TcpStream};
 use sluice_engine::rt::sync::{LocalReceiver, LocalSender, Semaphore, new_bounded};
 use sluice_engine::rt::{self, Task};
 use sluice_net::kafka::splice::{Placeholders, RecordsPrefix, splice};
 
 /// Largest response frame accepted (a fetch answer is bounded by its `max_bytes`).
 const RESPONSE_BYTES_MAX: usize = 512 << 20;
+
+/// Receive buffer of a connection: a small response and the next one's length arrive with one
+/// `recv`; a read of a large response body past it goes straight into the frame.
+const RECV_BUFFER_BYTES: usize = 16 << 10;
+
+/// The connection's socket, reading through [`RECV_BUFFER_BYTES`].
+type Stream = TcpStream<Preallocated>;
 
 /// Client id sent in every request header.
 const CLIENT_ID: &str = "sluice-perf";
@@ -123,7 +130,9 @@ impl Connection {
             .set_nodelay(true)
             .map_err(std::io::Error::from)
             .context("cannot set TCP_NODELAY")?;
-        let (reader, writer) = stream.split();
+        let (reader, writer) = stream
+            .buffered_with(Preallocated::new(RECV_BUFFER_BYTES))
+            .split();
         let shared = Rc::new(Shared {
             waiting: RefCell::new(VecDeque::with_capacity(in_flight_max)),
             window: Semaphore::new(in_flight_max as u64),
@@ -285,7 +294,7 @@ fn encode_request<R: Encodable>(
 
 async fn write_loop(
     shared: Rc<Shared>,
-    mut writer: WriteHalf<TcpStream>,
+    mut writer: WriteHalf<Stream>,
     queued: LocalReceiver<Outgoing>,
 ) {
     // Runs until the connection is dropped (the channel closes) or the socket fails.
@@ -303,7 +312,7 @@ async fn write_loop(
     let _ = writer.close().await;
 }
 
-async fn read_loop(shared: Rc<Shared>, mut reader: ReadHalf<TcpStream>) {
+async fn read_loop(shared: Rc<Shared>, mut reader: ReadHalf<Stream>) {
     // Runs until the socket fails or closes, or a response makes no sense.
     loop {
         let frame = match read_frame(&mut reader).await {
@@ -331,7 +340,7 @@ async fn read_loop(shared: Rc<Shared>, mut reader: ReadHalf<TcpStream>) {
     }
 }
 
-async fn read_frame(reader: &mut ReadHalf<TcpStream>) -> Result<Bytes, String> {
+async fn read_frame(reader: &mut ReadHalf<Stream>) -> Result<Bytes, String> {
     let mut prefix = [0u8; 4];
     reader
         .read_exact(&mut prefix)
