@@ -21,6 +21,7 @@ use std::sync::{Arc, Barrier, Mutex, OnceLock, mpsc};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use bytes::Bytes;
 use serde::Serialize;
 use sluice_engine::TimestampMs;
 use sluice_engine::batch::Compression;
@@ -507,17 +508,39 @@ enum Target {
     Native(native::NativeProducer),
 }
 
+/// A record's value as a producer loop hands it to its client.
+pub enum Value<'a> {
+    /// A slice of the shared value pool: a client that keeps values until it batches them
+    /// (the native one) takes it without a copy.
+    Pool(Bytes),
+    /// A copy carrying the send stamp (e2e runs).
+    Stamped(&'a [u8]),
+}
+
+impl Value<'_> {
+    /// The value's bytes.
+    pub fn as_slice(&self) -> &[u8] {
+        match self {
+            Value::Pool(bytes) => bytes,
+            Value::Stamped(bytes) => bytes,
+        }
+    }
+}
+
 impl Target {
     async fn send(
         &self,
         partition: i32,
         key: Option<&[u8]>,
-        value: &[u8],
+        value: Value<'_>,
         intended: Instant,
         timestamp: TimestampMs,
     ) -> anyhow::Result<()> {
         match self {
-            Target::Kafka(p) => p.send(partition, key, value, intended, timestamp).await,
+            Target::Kafka(p) => {
+                p.send(partition, key, value.as_slice(), intended, timestamp)
+                    .await
+            }
             Target::Native(p) => p.send(partition, key, value, intended, timestamp).await,
         }
     }
@@ -561,7 +584,7 @@ async fn thread_main(thread: usize, shared: &Arc<Shared>) -> Recorder {
     if shared.failed() {
         return take(&probe, run, plan);
     }
-    let pool = Rc::new(value_pool(
+    let pool = Bytes::from(value_pool(
         VALUE_POOL_BYTES + plan.sizes.max(),
         plan.args.seed,
     ));
@@ -569,7 +592,7 @@ async fn thread_main(thread: usize, shared: &Arc<Shared>) -> Recorder {
     for (id, target) in targets {
         let shared = Arc::clone(shared);
         let probe = probe.clone();
-        let pool = Rc::clone(&pool);
+        let pool = pool.clone();
         tasks.push(rt::spawn(async move {
             if let Err(error) = produce(id, &target, &shared, &probe, &pool, run).await {
                 shared.fail(format!("producer {id}: {error:#}"));
@@ -655,7 +678,7 @@ async fn produce(
     target: &Target,
     shared: &Shared,
     probe: &Probe,
-    pool: &[u8],
+    pool: &Bytes,
     run: RunClock,
 ) -> anyhow::Result<()> {
     let plan = &shared.plan;
@@ -697,13 +720,13 @@ async fn produce(
         // Only an end-to-end run reads the send stamp back from the value; elsewhere the
         // value goes from the pool as it is (a copy per record would be a tenth of the
         // harness's CPU at full speed).
-        let value: &[u8] = if stamped {
+        let value = if stamped {
             let value = &mut scratch[..size];
             value.copy_from_slice(&pool[from..from + size]);
             put_stamp(value, stamp);
-            value
+            Value::Stamped(value)
         } else {
-            &pool[from..from + size]
+            Value::Pool(pool.slice(from..from + size))
         };
         if gap_ns.is_some() {
             probe

@@ -31,6 +31,7 @@ use sluice_net::client::{
 };
 use sluice_net::native::messages::{ErrorCode, OffsetQuery};
 
+use crate::load::Value;
 use crate::stamp::read_stamp;
 use crate::stats::{Counters, Probe};
 
@@ -186,7 +187,7 @@ impl NativeProducer {
         &self,
         partition: i32,
         key: Option<&[u8]>,
-        value: &[u8],
+        value: Value<'_>,
         intended: Instant,
         timestamp: TimestampMs,
     ) -> anyhow::Result<()> {
@@ -194,12 +195,16 @@ impl NativeProducer {
             bail!("{failure}");
         }
         self.producer.ready().await;
-        let bytes = (value.len() + key.map_or(0, <[u8]>::len)) as u64;
+        let bytes = (value.as_slice().len() + key.map_or(0, <[u8]>::len)) as u64;
+        let value = match value {
+            Value::Pool(value) => value,
+            Value::Stamped(value) => self.value(value),
+        };
         let record = ProducerRecord {
             topic: Arc::clone(&self.topic),
             partition: Some(partition),
             key: key.map(Bytes::copy_from_slice),
-            value: Some(self.value(value)),
+            value: Some(value),
             headers: Vec::new(),
             timestamp: Some(timestamp),
         };
