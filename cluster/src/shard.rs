@@ -1290,11 +1290,21 @@ impl Shard {
                     if shard.stopping.get() {
                         return;
                     }
-                    let replicas: Vec<Rc<PartitionReplica>> =
-                        shard.partitions.borrow().values().cloned().collect();
+                    // One replica held at a time, so a partition closing meanwhile does not
+                    // wait for the whole pass.
+                    let tps: Vec<TopicPartition> =
+                        shard.partitions.borrow().keys().cloned().collect();
                     drop(shard);
-                    for replica in replicas {
-                        replica.apply_retention().await;
+                    for tp in tps {
+                        let Some(shard) = weak.upgrade() else { return };
+                        if shard.stopping.get() {
+                            return;
+                        }
+                        let replica = shard.partitions.borrow().get(&tp).cloned();
+                        drop(shard);
+                        if let Some(replica) = replica {
+                            replica.apply_retention().await;
+                        }
                         sluice_engine::rt::yield_if_needed().await;
                     }
                 }

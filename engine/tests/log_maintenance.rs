@@ -32,6 +32,7 @@ fn reads_cross_segment_boundaries() {
         let tp = tp("boundaries");
         let (log, _) = open(dir.path(), &tp, config(8 << 10), &common::cache()).await;
         let sent = fill(&log, 30, 0).await;
+        log.set_high_watermark(log.log_end_offset());
         let bases = log.segment_bases();
         assert!(bases.len() >= 5, "{bases:?}");
         log.close().await.unwrap();
@@ -65,6 +66,7 @@ fn retention_by_time() {
         };
         let (log, _) = open(dir.path(), &tp, config, &cache()).await;
         let sent = fill(&log, 30, 0).await;
+        log.set_high_watermark(log.log_end_offset());
         let bases = log.segment_bases();
         // Segment i holds the batches with timestamps up to its last batch's.
         let report = log.apply_retention(TimestampMs(0)).await.unwrap();
@@ -115,6 +117,11 @@ fn retention_by_size() {
         };
         let (log, _) = open(dir.path(), &tp, config, &cache()).await;
         fill(&log, 40, 0).await;
+        // Nothing is deleted past the high watermark: here it covers the first segment only.
+        log.set_high_watermark(log.segment_bases()[1]);
+        let report = log.apply_retention(TimestampMs(i64::MAX)).await.unwrap();
+        assert_eq!(report.deleted_segments.len(), 1, "{report:?}");
+        log.set_high_watermark(log.log_end_offset());
         let before = log.size_bytes();
         let sizes_before = log.segment_count();
         let report = log.apply_retention(TimestampMs(i64::MAX)).await.unwrap();

@@ -277,6 +277,7 @@ async fn run_shard(
         .map(|links| -> Rc<dyn sluice_cluster::peer::PeerTransport> { links });
     let shard = Shard::start(context, shard_config, snapshot, metadata.store, peers).await;
     shard.start_groups(config.groups.clone());
+    shard.spawn_maintenance(config.log_retention_check_interval);
     let id = shard.id();
     let mut listeners = Vec::new();
     let (stop_peers, peers_stopped) = futures::channel::oneshot::channel::<()>();

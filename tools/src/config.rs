@@ -110,6 +110,10 @@ pub struct BrokerArgs {
     /// this for the in-sync replicas [default: 30000].
     #[arg(long)]
     pub replica_lag_time_max_ms: Option<u64>,
+    /// How often each shard deletes the segments past its partitions' retention.ms and
+    /// retention.bytes, as Kafka's log.retention.check.interval.ms [default: 300000].
+    #[arg(long)]
+    pub log_retention_check_interval_ms: Option<u64>,
 }
 
 /// One seed: a voter of the controller quorum.
@@ -172,6 +176,7 @@ pub struct BrokerConfig {
     pub broker_session_timeout: std::time::Duration,
     pub leader_rebalance_interval: std::time::Duration,
     pub replica_lag_time_max: std::time::Duration,
+    pub log_retention_check_interval: std::time::Duration,
 }
 
 fn addr(text: &str) -> SocketAddr {
@@ -291,6 +296,10 @@ impl BrokerArgs {
                 .replica_lag_time_max_ms
                 .or(file.replica_lag_time_max_ms)
                 .unwrap_or(30_000)),
+            log_retention_check_interval: ms(self
+                .log_retention_check_interval_ms
+                .or(file.log_retention_check_interval_ms)
+                .unwrap_or(300_000)),
         };
         anyhow::ensure!(config.cores >= 1, "--cores must be at least 1");
         anyhow::ensure!(
@@ -310,6 +319,10 @@ impl BrokerArgs {
         anyhow::ensure!(
             config.leader_rebalance_interval >= std::time::Duration::from_millis(100),
             "--leader-rebalance-interval-ms must be at least 100"
+        );
+        anyhow::ensure!(
+            config.log_retention_check_interval >= std::time::Duration::from_millis(100),
+            "--log-retention-check-interval-ms must be at least 100"
         );
         // Shard i uses port + i on both addresses; every one must be a valid port.
         for (flag, address) in [

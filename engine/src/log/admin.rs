@@ -178,9 +178,17 @@ pub(crate) async fn apply_retention(
         while count < sealed && segments[count].end <= state.log_start {
             count += 1;
         }
+        // Retention deletes only segments wholly below the high watermark (Kafka's rule): data a
+        // replica may still need, or consumers cannot see yet, is never expired.
+        let deletable = segments
+            .iter()
+            .take(sealed)
+            .take_while(|segment| segment.end <= state.high_watermark)
+            .count()
+            .max(count);
         if let Some(retention_ms) = inner.config().retention_ms {
             let horizon = now.0.saturating_sub(retention_ms);
-            while count < sealed
+            while count < deletable
                 && segments[count]
                     .max_timestamp
                     .is_some_and(|max| max.0 < horizon)
@@ -195,11 +203,16 @@ pub(crate) async fn apply_retention(
                 .map(|segment| segment.size)
                 .sum();
             let mut excess = i128::from(total) - i128::from(retention_bytes);
-            while count < sealed && excess - i128::from(segments[count].size) >= 0 {
+            while count < deletable && excess - i128::from(segments[count].size) >= 0 {
                 excess -= i128::from(segments[count].size);
                 count += 1;
             }
         }
+        assert!(
+            count <= deletable && deletable <= sealed,
+            "{}: retention past the high watermark or into the active segment",
+            inner.tp
+        );
         count
     };
     delete_prefix(inner, count).await

@@ -670,8 +670,8 @@ impl PartitionLog {
     }
 
     /// Deletes whole sealed segments by `retention.ms` (their max timestamp is older than
-    /// `now - retention.ms`), by `retention.bytes`, and below the log start offset. Never the
-    /// active segment.
+    /// `now - retention.ms`) and by `retention.bytes`, when they end at or below the high
+    /// watermark, and those below the log start offset. Never the active segment.
     pub async fn apply_retention(&self, now: TimestampMs) -> Result<RetentionReport, AdminError> {
         admin::apply_retention(&self.inner, now).await
     }

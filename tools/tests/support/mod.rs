@@ -225,6 +225,11 @@ impl Broker {
         self.quic.to_string()
     }
 
+    /// The broker's data directory.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
     /// Runs `sluice ARGS --brokers <this broker>` with `stdin` and returns its output.
     pub fn sluice(&self, args: &[&str], stdin: &[u8]) -> Output {
         let mut command = Command::new(sluice_bin());
