@@ -13,12 +13,12 @@ use std::rc::Rc;
 use futures::channel::oneshot;
 
 use crate::io::{self as dio, align_down};
-use crate::limits::OFFSET_INDEX_ENTRY_BYTES;
+use crate::limits::{OFFSET_INDEX_ENTRY_BYTES, SEGMENT_RECYCLE_BYTES_MIN};
 use crate::log::checkpoint::{CLEAN_SHUTDOWN_FILE, CleanShutdown};
 use crate::log::index::{IndexBuilder, IndexFile, entry_position, lookup_offset};
 use crate::log::segment::{
-    ActiveSegment, INDEX_EXTENSION, LOG_EXTENSION, ScanItem, Scanner, TIME_INDEX_EXTENSION,
-    file_path,
+    ActiveSegment, INDEX_EXTENSION, LOG_EXTENSION, ScanItem, Scanner, Spare, TIME_INDEX_EXTENSION,
+    file_path, recycle_file_name,
 };
 use crate::log::writer::{self, Finish, cursor_of_active, finish_active, write_checkpoint};
 use crate::log::{AdminError, AppendError, Inner, Mode, Op, RetentionReport, State, Waiter};
@@ -67,9 +67,12 @@ pub(crate) async fn sync(inner: &Rc<Inner>) -> Result<(), AdminError> {
 }
 
 /// Deletes the first `count` segments (all sealed): the checkpoint is updated first, then the
-/// files are removed, so a crash in between leaves files the next open deletes.
+/// files are removed, so a crash in between leaves files the next open deletes. The largest
+/// deleted log file (of at least `SEGMENT_RECYCLE_BYTES_MIN`) is kept as the partition's spare
+/// instead, replacing any earlier one, for the next roll to write over.
 async fn delete_prefix(inner: &Inner, count: usize) -> Result<RetentionReport, AdminError> {
     let mut report = RetentionReport::default();
+    let mut retired = Vec::with_capacity(count);
     {
         let mut state = inner.state.borrow_mut();
         let state = &mut *state;
@@ -87,6 +90,7 @@ async fn delete_prefix(inner: &Inner, count: usize) -> Result<RetentionReport, A
             );
             report.deleted_segments.push(segment.base);
             report.deleted_bytes += segment.size;
+            retired.push(segment);
         }
         let first = state.segments.front().expect("active segment stays").base;
         state.log_start = state.log_start.max(first);
@@ -112,9 +116,36 @@ async fn delete_prefix(inner: &Inner, count: usize) -> Result<RetentionReport, A
         return Ok(report);
     }
     write_checkpoint(inner).await?;
-    for base in &report.deleted_segments {
-        for extension in [LOG_EXTENSION, INDEX_EXTENSION, TIME_INDEX_EXTENSION] {
-            dio::remove(&file_path(&inner.dir, *base, extension)).await?;
+    let keep = retired
+        .iter()
+        .filter(|segment| segment.size >= SEGMENT_RECYCLE_BYTES_MIN)
+        .max_by_key(|segment| (segment.size, segment.base))
+        .map(|segment| segment.base);
+    for segment in &retired {
+        let log = file_path(&inner.dir, segment.base, LOG_EXTENSION);
+        if keep == Some(segment.base) {
+            // The spare is taken out of the state before its file is touched, so a roll running
+            // meanwhile either has it already (and renamed it) or never sees it.
+            let old = inner.state.borrow_mut().spare.take();
+            if let Some(old) = old {
+                dio::remove(&inner.dir.join(recycle_file_name(old.end))).await?;
+            }
+            assert!(
+                segment.end <= inner.state.borrow().log_start,
+                "{}: recycling segment {} that is not wholly below the log start",
+                inner.tp,
+                segment.base
+            );
+            dio::rename(&log, &inner.dir.join(recycle_file_name(segment.end))).await?;
+            inner.state.borrow_mut().spare = Some(Spare {
+                end: segment.end,
+                bytes: segment.size,
+            });
+        } else {
+            dio::remove(&log).await?;
+        }
+        for extension in [INDEX_EXTENSION, TIME_INDEX_EXTENSION] {
+            dio::remove(&file_path(&inner.dir, segment.base, extension)).await?;
         }
     }
     dio::sync_dir(&inner.dir).await?;

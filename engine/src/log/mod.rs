@@ -292,6 +292,8 @@ pub struct LogStats {
     pub cache_reads: u64,
     /// Chunks read ahead of sequential readers.
     pub read_ahead_chunks: u64,
+    /// Segments rolled into a retired segment file (written blocks) instead of a new file.
+    pub recycled_segments: u64,
     /// Index lookups that found damaged entries and fell back to scanning.
     pub index_fallbacks: u64,
 }
@@ -402,6 +404,8 @@ struct State {
     read_ahead_next_id: u64,
     /// The active segment's preallocation step, carried across rolls.
     preallocation: preallocate::Preallocation,
+    /// The retired segment file the next roll writes over, if retention kept one.
+    spare: Option<segment::Spare>,
     stats: LogStats,
 }
 

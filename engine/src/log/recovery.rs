@@ -31,8 +31,8 @@ use crate::log::index::{
     EntryBounds, IndexBuilder, IndexDamage, IndexFile, check_offset_entries, check_time_entries,
 };
 use crate::log::segment::{
-    ActiveSegment, INDEX_EXTENSION, LOG_EXTENSION, ScanItem, Scanner, Segment,
-    TIME_INDEX_EXTENSION, file_path, parse_file_name,
+    ActiveSegment, INDEX_EXTENSION, LOG_EXTENSION, ScanItem, Scanner, Segment, Spare,
+    TIME_INDEX_EXTENSION, file_path, parse_file_name, parse_recycle_file_name, recycle_file_name,
 };
 use crate::log::writer::{checkpoint_of, create_segment, cursor_of_active};
 use crate::log::{Inner, LogConfig, LogStats, Mode, OpenError, State};
@@ -473,6 +473,8 @@ async fn repair_sealed(
 #[derive(Default)]
 struct DiskSegments {
     bases: BTreeMap<Offset, [bool; 3]>,
+    /// The retired segment file kept for reuse.
+    spare: Option<Spare>,
 }
 
 async fn list_segments(dir: &Path, report: &mut RecoveryReport) -> Result<DiskSegments, OpenError> {
@@ -483,6 +485,27 @@ async fn list_segments(dir: &Path, report: &mut RecoveryReport) -> Result<DiskSe
             let path = dir.join(name);
             dio::remove(&path).await.map_err(io_error(&path))?;
             report.removed_files.push(name.clone());
+            continue;
+        }
+        if let Some(end) = parse_recycle_file_name(name) {
+            // One is kept (the newest, should a crash between removing the old one and
+            // retiring the new one have left two); its size tells how far it is written.
+            let path = dir.join(name);
+            let keep = disk.spare.is_none_or(|spare| spare.end < end);
+            let dropped = if keep {
+                let bytes = std::fs::metadata(&path).map_err(io_error(&path))?.len();
+                disk.spare
+                    .replace(Spare { end, bytes })
+                    .map(|spare| spare.end)
+            } else {
+                Some(end)
+            };
+            if let Some(dropped) = dropped {
+                let name = recycle_file_name(dropped);
+                let path = dir.join(&name);
+                dio::remove(&path).await.map_err(io_error(&path))?;
+                report.removed_files.push(name);
+            }
             continue;
         }
         let Some((base, extension)) = parse_file_name(name) else {
@@ -1030,7 +1053,7 @@ pub(crate) async fn open(
                     .map_or(Offset(0), |c| c.recovery_point.max(c.log_start))
             });
             report.created = segments.is_empty();
-            let active = create_segment(&dir, base, interval, 0)
+            let active = create_segment(&dir, base, interval, 0, None)
                 .await
                 .map_err(io_error(&dir))?;
             dio::sync_dir(&dir).await.map_err(io_error(&dir))?;
@@ -1145,6 +1168,7 @@ pub(crate) async fn open(
         read_ahead: None,
         read_ahead_next_id: 0,
         preallocation: Default::default(),
+        spare: disk.spare,
         stats: LogStats::default(),
     };
     state.assign = cursor_of_active(&state);

@@ -32,6 +32,40 @@ pub(crate) fn file_path(dir: &Path, base: Offset, extension: &str) -> PathBuf {
     dir.join(file_name(base, extension))
 }
 
+/// Prefix of the one retired segment file a partition keeps for its next roll to write over:
+/// `recycle-00000000000000000042.log` was a segment whose batches all lie below offset 42.
+const RECYCLE_PREFIX: &str = "recycle-";
+
+/// The name of a retired segment file whose batches all lie below `end`.
+pub(crate) fn recycle_file_name(end: Offset) -> String {
+    assert!(end.0 >= 0, "negative recycled segment end {end}");
+    format!("{RECYCLE_PREFIX}{:020}.{LOG_EXTENSION}", end.0)
+}
+
+/// Parses a retired segment file name into the offset all its batches lie below.
+pub(crate) fn parse_recycle_file_name(name: &str) -> Option<Offset> {
+    let stem = name
+        .strip_prefix(RECYCLE_PREFIX)?
+        .strip_suffix(LOG_EXTENSION)?
+        .strip_suffix('.')?;
+    if stem.len() != 20 || !stem.bytes().all(|byte| byte.is_ascii_digit()) {
+        return None;
+    }
+    Some(Offset(stem.parse().ok()?))
+}
+
+/// A retired segment file kept for reuse: its blocks were written, so the next active segment
+/// written over them costs the file system no extent conversions. Its old batches all lie below
+/// `end`, which is never above the base of a segment it becomes, so recovery can never take
+/// them for batches of that segment (they break the offset chain at its first stale header).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Spare {
+    /// Every batch in the file lies below this offset.
+    pub end: Offset,
+    /// The file's size.
+    pub bytes: u64,
+}
+
 /// Parses a segment file name into its base offset and extension.
 pub(crate) fn parse_file_name(name: &str) -> Option<(Offset, &str)> {
     let (stem, extension) = name.split_once('.')?;
@@ -51,7 +85,8 @@ pub(crate) struct Segment {
     pub base: Offset,
     /// Invariant: the offset after the segment's last written batch; `end >= base`.
     pub end: Offset,
-    /// Invariant: bytes of whole batches written; the file holds nothing valid past it.
+    /// Invariant: bytes of whole batches written; the file holds no batch of this segment past
+    /// it (a recycled file may hold older batches, all below `base`).
     pub size: u64,
     pub max_timestamp: Option<TimestampMs>,
     /// Sealed segments: exact index file sizes. Unused while active.
@@ -237,5 +272,23 @@ mod tests {
         assert_eq!(parse_file_name("0000000000000000042.log"), None);
         assert_eq!(parse_file_name("00000000000000000042.log.tmp"), None);
         assert_eq!(parse_file_name("partition.checkpoint"), None);
+        assert_eq!(
+            recycle_file_name(Offset(42)),
+            "recycle-00000000000000000042.log"
+        );
+        assert_eq!(
+            parse_recycle_file_name("recycle-00000000000000000042.log"),
+            Some(Offset(42))
+        );
+        assert_eq!(parse_file_name("recycle-00000000000000000042.log"), None);
+        assert_eq!(
+            parse_recycle_file_name("recycle-0000000000000000042.log"),
+            None
+        );
+        assert_eq!(
+            parse_recycle_file_name("recycle-00000000000000000042.index"),
+            None
+        );
+        assert_eq!(parse_recycle_file_name("00000000000000000042.log"), None);
     }
 }

@@ -44,7 +44,8 @@ use crate::limits::{
 use crate::log::checkpoint::{CHECKPOINT_FILE, Checkpoint, EPOCH_FILE, SealedRow, encode_epochs};
 use crate::log::index::{IndexBuilder, IndexFile, IndexFlush};
 use crate::log::segment::{
-    ActiveSegment, INDEX_EXTENSION, LOG_EXTENSION, Segment, TIME_INDEX_EXTENSION, file_path,
+    ActiveSegment, INDEX_EXTENSION, LOG_EXTENSION, Segment, Spare, TIME_INDEX_EXTENSION, file_path,
+    recycle_file_name,
 };
 use crate::log::{AppendError, AssignCursor, Inner, Mode, Op, StagedBatch, State, Waiter};
 use crate::types::Offset;
@@ -906,12 +907,16 @@ enum RollFailure {
 }
 
 /// Creates a new, empty segment's files (preallocating the log file) and returns its writer
-/// state. Removes what it created on failure.
+/// state. With a `spare` whose batches all lie below `base`, its file becomes the segment's log
+/// file as it is: the segment is written over blocks written before (its stale bytes past the
+/// segment's size are never read, and recovery stops at them). Removes what it created, the
+/// spare included, on failure.
 pub(crate) async fn create_segment(
     dir: &Path,
     base: Offset,
     interval: u64,
     preallocate: u64,
+    spare: Option<Spare>,
 ) -> io::Result<ActiveSegment> {
     let paths = [
         file_path(dir, base, LOG_EXTENSION),
@@ -919,9 +924,26 @@ pub(crate) async fn create_segment(
         file_path(dir, base, TIME_INDEX_EXTENSION),
     ];
     let result = async {
-        let log = dio::create(&paths[0]).await?;
-        if preallocate > 0 {
+        let (log, mut allocated) = match spare {
+            Some(spare) if spare.end <= base => {
+                dio::rename(&dir.join(recycle_file_name(spare.end)), &paths[0]).await?;
+                (
+                    dio::open_read_write(&paths[0]).await?,
+                    align_down(spare.bytes),
+                )
+            }
+            stale => {
+                if let Some(stale) = stale {
+                    // Its batches reach past this segment's base (the log was truncated
+                    // below it): never written over, or recovery could take them for ours.
+                    dio::remove(&dir.join(recycle_file_name(stale.end))).await?;
+                }
+                (dio::create(&paths[0]).await?, 0)
+            }
+        };
+        if preallocate > allocated {
             dio::allocate(&log, preallocate).await?;
+            allocated = preallocate;
         }
         // The index files exist from the start (recovery expects them beside the log) but are
         // not held open: they are written when a block fills, at seal and at close.
@@ -933,7 +955,7 @@ pub(crate) async fn create_segment(
             log,
             files_exact: false,
             tail: Vec::new(),
-            allocated: preallocate,
+            allocated,
             index: IndexFile::new(paths[1].clone(), 0, Vec::new()),
             time_index: IndexFile::new(paths[2].clone(), 0, Vec::new()),
             builder: IndexBuilder::new(base, interval),
@@ -1047,9 +1069,13 @@ async fn roll(inner: &Rc<Inner>, base: Offset) -> Result<(), RollFailure> {
     }
     let config = inner.config();
     let interval = u64::from(config.index_interval_bytes);
-    let new = create_segment(&inner.dir, base, interval, config.preallocate_bytes)
+    let spare = inner.state.borrow_mut().spare.take();
+    let new = create_segment(&inner.dir, base, interval, config.preallocate_bytes, spare)
         .await
         .map_err(|error| RollFailure::Create(Arc::new(error)))?;
+    if spare.is_some_and(|spare| spare.end <= base) {
+        inner.state.borrow_mut().stats.recycled_segments += 1;
+    }
     let fatal = |error: io::Error| RollFailure::Fatal(Arc::new(error));
     dio::sync_dir(&inner.dir).await.map_err(fatal)?;
     let (index_bytes, time_index_bytes) =
