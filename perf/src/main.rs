@@ -131,6 +131,11 @@ enum Command {
         /// The log's preallocation step in bytes (default: the engine's).
         #[arg(long)]
         preallocate_bytes: Option<u64>,
+        /// Measure a log in steady state: 256 MiB segments under 512 MiB of retention.bytes,
+        /// first filled with 1 GiB that is not measured, retention applied after every roll, so
+        /// the measured appends roll into recycled segment files.
+        #[arg(long)]
+        steady_state: bool,
         /// Write the results as JSON here.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -183,6 +188,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             inflight,
             synced,
             preallocate_bytes,
+            steady_state,
             json,
         } => {
             let report = log_bench::run(log_bench::LogBenchConfig {
@@ -193,6 +199,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 inflight,
                 synced,
                 preallocate_bytes,
+                steady_state,
             })?;
             let text = serde_json::to_string_pretty(&report)?;
             println!("{text}");
