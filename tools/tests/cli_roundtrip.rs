@@ -672,3 +672,23 @@ fn retention_runs_in_the_broker() {
         );
     }
 }
+
+// Goal: a broker whose shards poll instead of sleeping (--idle-poll-us) serves produce and
+// consume as usual, and the flag is checked.
+// Method: start one with --idle-poll-us 500, round-trip 100 records through the CLI in order;
+// a non-numeric value is a usage error.
+#[test]
+fn a_polling_broker_serves() {
+    let broker = Broker::start_with(&["--idle-poll-us", "500"]);
+    assert_success(&broker.sluice(&["topic", "create", "polled", "--partitions", "1"], b""));
+    let input: String = (0..100).map(|i| format!("record-{i}\n")).collect();
+    assert_success(&broker.sluice(&["produce", "polled", "--acks", "all"], input.as_bytes()));
+    let consumed = assert_success(&broker.sluice(
+        &["consume", "polled", "--from", "beginning", "--count", "100"],
+        b"",
+    ));
+    assert_eq!(consumed, input);
+    let mut command = Command::new(sluice_bin());
+    command.args(["broker", "--idle-poll-us", "soon"]);
+    assert_error(&run_with_input(command, b""), 2, "idle-poll-us");
+}
