@@ -252,17 +252,15 @@ pub async fn sync_dir(path: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// Creates a directory and its missing parents, then syncs the parent so the new entry is
-/// durable. Blocks briefly (open time only).
-pub async fn create_dir(path: &Path) -> io::Result<()> {
+/// Creates a directory and its missing parents; returns whether it created the directory.
+/// Syncs nothing: the caller makes the new entries durable (a [`sync_file_system`] once the
+/// directory has its first files). Blocks briefly (open time only).
+pub fn create_dir(path: &Path) -> io::Result<bool> {
     if path.is_dir() {
-        return Ok(());
+        return Ok(false);
     }
     std::fs::create_dir_all(path)?;
-    if let Some(parent) = path.parent() {
-        sync_dir(parent).await?;
-    }
-    Ok(())
+    Ok(true)
 }
 
 /// Removes a file; a missing file is not an error.
@@ -388,23 +386,6 @@ pub async fn write_small_file_in_place(
         let buffer = aligned_buffer(&file, &[content]);
         write_at(&file, buffer, 0).await?;
         sync_as(&file, mode).await
-    }
-    .await;
-    close(file).await?;
-    result
-}
-
-/// Overwrites an existing small file's first blocks in place with `content` (padded with zeros
-/// to whole blocks) and fdatasyncs it. The file keeps its size when `content` fits in it, so
-/// the sync changes no metadata; a crash may leave a torn mix of old and new blocks, so only
-/// files whose content is checksummed and optional (the clean-shutdown marker) are written
-/// this way. `NotFound` when the file does not exist.
-pub async fn overwrite_small_file(path: &Path, content: &[u8]) -> io::Result<()> {
-    let file = open_read_write(path).await?;
-    let result = async {
-        let buffer = aligned_buffer(&file, &[content]);
-        write_at(&file, buffer, 0).await?;
-        sync(&file).await
     }
     .await;
     close(file).await?;
