@@ -1381,10 +1381,11 @@ impl Shard {
             .drain()
             .map(|(_, r)| r)
             .collect();
-        // Closing is IO-bound: each partition syncs its segment, indexes, checkpoint and clean
-        // shutdown marker (about 30 ms here). One at a time, 6,000 partitions took 204 s to
-        // stop (perf/RESULTS.md); closed together, io_uring overlaps the syncs. The bound keeps
-        // the in-flight IO and the close futures' memory small.
+        // Closing is IO-bound: each partition trims its segment and writes its clean-shutdown
+        // marker, waiting for shared syncs of the file system before and after the marker.
+        // One at a time, 6,000 partitions took 204 s to stop (perf/RESULTS.md); closed
+        // together, their IO overlaps and one sync serves all the closes waiting for it. The
+        // bound keeps the in-flight IO and the close futures' memory small.
         use futures::StreamExt;
         futures::stream::iter(replicas)
             .for_each_concurrent(crate::limits::SHUTDOWN_CLOSES_INFLIGHT_MAX, |replica| {

@@ -17,6 +17,16 @@ pub const BATCH_BYTES_MAX: usize = 16 << 20;
 /// task.
 pub const RECORDS_DECOMPRESSED_BYTES_MAX: usize = 4 * BATCH_BYTES_MAX;
 
+/// Threads of a shard's blocking pool, which runs the file operations io_uring cannot issue
+/// (`ftruncate`, `rename`, `unlink`, `mkdir`, `syncfs`) and rare blocking work.
+///
+/// They wait on the device, not the CPU (a truncate that frees blocks may discard them
+/// synchronously, one to a partial block reads that block to zero its tail), so several in
+/// flight overlap their waits: the 10,000 log trims of a shutdown of 10,000 partitions queued
+/// 1.3 s behind one thread here and 0.35 s behind 8 (perf/RESULTS.md, "10,000 partitions:
+/// batched syncs"). Each costs an idle thread per shard.
+pub const BLOCKING_THREADS_PER_SHARD: usize = 8;
+
 /// Block size all direct-IO positions and lengths are aligned to.
 pub const DIO_ALIGN_BYTES: usize = 4096;
 

@@ -12,15 +12,15 @@ use std::rc::Rc;
 
 use futures::channel::oneshot;
 
-use crate::io::{self as dio, align_down};
-use crate::limits::{OFFSET_INDEX_ENTRY_BYTES, SEGMENT_RECYCLE_BYTES_MIN};
+use crate::io::{self as dio, SyncMode, align_down};
+use crate::limits::{DIO_ALIGN_BYTES, OFFSET_INDEX_ENTRY_BYTES, SEGMENT_RECYCLE_BYTES_MIN};
 use crate::log::checkpoint::{CLEAN_SHUTDOWN_FILE, CleanShutdown};
 use crate::log::index::{IndexBuilder, IndexFile, entry_position, lookup_offset};
 use crate::log::segment::{
     ActiveSegment, INDEX_EXTENSION, LOG_EXTENSION, ScanItem, Scanner, Spare, TIME_INDEX_EXTENSION,
     file_path, recycle_file_name,
 };
-use crate::log::writer::{self, Finish, cursor_of_active, finish_active, write_checkpoint};
+use crate::log::writer::{self, cursor_of_active, write_checkpoint};
 use crate::log::{AdminError, AppendError, Inner, Mode, Op, RetentionReport, State, Waiter};
 use crate::types::{FilePos, Offset, TimestampMs};
 
@@ -115,7 +115,7 @@ async fn delete_prefix(inner: &Inner, count: usize) -> Result<RetentionReport, A
     if count == 0 {
         return Ok(report);
     }
-    write_checkpoint(inner).await?;
+    write_checkpoint(inner, SyncMode::Now).await?;
     let keep = retired
         .iter()
         .filter(|segment| segment.size >= SEGMENT_RECYCLE_BYTES_MIN)
@@ -187,7 +187,7 @@ pub(crate) async fn delete_records(
             .count()
     };
     if changed && count == 0 {
-        write_checkpoint(inner).await?;
+        write_checkpoint(inner, SyncMode::Now).await?;
     }
     let mut report = delete_prefix(inner, count).await?;
     report.log_start_offset = inner.state.borrow().log_start;
@@ -393,7 +393,7 @@ pub(crate) async fn write_active_index(
     bytes: &[u8],
 ) -> std::io::Result<IndexFile> {
     let full = usize::try_from(align_down(bytes.len() as u64)).expect("fits");
-    let file = open_or_create(&path).await?;
+    let file = dio::open_or_create(&path).await?;
     let result = async {
         dio::truncate(&file, 0).await?;
         if full > 0 {
@@ -405,14 +405,6 @@ pub(crate) async fn write_active_index(
     .await;
     dio::close(file).await?;
     result.map(|()| IndexFile::new(path, full as u64, bytes[full..].to_vec()))
-}
-
-/// Opens a file for writing, creating it if missing.
-pub(crate) async fn open_or_create(path: &std::path::Path) -> std::io::Result<crate::io::File> {
-    match dio::open_read_write(path).await {
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => dio::create(path).await,
-        other => other,
-    }
 }
 
 async fn truncate_idle(inner: &Rc<Inner>, offset: Offset) -> Result<Offset, AdminError> {
@@ -514,7 +506,7 @@ async fn truncate_idle(inner: &Rc<Inner>, offset: Offset) -> Result<Offset, Admi
         state.read_ahead = None;
         inner.cache.truncate_from(inner.cache_key, new_end);
     }
-    write_checkpoint(inner).await?;
+    write_checkpoint(inner, SyncMode::Now).await?;
     Ok(new_end)
 }
 
@@ -536,36 +528,107 @@ pub(crate) async fn close(inner: &Rc<Inner>) -> Result<(), AdminError> {
     if failed || inner.state.borrow().mode == Mode::Failed {
         return Err(AdminError::Failed);
     }
-    let (index_bytes, time_index_bytes) = finish_active(inner, Finish::Close).await?;
-    writer::write_checkpoint_if_changed(inner).await?;
-    let marker = {
+    // Shutdown closes thousands of partitions at once, so nothing here syncs a file of its own:
+    // each step that needs the earlier ones durable waits for a shared sync of the file system,
+    // which serves every partition of the shard waiting at that moment (group commit).
+    // 1. Trim the log's preallocation (and write any whole index block still in memory). The
+    //    indexes' partial last blocks go into the marker, not their files, so the index files
+    //    stay as the writer keeps them while open; so do the high watermark and the epoch
+    //    entries of the active segment, so the checkpoint files are rewritten only when
+    //    something else changed (normally never: rolls and retention write them).
+    // 2. If they must be rewritten: stage them, shared sync, rename them into place, shared
+    //    sync (`write_checkpoint`); otherwise one shared sync.
+    // 3. Write the marker in place; shared sync.
+    // So the marker is written only once everything it vouches for is durable, and a failure
+    // anywhere returns before it: no marker claims a clean state that is not on disk.
+    let (log, size, exact) = {
         let state = inner.state.borrow();
+        let size = state.segments.back().expect("active segment").size;
+        (state.active.log.clone(), size, state.active.files_exact)
+    };
+    let flushed = flush_index_blocks(inner).await?;
+    if !exact {
+        dio::truncate(&log, size).await?;
+        inner.state.borrow_mut().active.allocated = size;
+    }
+    if writer::close_needs_checkpoint(inner) {
+        writer::write_checkpoint(inner, SyncMode::Shared).await?;
+    } else if !exact || flushed {
+        dio::sync_file_system(&log).await?;
+    }
+    let marker = {
+        let mut state = inner.state.borrow_mut();
+        state.active.files_exact = true;
         let segment = state.segments.back().expect("active segment");
+        assert_eq!(
+            state.active.allocated, segment.size,
+            "{}: trimmed",
+            inner.tp
+        );
         let builder = state.active.builder.state();
+        let (index, time_index) = (&state.active.index, &state.active.time_index);
         CleanShutdown {
             active_base: segment.base,
             log_end: state.written,
             active_size: segment.size,
-            index_bytes: u32::try_from(index_bytes).expect("index size fits in u32"),
-            time_index_bytes: u32::try_from(time_index_bytes).expect("index size fits in u32"),
+            index_bytes: u32::try_from(index.len()).expect("index size fits in u32"),
+            time_index_bytes: u32::try_from(time_index.len()).expect("index size fits in u32"),
             max: builder.max,
             first_max_timestamp: builder.first_max_timestamp,
             last_indexed_position: builder.last_indexed_position,
             last_relative: builder.last_relative,
             last_time_entry: builder.last_time_entry,
+            high_watermark: state.high_watermark,
+            epochs: writer::marker_epochs(&state),
+            index_tail: index.unflushed().to_vec(),
+            time_index_tail: time_index.unflushed().to_vec(),
         }
     };
-    // In place when the file exists (open left it invalidated, not removed): one fdatasync
-    // and no directory fsync. A crash mid-write leaves a marker that fails its CRC, and the
-    // next open recovers by scanning, so the marker need not be replaced atomically.
-    let bytes = marker.encode();
-    match dio::overwrite_small_file(&inner.dir.join(CLEAN_SHUTDOWN_FILE), &bytes).await {
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-            dio::write_file_atomic(&inner.dir, CLEAN_SHUTDOWN_FILE, &bytes).await?;
-        }
-        other => other?,
+    // In place (open left the file invalidated, not removed), or a new file the first time:
+    // either way no rename. A crash mid-write leaves a marker that fails its magic or CRC, and
+    // the next open recovers by scanning, so the marker need not be replaced atomically.
+    let path = inner.dir.join(CLEAN_SHUTDOWN_FILE);
+    let written = dio::write_small_file_in_place(&path, &marker.encode(), SyncMode::Shared).await;
+    if let Err(error) = written {
+        // What the marker vouches for is durable, but the marker's own write or sync failed:
+        // take it back (best effort, unsynced), so that `close` leaves a valid marker only when
+        // it succeeded. A marker that survives anyway still tells the truth.
+        let _ = dio::write_small_file_in_place(&path, &[0u8; DIO_ALIGN_BYTES], SyncMode::Deferred)
+            .await;
+        return Err(error.into());
     }
     Ok(())
+}
+
+/// Writes the whole blocks the active indexes still hold in memory (normally none: the writer
+/// writes each block as it fills, but keeps it after a failed write), so what is left in memory
+/// is less than a block each. Returns whether it wrote anything.
+async fn flush_index_blocks(inner: &Inner) -> Result<bool, AdminError> {
+    let mut flushed = false;
+    for time in [false, true] {
+        let job = {
+            let state = inner.state.borrow();
+            let index = if time {
+                &state.active.time_index
+            } else {
+                &state.active.index
+            };
+            index.prepare_flush()
+        };
+        let Some(job) = job else { continue };
+        let (position, bytes) = (job.position, job.bytes.len());
+        job.write().await?;
+        let mut state = inner.state.borrow_mut();
+        state.active.files_exact = false;
+        let index = if time {
+            &mut state.active.time_index
+        } else {
+            &mut state.active.index
+        };
+        index.complete_flush(position, bytes);
+        flushed = true;
+    }
+    Ok(flushed)
 }
 
 /// See [`crate::log::PartitionLog::remove`].

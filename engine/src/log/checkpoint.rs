@@ -1,12 +1,14 @@
 //! The partition checkpoint (`partition.checkpoint`: log start offset, high watermark, recovery
 //! point and the table of sealed segments) and the clean-shutdown marker (`clean_shutdown`:
-//! the active segment's state at close) and the leader-epoch checkpoint
-//! (`leader-epoch.checkpoint`: the entries of the epoch cache). All are replaced atomically (write
-//! a temporary file, fdatasync, rename, sync the directory) and carry a CRC-32C; byte layouts in
+//! the active segment's state at close, with the partial last blocks of its two indexes) and
+//! the leader-epoch checkpoint (`leader-epoch.checkpoint`: the entries of the epoch cache). The
+//! checkpoints are replaced atomically (a temporary file, made durable, renamed over the old
+//! one); the marker is written in place. All carry a CRC-32C; byte layouts in
 //! `engine/FORMAT.md`.
 //!
 //! Must not depend on: the write pipeline.
 
+use crate::limits::DIO_ALIGN_BYTES;
 use crate::log::epoch::{EpochCache, EpochEntry};
 use crate::types::{LeaderEpoch, Offset, RelativeOffset, TimestampMs};
 
@@ -27,9 +29,20 @@ const HEADER_BYTES: usize = 12;
 const CRC_BYTES: usize = 4;
 const SEGMENT_ROW_BYTES: usize = 40;
 const CHECKPOINT_FIXED_BYTES: usize = HEADER_BYTES + 28;
-const CLEAN_BODY_BYTES: usize = 80;
+const CLEAN_BODY_BYTES: usize = 96;
+/// Epoch entries a marker carries at most; a close with more in its active segment writes the
+/// epoch file instead (a leader change per few batches: not a steady state).
+pub(crate) const CLEAN_EPOCHS_MAX: usize = 64;
+/// The largest marker: the fixed part, the epoch entries and two index tails of less than a
+/// block each.
+pub(crate) const CLEAN_BYTES_MAX: usize = HEADER_BYTES
+    + CLEAN_BODY_BYTES
+    + CLEAN_EPOCHS_MAX * EPOCH_ROW_BYTES
+    + 2 * (DIO_ALIGN_BYTES - 1)
+    + CRC_BYTES;
 
 const _: () = assert!(CHECKPOINT_FIXED_BYTES == 40);
+const _: () = assert!(CLEAN_BYTES_MAX <= 3 * DIO_ALIGN_BYTES);
 
 /// One sealed segment as the checkpoint records it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,8 +65,10 @@ pub(crate) struct Checkpoint {
     pub sealed: Vec<SealedRow>,
 }
 
-/// The active segment's state at a clean close.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The active segment's state at a clean close: what a clean open needs beyond the checkpoint
+/// and the epoch file, so that a close writes this one small file in place and nothing else
+/// unless the checkpoint changed in more than its high watermark.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct CleanShutdown {
     pub active_base: Offset,
     pub log_end: Offset,
@@ -65,6 +80,17 @@ pub(crate) struct CleanShutdown {
     pub last_indexed_position: u64,
     pub last_relative: Option<RelativeOffset>,
     pub last_time_entry: Option<TimestampMs>,
+    /// The high watermark at close (the checkpoint's may be older).
+    pub high_watermark: Offset,
+    /// The epoch cache's entries that start in the active segment (at or after
+    /// `active_base`); those below are in the epoch file. `None`: too many to carry, and the
+    /// epoch file holds them all.
+    pub epochs: Option<Vec<EpochEntry>>,
+    /// The offset index's bytes past its last whole block (`index_bytes % block` of them):
+    /// the index file holds only the whole blocks.
+    pub index_tail: Vec<u8>,
+    /// The same for the time index.
+    pub time_index_tail: Vec<u8>,
 }
 
 /// Why a checkpoint or marker could not be decoded.
@@ -271,11 +297,32 @@ const HAS_MAX: u16 = 1;
 const HAS_FIRST_MAX: u16 = 2;
 const HAS_LAST_RELATIVE: u16 = 4;
 const HAS_LAST_TIME_ENTRY: u16 = 8;
+/// The marker has this layout: high watermark, epoch entries and the indexes' partial last
+/// blocks (always set by this version; a marker without it, from before, is treated as absent).
+const HAS_CLOSE_STATE: u16 = 16;
+/// The epoch file holds every epoch entry; the marker carries none.
+const EPOCHS_IN_FILE: u16 = 32;
+
+/// The length of an index's partial last block when the index is `bytes` long.
+pub(crate) fn tail_len(bytes: u32) -> usize {
+    bytes as usize % DIO_ALIGN_BYTES
+}
 
 impl CleanShutdown {
     pub fn encode(&self) -> Vec<u8> {
-        let mut flags = 0;
+        assert_eq!(
+            self.index_tail.len(),
+            tail_len(self.index_bytes),
+            "offset index tail"
+        );
+        assert_eq!(
+            self.time_index_tail.len(),
+            tail_len(self.time_index_bytes),
+            "time index tail"
+        );
+        let mut flags = HAS_CLOSE_STATE;
         for (present, bit) in [
+            (self.epochs.is_none(), EPOCHS_IN_FILE),
             (self.max.is_some(), HAS_MAX),
             (self.first_max_timestamp.is_some(), HAS_FIRST_MAX),
             (self.last_relative.is_some(), HAS_LAST_RELATIVE),
@@ -299,8 +346,28 @@ impl CleanShutdown {
         out.u32(self.last_relative.map_or(0, |relative| relative.0));
         out.u32(0);
         out.i64(self.last_time_entry.map_or(0, |ts| ts.0));
+        out.i64(self.high_watermark.0);
+        let epochs = self.epochs.as_deref().unwrap_or_default();
+        assert!(epochs.len() <= CLEAN_EPOCHS_MAX, "marker epochs bounded");
+        out.u32(u32::try_from(epochs.len()).expect("bounded"));
+        out.u32(0);
+        for entry in epochs {
+            out.i32(entry.epoch.0);
+            out.i64(entry.start_offset.0);
+        }
+        out.0.extend_from_slice(&self.index_tail);
+        out.0.extend_from_slice(&self.time_index_tail);
         let encoded = out.finish();
-        assert_eq!(encoded.len(), HEADER_BYTES + CLEAN_BODY_BYTES + CRC_BYTES);
+        assert_eq!(
+            encoded.len(),
+            HEADER_BYTES
+                + CLEAN_BODY_BYTES
+                + epochs.len() * EPOCH_ROW_BYTES
+                + self.index_tail.len()
+                + self.time_index_tail.len()
+                + CRC_BYTES
+        );
+        assert!(encoded.len() <= CLEAN_BYTES_MAX, "marker fits its bound");
         encoded
     }
 
@@ -318,6 +385,34 @@ impl CleanShutdown {
         let last_relative = reader.u32();
         let _reserved = reader.u32();
         let last_time_entry = reader.i64();
+        if flags & HAS_CLOSE_STATE == 0 {
+            return Err(DecodeError::Damaged("marker of an older layout"));
+        }
+        let high_watermark = Offset(reader.i64());
+        let epoch_count = reader.u32() as usize;
+        let _reserved = reader.u32();
+        let (index_tail_len, time_tail_len) = (tail_len(index_bytes), tail_len(time_index_bytes));
+        if epoch_count > CLEAN_EPOCHS_MAX
+            || (flags & EPOCHS_IN_FILE != 0 && epoch_count > 0)
+            || reader.bytes.len()
+                != reader.at + epoch_count * EPOCH_ROW_BYTES + index_tail_len + time_tail_len
+        {
+            return Err(DecodeError::Damaged("marker length"));
+        }
+        let entries: Vec<EpochEntry> = (0..epoch_count)
+            .map(|_| EpochEntry {
+                epoch: LeaderEpoch(reader.i32()),
+                start_offset: Offset(reader.i64()),
+            })
+            .collect();
+        if EpochCache::from_entries(entries.clone()).is_none()
+            || entries.iter().any(|entry| entry.start_offset < active_base)
+        {
+            return Err(DecodeError::Damaged("marker epochs out of order"));
+        }
+        let epochs = (flags & EPOCHS_IN_FILE == 0).then_some(entries);
+        let index_tail = reader.bytes[reader.at..reader.at + index_tail_len].to_vec();
+        let time_index_tail = reader.bytes[reader.at + index_tail_len..].to_vec();
         Ok(CleanShutdown {
             active_base,
             log_end,
@@ -330,6 +425,10 @@ impl CleanShutdown {
             last_relative: (flags & HAS_LAST_RELATIVE != 0)
                 .then_some(RelativeOffset(last_relative)),
             last_time_entry: optional_timestamp(flags, HAS_LAST_TIME_ENTRY, last_time_entry),
+            high_watermark,
+            epochs,
+            index_tail,
+            time_index_tail,
         })
     }
 }
@@ -378,9 +477,47 @@ mod tests {
             last_indexed_position: 500,
             last_relative: Some(RelativeOffset(3)),
             last_time_entry: None,
+            high_watermark: Offset(93),
+            epochs: Some(vec![EpochEntry {
+                epoch: LeaderEpoch(2),
+                start_offset: Offset(81),
+            }]),
+            index_tail: vec![7; 8],
+            time_index_tail: Vec::new(),
         };
         let bytes = clean.encode();
-        assert_eq!(CleanShutdown::decode(&bytes), Ok(clean));
+        assert_eq!(CleanShutdown::decode(&bytes), Ok(clean.clone()));
+        for at in 0..bytes.len() {
+            let mut damaged = bytes.clone();
+            damaged[at] ^= 0x10;
+            assert!(
+                CleanShutdown::decode(&damaged).is_err(),
+                "marker flip at {at} accepted"
+            );
+        }
+        let in_file = CleanShutdown {
+            epochs: None,
+            ..clean.clone()
+        };
+        assert_eq!(CleanShutdown::decode(&in_file.encode()), Ok(in_file));
+        let full = CleanShutdown {
+            index_bytes: 4096 + 4088,
+            time_index_bytes: 4095,
+            epochs: Some(
+                (0..CLEAN_EPOCHS_MAX)
+                    .map(|i| EpochEntry {
+                        epoch: LeaderEpoch(i as i32),
+                        start_offset: Offset(80 + i as i64),
+                    })
+                    .collect(),
+            ),
+            index_tail: vec![1; 4088],
+            time_index_tail: vec![2; 4095],
+            ..clean
+        };
+        let bytes = full.encode();
+        assert_eq!(bytes.len(), CLEAN_BYTES_MAX - 7);
+        assert_eq!(CleanShutdown::decode(&bytes), Ok(full));
         let epochs = [
             EpochEntry {
                 epoch: LeaderEpoch(0),

@@ -112,6 +112,19 @@ impl EpochCache {
         );
     }
 
+    /// The entries starting below `offset` once those wholly below `log_start` are pruned:
+    /// what the epoch file must hold when `offset` is the recovery point (the entries from
+    /// there on are rebuilt by recovery's scan, or carried by a clean-shutdown marker).
+    pub fn below(&self, offset: Offset, log_start: Offset) -> Vec<EpochEntry> {
+        let mut pruned = self.clone();
+        pruned.prune_before(log_start);
+        pruned
+            .entries
+            .into_iter()
+            .take_while(|entry| entry.start_offset < offset)
+            .collect()
+    }
+
     /// The epoch of the last readable batch that carries one: the latest entry, if its range
     /// `[start, log_end)` holds readable offsets (`>= log_start`).
     pub fn latest_live(&self, log_start: Offset, log_end: Offset) -> Option<LeaderEpoch> {

@@ -311,11 +311,15 @@ pub(crate) fn check_time_entries(
 ///
 /// The file is not held open: a partition at rest keeps one descriptor (its active segment's
 /// log), so a shard can hold tens of thousands of partitions within the open-files limit.
+/// Nor is it created with its segment: it appears with its first whole block or when the
+/// segment is sealed (a clean close records the partial last block in the clean-shutdown
+/// marker instead), so while its entries fit in a block an active index has no file, and open
+/// reads a missing active index as an empty one.
 /// The writer opens the file only to write a full block ([`IndexFlush::write`], about once
 /// per 2 MiB of log at the default 4 KiB interval: 512 offset entries or 341 time entries fill a
-/// block) and when the segment is sealed or closed; lookups open it on demand
-/// ([`IndexSource`]). A block is written as soon as it is full, exactly as when the file was
-/// held open, so the on-disk state after a crash is the same (recovery rebuilds the tail).
+/// block) and when the segment is sealed; lookups open it on demand ([`IndexSource`]). A block
+/// is written as soon as it is full, exactly as when the file was held open, so the on-disk
+/// state after a crash is the same (recovery rebuilds the tail).
 #[derive(Clone, Debug)]
 pub(crate) struct IndexFile {
     pub path: PathBuf,
@@ -410,12 +414,22 @@ impl IndexFile {
         self.disk_bytes += bytes as u64;
     }
 
+    /// The bytes held in memory, past the whole blocks on disk: what a clean close records in
+    /// the clean-shutdown marker instead of writing them to the file.
+    pub fn unflushed(&self) -> &[u8] {
+        assert!(
+            self.mem.len() < DIO_ALIGN_BYTES,
+            "index {}: a whole block still in memory",
+            self.path.display()
+        );
+        &self.mem
+    }
+
     /// Writes the partial block held in memory, trims the file to [`IndexFile::len`] and
-    /// fdatasyncs it (sealing or closing the segment). Opens and closes the file; creates it
-    /// when missing (recovery then finds a hole and rebuilds the index). Memory is unchanged:
-    /// a closed segment that is reopened continues from the same state.
+    /// fdatasyncs it (sealing the segment). Opens and closes the file; creates it when missing
+    /// (the first time, or after recovery found it lost). Memory is unchanged.
     pub async fn finish(&self) -> io::Result<u64> {
-        let file = crate::log::admin::open_or_create(&self.path).await?;
+        let file = dio::open_or_create(&self.path).await?;
         let result = async {
             if !self.mem.is_empty() {
                 let buffer = dio::aligned_buffer(&file, &[&self.mem]);
@@ -459,7 +473,7 @@ impl IndexFlush {
             self.path.display(),
             self.bytes.len()
         );
-        let file = crate::log::admin::open_or_create(&self.path).await?;
+        let file = dio::open_or_create(&self.path).await?;
         let buffer = dio::aligned_buffer(&file, &[&self.bytes]);
         let result = dio::write_at(&file, buffer, self.position).await;
         dio::close(file).await?;

@@ -71,7 +71,7 @@
 //!   segment table, the active segment's partially filled tail block and the unflushed tails of
 //!   its two index files (each under 4 KiB, the index tails usually a few hundred bytes), a read
 //!   memo of `READ_MEMO_ENTRIES` positions, and one open file (the active segment's log; its
-//!   index files are opened only to write a full block, to seal or close, and for a lookup)
+//!   index files are opened only to write a full block, to seal, and for a lookup)
 //!   plus at most one cached handle of a sealed segment (after a read from one). Sealed
 //!   segments' indexes stay on disk and are read on demand, one block per binary-search probe;
 //!   sealed segment files are opened lazily. An idle partition has no task.
@@ -448,6 +448,8 @@ impl std::fmt::Debug for PartitionLog {
 impl PartitionLog {
     /// Opens (or creates) the log of `tp` in the partition directory `dir` (conventionally
     /// [`partition_dir`]`(data_dir, &tp)`), recovering its tail (see [`RecoveryReport`]).
+    /// A new log is durable (its directory and empty segment file) when this returns; its
+    /// syncs are shared with the other logs of the shard opening at the same time.
     pub async fn open(
         dir: impl AsRef<Path>,
         tp: TopicPartition,
@@ -691,10 +693,13 @@ impl PartitionLog {
         admin::roll_now(&self.inner).await
     }
 
-    /// Writes and syncs everything, trims the active segment's preallocation, writes the
-    /// checkpoint and the clean-shutdown marker (so the next open trusts the indexes), and
-    /// releases the log's cache entries. Afterwards every operation fails with `Closed`; the
-    /// files are released when the log is dropped.
+    /// Waits for the writer, trims the active segment's preallocation, and writes the
+    /// clean-shutdown marker (the active segment's state, index tails, high watermark and
+    /// epochs, so the next open scans nothing) once all of that is durable; rewrites the
+    /// checkpoint files first only if they changed in more than what the marker carries. Every
+    /// sync is a shared one (`io::sync_file_system`), so many partitions closing at once share
+    /// them. On error no valid marker is left. Releases the log's cache entries; afterwards
+    /// every operation fails with `Closed`, and the files are released when the log is dropped.
     pub async fn close(&self) -> Result<(), AdminError> {
         admin::close(&self.inner).await
     }

@@ -15,16 +15,16 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 use crate::batch::BatchError;
-use crate::io::{self as dio, File, align_down};
+use crate::io::{self as dio, File, SyncMode, align_down};
 use crate::limits::{
     DIO_ALIGN_BYTES, EPOCH_FILE_BYTES_MAX, OFFSET_INDEX_ENTRY_BYTES, SEGMENTS_MAX,
     TIME_INDEX_ENTRY_BYTES,
 };
-use crate::log::admin::{open_or_create, write_active_index};
+use crate::log::admin::write_active_index;
 use crate::log::cache::BatchCache;
 use crate::log::checkpoint::{
-    CHECKPOINT_FILE, CLEAN_SHUTDOWN_FILE, Checkpoint, CleanShutdown, DecodeError, EPOCH_FILE,
-    SealedRow, decode_epochs, encode_epochs,
+    CHECKPOINT_FILE, CLEAN_BYTES_MAX, CLEAN_SHUTDOWN_FILE, Checkpoint, CleanShutdown, DecodeError,
+    EPOCH_FILE, SealedRow, decode_epochs, encode_epochs,
 };
 use crate::log::epoch::{EpochCache, EpochEntry};
 use crate::log::index::{
@@ -288,7 +288,7 @@ fn classify(
 
 /// Writes a sealed segment's index exactly (padded write, trim, sync).
 async fn write_sealed_index(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let file = open_or_create(path).await?;
+    let file = dio::open_or_create(path).await?;
     let result = async {
         dio::truncate(&file, 0).await?;
         if !bytes.is_empty() {
@@ -323,8 +323,13 @@ async fn reconcile_index(
             TIME_INDEX_EXTENSION
         },
     );
-    let on_disk = read_index(&path).await.map_err(io_error(&path))?;
+    let mut on_disk = read_index(&path).await.map_err(io_error(&path))?;
     let whole_blocks = usize::try_from(align_down(expected.len() as u64)).expect("fits");
+    if active && on_disk.is_none() && whole_blocks == 0 {
+        // An active index file appears with its first whole block: while its entries fit in
+        // memory, a missing file is the normal state, an empty index on disk.
+        on_disk = Some(Vec::new());
+    }
     let good = on_disk.as_deref().is_some_and(|on_disk| {
         if active {
             on_disk.len() <= expected.len()
@@ -402,23 +407,31 @@ async fn check_index_file(
     bounds: EntryBounds,
 ) -> io::Result<Option<IndexDamage>> {
     let len = dio::file_len(file).await?;
-    if len != recorded {
+    if len != recorded || !len.is_multiple_of(entry_bytes(kind)) {
         return Ok(Some(IndexDamage::WrongSize));
     }
-    let entry = if kind == IndexKind::Offset {
-        OFFSET_INDEX_ENTRY_BYTES
-    } else {
-        TIME_INDEX_ENTRY_BYTES
-    } as u64;
-    if !len.is_multiple_of(entry) {
-        return Ok(Some(IndexDamage::WrongSize));
-    }
+    check_index_windows(file, len, kind, bounds).await
+}
+
+/// Checks the first and the last window (one block each) of the first `whole` bytes of an
+/// index file, a whole number of entries: well-formed and within the segment.
+async fn check_index_windows(
+    file: &File,
+    whole: u64,
+    kind: IndexKind,
+    bounds: EntryBounds,
+) -> io::Result<Option<IndexDamage>> {
+    let entry = entry_bytes(kind);
+    assert!(whole.is_multiple_of(entry), "whole entries");
     let window = (DIO_ALIGN_BYTES as u64 / entry) * entry;
-    let first_len = len.min(window);
-    let last_from = len - first_len;
+    let first_len = whole.min(window);
+    let last_from = whole - first_len;
     for from in [0, last_from] {
         let bytes =
             dio::read_at(file, from, usize::try_from(first_len).expect("one block")).await?;
+        if bytes.len() as u64 != first_len {
+            return Ok(Some(IndexDamage::WrongSize));
+        }
         let checked = match kind {
             IndexKind::Offset => check_offset_entries(&bytes, bounds, None),
             IndexKind::Time => check_time_entries(&bytes, bounds, None),
@@ -428,6 +441,13 @@ async fn check_index_file(
         }
     }
     Ok(None)
+}
+
+fn entry_bytes(kind: IndexKind) -> u64 {
+    match kind {
+        IndexKind::Offset => OFFSET_INDEX_ENTRY_BYTES as u64,
+        IndexKind::Time => TIME_INDEX_ENTRY_BYTES as u64,
+    }
 }
 
 /// Rebuilds a trusted sealed segment's damaged indexes from its batches (framing only: the
@@ -622,23 +642,30 @@ async fn read_epoch_file(
 /// The epoch cache of the recovered log (`engine/FORMAT.md` §7): entries below the first
 /// scanned segment come from the epoch file (written before every checkpoint that moved the
 /// recovery point past them) or, when the file is unusable, from a header walk of those
-/// segments; entries from there on come from the batches just scanned. Then entries past the
-/// log end are dropped and entries wholly below the log start pruned.
+/// segments; entries from there on come from the batches just scanned, and those of an active
+/// segment opened from a clean-shutdown marker that carries them (`clean`: its base and
+/// entries) from the marker. Then entries past the log end are dropped and entries wholly below
+/// the log start pruned.
 async fn recover_epochs(
     dir: &Path,
     segments: &VecDeque<Segment>,
     file: Option<&EpochCache>,
     scanned: &[EpochEntry],
+    clean: Option<(Offset, &[EpochEntry])>,
     report: &RecoveryReport,
     interval: u64,
 ) -> Result<EpochCache, OpenError> {
     let written = segments.back().expect("active segment").end;
     let scanned_from = report.scanned_segments.first().copied().unwrap_or(written);
+    // The marker's entries are those starting in its segment: the epoch file supplies the
+    // ones below. A header walk (no usable file) covers the marker's segment too, since the
+    // epoch that was current when it began starts below it.
+    let file_from = clean.map_or(scanned_from, |(base, _)| scanned_from.min(base));
     let mut epochs = EpochCache::default();
     match file {
         Some(file) => {
             for entry in file.entries() {
-                if entry.start_offset < scanned_from {
+                if entry.start_offset < file_from {
                     epochs.assign(entry.epoch, entry.start_offset);
                 }
             }
@@ -662,6 +689,9 @@ async fn recover_epochs(
     for entry in scanned {
         epochs.assign(entry.epoch, entry.start_offset);
     }
+    for entry in clean.map_or(&[][..], |(_, entries)| entries) {
+        epochs.assign(entry.epoch, entry.start_offset);
+    }
     epochs.truncate_from_end(written);
     let log_start = report.log_start_offset;
     epochs.prune_before(log_start);
@@ -671,22 +701,22 @@ async fn recover_epochs(
 /// Reads the clean-shutdown marker and, when it is valid, invalidates it on disk before
 /// anything else changes: from here on, a crash must be recovered from.
 ///
-/// The marker is invalidated in place (its block overwritten with zeros and fdatasync'ed)
-/// rather than removed: the overwrite changes no metadata, so its fdatasync needs no journal
-/// commit, where a removal needs a directory fsync. Opening 10,000 partitions after a clean
-/// shutdown spent most of its 16 s in those directory fsyncs (perf/RESULTS.md). A zeroed or
-/// torn marker fails its magic and CRC checks, so it never vouches for anything.
+/// The marker is invalidated in place (its first block overwritten with zeros) rather than
+/// removed, and made durable by a shared sync (partitions opening together share one): a
+/// removal would need a directory fsync per partition, and opening 10,000 partitions after a
+/// clean shutdown spent most of its 16 s in those (perf/RESULTS.md). A zeroed or torn marker
+/// fails its magic and CRC checks, so it never vouches for anything.
 async fn take_clean_marker(dir: &Path) -> Result<Option<CleanShutdown>, OpenError> {
     let path = dir.join(CLEAN_SHUTDOWN_FILE);
-    let bytes = dio::read_small_file(&path, DIO_ALIGN_BYTES)
+    let bytes = dio::read_small_file(&path, CLEAN_BYTES_MAX)
         .await
         .map_err(io_error(&path))?;
     let marker = bytes.and_then(|bytes| CleanShutdown::decode(&bytes).ok());
     if marker.is_some() {
-        dio::overwrite_small_file(&path, &[0u8; DIO_ALIGN_BYTES])
+        dio::write_small_file_in_place(&path, &[0u8; DIO_ALIGN_BYTES], SyncMode::Shared)
             .await
             .map_err(io_error(&path))?;
-        let after = dio::read_small_file(&path, DIO_ALIGN_BYTES)
+        let after = dio::read_small_file(&path, CLEAN_BYTES_MAX)
             .await
             .map_err(io_error(&path))?;
         assert!(
@@ -742,38 +772,49 @@ async fn open_clean(
     };
     let bounds = bounds_of(&segment);
     let mut indexes = Vec::with_capacity(2);
-    for (kind, extension, recorded) in [
-        (IndexKind::Offset, INDEX_EXTENSION, marker.index_bytes),
+    for (kind, extension, recorded, tail) in [
+        (
+            IndexKind::Offset,
+            INDEX_EXTENSION,
+            marker.index_bytes,
+            &marker.index_tail,
+        ),
         (
             IndexKind::Time,
             TIME_INDEX_EXTENSION,
             marker.time_index_bytes,
+            &marker.time_index_tail,
         ),
     ] {
         let path = file_path(dir, base, extension);
-        // One open per index: check it, read its partial block into memory, close it (the
-        // active indexes are not held open).
-        let file = match dio::open_read(&path).await {
-            Ok(file) => file,
-            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(error) => return Err(error),
-        };
-        let checked = async {
-            if check_index_file(&file, u64::from(recorded), kind, bounds)
-                .await?
-                .is_some()
-            {
-                return Ok(None);
-            }
-            read_tail(&file, u64::from(recorded)).await.map(Some)
-        }
-        .await;
-        dio::close(file).await?;
-        let Some(mem) = checked? else {
-            return Ok(None);
-        };
+        // The close left the file as the writer keeps it while open (the index's whole blocks;
+        // no file while there are none) and put the partial last block in the marker. Bytes
+        // past the whole blocks (an older partial block) are ignored: the next write of that
+        // block replaces them.
         let disk_bytes = align_down(u64::from(recorded));
-        indexes.push(IndexFile::new(path, disk_bytes, mem));
+        let usable = match dio::open_read(&path).await {
+            Err(error) if error.kind() == io::ErrorKind::NotFound => disk_bytes == 0,
+            Err(error) => return Err(error),
+            Ok(file) => {
+                let checked: io::Result<bool> = async {
+                    let len = dio::file_len(&file).await?;
+                    if len < disk_bytes || len - disk_bytes >= DIO_ALIGN_BYTES as u64 {
+                        return Ok(false);
+                    }
+                    let whole = disk_bytes - disk_bytes % entry_bytes(kind);
+                    Ok(check_index_windows(&file, whole, kind, bounds)
+                        .await?
+                        .is_none())
+                }
+                .await;
+                dio::close(file).await?;
+                checked?
+            }
+        };
+        if !usable {
+            return Ok(None);
+        }
+        indexes.push(IndexFile::new(path, disk_bytes, tail.clone()));
     }
     let time_index = indexes.pop().expect("two indexes");
     let index = indexes.pop().expect("two indexes");
@@ -870,7 +911,9 @@ pub(crate) async fn open(
 ) -> Result<(Inner, RecoveryReport), OpenError> {
     config.validate()?;
     let dir: PathBuf = dir.to_path_buf();
-    dio::create_dir(&dir).await.map_err(io_error(&dir))?;
+    // New directory entries (this partition's directory, a new active segment) are made
+    // durable by one shared sync at the end, which partitions opening together share.
+    let mut unsynced = dio::create_dir(&dir).map_err(io_error(&dir))?;
     let mut report = RecoveryReport::default();
     let marker = take_clean_marker(&dir).await?;
     let disk = list_segments(&dir, &mut report).await?;
@@ -965,8 +1008,9 @@ pub(crate) async fn open(
             continue;
         }
         let is_last = tail_iter.peek().is_none();
-        if is_last && let Some(marker) = marker.filter(|marker| marker.active_base == base) {
-            let opened = open_clean(&dir, &marker, &config)
+        if is_last && let Some(marker) = marker.as_ref().filter(|marker| marker.active_base == base)
+        {
+            let opened = open_clean(&dir, marker, &config)
                 .await
                 .map_err(io_error(&dir))?;
             if let Some((segment, clean_active)) = opened {
@@ -1056,7 +1100,7 @@ pub(crate) async fn open(
             let active = create_segment(&dir, base, interval, 0, None)
                 .await
                 .map_err(io_error(&dir))?;
-            dio::sync_dir(&dir).await.map_err(io_error(&dir))?;
+            unsynced = true;
             segments.push(Segment {
                 base,
                 end: base,
@@ -1080,9 +1124,13 @@ pub(crate) async fn open(
         .map_or(first_base, |c| c.log_start)
         .max(first_base)
         .min(written);
-    let high_watermark = checkpoint
-        .as_ref()
-        .map_or(log_start, |c| c.high_watermark)
+    // The checkpoint's high watermark is the one of its last writing; a clean-shutdown marker
+    // carries the one at close (a close does not rewrite the checkpoint for it).
+    let clean_marker = marker.as_ref().filter(|_| report.clean_shutdown);
+    let high_watermark = clean_marker
+        .map(|marker| marker.high_watermark)
+        .or(checkpoint.as_ref().map(|c| c.high_watermark))
+        .unwrap_or(log_start)
         .min(written)
         .max(log_start);
     assert_eq!(
@@ -1106,11 +1154,16 @@ pub(crate) async fn open(
     report.log_start_offset = log_start;
     report.log_end_offset = written;
     let epoch_file = read_epoch_file(&dir, &mut report).await?;
+    let clean_epochs = clean_marker.and_then(|marker| {
+        let entries = marker.epochs.as_deref()?;
+        Some((marker.active_base, entries))
+    });
     let epochs = recover_epochs(
         &dir,
         &segments,
         epoch_file.as_ref(),
         &scanned_epochs,
+        clean_epochs,
         &report,
         interval,
     )
@@ -1122,11 +1175,25 @@ pub(crate) async fn open(
             .is_none_or(|last| last.start_offset < written),
         "{tp}: epoch entry past the log end {written}"
     );
-    if epoch_file.as_ref() != Some(&epochs) {
+    // The epoch file must hold the entries below the recovery point (the active segment's come
+    // from its scan after a crash, or from the marker after a clean close). Rewritten only when
+    // it does not: a missing file for a log with none there (a new partition) stands as it is.
+    let recovery_point = active.base;
+    let wanted = epochs.below(recovery_point, log_start);
+    let missing_stands = report.epoch_checkpoint == CheckpointStatus::Missing && wanted.is_empty();
+    let epochs_persisted = if epoch_file
+        .as_ref()
+        .map(|file| file.below(recovery_point, log_start))
+        != Some(wanted)
+        && !missing_stands
+    {
         dio::write_file_atomic(&dir, EPOCH_FILE, &encode_epochs(epochs.entries()))
             .await
             .map_err(io_error(&dir))?;
-    }
+        epochs.clone()
+    } else {
+        epoch_file.unwrap_or_default()
+    };
 
     let mut state = State {
         segments,
@@ -1141,8 +1208,8 @@ pub(crate) async fn open(
         },
         written,
         synced: written,
-        epochs: epochs.clone(),
-        epochs_persisted: epochs,
+        epochs,
+        epochs_persisted,
         // Replaced just below by what is on disk once the checkpoint is current.
         checkpoint_persisted: Checkpoint {
             log_start,
@@ -1173,12 +1240,41 @@ pub(crate) async fn open(
     };
     state.assign = cursor_of_active(&state);
     let fresh = checkpoint_of(&state);
-    if checkpoint.as_ref() != Some(&fresh) {
+    // The file is rewritten only when it differs in more than the high watermark, which it
+    // holds as of its writing (a clean-shutdown marker carries the newer one). A missing
+    // checkpoint means "scan everything; the log starts at its first segment": for a log that
+    // is one segment with nothing below it, the same as `fresh`, so a new partition writes no
+    // checkpoint until something else changes.
+    let missing_stands = report.checkpoint == CheckpointStatus::Missing
+        && fresh.sealed.is_empty()
+        && fresh.log_start == fresh.recovery_point;
+    let on_disk = checkpoint.clone().map(|c| Checkpoint {
+        high_watermark: fresh.high_watermark,
+        ..c
+    });
+    let checkpoint_persisted = if on_disk.as_ref() != Some(&fresh) && !missing_stands {
         dio::write_file_atomic(&dir, CHECKPOINT_FILE, &fresh.encode())
             .await
             .map_err(io_error(&dir))?;
+        fresh
+    } else {
+        checkpoint.unwrap_or(Checkpoint {
+            high_watermark: fresh.log_start,
+            ..fresh
+        })
+    };
+    // A crash may have come before the directory entries of the tail were durable (a partition
+    // created, or a segment rolled, just before it; a creation whose shared sync failed).
+    unsynced |= !report.scanned_segments.is_empty();
+    if unsynced {
+        // A new directory or active segment, or a tail recovered after a crash: its entries,
+        // and the data directory's entry for its directory, are durable before the log is
+        // used.
+        dio::sync_file_system(&state.active.log)
+            .await
+            .map_err(io_error(&dir))?;
     }
-    state.checkpoint_persisted = fresh;
+    state.checkpoint_persisted = checkpoint_persisted;
     let cache_key = cache.register();
     let inner = Inner {
         tp,

@@ -104,9 +104,10 @@ pub(crate) struct ActiveSegment {
     pub base: Offset,
     pub log: File,
     /// Invariant: when true, the log file is exactly the segment's size and each index file
-    /// exactly its [`IndexFile::len`], all fdatasync'ed since their last change, so closing has
-    /// nothing to write or sync. Set by a clean open and by closing; cleared before anything
-    /// writes, preallocates or trims one of the three files.
+    /// holds exactly its whole blocks (its partial last block is in memory), all durable since
+    /// their last change, so closing has nothing to write or sync but the marker. Set by a
+    /// clean open and by closing; cleared before anything writes, preallocates or trims one of
+    /// the three files.
     pub files_exact: bool,
     /// Invariant: the bytes `[align_down(size), size)` of the segment: the partially filled last
     /// block, rewritten with every write until it is full.

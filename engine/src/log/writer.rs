@@ -36,12 +36,15 @@ use futures::StreamExt;
 use futures::channel::oneshot;
 use futures::stream::FuturesOrdered;
 
-use crate::io::{self as dio, File, align_down, align_up};
+use crate::io::{self as dio, File, SyncMode, align_down, align_up};
 use crate::limits::{
     DIO_ALIGN_BYTES, OFFSET_INDEX_ENTRY_BYTES, TIME_INDEX_ENTRY_BYTES, WRITE_ROUND_BYTES_MAX,
     WRITE_ROUNDS_INFLIGHT_MAX,
 };
-use crate::log::checkpoint::{CHECKPOINT_FILE, Checkpoint, EPOCH_FILE, SealedRow, encode_epochs};
+use crate::log::checkpoint::{
+    CHECKPOINT_FILE, CLEAN_EPOCHS_MAX, Checkpoint, EPOCH_FILE, SealedRow, encode_epochs,
+};
+use crate::log::epoch::EpochEntry;
 use crate::log::index::{IndexBuilder, IndexFile, IndexFlush};
 use crate::log::segment::{
     ActiveSegment, INDEX_EXTENSION, LOG_EXTENSION, Segment, Spare, TIME_INDEX_EXTENSION, file_path,
@@ -906,11 +909,13 @@ enum RollFailure {
     Fatal(Arc<io::Error>),
 }
 
-/// Creates a new, empty segment's files (preallocating the log file) and returns its writer
-/// state. With a `spare` whose batches all lie below `base`, its file becomes the segment's log
-/// file as it is: the segment is written over blocks written before (its stale bytes past the
-/// segment's size are never read, and recovery stops at them). Removes what it created, the
-/// spare included, on failure.
+/// Creates a new, empty segment's log file (preallocating it) and returns its writer state.
+/// With a `spare` whose batches all lie below `base`, its file becomes the segment's log file as
+/// it is: the segment is written over blocks written before (its stale bytes past the segment's
+/// size are never read, and recovery stops at them). The index files are not created: each
+/// appears when its first block is written or the segment is sealed or closed, and open treats a
+/// missing active index as an empty one (`engine/FORMAT.md` §5). Removes the log file, the spare
+/// included, on failure. Nothing is synced.
 pub(crate) async fn create_segment(
     dir: &Path,
     base: Offset,
@@ -918,17 +923,13 @@ pub(crate) async fn create_segment(
     preallocate: u64,
     spare: Option<Spare>,
 ) -> io::Result<ActiveSegment> {
-    let paths = [
-        file_path(dir, base, LOG_EXTENSION),
-        file_path(dir, base, INDEX_EXTENSION),
-        file_path(dir, base, TIME_INDEX_EXTENSION),
-    ];
+    let log_path = file_path(dir, base, LOG_EXTENSION);
     let result = async {
         let (log, mut allocated) = match spare {
             Some(spare) if spare.end <= base => {
-                dio::rename(&dir.join(recycle_file_name(spare.end)), &paths[0]).await?;
+                dio::rename(&dir.join(recycle_file_name(spare.end)), &log_path).await?;
                 (
-                    dio::open_read_write(&paths[0]).await?,
+                    dio::open_read_write(&log_path).await?,
                     align_down(spare.bytes),
                 )
             }
@@ -938,17 +939,12 @@ pub(crate) async fn create_segment(
                     // below it): never written over, or recovery could take them for ours.
                     dio::remove(&dir.join(recycle_file_name(stale.end))).await?;
                 }
-                (dio::create(&paths[0]).await?, 0)
+                (dio::create(&log_path).await?, 0)
             }
         };
         if preallocate > allocated {
             dio::allocate(&log, preallocate).await?;
             allocated = preallocate;
-        }
-        // The index files exist from the start (recovery expects them beside the log) but are
-        // not held open: they are written when a block fills, at seal and at close.
-        for path in &paths[1..] {
-            dio::close(dio::create(path).await?).await?;
         }
         Ok(ActiveSegment {
             base,
@@ -956,44 +952,29 @@ pub(crate) async fn create_segment(
             files_exact: false,
             tail: Vec::new(),
             allocated,
-            index: IndexFile::new(paths[1].clone(), 0, Vec::new()),
-            time_index: IndexFile::new(paths[2].clone(), 0, Vec::new()),
+            index: IndexFile::new(file_path(dir, base, INDEX_EXTENSION), 0, Vec::new()),
+            time_index: IndexFile::new(file_path(dir, base, TIME_INDEX_EXTENSION), 0, Vec::new()),
             builder: IndexBuilder::new(base, interval),
         })
     }
     .await;
     if result.is_err() {
-        for path in &paths {
-            let _ = dio::remove(path).await;
-        }
+        let _ = dio::remove(&log_path).await;
     }
     result
 }
 
-/// How [`finish_active`] leaves the segment.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Finish {
-    /// Sealing at a roll: append the final time entry.
-    Seal,
-    /// Closing: the segment stays active after reopening; no final entry.
-    Close,
-}
-
-/// Writes the active segment's index tails, trims every file to its exact size (dropping the
-/// preallocation) and fdatasyncs all three, the three files concurrently (closing thousands of
-/// partitions is bound by sync latency, not bandwidth). Returns the index sizes. A close of a
-/// segment whose files are already exact and synced (nothing written since a clean open)
-/// writes nothing.
-pub(crate) async fn finish_active(inner: &Inner, finish: Finish) -> io::Result<(u64, u64)> {
+/// Seals the active segment's files: writes the final time entry and the index tails, trims
+/// all three files to their exact sizes (dropping the preallocation) and fdatasyncs them, the
+/// three files concurrently. Returns the index sizes.
+pub(crate) async fn seal_active(inner: &Inner) -> io::Result<(u64, u64)> {
     let (log, size, index, time_index) = {
         let mut state = inner.state.borrow_mut();
         let state = &mut *state;
-        if finish == Finish::Seal
-            && let Some(entry) = state.active.builder.on_seal()
-        {
+        if let Some(entry) = state.active.builder.on_seal() {
             state.active.time_index.push(&entry.encode());
-            state.active.files_exact = false;
         }
+        state.active.files_exact = false;
         let size = state.segments.back().expect("active segment").size;
         for index in [&state.active.index, &state.active.time_index] {
             assert_eq!(
@@ -1002,14 +983,6 @@ pub(crate) async fn finish_active(inner: &Inner, finish: Finish) -> io::Result<(
                 "{}: index disk bytes",
                 inner.tp
             );
-        }
-        if finish == Finish::Close && state.active.files_exact {
-            assert_eq!(
-                state.active.allocated, size,
-                "{}: exact files with preallocated space",
-                inner.tp
-            );
-            return Ok((state.active.index.len(), state.active.time_index.len()));
         }
         // Copies of the index state (about a block each) so no borrow is held across the IO;
         // nothing else changes the active segment meanwhile (the writer is idle or this is it).
@@ -1043,12 +1016,9 @@ pub(crate) async fn finish_active(inner: &Inner, finish: Finish) -> io::Result<(
     assert_eq!(
         state.active.index.len(),
         index_bytes,
-        "{}: offset index changed while it was finished",
+        "{}: offset index changed while it was sealed",
         inner.tp
     );
-    if finish == Finish::Close {
-        state.active.files_exact = true;
-    }
     Ok((index_bytes, time_index_bytes))
 }
 
@@ -1078,8 +1048,7 @@ async fn roll(inner: &Rc<Inner>, base: Offset) -> Result<(), RollFailure> {
     }
     let fatal = |error: io::Error| RollFailure::Fatal(Arc::new(error));
     dio::sync_dir(&inner.dir).await.map_err(fatal)?;
-    let (index_bytes, time_index_bytes) =
-        finish_active(inner, Finish::Seal).await.map_err(fatal)?;
+    let (index_bytes, time_index_bytes) = seal_active(inner).await.map_err(fatal)?;
     {
         let mut state = inner.state.borrow_mut();
         let state = &mut *state;
@@ -1107,7 +1076,7 @@ async fn roll(inner: &Rc<Inner>, base: Offset) -> Result<(), RollFailure> {
         state.stats.rolls += 1;
         wake(&mut state.synced_waiters, state.synced, &inner.tp);
     }
-    write_checkpoint(inner).await.map_err(fatal)
+    write_checkpoint(inner, SyncMode::Now).await.map_err(fatal)
 }
 
 /// The checkpoint describing the current state.
@@ -1139,9 +1108,18 @@ pub(crate) fn checkpoint_of(state: &State) -> Checkpoint {
     }
 }
 
-/// Persists the checkpoint atomically. Concurrent callers are serialised and each writes the
-/// state current when its turn comes.
-pub(crate) async fn write_checkpoint(inner: &Inner) -> io::Result<()> {
+/// Persists the checkpoint atomically, and before it the leader-epoch checkpoint when the
+/// epoch cache changed. Concurrent callers are serialised and each writes the state current
+/// when its turn comes.
+///
+/// With [`SyncMode::Now`] each file is replaced with its own syncs (temporary file fdatasync,
+/// rename, directory fsync), the epoch file first. With [`SyncMode::Shared`] (a close) both
+/// temporaries are written, one shared [`dio::sync_file_system`] makes them durable (and
+/// everything the caller wrote before), both are renamed, and a second shared sync makes the
+/// renames durable before this returns. The two renames need no sync between them because a
+/// shared write never moves the recovery point: entries below it are already in the epoch
+/// file on disk, so either file may land first.
+pub(crate) async fn write_checkpoint(inner: &Inner, mode: SyncMode) -> io::Result<()> {
     let _permit = inner
         .checkpoint_lock
         .acquire_permit(1)
@@ -1149,35 +1127,90 @@ pub(crate) async fn write_checkpoint(inner: &Inner) -> io::Result<()> {
         .map_err(|_| io::Error::other("checkpoint lock closed"))?;
     // The epoch file first: the checkpoint moves the recovery point, and recovery takes the
     // entries below it from the epoch file (it rebuilds those above from the scanned batches).
-    let (checkpoint, epochs) = {
+    let (checkpoint, epochs, log) = {
         let state = inner.state.borrow();
         let changed = state.epochs != state.epochs_persisted;
-        (checkpoint_of(&state), changed.then(|| state.epochs.clone()))
+        let checkpoint = checkpoint_of(&state);
+        if mode == SyncMode::Shared {
+            assert_eq!(
+                checkpoint.recovery_point, state.checkpoint_persisted.recovery_point,
+                "{}: a shared checkpoint write must not move the recovery point",
+                inner.tp
+            );
+        }
+        (
+            checkpoint,
+            changed.then(|| state.epochs.clone()),
+            state.active.log.clone(),
+        )
     };
-    if let Some(epochs) = epochs {
-        let bytes = encode_epochs(epochs.entries());
-        dio::write_file_atomic(&inner.dir, EPOCH_FILE, &bytes).await?;
-        inner.state.borrow_mut().epochs_persisted = epochs;
+    let epoch_bytes = epochs
+        .as_ref()
+        .map(|epochs| encode_epochs(epochs.entries()));
+    match mode {
+        SyncMode::Deferred => unreachable!("{}: a checkpoint is durable when written", inner.tp),
+        SyncMode::Now => {
+            if let Some(bytes) = &epoch_bytes {
+                dio::write_file_atomic(&inner.dir, EPOCH_FILE, bytes).await?;
+            }
+            dio::write_file_atomic(&inner.dir, CHECKPOINT_FILE, &checkpoint.encode()).await?;
+        }
+        SyncMode::Shared => {
+            if let Some(bytes) = &epoch_bytes {
+                dio::stage_file(&inner.dir, EPOCH_FILE, bytes).await?;
+            }
+            dio::stage_file(&inner.dir, CHECKPOINT_FILE, &checkpoint.encode()).await?;
+            dio::sync_file_system(&log).await?;
+            if epoch_bytes.is_some() {
+                dio::replace_with_staged(&inner.dir, EPOCH_FILE).await?;
+            }
+            dio::replace_with_staged(&inner.dir, CHECKPOINT_FILE).await?;
+            dio::sync_file_system(&log).await?;
+        }
     }
-    dio::write_file_atomic(&inner.dir, CHECKPOINT_FILE, &checkpoint.encode()).await?;
     // Prune only below a log start that is now durable, so the epoch file always describes
     // everything a crash could bring back (see `EpochCache::prune_before`).
     let mut state = inner.state.borrow_mut();
+    if let Some(epochs) = epochs {
+        state.epochs_persisted = epochs;
+    }
     state.epochs.prune_before(checkpoint.log_start);
     state.checkpoint_persisted = checkpoint;
     Ok(())
 }
 
-/// [`write_checkpoint`] unless the files already hold the current state (a close after nothing
-/// changed since open or the last checkpoint): two fsyncs fewer per idle partition at shutdown.
-pub(crate) async fn write_checkpoint_if_changed(inner: &Inner) -> io::Result<()> {
-    let unchanged = {
-        let state = inner.state.borrow();
-        state.epochs == state.epochs_persisted
-            && checkpoint_of(&state) == state.checkpoint_persisted
+/// Whether a close must rewrite the checkpoint (and the epoch file) rather than leave the
+/// change to the clean-shutdown marker. The marker carries the high watermark and the epoch
+/// entries of the active segment, so a close writes the files only when something else changed
+/// (which a roll, retention, delete-records or truncation would have written already), or when
+/// the active segment holds more epoch entries than a marker carries.
+pub(crate) fn close_needs_checkpoint(inner: &Inner) -> bool {
+    let state = inner.state.borrow();
+    let current = Checkpoint {
+        high_watermark: state.checkpoint_persisted.high_watermark,
+        ..checkpoint_of(&state)
     };
-    if unchanged {
-        return Ok(());
+    if current != state.checkpoint_persisted {
+        return true;
     }
-    write_checkpoint(inner).await
+    let (recovery_point, log_start) = (state.active.base, state.log_start);
+    if state.epochs.below(recovery_point, log_start)
+        != state.epochs_persisted.below(recovery_point, log_start)
+    {
+        return true;
+    }
+    marker_epochs(&state).is_none() && state.epochs != state.epochs_persisted
+}
+
+/// The epoch entries a clean-shutdown marker carries: those starting in the active segment, or
+/// `None` when there are more than it holds (the epoch file must then hold them).
+pub(crate) fn marker_epochs(state: &State) -> Option<Vec<EpochEntry>> {
+    let entries: Vec<EpochEntry> = state
+        .epochs
+        .entries()
+        .iter()
+        .filter(|entry| entry.start_offset >= state.active.base)
+        .copied()
+        .collect();
+    (entries.len() <= CLEAN_EPOCHS_MAX).then_some(entries)
 }

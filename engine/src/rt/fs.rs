@@ -9,6 +9,7 @@
 
 use std::cell::RefCell;
 use std::collections::HashSet;
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
@@ -56,4 +57,25 @@ pub async fn open_dma(path: &Path, options: &OpenOptions) -> std::io::Result<Dma
         prime_direct_io(dir).await;
     }
     options.dma_open(path).await.map_err(std::io::Error::from)
+}
+
+/// `syncfs(2)` on the file system holding `file`: every dirty inode, directory and metadata block
+/// of that file system is written back and the file system's own sync runs (ext4 commits its
+/// journal, or flushes the device cache without one; XFS forces its log). Runs on the executor's
+/// blocking thread on a duplicate of the descriptor, so the call is safe even if the caller
+/// stops waiting. Errors are the file system's writeback errors since `file` was opened.
+pub async fn sync_file_system(file: &DmaFile) -> std::io::Result<()> {
+    // SAFETY: `file` is open for the whole borrow; the clone below is a new descriptor.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(file.as_raw_fd()) };
+    let owned = borrowed.try_clone_to_owned()?;
+    crate::rt::spawn_blocking(move || {
+        // SAFETY: syncfs only reads the descriptor, which `owned` keeps open during the call.
+        let result = unsafe { libc::syncfs(owned.as_raw_fd()) };
+        if result == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    })
+    .await
 }

@@ -69,6 +69,20 @@ pub async fn yield_if_needed() {
     glommio::yield_if_needed().await;
 }
 
+/// Lets every other task of this shard that is ready now run before this one continues.
+pub async fn yield_now() {
+    let mut yielded = false;
+    std::future::poll_fn(|cx| {
+        if yielded {
+            return std::task::Poll::Ready(());
+        }
+        yielded = true;
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
+    })
+    .await;
+}
+
 /// Waits for `duration` on the shard's timer wheel.
 pub async fn sleep(duration: Duration) {
     glommio::timer::sleep(duration).await;
@@ -81,6 +95,9 @@ pub async fn sleep(duration: Duration) {
 pub fn block_on<T>(future: impl Future<Output = T>) -> T {
     let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
         .io_memory(env::IO_MEMORY_BYTES_DEFAULT)
+        .blocking_thread_pool_placement(glommio::PoolPlacement::Unbound(
+            crate::limits::BLOCKING_THREADS_PER_SHARD,
+        ))
         .make()
         .expect("executor starts (check `sluice broker` environment errors)");
     executor.run(async move {

@@ -4,13 +4,16 @@
 //! pins shard `i` to the `i`-th CPU it is given, joins every shard into a full mesh of bounded
 //! channels carrying one message type `M`, and runs the caller's shard body on each.
 //! The message enum itself belongs to the layer above (`cluster::shard::ShardMsg`).
+//! Each shard also has `BLOCKING_THREADS_PER_SHARD` blocking threads on its CPU, for the file
+//! operations io_uring cannot issue.
 
 use std::future::Future;
 use std::rc::Rc;
 
 use glommio::channels::channel_mesh::{MeshBuilder, Senders};
-use glommio::{LocalExecutorBuilder, Placement};
+use glommio::{LocalExecutorBuilder, Placement, PoolPlacement};
 
+use crate::limits::BLOCKING_THREADS_PER_SHARD;
 use crate::types::ShardId;
 
 /// How to start the shards.
@@ -199,14 +202,30 @@ where
     let mesh = MeshBuilder::<M, _>::full(config.count, config.inbox_capacity);
     let mut handles = Vec::with_capacity(config.count);
     for shard in 0..config.count {
-        let placement = match config.cpus.get(shard) {
-            Some(&cpu) => Placement::Fixed(cpu),
-            None => Placement::Unbound,
+        let (placement, pool) = match config.cpus.get(shard) {
+            Some(&cpu) => {
+                let cpus = glommio::CpuSet::online()
+                    .map_err(|error| StartError::Executor {
+                        shard,
+                        reason: error.to_string(),
+                    })?
+                    .filter(|location| location.cpu == cpu);
+                (
+                    Placement::Fixed(cpu),
+                    PoolPlacement::Fenced(BLOCKING_THREADS_PER_SHARD, cpus),
+                )
+            }
+            None => (
+                Placement::Unbound,
+                PoolPlacement::Unbound(BLOCKING_THREADS_PER_SHARD),
+            ),
         };
         let body = body.clone();
         let builder = mesh.clone();
         let count = config.count;
+        // The blocking threads share the shard's CPU: they wait on the device, not the CPU.
         let mut executor = LocalExecutorBuilder::new(placement)
+            .blocking_thread_pool_placement(pool)
             .name(&format!("{}-{shard}", config.name))
             .io_memory(config.io_memory_bytes);
         if !config.idle_poll.is_zero() {

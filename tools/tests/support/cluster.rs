@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{run_with_input, sluice_bin};
+use super::{run_with_input, sluice_bin, terminate};
 
 /// Longest any condition below may take to come true; a broker start, an election and a
 /// fencing each take a few seconds at most.
@@ -188,20 +188,7 @@ impl Node {
     /// `STOP_DEADLINE`; returns whether it exited by itself.
     pub fn stop(&mut self) -> bool {
         let mut child = self.child.take().expect("broker running");
-        let pid = libc::pid_t::try_from(child.id()).expect("a pid fits pid_t");
-        // SAFETY: kill(2) on our own child's pid, which is not reaped yet.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
-        let deadline = Instant::now() + STOP_DEADLINE;
-        while Instant::now() < deadline {
-            if child.try_wait().expect("poll the broker").is_some() {
-                return true;
-            }
-            // Polling a condition: no event tells us the process exited.
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = child.kill();
-        child.wait().expect("reap");
-        false
+        terminate(&mut child, STOP_DEADLINE)
     }
 
     /// True while the broker is started and its process runs (it may have exited by itself,

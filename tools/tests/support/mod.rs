@@ -148,6 +148,21 @@ impl Broker {
         broker
     }
 
+    /// Stops the broker with SIGTERM (a clean shutdown) and reaps it; fails the test if it
+    /// has not exited within `deadline` (it is then killed).
+    pub fn stop(&mut self, deadline: Duration) {
+        assert!(
+            terminate(&mut self.child, deadline),
+            "broker did not stop within {deadline:?} after SIGTERM:\n{}",
+            self.log()
+        );
+    }
+
+    /// The broker's data directory.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
     /// Kills the broker with SIGKILL (no shutdown, nothing flushed) and reaps it.
     pub fn kill(&mut self) {
         self.child.kill().expect("SIGKILL the broker");
@@ -225,17 +240,31 @@ impl Broker {
         self.quic.to_string()
     }
 
-    /// The broker's data directory.
-    pub fn data_dir(&self) -> PathBuf {
-        self.dir.path().join("data")
-    }
-
     /// Runs `sluice ARGS --brokers <this broker>` with `stdin` and returns its output.
     pub fn sluice(&self, args: &[&str], stdin: &[u8]) -> Output {
         let mut command = Command::new(sluice_bin());
         command.args(args).args(["--brokers", &self.brokers()]);
         run_with_input(command, stdin)
     }
+}
+
+/// Sends SIGTERM (a clean shutdown) to `child` and reaps it; SIGKILLs it if it has not exited
+/// within `deadline`. Returns whether it exited by itself.
+pub fn terminate(child: &mut Child, deadline: Duration) -> bool {
+    let pid = libc::pid_t::try_from(child.id()).expect("a pid fits pid_t");
+    // SAFETY: kill(2) on our own child's pid, which is not reaped yet.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let until = Instant::now() + deadline;
+    while Instant::now() < until {
+        if child.try_wait().expect("poll the broker").is_some() {
+            return true;
+        }
+        // Polling a condition: no event tells us the process exited.
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    child.wait().expect("reap");
+    false
 }
 
 /// Spawns `sluice broker ARGS`, appending its stderr to `DIR/broker.log`.
