@@ -1,14 +1,14 @@
 //! One Kafka connection with pipelined requests.
 //!
-//! A request is encoded whole (header and body), given a correlation id and queued for the
-//! writer task; record sets given as placeholders ([`sluice_net::kafka::splice`]) are
-//! written from their own buffers instead of being copied into the request; its reply slot
-//! joins a FIFO in the same synchronous step, so the FIFO order is the write order. The reader task takes response
-//! frames in order (a Kafka broker answers a connection's requests in the order it got
-//! them), checks each correlation id against the FIFO's head, decodes the body with the
-//! `kafka-protocol` crate and hands it over. At most `in_flight_max` requests are
-//! outstanding (Kafka's `max.in.flight.requests.per.connection`); acks=0 produce requests
-//! get no response and leave the window as soon as they are written.
+//! A request is encoded whole (header and body), given a correlation id and queued for the writer
+//! task; record sets given as placeholders ([`sluice_net::kafka::splice`]) are written from their
+//! own buffers instead of being copied into the request; its reply slot joins a FIFO in the same
+//! synchronous step, so the FIFO order is the write order. The reader task takes response frames in
+//! order (a Kafka broker answers a connection's requests in the order it got them), checks each
+//! correlation id against the FIFO's head, decodes the body with the `kafka-protocol` crate and
+//! hands it over. At most `in_flight_max` requests are outstanding (Kafka's
+//! `max.in.flight.requests.per.connection`); acks=0 produce requests get no response and leave the
+//! window as soon as they are written.
 //!
 //! Any failure (socket, framing, an unexpected correlation id) breaks the connection: every
 //! waiting request fails with the reason and later calls fail at once. The harness does not
