@@ -23,8 +23,8 @@ pub const RECORDS_DECOMPRESSED_BYTES_MAX: usize = 4 * BATCH_BYTES_MAX;
 /// They wait on the device, not the CPU (a truncate that frees blocks may discard them
 /// synchronously, one to a partial block reads that block to zero its tail), so several in
 /// flight overlap their waits: the 10,000 log trims of a shutdown of 10,000 partitions queued
-/// 1.3 s behind one thread here and 0.35 s behind 8 (perf/RESULTS.md, "10,000 partitions:
-/// batched syncs"). Each costs an idle thread per shard.
+/// 1.3 s behind one thread here and 0.35 s behind 8 (perf/RESULTS.md, "Many partitions: shared
+/// syncs"). Each costs an idle thread per shard.
 pub const BLOCKING_THREADS_PER_SHARD: usize = 8;
 
 /// Block size all direct-IO positions and lengths are aligned to.
