@@ -66,6 +66,14 @@ pub(crate) struct Spare {
     pub bytes: u64,
 }
 
+impl Spare {
+    /// Whether the file can become the log file of a segment starting at `base`: every batch in
+    /// it lies below `base`, so none can be taken for one of that segment's.
+    pub fn fits(&self, base: Offset) -> bool {
+        self.end <= base
+    }
+}
+
 /// Parses a segment file name into its base offset and extension.
 pub(crate) fn parse_file_name(name: &str) -> Option<(Offset, &str)> {
     let (stem, extension) = name.split_once('.')?;

@@ -926,7 +926,7 @@ pub(crate) async fn create_segment(
     let log_path = file_path(dir, base, LOG_EXTENSION);
     let result = async {
         let (log, mut allocated) = match spare {
-            Some(spare) if spare.end <= base => {
+            Some(spare) if spare.fits(base) => {
                 dio::rename(&dir.join(recycle_file_name(spare.end)), &log_path).await?;
                 (
                     dio::open_read_write(&log_path).await?,
@@ -1043,7 +1043,7 @@ async fn roll(inner: &Rc<Inner>, base: Offset) -> Result<(), RollFailure> {
     let new = create_segment(&inner.dir, base, interval, config.preallocate_bytes, spare)
         .await
         .map_err(|error| RollFailure::Create(Arc::new(error)))?;
-    if spare.is_some_and(|spare| spare.end <= base) {
+    if spare.is_some_and(|spare| spare.fits(base)) {
         inner.state.borrow_mut().stats.recycled_segments += 1;
     }
     let fatal = |error: io::Error| RollFailure::Fatal(Arc::new(error));
