@@ -242,6 +242,11 @@ pub async fn file_len(file: &DmaFile) -> io::Result<u64> {
     Ok(file.file_size().await?)
 }
 
+/// The size in bytes of the file at `path`, without opening it. Blocks briefly (a `stat`).
+pub fn path_len(path: &Path) -> io::Result<u64> {
+    Ok(std::fs::metadata(path)?.len())
+}
+
 /// Makes the directory's entries (created, renamed, removed files) durable.
 pub async fn sync_dir(path: &Path) -> io::Result<()> {
     faults::check(faults::Op::Sync, path)?;

@@ -513,7 +513,7 @@ async fn list_segments(dir: &Path, report: &mut RecoveryReport) -> Result<DiskSe
             let path = dir.join(name);
             let keep = disk.spare.is_none_or(|spare| spare.end < end);
             let dropped = if keep {
-                let bytes = std::fs::metadata(&path).map_err(io_error(&path))?.len();
+                let bytes = dio::path_len(&path).map_err(io_error(&path))?;
                 disk.spare
                     .replace(Spare { end, bytes })
                     .map(|spare| spare.end)
