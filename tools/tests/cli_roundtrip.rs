@@ -567,24 +567,27 @@ fn log_start_offset(broker: &Broker, topic: &str) -> i64 {
     field.trim().parse().expect("a number")
 }
 
-/// The `.log` files of partition 0 of `topic`.
-fn segment_files(broker: &Broker, topic: &str) -> usize {
+/// The base offsets of the segment files (`<base>.log`) of partition 0 of `topic`.
+fn segment_bases(broker: &Broker, topic: &str) -> Vec<i64> {
     std::fs::read_dir(broker.data_dir().join(format!("{topic}-0")))
         .expect("partition directory")
-        .filter(|entry| {
-            let name = entry.as_ref().expect("entry").file_name();
-            name.to_string_lossy().ends_with(".log")
+        .filter_map(|entry| {
+            let name = entry.expect("entry").file_name();
+            let base = name.to_string_lossy().strip_suffix(".log")?.parse().ok()?;
+            Some(base)
         })
-        .count()
+        .collect()
 }
 
 // Goal: a running broker applies retention.bytes and retention.ms by itself (Kafka's
 // log.retention.check.interval.ms), deleting whole old segments, advancing the log start
 // offset, and serving the kept records from there.
-// Method: a broker checking every 200 ms; one topic with 16 KiB segments and retention.bytes
-// of 48 KiB, one with retention.ms of 1 s; 400 records of ~400 bytes in twenty batches; poll `topic
-// describe` (bounded) until the log start moves, then check the segment files on disk and that
-// a consumer from the beginning starts exactly there and reads every later record in order.
+// Method: a broker checking every 200 ms; two topics of 16 KiB segments; 400 records of ~400
+// bytes in twenty batches to each; then retention.bytes of 48 KiB set on one and retention.ms of
+// 1 s on the other (set after the records, so that one retention pass finds the whole log and
+// the log start moves once, not again while the consumer reads); poll `topic describe`
+// (bounded) until the log start moves, then check the segment files on disk and that a consumer
+// from the beginning starts exactly there and reads every later record in order.
 #[test]
 fn retention_runs_in_the_broker() {
     let broker = Broker::start_with(&["--log-retention-check-interval-ms", "200"]);
@@ -612,25 +615,26 @@ fn retention_runs_in_the_broker() {
                 "1",
                 "-c",
                 "segment.bytes=16384",
-                "-c",
-                retention,
             ],
             b"",
         ));
         for input in &inputs {
             assert_success(&broker.sluice(&["produce", topic, "--acks", "all"], input.as_bytes()));
         }
+        assert_success(&broker.sluice(&["topic", "alter-config", topic, "-c", retention], b""));
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         // By size the log start moves once; by time it moves until only the active segment is
-        // left, so wait for that (then nothing moves while the consumer reads).
-        let settled = |start: i64| match topic {
-            "bysize" => start > 0,
-            _ => start > 0 && segment_files(&broker, topic) == 1,
-        };
-        let start = loop {
+        // left, so wait for that (then nothing moves while the consumer reads). Retention
+        // advances the log start, then removes the files below it: so the files are listed
+        // first, and the log start read after them is settled once no file lies below it.
+        let (start, kept) = loop {
+            let bases = segment_bases(&broker, topic);
             let start = log_start_offset(&broker, topic);
-            if settled(start) {
-                break start;
+            let settled = start > 0
+                && bases.iter().all(|base| *base >= start)
+                && (topic == "bysize" || bases.len() == 1);
+            if settled {
+                break (start, bases.len());
             }
             assert!(
                 std::time::Instant::now() < deadline,
@@ -638,8 +642,8 @@ fn retention_runs_in_the_broker() {
             );
             std::thread::sleep(Duration::from_millis(100));
         };
-        // Twenty batches of ~8.2 KiB fill ten 16 KiB segments; retention leaves fewer.
-        let kept = segment_files(&broker, topic);
+        // Twenty batches of ~8.4 KiB, at most two to a 16 KiB segment, fill ten or more;
+        // retention leaves fewer.
         assert!(kept < 10, "{topic}: {kept} segments kept");
         if topic == "bysize" {
             // At least retention.bytes stays: about 117 records of 420 bytes.
