@@ -21,6 +21,7 @@ use anyhow::Context;
 use bytes::Bytes;
 use serde::Serialize;
 use sluice_engine::batch::{BatchBuilder, BuildError, Compression};
+use sluice_engine::limits::WRITE_ROUND_BYTES_MAX;
 use sluice_engine::log::{BatchCache, Durability, LogConfig, PartitionLog};
 use sluice_engine::rt::{self, clock};
 use sluice_engine::{LeaderEpoch, TimestampMs, TopicPartition};
@@ -118,13 +119,19 @@ async fn append_pass(
     };
     let mut segments = log.segment_count();
     let mut pending = VecDeque::with_capacity(config.inflight);
-    for _ in 0..count {
+    // The loop below waits only when `inflight` appends are outstanding; without a yield each
+    // round's worth, the rounds it issues meanwhile would reach the disk only then.
+    let appends_per_round = WRITE_ROUND_BYTES_MAX.div_ceil(batch.len()).max(1) as u64;
+    for appended in 0..count {
         if pending.len() >= config.inflight {
             let oldest: sluice_engine::log::PendingAppend = pending.pop_front().expect("non-empty");
             oldest.await.map_err(|e| anyhow::anyhow!("append: {e}"))?;
         }
         let append = log.append(batch.clone(), LeaderEpoch(0), durability);
         pending.push_back(append);
+        if (appended + 1) % appends_per_round == 0 {
+            rt::yield_to_io().await;
+        }
         if config.steady_state && log.segment_count() > segments {
             // The broker applies retention below the high watermark, which follows the log end
             // on a single broker; here the written end stands in for it.

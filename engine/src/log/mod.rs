@@ -469,6 +469,8 @@ impl PartitionLog {
     /// [`PendingAppend`] knows its offsets at once and resolves at `durability`. A rejected
     /// append resolves at once with its error; an epoch below the log's latest is
     /// [`AppendError::StaleEpoch`]. The first append of a new epoch adds an epoch cache entry.
+    /// The writes it starts reach the disk once the shard's tasks wait; a caller that appends
+    /// in a loop without waiting calls [`crate::rt::yield_to_io`] every write round's worth.
     pub fn append(
         &self,
         batches: Bytes,

@@ -83,6 +83,18 @@ pub async fn yield_now() {
     .await;
 }
 
+/// Suspends this task until the shard's next IO poll, which hands the IO queued so far to the
+/// kernel and reaps completions.
+///
+/// glommio submits queued IO (the DMA writes of write rounds, say) only when its executor leaves
+/// the task queues: when every task waits, or when the preempt timer fires (100 ms). A task that
+/// stages appends in a loop without waiting keeps the rounds they issue in user space, and the
+/// disk idle, until it waits; it calls this once per write round's worth of appends. The
+/// wake-up is a 1 µs timer, due by the time that poll runs.
+pub async fn yield_to_io() {
+    glommio::timer::sleep(Duration::from_micros(1)).await;
+}
+
 /// Waits for `duration` on the shard's timer wheel.
 pub async fn sleep(duration: Duration) {
     glommio::timer::sleep(duration).await;
