@@ -13,7 +13,9 @@
 //! stream at its position. Only data below
 //! the segment's written size is ever read ahead, so the stream never holds bytes the log may
 //! still change, except after a truncation, which discards the stream
-//! ([`crate::log::State::read_ahead`]).
+//! ([`crate::log::State::read_ahead`]). A read that issued chunks yields to the shard's IO
+//! poll before it returns ([`crate::rt::yield_to_io`]), so they reach the disk while the
+//! reader works through what it got.
 //!
 //! Shard-local (`!Send`): the chunks' tasks run on the partition's shard.
 //!
@@ -189,7 +191,7 @@ pub(crate) async fn read(
         "read-ahead at {position} past segment {segment} size {size}"
     );
     let min_end = size.min(position + min_len as u64);
-    let (id, taken) = {
+    let (id, taken, issued) = {
         let mut state = inner.state.borrow_mut();
         let stream = match state.read_ahead.take() {
             Some(mut stream) if stream.covers(segment, position) => {
@@ -229,7 +231,7 @@ pub(crate) async fn read(
         state.stats.read_ahead_chunks += issued;
         let id = stream.id;
         state.read_ahead = Some(stream);
-        (id, taken)
+        (id, taken, issued)
     };
     assert!(!taken.is_empty(), "read-ahead took no chunk at {position}");
     let mut ready = Vec::with_capacity(taken.len());
@@ -266,44 +268,50 @@ pub(crate) async fn read(
         }
         out.freeze()
     };
-    // Give the chunks back: the reader comes back for the batch it found incomplete at the end
-    // of what it got, or for the rest of a chunk. The next read past a chunk drops it.
-    let mut state = inner.state.borrow_mut();
-    let short = ready.iter().any(|(_, len, bytes)| bytes.len() < *len);
-    if short
-        && state
-            .read_ahead
-            .as_ref()
-            .is_some_and(|stream| stream.id == id)
     {
-        // The file is shorter than recorded: keep nothing, the next reader reads again.
-        state.read_ahead = None;
-    }
-    if let Some(stream) = state.read_ahead.as_mut()
-        && stream.id == id
-    {
-        for (chunk_position, len, bytes) in ready.into_iter().rev() {
-            stream
-                .chunks
-                .push_front(Chunk::new(chunk_position, len, ChunkData::Ready(bytes)));
-        }
-        // Two readers of one partition at different positions (a leader serving two
-        // followers, or two catch-up consumers) take and give back chunks of the one stream
-        // in turn: what comes back may no longer join what is queued. The stream is only a
-        // prefetch: drop it, and the next reader starts a fresh one where it reads.
-        let contiguous = stream
-            .chunks
-            .iter()
-            .zip(stream.chunks.iter().skip(1))
-            .all(|(a, b)| a.position + a.len as u64 == b.position);
-        if !contiguous {
-            tracing::debug!(
-                segment = segment.0,
-                "concurrent readers: read-ahead restarted"
-            );
+        // Give the chunks back: the reader comes back for the batch it found incomplete at the
+        // end of what it got, or for the rest of a chunk. The next read past a chunk drops it.
+        let mut state = inner.state.borrow_mut();
+        let short = ready.iter().any(|(_, len, bytes)| bytes.len() < *len);
+        if short
+            && state
+                .read_ahead
+                .as_ref()
+                .is_some_and(|stream| stream.id == id)
+        {
+            // The file is shorter than recorded: keep nothing, the next reader reads again.
             state.read_ahead = None;
         }
+        if let Some(stream) = state.read_ahead.as_mut()
+            && stream.id == id
+        {
+            for (chunk_position, len, bytes) in ready.into_iter().rev() {
+                stream
+                    .chunks
+                    .push_front(Chunk::new(chunk_position, len, ChunkData::Ready(bytes)));
+            }
+            // Two readers of one partition at different positions (a leader serving two
+            // followers, or two catch-up consumers) take and give back chunks of the one stream
+            // in turn: what comes back may no longer join what is queued. The stream is only a
+            // prefetch: drop it, and the next reader starts a fresh one where it reads.
+            let contiguous = stream
+                .chunks
+                .iter()
+                .zip(stream.chunks.iter().skip(1))
+                .all(|(a, b)| a.position + a.len as u64 == b.position);
+            if !contiguous {
+                tracing::debug!(
+                    segment = segment.0,
+                    "concurrent readers: read-ahead restarted"
+                );
+                state.read_ahead = None;
+            }
+        }
     }
-    drop(state);
+    if issued > 0 {
+        // The chunks just issued reach the kernel at the shard's next IO poll; a reader whose
+        // chunks were all ready has not waited, and would keep them queued while it works.
+        crate::rt::yield_to_io().await;
+    }
     Ok(result)
 }
