@@ -11,6 +11,9 @@
 //! - Loopback QUIC bandwidth over one quinn stream between two executors, through the net
 //!   crate's endpoints and TLS (the native protocol's transport limit; the same method as
 //!   `net/examples/quic_bandwidth.rs`).
+//! - CPU stalls: one thread per CPU spins reading the clock and records the gaps. On a VM the
+//!   host can take CPUs away (a CPU quota, other guests) for tens of milliseconds; a run's
+//!   latency tails mean nothing without knowing that.
 
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -38,7 +41,21 @@ pub struct Reference {
     pub fdatasync_64k_us: Percentiles,
     pub tcp_loopback_mb_per_sec: f64,
     pub quic_loopback_mb_per_sec: f64,
+    pub cpu_stalls: CpuStalls,
     pub bytes_per_measurement: u64,
+}
+
+/// What spinning threads, one per CPU, saw of the host taking their CPUs away.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct CpuStalls {
+    /// Spinning threads (the machine's CPUs).
+    pub threads: usize,
+    /// How long each thread spun.
+    pub probe_ms: u64,
+    /// The longest gap any thread saw between two consecutive clock reads.
+    pub max_gap_ms: f64,
+    /// Time lost in gaps over 1 ms, as a share of the probe, averaged over the threads.
+    pub lost_share: f64,
 }
 
 /// Latency percentiles in microseconds.
@@ -77,6 +94,7 @@ pub fn measure(dir: &Path, bytes: u64) -> anyhow::Result<Reference> {
     let mut reference = disk?;
     reference.tcp_loopback_mb_per_sec = measure_tcp(bytes)?;
     reference.quic_loopback_mb_per_sec = measure_quic(dir, bytes)?;
+    reference.cpu_stalls = measure_cpu_stalls(CPU_STALL_PROBE);
     reference.bytes_per_measurement = bytes;
     Ok(reference)
 }
@@ -235,6 +253,49 @@ fn measure_tcp(bytes: u64) -> anyhow::Result<f64> {
         "tcp reference lost bytes: sent {sent}, received {received}"
     );
     Ok(mb_per_sec(sent, elapsed))
+}
+
+/// How long each CPU-stall probe thread spins.
+const CPU_STALL_PROBE: Duration = Duration::from_secs(2);
+/// Gaps longer than this count as time the thread lost its CPU.
+const CPU_STALL_GAP: Duration = Duration::from_millis(1);
+
+/// Spins one thread per CPU for `probe`, each reading the clock in a loop: a gap between two
+/// reads is time the thread did not run. With every CPU busy, the guest's own scheduler has
+/// nothing else to run, so long gaps are the host's.
+fn measure_cpu_stalls(probe: Duration) -> CpuStalls {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let spinners: Vec<_> = (0..threads)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let start = clock::now();
+                let (mut last, mut max_gap, mut lost) = (start, Duration::ZERO, Duration::ZERO);
+                while last - start < probe {
+                    let now = clock::now();
+                    let gap = now - last;
+                    max_gap = max_gap.max(gap);
+                    if gap > CPU_STALL_GAP {
+                        lost += gap;
+                    }
+                    last = now;
+                }
+                (max_gap, lost.as_secs_f64() / (last - start).as_secs_f64())
+            })
+        })
+        .collect();
+    let results: Vec<(Duration, f64)> = spinners
+        .into_iter()
+        .map(|spinner| spinner.join().expect("stall probe thread panicked"))
+        .collect();
+    CpuStalls {
+        threads,
+        probe_ms: probe.as_millis() as u64,
+        max_gap_ms: results
+            .iter()
+            .map(|(gap, _)| gap.as_secs_f64() * 1e3)
+            .fold(0.0, f64::max),
+        lost_share: results.iter().map(|(_, lost)| lost).sum::<f64>() / threads as f64,
+    }
 }
 
 /// Bytes per QUIC write (shared, never copied by the sender).

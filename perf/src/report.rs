@@ -417,6 +417,18 @@ pub fn print_summary(report: &Report) {
         "load average",
         format!("{:?} at start", report.machine.load_average),
     );
+    let stalls = report.reference.as_ref().and_then(|r| r.get("cpu_stalls"));
+    if let Some(stalls) = stalls {
+        let field = |key: &str| stalls.get(key).and_then(|v| v.as_f64()).unwrap_or(f64::NAN);
+        row(
+            "cpu stalls",
+            format!(
+                "max gap {:.1} ms, {:.1}% lost (reference, all CPUs spinning)",
+                field("max_gap_ms"),
+                100.0 * field("lost_share")
+            ),
+        );
+    }
     print!("{out}");
 }
 
