@@ -268,50 +268,53 @@ pub(crate) async fn read(
         }
         out.freeze()
     };
-    {
-        // Give the chunks back: the reader comes back for the batch it found incomplete at the
-        // end of what it got, or for the rest of a chunk. The next read past a chunk drops it.
-        let mut state = inner.state.borrow_mut();
-        let short = ready.iter().any(|(_, len, bytes)| bytes.len() < *len);
-        if short
-            && state
-                .read_ahead
-                .as_ref()
-                .is_some_and(|stream| stream.id == id)
-        {
-            // The file is shorter than recorded: keep nothing, the next reader reads again.
-            state.read_ahead = None;
-        }
-        if let Some(stream) = state.read_ahead.as_mut()
-            && stream.id == id
-        {
-            for (chunk_position, len, bytes) in ready.into_iter().rev() {
-                stream
-                    .chunks
-                    .push_front(Chunk::new(chunk_position, len, ChunkData::Ready(bytes)));
-            }
-            // Two readers of one partition at different positions (a leader serving two
-            // followers, or two catch-up consumers) take and give back chunks of the one stream
-            // in turn: what comes back may no longer join what is queued. The stream is only a
-            // prefetch: drop it, and the next reader starts a fresh one where it reads.
-            let contiguous = stream
-                .chunks
-                .iter()
-                .zip(stream.chunks.iter().skip(1))
-                .all(|(a, b)| a.position + a.len as u64 == b.position);
-            if !contiguous {
-                tracing::debug!(
-                    segment = segment.0,
-                    "concurrent readers: read-ahead restarted"
-                );
-                state.read_ahead = None;
-            }
-        }
-    }
+    give_back(inner, segment, id, ready);
     if issued > 0 {
         // The chunks just issued reach the kernel at the shard's next IO poll; a reader whose
         // chunks were all ready has not waited, and would keep them queued while it works.
         crate::rt::yield_to_io().await;
     }
     Ok(result)
+}
+
+/// Gives a read's chunks back to the stream they came from, if it is still the partition's:
+/// the reader comes back for the batch it found incomplete at the end of what it got, or for
+/// the rest of a chunk. The next read past a chunk drops it.
+fn give_back(inner: &Inner, segment: Offset, id: u64, ready: Vec<(u64, usize, Bytes)>) {
+    let mut state = inner.state.borrow_mut();
+    let short = ready.iter().any(|(_, len, bytes)| bytes.len() < *len);
+    if short
+        && state
+            .read_ahead
+            .as_ref()
+            .is_some_and(|stream| stream.id == id)
+    {
+        // The file is shorter than recorded: keep nothing, the next reader reads again.
+        state.read_ahead = None;
+    }
+    if let Some(stream) = state.read_ahead.as_mut()
+        && stream.id == id
+    {
+        for (chunk_position, len, bytes) in ready.into_iter().rev() {
+            stream
+                .chunks
+                .push_front(Chunk::new(chunk_position, len, ChunkData::Ready(bytes)));
+        }
+        // Two readers of one partition at different positions (a leader serving two
+        // followers, or two catch-up consumers) take and give back chunks of the one stream
+        // in turn: what comes back may no longer join what is queued. The stream is only a
+        // prefetch: drop it, and the next reader starts a fresh one where it reads.
+        let contiguous = stream
+            .chunks
+            .iter()
+            .zip(stream.chunks.iter().skip(1))
+            .all(|(a, b)| a.position + a.len as u64 == b.position);
+        if !contiguous {
+            tracing::debug!(
+                segment = segment.0,
+                "concurrent readers: read-ahead restarted"
+            );
+            state.read_ahead = None;
+        }
+    }
 }
