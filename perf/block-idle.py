@@ -43,13 +43,13 @@ if not events:
 events.sort()
 
 start, end = events[0][0], events[-1][0]
-window = args.window or max(end - start, 1e-9)
+window = args.window
 # Per window: idle seconds, bytes written, bytes read.
 windows = {}
 in_flight = {}
 last, started = start, False
 for time, kind, rwbs, sector, size in events:
-    index = int((time - start) / window)
+    index = int((time - start) / window) if window else 0
     counts = windows.setdefault(index, [0.0, 0, 0])
     if started and not in_flight:
         counts[0] += time - last
@@ -61,7 +61,7 @@ for time, kind, rwbs, sector, size in events:
         size, rwbs = in_flight.pop(sector)
         counts[1 if "W" in rwbs else 2] += size
 
-if not args.window:
+if not window:
     idle, written, read = windows[0]
     span = end - start
     print(f"{(written + read) / 1e6 / span:.0f} MB/s over {span:.2f} s, "
