@@ -373,3 +373,27 @@ fn measure_quic(dir: &Path, bytes: u64) -> anyhow::Result<f64> {
     );
     Ok(mb_per_sec(bytes, elapsed))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Goal: the stall probe spins one thread per CPU and reports figures consistent with each
+    // other, whatever the machine does meanwhile. Pass: a thread per CPU; some gap seen (a
+    // thread that never looped would see none); a gap over the 1 ms threshold shows up as lost
+    // time; the lost share is a fraction.
+    #[test]
+    fn cpu_stall_probe_reports_consistent_figures() {
+        let stalls = measure_cpu_stalls(Duration::from_millis(50));
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(stalls.threads, cpus);
+        assert_eq!(stalls.probe_ms, 50);
+        assert!(stalls.max_gap_ms > 0.0, "{stalls:?}");
+        let threshold_ms = CPU_STALL_GAP.as_secs_f64() * 1e3;
+        assert!(
+            stalls.max_gap_ms <= threshold_ms || stalls.lost_share > 0.0,
+            "{stalls:?}"
+        );
+        assert!((0.0..=1.0).contains(&stalls.lost_share), "{stalls:?}");
+    }
+}
