@@ -33,7 +33,7 @@ use bytes::Bytes;
 use futures::channel::oneshot;
 
 use crate::limits::DIO_ALIGN_BYTES;
-use crate::rt::fs::{Directory, DmaFile, OpenOptions, open_dma};
+use crate::rt::fs::{Directory, DmaFile, OpenOptions, ReadResult, open_dma};
 
 /// A DMA file shared by the tasks of one shard.
 pub type File = Rc<DmaFile>;
@@ -202,9 +202,15 @@ pub async fn read_at(file: &DmaFile, pos: u64, len: usize) -> io::Result<Bytes> 
     if len == 0 {
         return Ok(Bytes::new());
     }
-    faults::check(faults::Op::Read, &path_of(file))?;
-    let result = file.read_at(pos, len).await?;
+    let result = read_at_dma(file, pos, len).await?;
     Ok(Bytes::copy_from_slice(&result))
+}
+
+/// As [`read_at`], keeping the bytes in the DMA buffer they were read into (`!Send`): for a
+/// shard-local reader that copies out only part of them.
+pub async fn read_at_dma(file: &DmaFile, pos: u64, len: usize) -> io::Result<ReadResult> {
+    faults::check(faults::Op::Read, &path_of(file))?;
+    Ok(file.read_at(pos, len).await?)
 }
 
 /// Reserves space up to `size` bytes (`fallocate` without `FALLOC_FL_KEEP_SIZE`, so the file

@@ -95,6 +95,72 @@ fn sequential_reads_match_what_was_appended() {
     });
 }
 
+// Goal: batches larger than a read-ahead chunk (each spans two or three) are served
+// unchanged, and every byte served is copied out of the chunks once: a batch cut off at the
+// end of what has arrived costs at most its header until the reader comes back for it whole.
+// Method: append ~13 MiB of 1.1-1.5 MiB batches (the bench's 1 MiB producer batches) with no
+// cache, read everything back with fetch-sized reads (the first read of each goes to the disk
+// directly, the rest through read-ahead), and bound the bytes copied out of chunks by the bytes
+// stored plus one header per read and per chunk.
+#[test]
+fn batches_larger_than_a_chunk_are_copied_once() {
+    let dir = tempfile::tempdir().unwrap();
+    block_on(async {
+        let tp = tp("read-ahead-large");
+        let config = sluice_engine::log::LogConfig {
+            max_batch_bytes: 4 << 20,
+            ..config(64 << 20)
+        };
+        let (log, _) = open(dir.path(), &tp, config, &no_cache()).await;
+        let chunk = limits::READ_AHEAD_CHUNK_BYTES;
+        let batches: Vec<Bytes> = (0..10u64)
+            .map(|i| {
+                batch(
+                    1,
+                    chunk + chunk / 10 + (i as usize % 4) * chunk / 10,
+                    0,
+                    50 + i,
+                )
+            })
+            .collect();
+        assert!(batches.iter().all(|b| b.len() > chunk));
+        for b in &batches {
+            append(&log, b.clone(), Durability::Written).await;
+        }
+        let stored: usize = batches.iter().map(Bytes::len).sum();
+        let end = log.log_end_offset();
+        let mut got = Vec::new();
+        let mut reads = 0u64;
+        let mut next = Offset(0);
+        while next < end {
+            let slice = log.read(next, 4 << 20, end).await.unwrap();
+            assert!(!slice.is_empty(), "no progress reading at {next}");
+            reads += 1;
+            next = slice.next_offset;
+            got.extend(slice.batches);
+        }
+        check_same(&got, &batches);
+        let stats = log.stats();
+        assert!(
+            stats.read_ahead_chunks > 0,
+            "sequential reads use read-ahead"
+        );
+        let headers = (reads + stats.read_ahead_chunks) * sluice_engine::batch::HEADER_BYTES as u64;
+        assert!(
+            stats.read_ahead_copied_bytes > chunk as u64,
+            "read-ahead served only {} bytes",
+            stats.read_ahead_copied_bytes
+        );
+        assert!(
+            stats.read_ahead_copied_bytes <= stored as u64 + headers,
+            "copied {} bytes to serve {stored} ({reads} reads, {} chunks)",
+            stats.read_ahead_copied_bytes,
+            stats.read_ahead_chunks
+        );
+        log.close().await.unwrap();
+    });
+}
+
 // Goal: two catch-up readers of one partition at different positions at once (a leader
 // serving two followers) each get exactly the stored batches; the shared read-ahead stream
 // may restart but never mixes their bytes. (This interleaving does not reproduce the broker

@@ -13,8 +13,9 @@ use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::records as kp;
 use proptest::prelude::*;
 use sluice_engine::batch::{
-    BatchBuilder, Compression, Record, RecordDecoder, SimpleRecord, build_batch, compute_crc,
-    decode_batch, iter_batches, validate, validate_produced,
+    BatchBuilder, BatchError, BatchHeader, Compression, LOG_OVERHEAD_BYTES, Record, RecordDecoder,
+    SimpleRecord, build_batch, compute_crc, declared_total_bytes, decode_batch, iter_batches,
+    validate, validate_produced,
 };
 use sluice_engine::limits::BATCH_BYTES_MAX;
 use sluice_engine::{Offset, TimestampMs};
@@ -220,6 +221,28 @@ proptest! {
             for record in decoder {
                 let _ = record;
             }
+        }
+    }
+
+    // Goal: the size a batch declares in its first 12 bytes (what read-ahead frames batches
+    // by) agrees with the full header parse: the same total where the parse succeeds, nothing
+    // where the parse rejects the length.
+    // Method: random headers with a length near, inside and outside the accepted range.
+    #[test]
+    fn declared_size_agrees_with_header_parse(
+        mut bytes in prop::collection::vec(any::<u8>(), 61..128),
+        length in prop_oneof![-8_i32..64, 0_i32..i32::MAX, 40_i32..2_000],
+        limit in 61_usize..4_096,
+    ) {
+        bytes[8..12].copy_from_slice(&length.to_be_bytes());
+        bytes[16] = 2;
+        let prefix: [u8; LOG_OVERHEAD_BYTES] = bytes[..LOG_OVERHEAD_BYTES].try_into().unwrap();
+        let declared = declared_total_bytes(&prefix, limit);
+        match BatchHeader::parse(&bytes, limit) {
+            Ok(header) => prop_assert_eq!(declared, Some(header.total_bytes())),
+            Err(BatchError::InvalidLength { .. }) => prop_assert_eq!(declared, None),
+            // Rejected for something after the length: the length itself was accepted.
+            Err(_) => prop_assert_eq!(declared, Some(LOG_OVERHEAD_BYTES + length as usize)),
         }
     }
 

@@ -262,9 +262,7 @@ impl BatchHeader {
             });
         }
         let batch_length = read_i32(buf, OFFSET_LENGTH);
-        let min_length = (HEADER_BYTES - LOG_OVERHEAD_BYTES) as i32;
-        if batch_length < min_length || LOG_OVERHEAD_BYTES + batch_length as usize > max_batch_bytes
-        {
+        if total_of_length(batch_length, max_batch_bytes).is_none() {
             return Err(BatchError::InvalidLength {
                 length: batch_length,
                 limit: max_batch_bytes,
@@ -324,6 +322,24 @@ impl BatchHeader {
     pub fn next_offset(&self) -> Offset {
         self.last_offset().plus(1)
     }
+}
+
+/// The total bytes of a batch whose length field says `batch_length`, if that length is at
+/// least a header and the total at most `max_batch_bytes`.
+fn total_of_length(batch_length: i32, max_batch_bytes: usize) -> Option<usize> {
+    let min_length = (HEADER_BYTES - LOG_OVERHEAD_BYTES) as i32;
+    let total = LOG_OVERHEAD_BYTES + usize::try_from(batch_length).ok()?;
+    (batch_length >= min_length && total <= max_batch_bytes).then_some(total)
+}
+
+/// The total bytes a batch declares in its first [`LOG_OVERHEAD_BYTES`] (base offset and
+/// length field), if [`BatchHeader::parse`] would accept that length; nothing else is checked.
+/// For readers that frame batches before they hold them whole.
+pub fn declared_total_bytes(
+    prefix: &[u8; LOG_OVERHEAD_BYTES],
+    max_batch_bytes: usize,
+) -> Option<usize> {
+    total_of_length(read_i32(prefix, OFFSET_LENGTH), max_batch_bytes)
 }
 
 /// Computes the CRC-32C a batch should carry (over attributes..end).

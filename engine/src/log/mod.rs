@@ -292,6 +292,9 @@ pub struct LogStats {
     pub cache_reads: u64,
     /// Chunks read ahead of sequential readers.
     pub read_ahead_chunks: u64,
+    /// Bytes copied out of read-ahead chunks for readers: the batches served, plus the header
+    /// of a batch cut off at the end of what had arrived.
+    pub read_ahead_copied_bytes: u64,
     /// Segments rolled into a retired segment file (written blocks) instead of a new file.
     pub recycled_segments: u64,
     /// Index lookups that found damaged entries and fell back to scanning.

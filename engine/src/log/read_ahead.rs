@@ -8,9 +8,11 @@
 //! streams of a shard share a budget of `READ_AHEAD_SHARD_CHUNKS_MAX` chunks: past it a stream
 //! keeps only `READ_AHEAD_CHUNKS_MIN` in flight, so read-ahead memory is bounded per shard, not
 //! per catch-up reader ([`held_bytes`] reports what the shard holds). A
-//! read continuing where the previous one stopped is served from the stream (a slice of a
-//! chunk, without copying, unless a batch straddles two chunks); any other read restarts the
-//! stream at its position. Only data below
+//! read continuing where the previous one stopped is served from the stream; any other read
+//! restarts the stream at its position. Chunks stay in the DMA buffers they were read into; a
+//! read copies out whole batches only (framed by their length fields), so every byte served
+//! is copied once, also a batch that straddles two chunks, and a batch cut at the end of what
+//! has arrived is not copied until the reader comes back for it whole. Only data below
 //! the segment's written size is ever read ahead, so the stream never holds bytes the log may
 //! still change, except after a truncation, which discards the stream
 //! ([`crate::log::State::read_ahead`]). A read that issued chunks yields to the shard's IO
@@ -27,12 +29,15 @@ use std::io;
 
 use bytes::{Bytes, BytesMut};
 
+use crate::batch::{HEADER_BYTES, LOG_OVERHEAD_BYTES, declared_total_bytes};
 use crate::io::{self as dio, File, align_down};
 use crate::limits::{
-    READ_AHEAD_CHUNK_BYTES, READ_AHEAD_CHUNKS, READ_AHEAD_CHUNKS_MIN, READ_AHEAD_SHARD_CHUNKS_MAX,
+    BATCH_BYTES_MAX, READ_AHEAD_CHUNK_BYTES, READ_AHEAD_CHUNKS, READ_AHEAD_CHUNKS_MIN,
+    READ_AHEAD_SHARD_CHUNKS_MAX,
 };
 use crate::log::Inner;
 use crate::rt::Task;
+use crate::rt::fs::ReadResult;
 use crate::types::Offset;
 
 thread_local! {
@@ -102,8 +107,8 @@ impl Chunk {
 }
 
 enum ChunkData {
-    InFlight(Task<io::Result<Bytes>>),
-    Ready(Bytes),
+    InFlight(Task<io::Result<ReadResult>>),
+    Ready(ReadResult),
 }
 
 /// A partition's read-ahead stream over one segment.
@@ -154,7 +159,8 @@ impl ReadAhead {
             let len = usize::try_from((size - position).min(READ_AHEAD_CHUNK_BYTES as u64))
                 .expect("chunk fits in usize");
             let file = self.file.clone();
-            let task = crate::rt::spawn(async move { dio::read_at(&file, position, len).await });
+            let task =
+                crate::rt::spawn(async move { dio::read_at_dma(&file, position, len).await });
             self.chunks
                 .push_back(Chunk::new(position, len, ChunkData::InFlight(task)));
             self.next = position + len as u64;
@@ -236,38 +242,31 @@ pub(crate) async fn read(
     assert!(!taken.is_empty(), "read-ahead took no chunk at {position}");
     let mut ready = Vec::with_capacity(taken.len());
     for chunk in taken {
-        let bytes = match chunk.data {
-            ChunkData::Ready(bytes) => bytes,
+        let data = match chunk.data {
+            ChunkData::Ready(data) => data,
             ChunkData::InFlight(task) => task.await?,
         };
-        if bytes.len() < chunk.len {
-            // The file is shorter than the segment's recorded size: report what exists.
-            let got = bytes.slice(..);
-            ready.push((chunk.position, chunk.len, got));
+        // A chunk shorter than asked: the file is shorter than the segment's recorded size;
+        // what follows it does not join, so the read ends there.
+        let short = data.len() < chunk.len;
+        ready.push((chunk.position, chunk.len, data));
+        if short {
             break;
         }
-        ready.push((chunk.position, chunk.len, bytes));
     }
-    let result = if ready.len() == 1 {
-        let (chunk_position, _, bytes) = &ready[0];
-        let from = usize::try_from(position - chunk_position).expect("in chunk");
-        let to = bytes.len().min(from + max_len);
-        bytes.slice(from.min(to)..to)
-    } else {
-        // A batch straddles chunks: copy just the bytes asked for.
-        let mut out = BytesMut::with_capacity(min_len);
-        for (chunk_position, _, bytes) in &ready {
-            let chunk_end = chunk_position + bytes.len() as u64;
-            let from = position.max(*chunk_position);
-            let to = chunk_end.min(min_end);
-            if from < to {
-                let a = usize::try_from(from - chunk_position).expect("in chunk");
-                let b = usize::try_from(to - chunk_position).expect("in chunk");
-                out.extend_from_slice(&bytes[a..b]);
-            }
-        }
-        out.freeze()
+    let view = View {
+        position,
+        chunks: &ready,
     };
+    let available = usize::try_from(
+        view.end()
+            .min(position + max_len as u64)
+            .saturating_sub(position),
+    )
+    .expect("at most max_len");
+    let wanted = usize::try_from(min_end - position).expect("at most min_len");
+    let result = view.copy(view.serve_len(available, wanted));
+    inner.state.borrow_mut().stats.read_ahead_copied_bytes += result.len() as u64;
     give_back(inner, segment, id, ready);
     if issued > 0 {
         // The chunks just issued reach the kernel at the shard's next IO poll; a reader whose
@@ -280,9 +279,9 @@ pub(crate) async fn read(
 /// Gives a read's chunks back to the stream they came from, if it is still the partition's:
 /// the reader comes back for the batch it found incomplete at the end of what it got, or for
 /// the rest of a chunk. The next read past a chunk drops it.
-fn give_back(inner: &Inner, segment: Offset, id: u64, ready: Vec<(u64, usize, Bytes)>) {
+fn give_back(inner: &Inner, segment: Offset, id: u64, ready: Vec<(u64, usize, ReadResult)>) {
     let mut state = inner.state.borrow_mut();
-    let short = ready.iter().any(|(_, len, bytes)| bytes.len() < *len);
+    let short = ready.iter().any(|(_, len, data)| data.len() < *len);
     if short
         && state
             .read_ahead
@@ -295,10 +294,10 @@ fn give_back(inner: &Inner, segment: Offset, id: u64, ready: Vec<(u64, usize, By
     if let Some(stream) = state.read_ahead.as_mut()
         && stream.id == id
     {
-        for (chunk_position, len, bytes) in ready.into_iter().rev() {
+        for (chunk_position, len, data) in ready.into_iter().rev() {
             stream
                 .chunks
-                .push_front(Chunk::new(chunk_position, len, ChunkData::Ready(bytes)));
+                .push_front(Chunk::new(chunk_position, len, ChunkData::Ready(data)));
         }
         // Two readers of one partition at different positions (a leader serving two
         // followers, or two catch-up consumers) take and give back chunks of the one stream
@@ -316,5 +315,95 @@ fn give_back(inner: &Inner, segment: Offset, id: u64, ready: Vec<(u64, usize, By
             );
             state.read_ahead = None;
         }
+    }
+}
+
+/// The chunks a read took, seen from its position: contiguous, in position order, the first
+/// holding `position`.
+struct View<'a> {
+    position: u64,
+    chunks: &'a [(u64, usize, ReadResult)],
+}
+
+impl View<'_> {
+    /// Where the chunks' bytes end.
+    fn end(&self) -> u64 {
+        let (position, _, data) = self.chunks.last().expect("a read takes a chunk");
+        position + data.len() as u64
+    }
+
+    /// The slices of the chunks holding the `len` bytes `at` bytes past the position, in
+    /// order; `None` if the chunks end first.
+    fn pieces(&self, at: usize, len: usize) -> Option<impl Iterator<Item = &[u8]>> {
+        let from = self.position + at as u64;
+        let to = from + len as u64;
+        (to <= self.end()).then(|| {
+            self.chunks
+                .iter()
+                .filter_map(move |(chunk_position, _, data)| {
+                    let a = from.max(*chunk_position);
+                    let b = to.min(chunk_position + data.len() as u64);
+                    (a < b).then(|| {
+                        let start = usize::try_from(a - chunk_position).expect("in chunk");
+                        let end = usize::try_from(b - chunk_position).expect("in chunk");
+                        &data[start..end]
+                    })
+                })
+        })
+    }
+
+    /// The bytes `at` past the position declare a batch of this many bytes (by a length field
+    /// the batch parser accepts).
+    fn batch_at(&self, at: usize) -> Option<usize> {
+        let mut prefix = [0u8; LOG_OVERHEAD_BYTES];
+        let mut filled = 0;
+        for piece in self.pieces(at, LOG_OVERHEAD_BYTES)? {
+            prefix[filled..filled + piece.len()].copy_from_slice(piece);
+            filled += piece.len();
+        }
+        declared_total_bytes(&prefix, BATCH_BYTES_MAX)
+    }
+
+    /// How many of the `available` bytes to serve, at least `wanted`: the whole batches there
+    /// (framed by their length fields); when the first batch is cut off, only its header, for
+    /// the reader to learn its size and come back for it whole; when the first length is not
+    /// one a batch can have, everything, for the reader to report.
+    fn serve_len(&self, available: usize, wanted: usize) -> usize {
+        let mut whole = 0usize;
+        // Bounded by `available`: each pass moves past a batch of at least a header.
+        while let Some(total) = self.batch_at(whole) {
+            if whole + total > available {
+                break;
+            }
+            whole += total;
+        }
+        let len = if whole > 0 {
+            whole.max(wanted)
+        } else if self.batch_at(0).is_some() {
+            wanted.max(HEADER_BYTES)
+        } else {
+            available
+        };
+        len.min(available)
+    }
+
+    /// The `len` bytes from the position, copied out of the chunks.
+    fn copy(&self, len: usize) -> Bytes {
+        if len == 0 {
+            // Also when the file ends before the position (it is shorter than recorded).
+            return Bytes::new();
+        }
+        let pieces = self.pieces(0, len).unwrap_or_else(|| {
+            panic!(
+                "read-ahead copies {len} bytes at {} past its chunks",
+                self.position
+            )
+        });
+        let mut out = BytesMut::with_capacity(len);
+        for piece in pieces {
+            out.extend_from_slice(piece);
+        }
+        assert_eq!(out.len(), len, "the chunks are contiguous");
+        out.freeze()
     }
 }
