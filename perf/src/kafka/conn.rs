@@ -198,14 +198,30 @@ impl Connection {
         body: &R,
         records: Option<Records>,
     ) -> anyhow::Result<ResponseKind> {
+        self.start(api, version, body, records)
+            .await?
+            .answer()
+            .await
+    }
+
+    /// Sends a request (waiting first while the window is full) and returns once it is queued;
+    /// its response comes through [`Pending::answer`], so the caller can work meanwhile.
+    /// `records` as for [`Connection::call_spliced`].
+    pub async fn start<R: Encodable>(
+        &self,
+        api: ApiKey,
+        version: i16,
+        body: &R,
+        records: Option<Records>,
+    ) -> anyhow::Result<Pending> {
         let (reply, answer) = oneshot::channel();
         self.submit(api, version, body, records, Some(reply))
             .await?;
-        match answer.await {
-            Ok(Ok(response)) => Ok(response),
-            Ok(Err(reason)) => bail!("{api:?} to {}: {reason}", self.addr),
-            Err(_) => bail!("{api:?} to {}: connection closed", self.addr),
-        }
+        Ok(Pending {
+            api,
+            addr: self.addr,
+            answer,
+        })
     }
 
     /// Sends a request that gets no response (acks=0 produce); returns once it is queued.
@@ -257,6 +273,25 @@ impl Connection {
             bail!("connection to {} is closed", self.addr);
         }
         Ok(())
+    }
+}
+
+/// A request sent on a connection whose response has not been taken yet.
+pub struct Pending {
+    api: ApiKey,
+    addr: SocketAddr,
+    answer: oneshot::Receiver<Result<ResponseKind, String>>,
+}
+
+impl Pending {
+    /// Waits for the response.
+    pub async fn answer(self) -> anyhow::Result<ResponseKind> {
+        let Pending { api, addr, answer } = self;
+        match answer.await {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(reason)) => bail!("{api:?} to {addr}: {reason}"),
+            Err(_) => bail!("{api:?} to {addr}: connection closed"),
+        }
     }
 }
 

@@ -1,7 +1,8 @@
 //! The harness's Kafka consumer: one Fetch loop per leader broker for the partitions it is
 //! given, one request outstanding per connection (as Kafka's consumer does), every batch
 //! checked (CRC) and its records decoded, counted and, for end-to-end runs, their send
-//! stamps read.
+//! stamps read. The next fetch is sent as soon as an answer's batch headers say where it
+//! starts, before the answer is checked and decoded.
 //!
 //! Shard-local (`!Send`).
 
@@ -89,9 +90,9 @@ async fn fetch_loop(
     let version = connection.versions().pick(ApiKey::Fetch, 4, 12)?;
     let name = topic_name(topic);
     let wait_ms = i32::try_from(settings.fetch_wait.as_millis()).unwrap_or(i32::MAX);
-    // Runs until every position is done or the run stops.
-    while !stop() && !positions.iter().all(Position::done) {
-        let partitions = positions
+    // A fetch for the positions not done yet, if any.
+    let request = |positions: &[Position]| {
+        let partitions: Vec<FetchPartition> = positions
             .iter()
             .filter(|p| !p.done())
             .map(|p| {
@@ -103,27 +104,40 @@ async fn fetch_loop(
                     .with_partition_max_bytes(settings.partition_bytes)
             })
             .collect();
-        let request = FetchRequest::default()
-            .with_replica_id(BrokerId(-1))
-            .with_max_wait_ms(wait_ms)
-            .with_min_bytes(1)
-            .with_max_bytes(settings.response_bytes)
-            .with_isolation_level(0)
-            .with_session_id(0)
-            .with_session_epoch(-1)
-            .with_topics(vec![
-                FetchTopic::default()
-                    .with_topic(name.clone())
-                    .with_partitions(partitions),
-            ]);
-        let ResponseKind::Fetch(answer) = connection.call(ApiKey::Fetch, version, &request).await?
-        else {
+        (!partitions.is_empty()).then(|| {
+            FetchRequest::default()
+                .with_replica_id(BrokerId(-1))
+                .with_max_wait_ms(wait_ms)
+                .with_min_bytes(1)
+                .with_max_bytes(settings.response_bytes)
+                .with_isolation_level(0)
+                .with_session_id(0)
+                .with_session_epoch(-1)
+                .with_topics(vec![
+                    FetchTopic::default()
+                        .with_topic(name.clone())
+                        .with_partitions(partitions),
+                ])
+        })
+    };
+    let mut pending = match request(&positions) {
+        Some(fetch) if !stop() => Some(
+            connection
+                .start(ApiKey::Fetch, version, &fetch, None)
+                .await?,
+        ),
+        _ => None,
+    };
+    // Each pass takes one answer; runs until every position is done or the run stops.
+    while let Some(fetch) = pending.take() {
+        let ResponseKind::Fetch(answer) = fetch.answer().await? else {
             bail!("Fetch answered with something else");
         };
         if answer.error_code != 0 {
             bail!("fetch from {topic}: {}", describe(answer.error_code));
         }
         let now_stamp = probe.recorder.borrow().run.stamp_of(clock::now());
+        let mut taken = Vec::new();
         for topic_answer in &answer.responses {
             for data in &topic_answer.partitions {
                 if data.error_code != 0 {
@@ -143,13 +157,52 @@ async fn fetch_loop(
                     );
                 };
                 let records = data.records.clone().unwrap_or_default();
-                position.offset =
-                    take_records(records, position.offset, settings.e2e, now_stamp, probe)
-                        .with_context(|| format!("{topic}-{}", position.partition))?;
+                let from = position.offset;
+                position.offset = next_offset(&records, from);
+                taken.push((position.partition, records, from, position.offset));
             }
+        }
+        // The next fetch goes out before this answer's batches are checked and decoded, so
+        // the broker serves it meanwhile (as a Kafka client's fetcher runs ahead of the
+        // application).
+        if !stop()
+            && let Some(fetch) = request(&positions)
+        {
+            pending = Some(
+                connection
+                    .start(ApiKey::Fetch, version, &fetch, None)
+                    .await?,
+            );
+        }
+        for (partition, records, from, next) in taken {
+            let decoded = take_records(records, from, settings.e2e, now_stamp, probe)
+                .with_context(|| format!("{topic}-{partition}"))?;
+            assert_eq!(
+                decoded, next,
+                "{topic}-{partition}: the decoded batches end where their headers said"
+            );
         }
     }
     Ok(())
+}
+
+/// The offset after the whole batches of a fetch answer from `offset`, by their headers alone:
+/// where the next fetch starts. A partial batch at the end is left for that fetch.
+pub fn next_offset(records: &[u8], mut offset: i64) -> i64 {
+    let mut at = 0;
+    // Bounded by the answer's bytes: each pass moves past one whole batch.
+    while at < records.len() {
+        let Ok(header) = BatchHeader::parse(&records[at..], BATCH_BYTES_MAX) else {
+            break;
+        };
+        let total = header.total_bytes();
+        if records.len() - at < total {
+            break;
+        }
+        at += total;
+        offset = offset.max(header.next_offset().0);
+    }
+    offset
 }
 
 /// Decodes the whole batches of a fetch answer from `offset`, counts their records (those
@@ -250,7 +303,18 @@ mod tests {
         let third = batch(3, &[sent]);
         answer.extend_from_slice(&third[..third.len() - 5]);
         let now = sent + 250_000;
-        let next = take_records(answer.freeze(), 1, true, now, &probe).expect("valid batches");
+        let answer = answer.freeze();
+        assert_eq!(
+            next_offset(&answer, 1),
+            3,
+            "the headers alone put the next fetch at the cut batch"
+        );
+        assert_eq!(
+            next_offset(&answer, 10),
+            10,
+            "batches before the position do not move it back"
+        );
+        let next = take_records(answer, 1, true, now, &probe).expect("valid batches");
         assert_eq!(next, 3, "the cut batch is read again");
         let totals = probe.counters.snapshot();
         assert_eq!(totals.consumed_records, 2, "offset 0 is below the position");
