@@ -15,9 +15,9 @@
 //! has arrived is not copied until the reader comes back for it whole. Only data below
 //! the segment's written size is ever read ahead, so the stream never holds bytes the log may
 //! still change, except after a truncation, which discards the stream
-//! ([`crate::log::State::read_ahead`]). A read that issued chunks yields to the shard's IO
-//! poll before it returns ([`crate::rt::yield_to_io`]), so they reach the disk while the
-//! reader works through what it got.
+//! ([`crate::log::State::read_ahead`]). A read that issued chunks and did not wait for one
+//! yields to the shard's IO poll before it returns ([`crate::rt::yield_to_io`]), so they reach
+//! the disk while the reader works through what it got.
 //!
 //! Shard-local (`!Send`): the chunks' tasks run on the partition's shard.
 //!
@@ -26,6 +26,7 @@
 use std::cell::Cell;
 use std::collections::VecDeque;
 use std::io;
+use std::task::Poll;
 
 use bytes::{Bytes, BytesMut};
 
@@ -241,10 +242,19 @@ pub(crate) async fn read(
     };
     assert!(!taken.is_empty(), "read-ahead took no chunk at {position}");
     let mut ready = Vec::with_capacity(taken.len());
+    // Whether the reader waited on a chunk: the shard then polled its IO, which handed the
+    // chunks issued above to the kernel.
+    let mut waited = false;
     for chunk in taken {
         let data = match chunk.data {
             ChunkData::Ready(data) => data,
-            ChunkData::InFlight(task) => task.await?,
+            ChunkData::InFlight(mut task) => match futures::poll!(&mut task) {
+                Poll::Ready(result) => result?,
+                Poll::Pending => {
+                    waited = true;
+                    task.await?
+                }
+            },
         };
         // A chunk shorter than asked: the file is shorter than the segment's recorded size;
         // what follows it does not join, so the read ends there.
@@ -268,7 +278,7 @@ pub(crate) async fn read(
     let result = view.copy(view.serve_len(available, wanted));
     inner.state.borrow_mut().stats.read_ahead_copied_bytes += result.len() as u64;
     give_back(inner, segment, id, ready);
-    if issued > 0 {
+    if issued > 0 && !waited {
         // The chunks just issued reach the kernel at the shard's next IO poll; a reader whose
         // chunks were all ready has not waited, and would keep them queued while it works.
         crate::rt::yield_to_io().await;
