@@ -236,7 +236,9 @@ proptest! {
     ) {
         bytes[8..12].copy_from_slice(&length.to_be_bytes());
         bytes[16] = 2;
-        let prefix: [u8; LOG_OVERHEAD_BYTES] = bytes[..LOG_OVERHEAD_BYTES].try_into().unwrap();
+        let prefix: [u8; LOG_OVERHEAD_BYTES] = bytes[..LOG_OVERHEAD_BYTES]
+            .try_into()
+            .expect("12 bytes");
         let declared = declared_total_bytes(&prefix, limit);
         match BatchHeader::parse(&bytes, limit) {
             Ok(header) => prop_assert_eq!(declared, Some(header.total_bytes())),
