@@ -13,7 +13,7 @@
 //! wait for [`sync_file_system`], whose rounds (one `syncfs(2)` and one `fdatasync`) each serve
 //! every partition of the shard that asked before the round started (group commit): closing
 //! 10,000 partitions at once takes about a hundred rounds instead of 90,000 fsyncs
-//! (perf/RESULTS.md, "10,000 partitions: batched syncs").
+//! (perf/RESULTS.md, "Many partitions: shared syncs").
 //!
 //! Errors are plain `std::io::Error`s; the runtime's error type does not leak upward.
 //! Directory listing and metadata use `std::fs` and block the shard briefly: they run only
