@@ -12,7 +12,6 @@
 // criterion_group! generates a public function without docs.
 #![allow(missing_docs)]
 
-use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::Duration;
@@ -20,7 +19,7 @@ use std::time::Duration;
 use criterion::{Criterion, criterion_group, criterion_main};
 use sluice_benches::sample_records;
 use sluice_engine::batch::{Compression, build_batch};
-use sluice_engine::log::{BatchCache, Durability, LogConfig, PartitionLog};
+use sluice_engine::log::{AppendWindow, BatchCache, Durability, LogConfig, PartitionLog};
 use sluice_engine::rt::{block_on, clock};
 use sluice_engine::{LeaderEpoch, Offset, TopicPartition};
 
@@ -45,17 +44,14 @@ async fn build_log(dir: &std::path::Path) -> PartitionLog {
         .await
         .expect("log opens");
     let count = 2 * LOG_BYTES / batch.len() as u64 - 2;
-    let mut pending = VecDeque::new();
+    let mut window = AppendWindow::new(64);
     for _ in 0..count {
-        if pending.len() == 64 {
-            let oldest: sluice_engine::log::PendingAppend = pending.pop_front().expect("some");
-            oldest.await.expect("append");
-        }
-        pending.push_back(log.append(batch.clone(), LeaderEpoch(0), Durability::Written));
+        window
+            .append(&log, batch.clone(), LeaderEpoch(0), Durability::Written)
+            .await
+            .expect("append");
     }
-    for append in pending {
-        append.await.expect("append");
-    }
+    window.finish().await.expect("append");
     assert_eq!(log.segment_count(), 2, "{:?}", log.segments());
     log
 }

@@ -3,16 +3,15 @@
 //!
 //! Storage: a fresh log in a temporary directory under `SLUICE_BENCH_DIR` (default: the
 //! system temp dir), which must be on a file system that supports O_DIRECT (ext4, xfs; not
-//! tmpfs). Input: batches just under 64 KiB holding 60 records of 1 KiB, appended with 64
-//! appends outstanding and a yield to the IO poll every write round's worth (as `sluice-perf
-//! log-bench` does), `Written` (no fdatasync) and `Synced` (group-committed fdatasync). Each
-//! sample opens a new log; throughput is in batch bytes. The disk's own bandwidth, which bounds
+//! tmpfs). Input: batches just under 64 KiB holding 60 records of 1 KiB, appended through an
+//! `AppendWindow` of 64 appends (as `sluice-perf log-bench` does), `Written` (no fdatasync)
+//! and `Synced` (group-committed fdatasync). Each sample opens a new log; throughput is in
+//! batch bytes. The disk's own bandwidth, which bounds
 //! these figures, is measured by `sluice-perf reference` (see perf/RESULTS.md).
 
 // criterion_group! generates a public function without docs.
 #![allow(missing_docs)]
 
-use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::Duration;
@@ -21,9 +20,8 @@ use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use sluice_benches::sample_records;
 use sluice_engine::batch::{Compression, build_batch};
-use sluice_engine::limits::WRITE_ROUND_BYTES_MAX;
-use sluice_engine::log::{BatchCache, Durability, LogConfig, PartitionLog};
-use sluice_engine::rt::{block_on, clock, yield_to_io};
+use sluice_engine::log::{AppendWindow, BatchCache, Durability, LogConfig, PartitionLog};
+use sluice_engine::rt::{block_on, clock};
 use sluice_engine::{LeaderEpoch, TopicPartition};
 
 const INFLIGHT: usize = 64;
@@ -49,24 +47,14 @@ fn append_run(batch: &Bytes, count: u64, durability: Durability) -> Duration {
                 .await
                 .expect("log opens");
         let start = clock::now();
-        let mut pending = VecDeque::with_capacity(INFLIGHT);
-        // Rounds the writer issues reach the disk only when this task waits (see
-        // `rt::yield_to_io`): yield once per round's worth of appends.
-        let appends_per_round = WRITE_ROUND_BYTES_MAX.div_ceil(batch.len()).max(1) as u64;
-        for appended in 0..count {
-            if pending.len() == INFLIGHT {
-                let oldest: sluice_engine::log::PendingAppend =
-                    pending.pop_front().expect("not empty");
-                oldest.await.expect("append");
-            }
-            pending.push_back(log.append(batch.clone(), LeaderEpoch(0), durability));
-            if (appended + 1) % appends_per_round == 0 {
-                yield_to_io().await;
-            }
+        let mut window = AppendWindow::new(INFLIGHT);
+        for _ in 0..count {
+            window
+                .append(&log, batch.clone(), LeaderEpoch(0), durability)
+                .await
+                .expect("append");
         }
-        for append in pending {
-            append.await.expect("append");
-        }
+        window.finish().await.expect("append");
         let elapsed = start.elapsed();
         log.close().await.expect("close");
         elapsed

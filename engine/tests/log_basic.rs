@@ -8,7 +8,7 @@ mod common;
 
 use common::{append, batch, cache, config, header, open, payload, read_all, tp};
 use futures::future::join_all;
-use sluice_engine::log::{Durability, LogConfig, ReadError};
+use sluice_engine::log::{AppendError, AppendWindow, Durability, LogConfig, ReadError};
 use sluice_engine::rt::block_on;
 use sluice_engine::{LeaderEpoch, Offset};
 
@@ -70,6 +70,57 @@ fn check_same(sent: &[bytes::Bytes], got: &[bytes::Bytes]) {
         assert_eq!(h.leader_epoch, LeaderEpoch(1));
         next = h.next_offset().0;
     }
+}
+
+// Goal: an append window keeps at most its limit in flight, stores every batch in staging
+// order across several write rounds' worth, and reports a rejected append when it is awaited
+// without losing what was stored before it.
+// Method: 60 batches of ~30 KiB (about two write rounds) through a window of 4, checked after
+// every call; read back and compare; then an append with an epoch below the log's latest, whose
+// error `finish` returns, and one more append that still lands after the stored batches.
+#[test]
+fn append_window_keeps_its_limit_and_reports_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    block_on(async {
+        let tp = tp("window");
+        let (log, _) = open(dir.path(), &tp, config(64 << 20), &cache()).await;
+        let mut window = AppendWindow::new(4);
+        let mut sent = Vec::new();
+        for i in 0..60u64 {
+            let b = batch(3, 10_000, 1_000 + i as i64, i);
+            window
+                .append(&log, b.clone(), LeaderEpoch(1), Durability::Written)
+                .await
+                .unwrap();
+            assert!(window.len() <= 4, "{} appends in flight", window.len());
+            sent.push(b);
+        }
+        assert!(!window.is_empty());
+        window.finish().await.unwrap();
+        check_same(&sent, &read_all(&log, Offset(0)).await);
+
+        let mut window = AppendWindow::new(4);
+        let b = batch(1, 100, 2_000, 99);
+        window
+            .append(&log, b, LeaderEpoch(0), Durability::Written)
+            .await
+            .unwrap();
+        let error = window.finish().await.unwrap_err();
+        assert!(
+            matches!(error, AppendError::StaleEpoch { .. }),
+            "a stale epoch: {error:?}"
+        );
+        let last = batch(2, 100, 3_000, 100);
+        let mut window = AppendWindow::new(1);
+        window
+            .append(&log, last.clone(), LeaderEpoch(1), Durability::Written)
+            .await
+            .unwrap();
+        window.finish().await.unwrap();
+        sent.push(last);
+        check_same(&sent, &read_all(&log, Offset(0)).await);
+        log.close().await.unwrap();
+    });
 }
 
 // Goal: reads honour the offset range rules: mid-batch start returns the containing batch, at

@@ -1,10 +1,10 @@
 //! `sluice-perf log-bench`: the storage engine alone, against the disk it runs on.
 //!
 //! Appends `--bytes` of `--batch-bytes` batches of `--record-bytes` records to one partition
-//! log (no network), keeping `--inflight` appends outstanding, then reads everything back from
-//! disk (catch-up read, the shard cache kept tiny so reads hit the disk). The O_DIRECT
-//! reference of the same directory is measured in the same run and every figure is reported as
-//! a ratio to it, with the peak resident memory of the process.
+//! log (no network), keeping `--inflight` appends outstanding (an `AppendWindow`), then reads
+//! everything back from disk (catch-up read, the shard cache kept tiny so reads hit the disk).
+//! The O_DIRECT reference of the same directory is measured in the same run and every figure
+//! is reported as a ratio to it, with the peak resident memory of the process.
 //!
 //! A new log writes every segment into freshly preallocated blocks. `--steady-state` measures
 //! instead a log that has been running under retention: segments of [`STEADY_SEGMENT_BYTES`],
@@ -13,7 +13,6 @@
 //! so the measured appends go into recycled segment files; the read pass then reads what
 //! retention kept.
 
-use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::rc::Rc;
 
@@ -21,8 +20,7 @@ use anyhow::Context;
 use bytes::Bytes;
 use serde::Serialize;
 use sluice_engine::batch::{BatchBuilder, BuildError, Compression};
-use sluice_engine::limits::WRITE_ROUND_BYTES_MAX;
-use sluice_engine::log::{BatchCache, Durability, LogConfig, PartitionLog};
+use sluice_engine::log::{AppendWindow, BatchCache, Durability, LogConfig, PartitionLog};
 use sluice_engine::rt::{self, clock};
 use sluice_engine::{LeaderEpoch, TimestampMs, TopicPartition};
 
@@ -118,20 +116,12 @@ async fn append_pass(
         Durability::Written
     };
     let mut segments = log.segment_count();
-    let mut pending = VecDeque::with_capacity(config.inflight);
-    // The loop below waits only when `inflight` appends are outstanding; without a yield each
-    // round's worth, the rounds it issues meanwhile would reach the disk only then.
-    let appends_per_round = WRITE_ROUND_BYTES_MAX.div_ceil(batch.len()).max(1) as u64;
-    for appended in 0..count {
-        if pending.len() >= config.inflight {
-            let oldest: sluice_engine::log::PendingAppend = pending.pop_front().expect("non-empty");
-            oldest.await.map_err(|e| anyhow::anyhow!("append: {e}"))?;
-        }
-        let append = log.append(batch.clone(), LeaderEpoch(0), durability);
-        pending.push_back(append);
-        if (appended + 1) % appends_per_round == 0 {
-            rt::yield_to_io().await;
-        }
+    let mut window = AppendWindow::new(config.inflight);
+    for _ in 0..count {
+        window
+            .append(log, batch.clone(), LeaderEpoch(0), durability)
+            .await
+            .map_err(|e| anyhow::anyhow!("append: {e}"))?;
         if config.steady_state && log.segment_count() > segments {
             // The broker applies retention below the high watermark, which follows the log end
             // on a single broker; here the written end stands in for it.
@@ -142,9 +132,10 @@ async fn append_pass(
             segments = log.segment_count();
         }
     }
-    for append in pending {
-        append.await.map_err(|e| anyhow::anyhow!("append: {e}"))?;
-    }
+    window
+        .finish()
+        .await
+        .map_err(|e| anyhow::anyhow!("append: {e}"))?;
     Ok(())
 }
 

@@ -11,6 +11,7 @@
 //! - [`BatchCache`]: the shard's cache of recent batches, shared by its logs through `Rc`.
 //! - [`RecoveryReport`]: what opening the log found and repaired.
 //! - [`EpochEntry`]: one entry of the leader-epoch cache (which epoch wrote which offsets).
+//! - [`AppendWindow`]: appends kept in flight by a caller that stages them back to back.
 //!
 //! # Write path
 //!
@@ -104,6 +105,7 @@ mod read;
 mod read_ahead;
 mod recovery;
 mod segment;
+mod window;
 mod writer;
 
 use std::cell::{Cell, RefCell};
@@ -123,6 +125,7 @@ pub use read_ahead::held_bytes as read_ahead_held_bytes;
 pub use recovery::{
     CheckpointStatus, IndexKind, RebuiltIndex, RecoveryReport, Truncation, TruncationReason,
 };
+pub use window::AppendWindow;
 
 use crate::io::File;
 use crate::limits::READ_MEMO_ENTRIES;
@@ -473,7 +476,8 @@ impl PartitionLog {
     /// append resolves at once with its error; an epoch below the log's latest is
     /// [`AppendError::StaleEpoch`]. The first append of a new epoch adds an epoch cache entry.
     /// The writes it starts reach the disk once the shard's tasks wait; a caller that appends
-    /// in a loop without waiting calls [`crate::rt::yield_to_io`] every write round's worth.
+    /// in a loop without waiting keeps its appends in an [`AppendWindow`], which yields to the
+    /// IO poll every write round's worth.
     pub fn append(
         &self,
         batches: Bytes,
