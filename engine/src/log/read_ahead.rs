@@ -379,20 +379,21 @@ impl View<'_> {
     /// the reader to learn its size and come back for it whole; when the first length is not
     /// one a batch can have, everything, for the reader to report.
     fn serve_len(&self, available: usize, wanted: usize) -> usize {
+        let first = self.batch_at(0);
         let mut whole = 0usize;
+        let mut next = first;
         // Bounded by `available`: each pass moves past a batch of at least a header.
-        while let Some(total) = self.batch_at(whole) {
+        while let Some(total) = next {
             if whole + total > available {
                 break;
             }
             whole += total;
+            next = self.batch_at(whole);
         }
-        let len = if whole > 0 {
-            whole.max(wanted)
-        } else if self.batch_at(0).is_some() {
-            wanted.max(HEADER_BYTES)
-        } else {
-            available
+        let len = match (whole, first) {
+            (0, Some(_)) => wanted.max(HEADER_BYTES),
+            (0, None) => available,
+            _ => whole.max(wanted),
         };
         len.min(available)
     }
