@@ -11,7 +11,7 @@
 //! QUIC, as two shards would be) move `BYTES` (default 1 GiB) over loopback; the client sends
 //! 1 MiB chunks (shared, never copied by the sender) and stops the clock when the server
 //! acknowledges the last byte. Printed per transport: MB/s, the CPU seconds each thread
-//! spent (user + system), and for QUIC quinn's view of the path (datagrams per system call,
+//! spent (user + system), and for QUIC quinn's view of the path (datagrams per transmit,
 //! which shows GSO/GRO at work, losses, congestion events, RTT).
 
 use std::io::{Read, Write};
@@ -92,7 +92,7 @@ fn quic_run(bytes: u64) -> Run {
             let cpu = thread_cpu() - cpu_before;
             let stats = connection.stats();
             let details = format!(
-                "\n      server processed {} datagrams, sent {} in {} sendmsg calls; \
+                "\n      server processed {} datagrams, sent {} in {} transmits; \
                  path MTU {} bytes (strace -c shows the receive system calls)",
                 stats.udp_rx.datagrams,
                 stats.udp_tx.datagrams,
@@ -131,9 +131,9 @@ fn quic_run(bytes: u64) -> Run {
         let stats = connection.stats();
         let per_io = |datagrams: u64, ios: u64| datagrams as f64 / ios.max(1) as f64;
         let details = format!(
-            "\n      client sent {} datagrams in {} sendmsg calls ({:.1} per call), got {} acks \
-             in {} ({:.1} per call); lost {} packets, {} congestion events, rtt {:?}, \
-             cwnd {} bytes",
+            "\n      client sent {} datagrams in {} transmits ({:.1} per transmit, each one GSO \
+             sendmsg up to 64 KiB), got {} acks in {} ({:.1} per call); lost {} packets, \
+             {} congestion events, rtt {:?}, cwnd {} bytes",
             stats.udp_tx.datagrams,
             stats.udp_tx.ios,
             per_io(stats.udp_tx.datagrams, stats.udp_tx.ios),

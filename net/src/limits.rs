@@ -60,6 +60,26 @@ pub const QUIC_KEEP_ALIVE_INTERVAL_MS: u64 = 5_000;
 /// declared dead.
 pub const QUIC_IDLE_TIMEOUT_MS: u64 = 6 * QUIC_KEEP_ALIVE_INTERVAL_MS;
 
+/// The largest UDP payload (QUIC datagram) a Sluice endpoint sends or accepts.
+///
+/// quinn starts every path at 1200 bytes and finds the path's real limit by probing (QUIC path
+/// MTU discovery, DF bit set, no reliance on ICMP) up to this bound; quinn's default bound is
+/// 1452, an Ethernet frame. Loopback carries 65,536-byte frames and bare-metal networks often
+/// carry 9,000-byte jumbo frames, and per-packet work (framing, header protection, AEAD setup,
+/// acknowledgements) is most of QUIC's CPU cost, so the bound is the largest datagram a 65,536
+/// byte loopback frame holds behind IPv6 and UDP headers. One quinn stream over loopback with
+/// 1452-byte datagrams moved 614-877 MB/s at 1.22-1.44 CPU-seconds per GiB on the sender;
+/// with this bound 1870-2625 MB/s at 0.40-0.51 (`net/examples/quic_bandwidth.rs`, perf/RESULTS.md
+/// "QUIC datagram size"). A path that carries less settles lower; a standard Ethernet path
+/// stays at 1452.
+pub const QUIC_MAX_UDP_PAYLOAD_BYTES: u16 = (65_536 - 40 - 8) as u16;
+
+/// The most UDP payload one `sendmsg` may carry, GSO batch included: an IPv4 datagram's
+/// 16-bit total length less its IP and UDP headers. The kernel refuses a larger GSO batch with
+/// `EMSGSIZE`, which quinn-udp counts as a lost datagram (that is how a too-large MTU probe is
+/// lost), so the shard socket splits larger batches (see `quic::runtime`).
+pub const UDP_SEND_BYTES_MAX: usize = 65_535 - 20 - 8;
+
 /// Requested kernel receive buffer of each shard's UDP socket (SO_RCVBUF / SO_RCVBUFFORCE).
 ///
 /// The kernel drops datagrams when the buffer fills while the shard is busy, and QUIC treats
@@ -297,6 +317,7 @@ const _: () = assert!(FRAME_PAYLOAD_BYTES_MAX <= u32::MAX as usize);
 const _: () = assert!(FRAME_HEADER_BYTES_MAX <= u32::MAX as usize);
 const _: () = assert!(QUIC_CONNECTION_RECEIVE_WINDOW_BYTES >= QUIC_STREAM_RECEIVE_WINDOW_BYTES);
 const _: () = assert!(QUIC_KEEP_ALIVE_INTERVAL_MS < QUIC_IDLE_TIMEOUT_MS);
+const _: () = assert!(QUIC_MAX_UDP_PAYLOAD_BYTES as usize <= UDP_SEND_BYTES_MAX);
 const _: () = assert!(UDP_RECV_BUFFER_BYTES <= i32::MAX as usize);
 const _: () = assert!(UDP_SEND_BUFFER_BYTES <= i32::MAX as usize);
 const _: () = assert!(PRODUCER_BATCH_BYTES_DEFAULT <= PRODUCER_REQUEST_BYTES_DEFAULT);

@@ -16,6 +16,7 @@ use std::net::SocketAddr;
 use quinn::{ConnectionError, TransportErrorCode};
 
 use self::runtime::{ShardRuntime, bind_udp_socket};
+use crate::limits::QUIC_MAX_UDP_PAYLOAD_BYTES;
 
 /// TLS alert numbers (RFC 8446 §6) that QUIC carries as `CRYPTO_ERROR` codes.
 mod alert {
@@ -62,13 +63,13 @@ fn endpoint(
     let bind_error = |source| EndpointError::Bind { addr, source };
     let (socket, sizes) = bind_udp_socket(addr).map_err(bind_error)?;
     tracing::debug!("QUIC socket on {addr} has kernel buffers {sizes:?}");
-    quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
-        server,
-        socket,
-        ShardRuntime::new(),
-    )
-    .map_err(bind_error)
+    // Peers learn from this how large a datagram we accept; quinn sizes its receive buffers
+    // by it (allocated zeroed, so only the pages datagrams land in become resident).
+    let mut endpoint_config = quinn::EndpointConfig::default();
+    endpoint_config
+        .max_udp_payload_size(QUIC_MAX_UDP_PAYLOAD_BYTES)
+        .expect("QUIC_MAX_UDP_PAYLOAD_BYTES is within QUIC's 1200..=65527");
+    quinn::Endpoint::new(endpoint_config, server, socket, ShardRuntime::new()).map_err(bind_error)
 }
 
 /// Why a connection to a broker could not be established.

@@ -48,13 +48,26 @@
 //! send buffer that only happens when the NIC queue is saturated.
 //!
 //! Measured with `net/examples/quic_bandwidth.rs` (release, 1 GiB on one stream over
-//! loopback, 2-vCPU VM): 0.9-1.0 GB/s when the machine is otherwise idle, about 1 s of CPU
-//! per GiB on each side; 10 datagrams per `sendmsg` (quinn's own per-transmit cap), about 12
-//! per `recvmmsg`, and one ring readiness wait per ~13 receive calls (`strace -c`). In a
+//! loopback, 2-vCPU VM) at quinn's default 1452-byte datagrams: 0.6-0.9 GB/s, 1.2-1.4 s of
+//! CPU per GiB on each side; 10 datagrams per `sendmsg` (quinn's own per-transmit cap), about
+//! 12 per `recvmmsg`, and one ring readiness wait per ~13 receive calls (`strace -c`). In a
 //! `perf` profile glommio and this module are under 1% of samples: the cost is quinn-proto's
-//! per-packet work, AES-GCM and kernel copies, which no runtime choice removes. Raising the
-//! MTU discovery ceiling above quinn's 1452 bytes did not help on loopback (ten 8952-byte
-//! segments exceed the kernel's 64 KiB GSO limit, so quinn loses whole batches).
+//! per-packet work, AES-GCM and kernel copies. Per-packet work shrinks with bigger packets, so
+//! endpoints allow datagrams up to
+//! [`QUIC_MAX_UDP_PAYLOAD_BYTES`](crate::limits::QUIC_MAX_UDP_PAYLOAD_BYTES) (path MTU
+//! discovery finds what a path carries): on loopback 1.9-2.6 GB/s at 0.4-0.5 s of CPU per GiB.
+//!
+//! # GSO batches larger than the kernel takes
+//!
+//! quinn hands over up to 10 datagrams of the path's size in one transmit and assumes the
+//! kernel takes them in one GSO `sendmsg`; with datagrams over 6.5 KB that is more than the
+//! [`UDP_SEND_BYTES_MAX`] a UDP send may carry, the kernel says `EMSGSIZE`, and quinn-udp
+//! (rightly, for MTU probes) counts the whole batch as lost: ten 8000-byte segments took a
+//! stream from 1 GB/s to 3 MB/s. `try_send` therefore splits a transmit into GSO sends of as
+//! many whole datagrams as fit. Only the first send may report `EAGAIN` to quinn (which then
+//! retries the whole transmit); if a later one finds the buffer full, the rest is dropped and
+//! QUIC's loss recovery resends it, as for any datagram the network drops, because reporting
+//! `EAGAIN` then would make quinn send the datagrams already sent a second time.
 //!
 //! # Buffers and ports
 //!
@@ -84,7 +97,9 @@ use quinn::udp::{RecvMeta, Transmit, UdpSocketState};
 use quinn::{AsyncTimer, AsyncUdpSocket, UdpPoller};
 use sluice_engine::rt;
 
-use crate::limits::{UDP_RECV_BUFFER_BYTES, UDP_SEND_BUFFER_BYTES, UDP_SEND_RETRY_WAIT_US};
+use crate::limits::{
+    UDP_RECV_BUFFER_BYTES, UDP_SEND_BUFFER_BYTES, UDP_SEND_BYTES_MAX, UDP_SEND_RETRY_WAIT_US,
+};
 
 /// How many times one `poll_recv` call may find the socket empty right after a readiness wait
 /// completed before it yields. Bounds the loop against a readiness signal that keeps firing
@@ -360,11 +375,25 @@ impl AsyncUdpSocket for ShardUdpSocket {
         let inner = self.inner.get("quinn udp send");
         // `send` logs and swallows errors other than WouldBlock: UDP is lossy and QUIC
         // retransmits, exactly as quinn's tokio runtime does.
-        let result = inner.state.send((&inner.io).into(), transmit);
-        if matches!(&result, Err(error) if error.kind() == io::ErrorKind::WouldBlock) {
-            inner.send_blocked.set(true);
+        let send = |transmit: &Transmit<'_>| {
+            let result = inner.state.send((&inner.io).into(), transmit);
+            if matches!(&result, Err(error) if error.kind() == io::ErrorKind::WouldBlock) {
+                inner.send_blocked.set(true);
+            }
+            result
+        };
+        let mut sends = gso_sends(transmit);
+        let first = sends
+            .next()
+            .expect("a transmit holds at least one datagram");
+        send(&first)?;
+        for rest in sends {
+            if send(&rest).is_err() {
+                // Already sent datagrams must not be reported unsent (see the module docs).
+                break;
+            }
         }
-        result
+        Ok(())
     }
 
     fn poll_recv(
@@ -422,6 +451,32 @@ impl AsyncUdpSocket for ShardUdpSocket {
             .state
             .may_fragment()
     }
+}
+
+/// Splits `transmit` into sends of whole datagrams that each fit in [`UDP_SEND_BYTES_MAX`].
+///
+/// Invariant: the sends together carry exactly `transmit.contents`, in order, each datagram
+/// whole, so the receiver sees the same datagrams as if the kernel had taken one batch.
+fn gso_sends<'a>(transmit: &'a Transmit<'a>) -> impl Iterator<Item = Transmit<'a>> + 'a {
+    let len = transmit.contents.len();
+    let segment = transmit
+        .segment_size
+        .filter(|&size| size < len)
+        .unwrap_or(len);
+    assert!(segment > 0, "quinn never sends an empty datagram");
+    assert!(
+        segment <= UDP_SEND_BYTES_MAX,
+        "a {segment}-byte datagram exceeds the {UDP_SEND_BYTES_MAX}-byte UDP limit"
+    );
+    let per_send = UDP_SEND_BYTES_MAX / segment * segment;
+    transmit
+        .contents
+        .chunks(per_send)
+        .map(move |contents| Transmit {
+            contents,
+            segment_size: (contents.len() > segment).then_some(segment),
+            ..*transmit
+        })
 }
 
 /// Tells one quinn connection driver when to retry a send that hit a full socket buffer.
@@ -569,6 +624,60 @@ mod tests {
             .expect("formatted panic message");
         assert!(message.contains("remote access on thread"), "{message}");
         assert!(message.contains("shard-local"), "{message}");
+    }
+
+    // Goal: a transmit too large for one UDP send is split into sends of whole datagrams that
+    // each fit, in order, and a transmit that fits goes out as it came. Pass: exact contents,
+    // segment sizes and send sizes for a single datagram, a fitting batch, a batch of large
+    // datagrams, and one with a short last datagram.
+    #[test]
+    fn gso_sends_split_at_whole_datagrams() {
+        let destination = "127.0.0.1:9".parse().expect("literal address");
+        let sends_of = |contents: &[u8], segment_size: Option<usize>| {
+            let transmit = Transmit {
+                destination,
+                ecn: None,
+                contents,
+                segment_size,
+                src_ip: None,
+            };
+            gso_sends(&transmit)
+                .map(|send| {
+                    assert!(send.contents.len() <= UDP_SEND_BYTES_MAX);
+                    (send.contents.to_vec(), send.segment_size)
+                })
+                .collect::<Vec<_>>()
+        };
+        let bytes: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+
+        assert_eq!(
+            sends_of(&bytes[..1200], None),
+            [(bytes[..1200].to_vec(), None)]
+        );
+        let fits = &bytes[..10 * 1452];
+        assert_eq!(sends_of(fits, Some(1452)), [(fits.to_vec(), Some(1452))]);
+
+        // Ten 8000-byte datagrams: eight fit in one send, two in the next.
+        let large = &bytes[..80_000];
+        assert_eq!(
+            sends_of(large, Some(8000)),
+            [
+                (large[..64_000].to_vec(), Some(8000)),
+                (large[64_000..].to_vec(), Some(8000)),
+            ]
+        );
+
+        // Three 40,000-byte datagrams and a short last one: one datagram per send.
+        let ragged = &bytes[..3 * 40_000 + 7];
+        let sends = sends_of(ragged, Some(40_000));
+        assert_eq!(sends.len(), 4);
+        assert!(sends.iter().all(|(_, segment)| segment.is_none()));
+        let rejoined: Vec<u8> = sends
+            .iter()
+            .flat_map(|(contents, _)| contents.clone())
+            .collect();
+        assert_eq!(rejoined, ragged);
+        assert_eq!(sends[3].0.len(), 7);
     }
 
     // Goal: the runtime refuses to spawn quinn tasks from a thread other than its shard's.

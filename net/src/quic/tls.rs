@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
-use quinn::{IdleTimeout, TransportConfig, VarInt};
+use quinn::{IdleTimeout, MtuDiscoveryConfig, TransportConfig, VarInt};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
@@ -38,7 +38,8 @@ use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 
 use crate::limits::{
     QUIC_BIDI_STREAMS_MAX, QUIC_CONNECTION_RECEIVE_WINDOW_BYTES, QUIC_IDLE_TIMEOUT_MS,
-    QUIC_KEEP_ALIVE_INTERVAL_MS, QUIC_SEND_WINDOW_BYTES, QUIC_STREAM_RECEIVE_WINDOW_BYTES,
+    QUIC_KEEP_ALIVE_INTERVAL_MS, QUIC_MAX_UDP_PAYLOAD_BYTES, QUIC_SEND_WINDOW_BYTES,
+    QUIC_STREAM_RECEIVE_WINDOW_BYTES,
 };
 
 /// The ALPN protocol id of the native protocol, version 1 of its connection semantics.
@@ -346,8 +347,11 @@ pub fn quic_client_config(tls: rustls::ClientConfig) -> Result<quinn::ClientConf
 ///
 /// Bounded concurrent bidirectional streams (one request each), no unidirectional streams or
 /// datagrams (unused by the protocol, so refused), MiB-scale flow-control windows so one
-/// stream can run at loopback speed, keep-alive well inside the idle timeout.
+/// stream can run at loopback speed, path MTU discovery up to [`QUIC_MAX_UDP_PAYLOAD_BYTES`],
+/// keep-alive well inside the idle timeout.
 pub fn transport_config() -> TransportConfig {
+    let mut mtu_discovery = MtuDiscoveryConfig::default();
+    mtu_discovery.upper_bound(QUIC_MAX_UDP_PAYLOAD_BYTES);
     let mut config = TransportConfig::default();
     config
         .max_concurrent_bidi_streams(VarInt::from_u32(QUIC_BIDI_STREAMS_MAX))
@@ -356,6 +360,7 @@ pub fn transport_config() -> TransportConfig {
         .stream_receive_window(VarInt::from_u32(QUIC_STREAM_RECEIVE_WINDOW_BYTES))
         .receive_window(VarInt::from_u32(QUIC_CONNECTION_RECEIVE_WINDOW_BYTES))
         .send_window(QUIC_SEND_WINDOW_BYTES)
+        .mtu_discovery_config(Some(mtu_discovery))
         .keep_alive_interval(Some(Duration::from_millis(QUIC_KEEP_ALIVE_INTERVAL_MS)))
         .max_idle_timeout(Some(IdleTimeout::from(VarInt::from_u32(
             u32::try_from(QUIC_IDLE_TIMEOUT_MS).expect("idle timeout fits in u32 milliseconds"),
