@@ -15,7 +15,7 @@ use proptest::prelude::*;
 use sluice_engine::batch::{
     BatchBuilder, BatchError, BatchHeader, Compression, LOG_OVERHEAD_BYTES, Record, RecordDecoder,
     SimpleRecord, build_batch, compute_crc, declared_total_bytes, decode_batch, iter_batches,
-    validate, validate_produced,
+    next_offset_after_whole_batches, set_base_offset, validate, validate_produced,
 };
 use sluice_engine::limits::BATCH_BYTES_MAX;
 use sluice_engine::{Offset, TimestampMs};
@@ -246,6 +246,35 @@ proptest! {
             // Rejected for something after the length: the length itself was accepted.
             Err(_) => prop_assert_eq!(declared, Some(LOG_OVERHEAD_BYTES + length as usize)),
         }
+    }
+
+    // Goal: the header scan a consumer uses to send its next fetch early finds where the whole
+    // batches of an answer end, exactly as a full decode would. Method: batches with gaps
+    // between their offsets (as compaction or transaction markers leave), packed back to back,
+    // cut at a random byte. Pass: the next offset of the last batch wholly before the cut,
+    // nothing if the cut falls in the first batch.
+    #[test]
+    fn next_offset_scan_ends_at_the_last_whole_batch(
+        batches in prop::collection::vec(
+            (prop::collection::vec(record_with(0_i64..1000), 1..4), codec(), 0_i64..5),
+            1..5,
+        ),
+        cut in any::<prop::sample::Index>(),
+    ) {
+        let mut answer = Vec::new();
+        let mut ends = Vec::new();
+        let mut base = 100;
+        for (records, codec, gap) in &batches {
+            let mut batch = build_batch(records, *codec).expect("builds").to_vec();
+            set_base_offset(&mut batch, Offset(base));
+            base += records.len() as i64 + gap;
+            answer.extend_from_slice(&batch);
+            ends.push((answer.len(), base - gap));
+        }
+        let cut = cut.index(answer.len() + 1);
+        let whole = ends.iter().rev().find(|&&(end, _)| end <= cut);
+        let expected = whole.map(|&(_, next)| Offset(next));
+        prop_assert_eq!(next_offset_after_whole_batches(&answer[..cut], BATCH_BYTES_MAX), expected);
     }
 
     // Goal: arbitrary records behind a valid header and CRC never panic the record decoder,

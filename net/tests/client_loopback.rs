@@ -63,6 +63,7 @@ struct Broker {
     /// Produce requests to answer with `NotOwner` before serving them.
     not_owner: Cell<u32>,
     produce_requests: Cell<u32>,
+    fetch_requests: Cell<u32>,
 }
 
 fn error(code: ErrorCode, message: impl Into<String>) -> Response {
@@ -258,6 +259,7 @@ impl Broker {
                 max_bytes,
                 max_wait_ms,
             } => {
+                self.fetch_requests.set(self.fetch_requests.get() + 1);
                 if let Err(answer) = check_owner(&topic, partition) {
                     return (answer, empty);
                 }
@@ -398,6 +400,7 @@ fn start_broker(dir: &std::path::Path) -> Rc<Broker> {
         appended: Notify::new(),
         not_owner: Cell::new(0),
         produce_requests: Cell::new(0),
+        fetch_requests: Cell::new(0),
     });
     for (shard, endpoint) in endpoints.into_iter().enumerate() {
         let broker = Rc::clone(&broker);
@@ -449,6 +452,18 @@ fn record(i: usize, partition: Option<i32>) -> ProducerRecord {
         .with_timestamp(TimestampMs(1_000_000 + i as i64));
     record.partition = partition;
     record
+}
+
+/// A client of `broker` that has created the topic `events` with `partitions` partitions.
+async fn connect_with_events(broker: &Broker, partitions: i32) -> Client {
+    let client = Client::connect(client_config(broker))
+        .await
+        .expect("connect");
+    client
+        .create_topic(NewTopic::new("events", partitions))
+        .await
+        .expect("create");
+    client
 }
 
 /// Reads `count` records from `consumer`, failing on a poll error.
@@ -692,13 +707,7 @@ fn seeks_and_tailing() {
     run(async {
         let dir = tempfile::tempdir().expect("temp dir");
         let broker = start_broker(dir.path());
-        let client = Client::connect(client_config(&broker))
-            .await
-            .expect("connect");
-        client
-            .create_topic(NewTopic::new("events", 1))
-            .await
-            .expect("create");
+        let client = connect_with_events(&broker, 1).await;
         let producer = Producer::new(&client, ProducerConfig::default()).expect("producer");
         for i in 0..100 {
             producer.send_and_forget(record(i, Some(0))).expect("room");
@@ -756,6 +765,57 @@ fn seeks_and_tailing() {
     });
 }
 
+// Goal: a fetcher sends one fetch ahead of the answer it decodes, never more once its buffer
+// is full, and an answer fetched ahead for an old position is never delivered after a seek.
+// Method: 200 records in 200 batches; a consumer fetching one batch at a time with a one-byte
+// buffer; count the broker's fetches while nobody polls, then read, seek back and forward.
+// Pass: exactly two fetches (the one buffered and the one sent ahead), then every read is
+// contiguous from where the last seek put it.
+#[test]
+fn fetches_run_one_ahead_within_the_buffer_bound() {
+    run(async {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let broker = start_broker(dir.path());
+        let client = connect_with_events(&broker, 1).await;
+        let producer = Producer::new(&client, ProducerConfig::default()).expect("producer");
+        for i in 0..200 {
+            producer.send(record(i, Some(0))).await.expect("acked");
+        }
+        let config = ConsumerConfig {
+            fetch_bytes_max: 1,
+            buffer_bytes: 1,
+            ..ConsumerConfig::default()
+        };
+        let consumer = Consumer::new(&client, config);
+        consumer.assign(&[("events", 0)]);
+        consumer.seek("events", 0, Seek::Offset(0)).expect("seek");
+        while broker.fetch_requests.get() < 2 {
+            rt::sleep(Duration::from_millis(1)).await;
+        }
+        // A fetcher that ignored the bound would fetch the remaining 198 batches meanwhile.
+        rt::sleep(Duration::from_millis(50)).await;
+        assert_eq!(broker.fetch_requests.get(), 2);
+
+        let offsets = |records: Vec<sluice_net::client::ConsumerRecord>| -> Vec<i64> {
+            records.iter().map(|r| r.offset).collect()
+        };
+        assert_eq!(
+            offsets(consume(&consumer, 50).await),
+            (0..50).collect::<Vec<_>>()
+        );
+        consumer.seek("events", 0, Seek::Offset(10)).expect("seek");
+        assert_eq!(
+            offsets(consume(&consumer, 30).await),
+            (10..40).collect::<Vec<_>>()
+        );
+        consumer.seek("events", 0, Seek::Offset(150)).expect("seek");
+        assert_eq!(
+            offsets(consume(&consumer, 50).await),
+            (150..200).collect::<Vec<_>>()
+        );
+    });
+}
+
 // Goal: bootstrap skips an address that does not answer and reports a clear error when none
 // does. Method: list a dead UDP port first, then the broker; then only dead ports.
 #[test]
@@ -802,13 +862,7 @@ fn dropped_producer_fails_pending_records() {
     run(async {
         let dir = tempfile::tempdir().expect("temp dir");
         let broker = start_broker(dir.path());
-        let client = Client::connect(client_config(&broker))
-            .await
-            .expect("connect");
-        client
-            .create_topic(NewTopic::new("events", 1))
-            .await
-            .expect("create");
+        let client = connect_with_events(&broker, 1).await;
         let config = ProducerConfig {
             linger: Duration::from_secs(3600),
             ..ProducerConfig::default()

@@ -342,6 +342,25 @@ pub fn declared_total_bytes(
     total_of_length(read_i32(prefix, OFFSET_LENGTH), max_batch_bytes)
 }
 
+/// The offset after the whole batches packed back to back at the start of `buf` (a fetch
+/// answer, say), read from their headers alone, without checking CRCs: where a consumer's
+/// next fetch starts while it still checks and decodes these. `None` if `buf` does not start
+/// with a whole batch; the scan stops at a batch cut short or a header that does not parse,
+/// which a full decode then reports.
+pub fn next_offset_after_whole_batches(buf: &[u8], max_batch_bytes: usize) -> Option<Offset> {
+    let mut next = None;
+    let mut rest = buf;
+    // Bounded by `buf`: each pass moves past one whole batch of at least a header.
+    while let Ok(header) = BatchHeader::parse(rest, max_batch_bytes) {
+        let Some(after) = rest.get(header.total_bytes()..) else {
+            break;
+        };
+        next = Some(header.next_offset());
+        rest = after;
+    }
+    next
+}
+
 /// Computes the CRC-32C a batch should carry (over attributes..end).
 pub fn compute_crc(batch: &[u8]) -> u32 {
     crc32c::crc32c(&batch[OFFSET_ATTRIBUTES..])

@@ -5,8 +5,11 @@
 //! (`fetch_wait_max` on the broker), decodes the batches it gets (skipping the records below
 //! the position, since a fetch returns whole batches), and buffers the records; fetchers of
 //! different partitions run in parallel. [`Consumer::poll`] hands out buffered records,
-//! taking partitions in turn. Prefetching stops while the buffered records exceed
-//! `buffer_bytes` (so at most one more fetch per partition lands above the bound).
+//! taking partitions in turn. A fetcher sends its next fetch as soon as an answer's batch
+//! headers say where it ends, and checks and decodes that answer while the broker serves the
+//! next one. Prefetching stops while the buffered records exceed `buffer_bytes` (so at most two
+//! more fetches per partition land above the bound: the one being decoded and the one sent
+//! ahead).
 //!
 //! A seek discards what was buffered for the partition and what its fetcher has in flight
 //! (each seek starts a new epoch; answers of an older epoch are dropped).
@@ -26,15 +29,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::future::select;
+use futures::future::{join, select};
 use sluice_engine::TimestampMs;
-use sluice_engine::batch::{BatchError, BatchHeader, HEADER_BYTES, Header, decode_batch};
+use sluice_engine::batch::{
+    BatchError, BatchHeader, HEADER_BYTES, Header, decode_batch, next_offset_after_whole_batches,
+};
 use sluice_engine::limits::BATCH_BYTES_MAX;
 use sluice_engine::rt::{self, clock};
 use sluice_engine::util::Notify;
 
 use super::error::{ClientError, ConsumerError};
-use super::handle::Client;
+use super::handle::{Client, Fetched};
 use crate::limits::{
     CONSUMER_BUFFER_BYTES_DEFAULT, CONSUMER_FETCH_BYTES_DEFAULT, CONSUMER_FETCH_WAIT_MS_DEFAULT,
     CONSUMER_POLL_RECORDS_DEFAULT,
@@ -479,10 +484,18 @@ enum Next {
     Fetch(i64, u64),
 }
 
+/// A fetch sent before the answer to the previous one was decoded, with its answer.
+struct Ahead {
+    offset: i64,
+    epoch: u64,
+    answer: Result<Fetched, ClientError>,
+}
+
 /// One partition's fetcher: runs until the partition is unassigned (its task is dropped then)
 /// or the consumer is dropped.
 async fn fetch_loop(shared: Rc<Shared>, key: PartitionKey) {
     let config = &shared.config;
+    let mut ahead: Option<Ahead> = None;
     loop {
         let seen = shared.changed.version();
         let next = {
@@ -507,7 +520,39 @@ async fn fetch_loop(shared: Rc<Shared>, key: PartitionKey) {
                 Err(error) => fail(&shared, &key, epoch, error).await,
             },
             Next::Fetch(offset, epoch) => {
-                if !fetch_once(&shared, &key, offset, epoch).await {
+                // An answer fetched ahead serves only the position and epoch it was sent for;
+                // after a seek it is dropped unread.
+                let answer = match ahead.take() {
+                    Some(sent) if sent.offset == offset && sent.epoch == epoch => sent.answer,
+                    _ => fetch(&shared, &key, offset).await,
+                };
+                let fetch_ahead = match &answer {
+                    Ok(fetched) if shared.state.borrow().buffered_bytes < config.buffer_bytes => {
+                        next_offset_after_whole_batches(&fetched.batches, BATCH_BYTES_MAX)
+                    }
+                    _ => None,
+                };
+                let assigned = match fetch_ahead {
+                    // The next fetch goes out first and the broker serves it while this answer
+                    // is checked and decoded, as a Kafka client's fetcher runs ahead of its
+                    // application. `join` polls the fetch first, so its request is queued on
+                    // the connection before the yield lets the connection's driver send it.
+                    Some(next) => {
+                        let take = async {
+                            rt::yield_now().await;
+                            take_answer(&shared, &key, offset, epoch, answer).await
+                        };
+                        let (answer, assigned) = join(fetch(&shared, &key, next.0), take).await;
+                        ahead = Some(Ahead {
+                            offset: next.0,
+                            epoch,
+                            answer,
+                        });
+                        assigned
+                    }
+                    None => take_answer(&shared, &key, offset, epoch, answer).await,
+                };
+                if !assigned {
                     return;
                 }
             }
@@ -515,22 +560,33 @@ async fn fetch_loop(shared: Rc<Shared>, key: PartitionKey) {
     }
 }
 
-/// One fetch from `offset`, buffering what it returns. False when the partition is no longer
-/// assigned.
-async fn fetch_once(shared: &Shared, key: &PartitionKey, offset: i64, epoch: u64) -> bool {
+/// Fetches the partition from `offset` with the consumer's limits.
+async fn fetch(shared: &Shared, key: &PartitionKey, offset: i64) -> Result<Fetched, ClientError> {
     let config = &shared.config;
-    let (topic, partition) = (&key.0, key.1);
-    let fetched = shared
+    shared
         .client
         .fetch(
-            topic,
-            partition,
+            &key.0,
+            key.1,
             offset,
             config.fetch_bytes_max,
             config.fetch_wait_max,
         )
-        .await;
-    let fetched = match fetched {
+        .await
+}
+
+/// Buffers what the fetch from `offset` returned, or records its failure. False when the
+/// partition is no longer assigned.
+async fn take_answer(
+    shared: &Shared,
+    key: &PartitionKey,
+    offset: i64,
+    epoch: u64,
+    answer: Result<Fetched, ClientError>,
+) -> bool {
+    let config = &shared.config;
+    let (topic, partition) = (&key.0, key.1);
+    let fetched = match answer {
         Ok(fetched) => fetched,
         Err(source) => {
             let out_of_range = source.code() == Some(ErrorCode::OffsetOutOfRange);
@@ -563,6 +619,11 @@ async fn fetch_once(shared: &Shared, key: &PartitionKey, offset: i64, epoch: u64
     entry.high_watermark = fetched.high_watermark;
     match decoded {
         Ok(decoded) => {
+            assert_eq!(
+                decoded.next_offset,
+                next_offset_after_whole_batches(&fetched.batches, BATCH_BYTES_MAX).map(|o| o.0),
+                "{topic}-{partition}: the decoded batches end where their headers said"
+            );
             for record in decoded.records {
                 let charged = record.charged_bytes();
                 entry.bytes += charged;

@@ -12,7 +12,7 @@ use anyhow::{Context, bail};
 use bytes::Bytes;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchRequest, FetchTopic};
 use kafka_protocol::messages::{ApiKey, BrokerId, ResponseKind};
-use sluice_engine::batch::{BatchHeader, decode_batch};
+use sluice_engine::batch::{self, BatchHeader, decode_batch};
 use sluice_engine::limits::BATCH_BYTES_MAX;
 use sluice_engine::rt::clock;
 
@@ -188,21 +188,9 @@ async fn fetch_loop(
 
 /// The offset after the whole batches of a fetch answer from `offset`, by their headers alone:
 /// where the next fetch starts. A partial batch at the end is left for that fetch.
-pub fn next_offset(records: &[u8], mut offset: i64) -> i64 {
-    let mut at = 0;
-    // Bounded by the answer's bytes: each pass moves past one whole batch.
-    while at < records.len() {
-        let Ok(header) = BatchHeader::parse(&records[at..], BATCH_BYTES_MAX) else {
-            break;
-        };
-        let total = header.total_bytes();
-        if records.len() - at < total {
-            break;
-        }
-        at += total;
-        offset = offset.max(header.next_offset().0);
-    }
-    offset
+pub fn next_offset(records: &[u8], offset: i64) -> i64 {
+    batch::next_offset_after_whole_batches(records, BATCH_BYTES_MAX)
+        .map_or(offset, |next| next.0.max(offset))
 }
 
 /// Decodes the whole batches of a fetch answer from `offset`, counts their records (those
