@@ -48,14 +48,14 @@
 //! send buffer that only happens when the NIC queue is saturated.
 //!
 //! Measured with `net/examples/quic_bandwidth.rs` (release, 1 GiB on one stream over
-//! loopback, 2-vCPU VM) at quinn's default 1452-byte datagrams: 0.6-0.9 GB/s, 1.2-1.4 s of
+//! loopback, 2-vCPU VM) at quinn's default 1452-byte datagrams: 0.6-0.9 GB/s, 1.2-1.7 s of
 //! CPU per GiB on each side; 10 datagrams per `sendmsg` (quinn's own per-transmit cap), about
 //! 12 per `recvmmsg`, and one ring readiness wait per ~13 receive calls (`strace -c`). In a
 //! `perf` profile glommio and this module are under 1% of samples: the cost is quinn-proto's
 //! per-packet work, AES-GCM and kernel copies. Per-packet work shrinks with bigger packets, so
 //! endpoints allow datagrams up to
 //! [`QUIC_MAX_UDP_PAYLOAD_BYTES`](crate::limits::QUIC_MAX_UDP_PAYLOAD_BYTES) (path MTU
-//! discovery finds what a path carries): on loopback 1.9-2.6 GB/s at 0.4-0.5 s of CPU per GiB.
+//! discovery finds what a path carries): on loopback 2.1-2.2 GB/s at 0.44-0.48 s of CPU per GiB.
 //!
 //! # GSO batches larger than the kernel takes
 //!
