@@ -70,8 +70,8 @@ pub const QUIC_IDLE_TIMEOUT_MS: u64 = 6 * QUIC_KEEP_ALIVE_INTERVAL_MS;
 /// byte loopback frame holds behind IPv6 and UDP headers. One quinn stream over loopback with
 /// 1452-byte datagrams moved 614-877 MB/s at 1.22-1.74 CPU-seconds per GiB on the sender;
 /// with this bound 2062-2221 MB/s at 0.44-0.47 (`net/examples/quic_bandwidth.rs`,
-/// perf/RESULTS.md "QUIC datagram size"). A path that carries less settles lower; a standard Ethernet path
-/// stays at 1452.
+/// perf/RESULTS.md "QUIC datagram size"). A path that carries less settles lower; a standard
+/// Ethernet path stays at 1452.
 pub const QUIC_MAX_UDP_PAYLOAD_BYTES: u16 = (65_536 - 40 - 8) as u16;
 
 /// The most UDP payload one `sendmsg` may carry, GSO batch included: an IPv4 datagram's
