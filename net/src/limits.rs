@@ -80,6 +80,16 @@ pub const QUIC_MAX_UDP_PAYLOAD_BYTES: u16 = (65_536 - 40 - 8) as u16;
 /// lost), so the shard socket splits larger batches (see `quic::runtime`).
 pub const UDP_SEND_BYTES_MAX: usize = 65_535 - 20 - 8;
 
+/// The largest list of datagrams Linux's UDP GRO hands to one receive: `GRO_MAX_SIZE`, the
+/// ceiling of any device's `gro_max_size` (65,536 unless raised for BIG TCP).
+///
+/// quinn sizes each of its 32 receive buffers as the largest datagram we accept times the
+/// GRO segments the socket reports, and quinn-udp reports the kernel's 64-segment maximum:
+/// sound for 1,472-byte datagrams (94 KiB per buffer), but 4 MiB per buffer, 134 MB of address
+/// space per endpoint, for [`QUIC_MAX_UDP_PAYLOAD_BYTES`]. The shard socket reports only as many
+/// segments as this many bytes need (9), so each buffer still holds any GRO list.
+pub const UDP_GRO_BYTES_MAX: usize = 8 * 65_535;
+
 /// Requested kernel receive buffer of each shard's UDP socket (SO_RCVBUF / SO_RCVBUFFORCE).
 ///
 /// The kernel drops datagrams when the buffer fills while the shard is busy, and QUIC treats
@@ -241,7 +251,8 @@ pub const CONSUMER_FETCH_WAIT_MS_DEFAULT: u32 = 500;
 pub const CONSUMER_FETCH_BYTES_DEFAULT: u32 = 1 << 20;
 
 /// Default `ConsumerConfig::buffer_bytes`: record bytes a consumer prefetches before its
-/// fetchers pause. At most one more fetch per partition arrives after the bound is reached.
+/// fetchers pause. At most two more fetches per partition arrive after the bound is reached
+/// (the answer being decoded and the fetch sent ahead of it).
 pub const CONSUMER_BUFFER_BYTES_DEFAULT: usize = 64 << 20;
 
 /// Default `ConsumerConfig::poll_records_max`: records one `poll` returns at most.
@@ -318,6 +329,7 @@ const _: () = assert!(FRAME_HEADER_BYTES_MAX <= u32::MAX as usize);
 const _: () = assert!(QUIC_CONNECTION_RECEIVE_WINDOW_BYTES >= QUIC_STREAM_RECEIVE_WINDOW_BYTES);
 const _: () = assert!(QUIC_KEEP_ALIVE_INTERVAL_MS < QUIC_IDLE_TIMEOUT_MS);
 const _: () = assert!(QUIC_MAX_UDP_PAYLOAD_BYTES as usize <= UDP_SEND_BYTES_MAX);
+const _: () = assert!(UDP_GRO_BYTES_MAX >= QUIC_MAX_UDP_PAYLOAD_BYTES as usize);
 const _: () = assert!(UDP_RECV_BUFFER_BYTES <= i32::MAX as usize);
 const _: () = assert!(UDP_SEND_BUFFER_BYTES <= i32::MAX as usize);
 const _: () = assert!(PRODUCER_BATCH_BYTES_DEFAULT <= PRODUCER_REQUEST_BYTES_DEFAULT);

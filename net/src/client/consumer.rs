@@ -527,7 +527,7 @@ async fn fetch_loop(shared: Rc<Shared>, key: PartitionKey) {
                     _ => fetch(&shared, &key, offset).await,
                 };
                 let fetch_ahead = match &answer {
-                    Ok(fetched) if shared.state.borrow().buffered_bytes < config.buffer_bytes => {
+                    Ok(fetched) if may_fetch_ahead(&shared, &key, epoch) => {
                         next_offset_after_whole_batches(&fetched.batches, BATCH_BYTES_MAX)
                     }
                     _ => None,
@@ -558,6 +558,17 @@ async fn fetch_loop(shared: Rc<Shared>, key: PartitionKey) {
             }
         }
     }
+}
+
+/// Whether a fetch may go out before the answer of the epoch-`epoch` fetch in hand is buffered:
+/// the partition is still assigned, not stopped, not being moved by a newer seek, and the
+/// buffer below its bound.
+fn may_fetch_ahead(shared: &Shared, key: &PartitionKey, epoch: u64) -> bool {
+    let state = shared.state.borrow();
+    state.buffered_bytes < shared.config.buffer_bytes
+        && state.partitions.get(key).is_some_and(|entry| {
+            entry.epoch == epoch && entry.seek.is_none() && !entry.stopped && entry.error.is_none()
+        })
 }
 
 /// Fetches the partition from `offset` with the consumer's limits.

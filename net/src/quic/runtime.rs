@@ -98,7 +98,8 @@ use quinn::{AsyncTimer, AsyncUdpSocket, UdpPoller};
 use sluice_engine::rt;
 
 use crate::limits::{
-    UDP_RECV_BUFFER_BYTES, UDP_SEND_BUFFER_BYTES, UDP_SEND_BYTES_MAX, UDP_SEND_RETRY_WAIT_US,
+    QUIC_MAX_UDP_PAYLOAD_BYTES, UDP_GRO_BYTES_MAX, UDP_RECV_BUFFER_BYTES, UDP_SEND_BUFFER_BYTES,
+    UDP_SEND_BYTES_MAX, UDP_SEND_RETRY_WAIT_US,
 };
 
 /// How many times one `poll_recv` call may find the socket empty right after a readiness wait
@@ -442,7 +443,11 @@ impl AsyncUdpSocket for ShardUdpSocket {
     }
 
     fn max_receive_segments(&self) -> usize {
-        self.inner.get("quinn udp gro query").state.gro_segments()
+        // quinn sizes its receive buffers by this times our largest datagram (see
+        // `UDP_GRO_BYTES_MAX`): enough segments for the largest GRO list, no more.
+        let needed = UDP_GRO_BYTES_MAX.div_ceil(usize::from(QUIC_MAX_UDP_PAYLOAD_BYTES));
+        let gro = self.inner.get("quinn udp gro query").state.gro_segments();
+        gro.min(needed)
     }
 
     fn may_fragment(&self) -> bool {
