@@ -20,8 +20,8 @@ use sluice_engine::limits::BATCH_BYTES_MAX;
 use sluice_engine::util::Notify;
 use sluice_engine::{Offset, TimestampMs, rt};
 use sluice_net::client::{
-    Acks, Client, ClientConfig, ClientError, Consumer, ConsumerConfig, NewTopic, ProduceError,
-    Producer, ProducerConfig, ProducerRecord, Seek,
+    Acks, Client, ClientConfig, ClientError, Consumer, ConsumerConfig, ConsumerError, NewTopic,
+    ProduceError, Producer, ProducerConfig, ProducerRecord, Seek,
 };
 use sluice_net::native::messages::{
     BrokerEndpoint, ErrorCode, OffsetQuery, PartitionInfo, Request, Response, TopicInfo,
@@ -812,6 +812,63 @@ fn fetches_run_one_ahead_within_the_buffer_bound() {
         assert_eq!(
             offsets(consume(&consumer, 50).await),
             (150..200).collect::<Vec<_>>()
+        );
+    });
+}
+
+// Goal: the client checks every fetched batch (the frame's CRC covers only its header,
+// net/PROTOCOL.md "Integrity"): a batch whose bytes changed after the broker took it stops
+// its partition with `Corrupt` at that offset, and the records before it are delivered.
+// Method: three single-record batches; flip the last byte of the second (inside its CRC's
+// span) in the test broker's store; a consumer fetching one batch at a time.
+#[test]
+fn corrupt_fetched_batches_are_refused() {
+    run(async {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let broker = start_broker(dir.path());
+        let client = connect_with_events(&broker, 1).await;
+        let producer = Producer::new(&client, ProducerConfig::default()).expect("producer");
+        for i in 0..3 {
+            producer.send(record(i, Some(0))).await.expect("acked");
+        }
+        {
+            let mut topics = broker.topics.borrow_mut();
+            let log = &mut topics.get_mut("events").expect("topic").partitions[0];
+            assert_eq!(log.batches.len(), 3, "one batch per acknowledged send");
+            let (base, stored) = &mut log.batches[1];
+            assert_eq!(*base, 1);
+            let mut flipped = stored.to_vec();
+            let last = flipped.len() - 1;
+            flipped[last] ^= 0x01;
+            *stored = Bytes::from(flipped);
+        }
+        let config = ConsumerConfig {
+            fetch_bytes_max: 1,
+            ..ConsumerConfig::default()
+        };
+        let consumer = Consumer::new(&client, config);
+        consumer.assign(&[("events", 0)]);
+        consumer.seek("events", 0, Seek::Offset(0)).expect("seek");
+        let first = consume(&consumer, 1).await;
+        assert_eq!(first.len(), 1);
+        assert_eq!(first[0].offset, 0);
+        assert_eq!(first[0].value.as_deref(), Some(&b"value-0"[..]));
+        let error = loop {
+            match consumer.poll(Duration::from_secs(10)).await {
+                Ok(records) => assert!(records.is_empty(), "delivered past the corrupt batch"),
+                Err(error) => break error,
+            }
+        };
+        assert!(
+            matches!(
+                error,
+                ConsumerError::Corrupt {
+                    offset: 1,
+                    source: batch::BatchError::CrcMismatch { .. },
+                    ..
+                }
+            ),
+            "{error}"
         );
     });
 }

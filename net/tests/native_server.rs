@@ -627,13 +627,14 @@ fn malformed_frames_fail_only_their_request() {
 
         // A well-formed prefix and CRC around a header that is not a valid request.
         let garbage = [0xa5u8; 32];
-        let prefix = frame::Prefix {
+        let mut prefix = frame::Prefix {
             version: PROTOCOL_VERSION,
             flags: 0,
             header_bytes: garbage.len() as u32,
             payload_bytes: 0,
-            crc32c: crc32c::crc32c(&garbage),
+            crc32c: 0,
         };
+        prefix.crc32c = frame::frame_crc(&prefix, &garbage, &[b""]);
         let mut invalid = prefix.to_bytes().to_vec();
         invalid.extend_from_slice(&garbage);
         let answer = client.call_raw(&invalid).await.expect("an answer");

@@ -191,7 +191,9 @@ fn concurrent_streams_echo_and_bad_frames_fail_alone() {
         }))
         .await;
 
-        // A flipped payload byte: answered with CorruptMessage, on that stream only.
+        // A flipped header byte (the last one, before the 3-byte payload): answered with
+        // CorruptMessage, on that stream only. (The payload is record batches, which carry
+        // their own CRCs; the frame's covers the header.)
         let mut corrupted = frame::encode(
             &Request::Produce {
                 topic: "t".into(),
@@ -202,8 +204,8 @@ fn concurrent_streams_echo_and_bad_frames_fail_alone() {
             b"abc",
         )
         .expect("encode");
-        let last = corrupted.len() - 1;
-        corrupted[last] ^= 0x01;
+        let last_header_byte = corrupted.len() - 4;
+        corrupted[last_header_byte] ^= 0x01;
         let answer = send_raw(&connection, &corrupted)
             .await
             .expect("an error answer");
