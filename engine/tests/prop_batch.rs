@@ -431,3 +431,31 @@ fn fuzz_corpus_replays_without_panic() {
         dir.display()
     );
 }
+
+// Goal: a header is accepted only if the offset after its batch exists, so `next_offset`
+// never overflows on bytes from a peer (the base offset lies outside the batch CRC).
+// Method: one record batch (last offset delta 0) rebased to i64::MAX - 1, then i64::MAX.
+#[test]
+fn the_offset_after_a_batch_must_exist() {
+    let record = SimpleRecord {
+        key: None,
+        value: Some(b"v".to_vec()),
+        headers: Vec::new(),
+        timestamp: TimestampMs(0),
+    };
+    let mut batch = build_batch(&[record], Compression::None)
+        .expect("small batch")
+        .to_vec();
+    set_base_offset(&mut batch, Offset(i64::MAX - 1));
+    let header = BatchHeader::parse(&batch, BATCH_BYTES_MAX).expect("last offset i64::MAX - 1");
+    assert_eq!(header.next_offset(), Offset(i64::MAX));
+    set_base_offset(&mut batch, Offset(i64::MAX));
+    assert_eq!(
+        BatchHeader::parse(&batch, BATCH_BYTES_MAX),
+        Err(BatchError::OffsetOverflow {
+            base_offset: i64::MAX,
+            last_offset_delta: 0
+        })
+    );
+    assert!(validate(&batch, BATCH_BYTES_MAX).is_err());
+}

@@ -18,7 +18,7 @@ pub const FRAME_HEADER_BYTES_MAX: usize = 256 << 10;
 /// Largest payload (record batch bytes) a native frame may declare.
 ///
 /// Twice the engine's largest batch, so a produce of one maximal batch or a fetch answer of
-/// two fits in one frame. A receiver buffers a whole payload before checking its CRC, so one
+/// two fits in one frame. A receiver buffers a whole payload before using it, so one
 /// in-flight frame costs up to this much memory; a per-connection byte budget must bound the
 /// sum across streams (see net/PROTOCOL.md).
 pub const FRAME_PAYLOAD_BYTES_MAX: usize = 2 * BATCH_BYTES_MAX;

@@ -278,10 +278,11 @@ impl Broker {
                             return (error(ErrorCode::OffsetOutOfRange, message), empty);
                         }
                         let mut payload = Vec::new();
-                        for (_, bytes) in &log.batches {
-                            let header = batch::BatchHeader::parse(bytes, BATCH_BYTES_MAX)
-                                .expect("stored batches are valid");
-                            if header.last_offset().0 < offset {
+                        for (i, (_, bytes)) in log.batches.iter().enumerate() {
+                            // By the offsets the broker assigned, not the stored bytes, which
+                            // a test may have changed since.
+                            let end = log.batches.get(i + 1).map_or(log.end, |(base, _)| *base);
+                            if end <= offset {
                                 continue;
                             }
                             if !payload.is_empty()
@@ -816,55 +817,134 @@ fn fetches_run_one_ahead_within_the_buffer_bound() {
     });
 }
 
-// Goal: the client checks every fetched batch (the frame's CRC covers only its header,
-// net/PROTOCOL.md "Integrity"): a batch whose bytes changed after the broker took it stops
-// its partition with `Corrupt` at that offset, and the records before it are delivered.
-// Method: three single-record batches; flip the last byte of the second (inside its CRC's
-// span) in the test broker's store; a consumer fetching one batch at a time.
+/// Produces three single-record batches to `events-0` of a new test broker, lets `change`
+/// rewrite the stored bytes of batch `index`, then reads from offset 0 with `fetch_bytes_max`
+/// until a poll fails: the offsets delivered and the error.
+async fn read_after_change(
+    index: usize,
+    change: impl FnOnce(&mut Vec<u8>),
+    fetch_bytes_max: u32,
+) -> (Vec<i64>, ConsumerError) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let broker = start_broker(dir.path());
+    let client = connect_with_events(&broker, 1).await;
+    let producer = Producer::new(&client, ProducerConfig::default()).expect("producer");
+    for i in 0..3 {
+        producer.send(record(i, Some(0))).await.expect("acked");
+    }
+    {
+        let mut topics = broker.topics.borrow_mut();
+        let log = &mut topics.get_mut("events").expect("topic").partitions[0];
+        assert_eq!(log.batches.len(), 3, "one batch per acknowledged send");
+        let (_, stored) = &mut log.batches[index];
+        let mut changed = stored.to_vec();
+        change(&mut changed);
+        *stored = Bytes::from(changed);
+    }
+    let config = ConsumerConfig {
+        fetch_bytes_max,
+        ..ConsumerConfig::default()
+    };
+    let consumer = Consumer::new(&client, config);
+    consumer.assign(&[("events", 0)]);
+    consumer.seek("events", 0, Seek::Offset(0)).expect("seek");
+    let mut offsets = Vec::new();
+    loop {
+        match consumer.poll(Duration::from_secs(10)).await {
+            Ok(records) => {
+                assert!(
+                    !records.is_empty() || offsets.len() < 3,
+                    "neither records nor an error"
+                );
+                offsets.extend(records.iter().map(|r| r.offset));
+            }
+            Err(error) => return (offsets, error),
+        }
+    }
+}
+
+// Goal: the client checks every fetched batch (the frame's CRC covers only its prefix and
+// header, net/PROTOCOL.md "Integrity"): a batch whose bytes changed after the broker took it
+// stops its partition with `Corrupt` at that offset, and the records before it are delivered.
+// Method: flip the last byte of the second of three single-record batches (inside its CRC's
+// span) in the test broker's store; read one batch per fetch.
 #[test]
 fn corrupt_fetched_batches_are_refused() {
     run(async {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let broker = start_broker(dir.path());
-        let client = connect_with_events(&broker, 1).await;
-        let producer = Producer::new(&client, ProducerConfig::default()).expect("producer");
-        for i in 0..3 {
-            producer.send(record(i, Some(0))).await.expect("acked");
-        }
-        {
-            let mut topics = broker.topics.borrow_mut();
-            let log = &mut topics.get_mut("events").expect("topic").partitions[0];
-            assert_eq!(log.batches.len(), 3, "one batch per acknowledged send");
-            let (base, stored) = &mut log.batches[1];
-            assert_eq!(*base, 1);
-            let mut flipped = stored.to_vec();
-            let last = flipped.len() - 1;
-            flipped[last] ^= 0x01;
-            *stored = Bytes::from(flipped);
-        }
-        let config = ConsumerConfig {
-            fetch_bytes_max: 1,
-            ..ConsumerConfig::default()
+        let flip_last = |bytes: &mut Vec<u8>| {
+            let last = bytes.len() - 1;
+            bytes[last] ^= 0x01;
         };
-        let consumer = Consumer::new(&client, config);
-        consumer.assign(&[("events", 0)]);
-        consumer.seek("events", 0, Seek::Offset(0)).expect("seek");
-        let first = consume(&consumer, 1).await;
-        assert_eq!(first.len(), 1);
-        assert_eq!(first[0].offset, 0);
-        assert_eq!(first[0].value.as_deref(), Some(&b"value-0"[..]));
-        let error = loop {
-            match consumer.poll(Duration::from_secs(10)).await {
-                Ok(records) => assert!(records.is_empty(), "delivered past the corrupt batch"),
-                Err(error) => break error,
-            }
-        };
+        let (offsets, error) = read_after_change(1, flip_last, 1).await;
+        assert_eq!(offsets, vec![0]);
         assert!(
             matches!(
                 error,
                 ConsumerError::Corrupt {
                     offset: 1,
                     source: batch::BatchError::CrcMismatch { .. },
+                    ..
+                }
+            ),
+            "{error}"
+        );
+    });
+}
+
+// Goal: base offsets, which no CRC covers, cannot take a consumer backwards, stall it, or panic
+// it: an answer whose batches go back, whose first batch ends below the fetch offset, or whose
+// offsets overflow is refused as `Corrupt`. Method: rewrite stored base offsets in the test
+// broker; read all three batches in one answer, then one batch per fetch.
+#[test]
+fn fetched_base_offsets_must_ascend() {
+    run(async {
+        let to_zero = |bytes: &mut Vec<u8>| batch::set_base_offset(bytes, Offset(0));
+        let (offsets, error) = read_after_change(2, to_zero, 1 << 20).await;
+        assert_eq!(
+            offsets,
+            Vec::<i64>::new(),
+            "nothing of a refused answer is delivered"
+        );
+        assert!(
+            matches!(
+                error,
+                ConsumerError::Corrupt {
+                    offset: 0,
+                    source: batch::BatchError::OffsetsGoBack {
+                        base_offset: 0,
+                        floor: 2
+                    },
+                    ..
+                }
+            ),
+            "{error}"
+        );
+
+        let (offsets, error) = read_after_change(2, to_zero, 1).await;
+        assert_eq!(offsets, vec![0, 1]);
+        assert!(
+            matches!(
+                error,
+                ConsumerError::Corrupt {
+                    offset: 2,
+                    source: batch::BatchError::EndsBelow {
+                        last_offset: 0,
+                        floor: 2
+                    },
+                    ..
+                }
+            ),
+            "{error}"
+        );
+
+        let to_max = |bytes: &mut Vec<u8>| batch::set_base_offset(bytes, Offset(i64::MAX));
+        let (offsets, error) = read_after_change(1, to_max, 1 << 20).await;
+        assert_eq!(offsets, Vec::<i64>::new());
+        assert!(
+            matches!(
+                error,
+                ConsumerError::Corrupt {
+                    source: batch::BatchError::OffsetOverflow { .. },
                     ..
                 }
             ),

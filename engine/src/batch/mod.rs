@@ -103,13 +103,36 @@ pub enum BatchError {
         /// The last offset delta field.
         last_offset_delta: i32,
     },
-    /// The base offset plus the last offset delta does not fit an offset.
-    #[error("base offset {base_offset} plus last offset delta {last_offset_delta} overflows")]
+    /// The offset after the batch (base offset plus last offset delta plus one) does not fit
+    /// an offset.
+    #[error(
+        "base offset {base_offset} plus last offset delta {last_offset_delta} leaves no offset \
+         after the batch"
+    )]
     OffsetOverflow {
         /// The base offset field.
         base_offset: i64,
         /// The last offset delta field.
         last_offset_delta: i32,
+    },
+    /// A batch starts below `floor`: below 0, or inside the offsets of the batches before it
+    /// (a log's offsets only ascend). The base offset lies outside the batch CRC, so only this
+    /// check catches it changed.
+    #[error("batch base offset {base_offset} is below {floor}: offsets only ascend through a log")]
+    OffsetsGoBack {
+        /// The base offset field.
+        base_offset: i64,
+        /// The lowest offset the batch may start at.
+        floor: i64,
+    },
+    /// A batch's last offset is below `floor`, an offset it must hold (the fetch offset, for
+    /// the first batch of a fetch answer).
+    #[error("batch's last offset {last_offset} is below offset {floor}, which it must hold")]
+    EndsBelow {
+        /// The batch's last offset.
+        last_offset: i64,
+        /// The offset the batch must hold.
+        floor: i64,
     },
     /// Compression codec bits name no known codec.
     #[error("unknown compression codec {0}")]
@@ -252,8 +275,9 @@ fn read_i64(buf: &[u8], at: usize) -> i64 {
 
 impl BatchHeader {
     /// Decodes the fixed header at the start of `buf` without checking the CRC or the
-    /// records. Checks only that the header is present, the magic is 2 and the declared length
-    /// is at least a header and at most `max_batch_bytes` in total.
+    /// records. Checks only that the header is present, the magic is 2, the declared length
+    /// is at least a header and at most `max_batch_bytes` in total, the record count and last
+    /// offset delta are not negative, and the offset after the batch exists.
     pub fn parse(buf: &[u8], max_batch_bytes: usize) -> Result<BatchHeader, BatchError> {
         if buf.len() < HEADER_BYTES {
             return Err(BatchError::Truncated {
@@ -293,10 +317,11 @@ impl BatchHeader {
                 last_offset_delta: header.last_offset_delta,
             });
         }
+        // `next_offset` must exist.
         if header
             .base_offset
             .0
-            .checked_add(i64::from(header.last_offset_delta))
+            .checked_add(i64::from(header.last_offset_delta) + 1)
             .is_none()
         {
             return Err(BatchError::OffsetOverflow {

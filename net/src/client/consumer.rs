@@ -526,9 +526,12 @@ async fn fetch_loop(shared: Rc<Shared>, key: PartitionKey) {
                     Some(sent) if sent.offset == offset && sent.epoch == epoch => sent.answer,
                     _ => fetch(&shared, &key, offset).await,
                 };
+                // From headers not checked yet; an answer that does not move forward (which
+                // decoding then refuses) sends nothing ahead.
                 let fetch_ahead = match &answer {
                     Ok(fetched) if may_fetch_ahead(&shared, &key, epoch) => {
                         next_offset_after_whole_batches(&fetched.batches, BATCH_BYTES_MAX)
+                            .filter(|next| next.0 > offset)
                     }
                     _ => None,
                 };
@@ -711,6 +714,11 @@ struct Decoded {
 
 /// Decodes the whole batches in `batches` (a trailing partial batch is ignored), keeping the
 /// records at or after `from`. Control batches (transaction markers) yield no record.
+///
+/// Each batch's CRC covers its records but not its base offset, which nothing else checks end
+/// to end (the native frame's CRC covers only its prefix and header): so the offsets must
+/// ascend from batch to batch, and the first batch must reach `from`, or the answer is
+/// refused. Records therefore come out in strictly ascending offsets at or after `from`.
 fn decode_fetched(
     topic: &Arc<str>,
     partition: i32,
@@ -718,6 +726,8 @@ fn decode_fetched(
     from: i64,
 ) -> Result<Decoded, BatchError> {
     let mut decoded = Decoded::default();
+    // The lowest offset the next batch may start at.
+    let mut floor = 0;
     let mut at = 0;
     // Bounded by the payload: every pass consumes one whole batch of at least a header.
     while at < batches.len() {
@@ -739,6 +749,21 @@ fn decode_fetched(
         let batch = rest.slice(..total);
         let decoder = decode_batch(&batch, BATCH_BYTES_MAX)?;
         let header = *decoder.header();
+        if header.base_offset.0 < floor {
+            return Err(BatchError::OffsetsGoBack {
+                base_offset: header.base_offset.0,
+                floor,
+            });
+        }
+        if decoded.next_offset.is_none() && header.last_offset().0 < from {
+            // The broker answers from the batch holding `from`; one wholly below it would
+            // leave the fetch where it was.
+            return Err(BatchError::EndsBelow {
+                last_offset: header.last_offset().0,
+                floor: from,
+            });
+        }
+        floor = header.next_offset().0;
         if !header.attributes.is_control() {
             for record in decoder {
                 let record = record?;

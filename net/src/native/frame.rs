@@ -30,8 +30,8 @@ pub const MAGIC: [u8; 4] = *b"SLCF";
 /// layouts are not self-describing: adding a field or an enum variant changes them).
 /// Version 2 added `Request::Produce::sequence`, `ErrorCode::OutOfOrderSequence` and the
 /// consumer group requests; no build that speaks version 1 was released, so version 1 is no
-/// longer read. Version 3 narrowed the CRC to the header ([`frame_crc`]); a version-2 peer
-/// gets a version-rejection frame naming version 3.
+/// longer read. Version 3 narrowed the CRC to the prefix and header ([`frame_crc`]); a
+/// version-2 peer gets a version-rejection frame naming version 3.
 pub const PROTOCOL_VERSION: u16 = 3;
 
 /// The oldest protocol version this build still reads.
@@ -182,9 +182,12 @@ impl Prefix {
 /// A payload is record batches (a `Produce` request, a `Fetched` answer), and each batch
 /// carries its own CRC-32C over everything from its attributes to its end, which the
 /// receiver checks before using the batch (the broker before appending, the client before
-/// decoding), as for the Kafka protocol. Covering the payload here as well, as version 2 did,
-/// checked every byte twice on each side. The payload length is covered, so a frame cannot
-/// lose its last batches unnoticed. The transport (QUIC's AEAD) authenticates every byte.
+/// decoding), as for the Kafka protocol. The fields before the attributes are checked
+/// otherwise: length and magic by the framing, base offset and leader epoch overwritten by
+/// the broker on produce, base offsets checked to ascend by the client on fetch. Covering the
+/// payload here as well, as version 2 did, checked every byte twice on each side. The payload
+/// length is covered, so a frame cannot lose its last batches unnoticed. The transport (QUIC's
+/// AEAD) authenticates every byte.
 pub fn frame_crc(prefix: &Prefix, header: &[u8], chunks: &[impl AsRef<[u8]>]) -> u32 {
     if prefix.is_rejection() {
         return chunks.iter().fold(crc32c::crc32c(header), |crc, chunk| {
