@@ -64,6 +64,7 @@ struct Broker {
     not_owner: Cell<u32>,
     produce_requests: Cell<u32>,
     fetch_requests: Cell<u32>,
+    list_offset_requests: Cell<u32>,
 }
 
 fn error(code: ErrorCode, message: impl Into<String>) -> Response {
@@ -312,6 +313,8 @@ impl Broker {
                 partition,
                 query,
             } => {
+                self.list_offset_requests
+                    .set(self.list_offset_requests.get() + 1);
                 if let Err(answer) = check_owner(&topic, partition) {
                     return (answer, empty);
                 }
@@ -402,6 +405,7 @@ fn start_broker(dir: &std::path::Path) -> Rc<Broker> {
         not_owner: Cell::new(0),
         produce_requests: Cell::new(0),
         fetch_requests: Cell::new(0),
+        list_offset_requests: Cell::new(0),
     });
     for (shard, endpoint) in endpoints.into_iter().enumerate() {
         let broker = Rc::clone(&broker);
@@ -950,6 +954,80 @@ fn fetched_base_offsets_must_ascend() {
             ),
             "{error}"
         );
+    });
+}
+
+// Goal: when the fetch offset falls out of the log while records fetched ahead are still
+// buffered, `reset_on_out_of_range` moves the partition as a seek does: the buffered records are
+// dropped with it, and `poll` goes on from the new position instead of failing on records below
+// it. Method: ten single-record batches of 1000-byte values; a consumer whose buffer holds two
+// records, polling one at a time; once it has buffered 0 and 1 and fetched 2 ahead, the test
+// broker's log start moves to 5, so the next fetch ahead (3) is out of range while 2 is buffered;
+// the test polls only at points the broker's request counts mark.
+#[test]
+fn out_of_range_reset_drops_what_was_fetched_ahead() {
+    run(async {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let broker = start_broker(dir.path());
+        let client = connect_with_events(&broker, 1).await;
+        let producer = Producer::new(&client, ProducerConfig::default()).expect("producer");
+        for i in 0..10u8 {
+            let mut record = ProducerRecord::new("events", vec![i; 1000]);
+            record.partition = Some(0);
+            producer.send(record).await.expect("acked");
+        }
+        let config = ConsumerConfig {
+            fetch_bytes_max: 1,
+            // More than one record's charge (1000 bytes plus a small overhead), less than two.
+            buffer_bytes: 1500,
+            poll_records_max: 1,
+            reset_on_out_of_range: Some(Seek::Beginning),
+            ..ConsumerConfig::default()
+        };
+        let consumer = Consumer::new(&client, config);
+        consumer.assign(&[("events", 0)]);
+        consumer.seek("events", 0, Seek::Offset(0)).expect("seek");
+        while broker.fetch_requests.get() < 3 {
+            rt::sleep(Duration::from_millis(1)).await;
+        }
+        rt::sleep(Duration::from_millis(50)).await;
+        assert_eq!(
+            broker.fetch_requests.get(),
+            3,
+            "0 and 1 buffered, 2 fetched ahead"
+        );
+        broker
+            .topics
+            .borrow_mut()
+            .get_mut("events")
+            .expect("topic")
+            .partitions[0]
+            .start = 5;
+        let poll_one = || async {
+            let records = consumer.poll(Duration::from_secs(10)).await.expect("poll");
+            assert_eq!(records.len(), 1, "one record per poll");
+            records[0].offset
+        };
+        // Assigning resolved `ConsumerConfig::start` with one already.
+        let list_offsets_before = broker.list_offset_requests.get();
+        let mut offsets = vec![poll_one().await];
+        // Room for 2, which the fetcher takes from the answer it fetched ahead while it fetches
+        // 3 ahead: out of range.
+        while broker.fetch_requests.get() < 4 {
+            rt::sleep(Duration::from_millis(1)).await;
+        }
+        offsets.push(poll_one().await);
+        // The fetcher resets once 3 is out of range, with 2 buffered, and resolves the
+        // beginning with a ListOffset; nothing is polled meanwhile.
+        while broker.list_offset_requests.get() == list_offsets_before {
+            rt::sleep(Duration::from_millis(1)).await;
+        }
+        while offsets.last() != Some(&9) {
+            let records = consumer.poll(Duration::from_secs(10)).await.expect("poll");
+            assert!(!records.is_empty(), "nothing within 10 s after {offsets:?}");
+            offsets.extend(records.iter().map(|r| r.offset));
+        }
+        assert_eq!(offsets, vec![0, 1, 5, 6, 7, 8, 9]);
     });
 }
 

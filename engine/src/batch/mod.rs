@@ -125,6 +125,17 @@ pub enum BatchError {
         /// The lowest offset the batch may start at.
         floor: i64,
     },
+    /// A batch of a log does not start where the log continues (`expected`): the first batch
+    /// a read serves must hold the offset read from, and each later one start where the one
+    /// before ended. Only a base offset changed on disk (it lies outside the batch CRC) does
+    /// that.
+    #[error("batch base offset {base_offset} where the log continues at offset {expected}")]
+    UnexpectedBaseOffset {
+        /// The base offset field.
+        base_offset: i64,
+        /// Where the log continues.
+        expected: i64,
+    },
     /// A batch's last offset is below `floor`, an offset it must hold (the fetch offset, for
     /// the first batch of a fetch answer).
     #[error("batch's last offset {last_offset} is below offset {floor}, which it must hold")]

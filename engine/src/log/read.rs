@@ -336,12 +336,26 @@ async fn read_segment(
                 stop = true;
                 break;
             }
-            assert!(
-                out.batches.is_empty() || header.base_offset == out.next,
-                "segment {}: served batches must be contiguous at {}",
-                segment.base,
-                out.next
-            );
+            // A log's offsets are contiguous: the first batch served holds `out.next`, each
+            // later one (in this segment or the next) starts there. A base offset changed on
+            // disk (outside the batch CRC) breaks that: serve what precedes it; the next read
+            // reports it.
+            let contiguous = if collected == 0 {
+                header.base_offset <= out.next
+            } else {
+                header.base_offset == out.next
+            };
+            if !contiguous {
+                if collected > 0 {
+                    stop = true;
+                    break;
+                }
+                let error = BatchError::UnexpectedBaseOffset {
+                    base_offset: header.base_offset.0,
+                    expected: out.next.0,
+                };
+                return Err(corrupt(segment, batch_position, error));
+            }
             out.batches.push(buffer.slice(at..at + total));
             collected += total;
             out.bytes += total;

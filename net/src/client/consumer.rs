@@ -152,6 +152,28 @@ struct PartitionState {
     high_watermark: i64,
 }
 
+impl PartitionState {
+    /// Moves the partition to `to` in a new epoch: the records buffered are dropped (they may
+    /// lie on either side of the new position), a failure is forgotten, and answers of the old
+    /// epoch will be dropped. Returns the bytes dropped, for the consumer's total.
+    fn move_to(&mut self, to: Seek) -> usize {
+        let dropped = std::mem::take(&mut self.bytes);
+        self.records.clear();
+        self.epoch += 1;
+        self.error = None;
+        self.stopped = false;
+        match to {
+            Seek::Offset(offset) => {
+                self.seek = None;
+                self.position = offset;
+                self.fetch_offset = offset;
+            }
+            other => self.seek = Some(other),
+        }
+        dropped
+    }
+}
+
 struct State {
     partitions: HashMap<PartitionKey, PartitionState>,
     /// Assignment order; `poll` starts at a rotating index into it.
@@ -298,20 +320,7 @@ impl Consumer {
                 partition,
             });
         };
-        state.buffered_bytes -= entry.bytes;
-        entry.records.clear();
-        entry.bytes = 0;
-        entry.epoch += 1;
-        entry.error = None;
-        entry.stopped = false;
-        match to {
-            Seek::Offset(offset) => {
-                entry.seek = None;
-                entry.position = offset;
-                entry.fetch_offset = offset;
-            }
-            other => entry.seek = Some(other),
-        }
+        state.buffered_bytes -= entry.move_to(to);
         self.shared.changed.notify();
         Ok(())
     }
@@ -688,19 +697,19 @@ async fn fail(shared: &Shared, key: &PartitionKey, epoch: u64, error: ConsumerEr
     }
 }
 
+/// Moves the partition as a seek does after its fetch offset fell out of the log (records
+/// deleted below it, or a log cut back above it): records buffered from before were fetched
+/// ahead of `poll` and are dropped with the rest.
 fn reset_to(shared: &Shared, key: &PartitionKey, epoch: u64, to: Seek) {
-    let mut state = shared.state.borrow_mut();
+    let mut guard = shared.state.borrow_mut();
+    let state = &mut *guard;
     if let Some(entry) = state.partitions.get_mut(key)
         && entry.epoch == epoch
     {
-        match to {
-            Seek::Offset(offset) => {
-                entry.position = offset;
-                entry.fetch_offset = offset;
-            }
-            other => entry.seek = Some(other),
-        }
+        state.buffered_bytes -= entry.move_to(to);
     }
+    drop(guard);
+    shared.changed.notify();
 }
 
 /// Records decoded from one fetch answer.
