@@ -859,4 +859,62 @@ mod tests {
         corrupt[last] ^= 0xff;
         assert!(decode_fetched(&topic, 0, &Bytes::from(corrupt), 0).is_err());
     }
+
+    // Goal: the offset checks refuse only answers no log could give: gaps between batches (as
+    // compaction leaves them) and a control batch pass; a batch starting inside the one before,
+    // a negative base offset, and a first batch wholly below the fetch offset are refused.
+    // Method: decode hand-made answers.
+    #[test]
+    fn fetched_offsets_must_ascend() {
+        let topic: Arc<str> = "t".into();
+        let decode = |parts: &[Vec<u8>], from: i64| {
+            decode_fetched(&topic, 0, &Bytes::from(parts.concat()), from)
+        };
+        let mut control = sluice_engine::batch::BatchBuilder::new(BATCH_BYTES_MAX);
+        control
+            .mark_control()
+            .set_base_offset(sluice_engine::Offset(12));
+        control
+            .push(None, Some(b"marker"), &[], TimestampMs(0))
+            .expect("room");
+        let control = control.build(Compression::None).expect("builds").to_vec();
+        let gaps = [
+            batch(10, &["a", "b"], Compression::None),
+            control,
+            batch(20, &["c"], Compression::Lz4),
+        ];
+        let decoded = decode(&gaps, 11).expect("gaps and a control batch pass");
+        let offsets: Vec<i64> = decoded.records.iter().map(|r| r.offset).collect();
+        assert_eq!(offsets, vec![11, 20]);
+        assert_eq!(decoded.next_offset, Some(21));
+
+        let overlap = [
+            batch(10, &["a", "b"], Compression::None),
+            batch(11, &["c"], Compression::None),
+        ];
+        assert_eq!(
+            decode(&overlap, 10).map(|d| d.records.len()),
+            Err(BatchError::OffsetsGoBack {
+                base_offset: 11,
+                floor: 12
+            })
+        );
+        // `set_base_offset` refuses a negative offset; a peer's bytes may hold one.
+        let mut negative = batch(0, &["a"], Compression::None);
+        negative[..8].copy_from_slice(&(-5i64).to_be_bytes());
+        assert_eq!(
+            decode(&[negative], 0).map(|d| d.records.len()),
+            Err(BatchError::OffsetsGoBack {
+                base_offset: -5,
+                floor: 0
+            })
+        );
+        assert_eq!(
+            decode(&[batch(3, &["a", "b"], Compression::None)], 5).map(|d| d.records.len()),
+            Err(BatchError::EndsBelow {
+                last_offset: 4,
+                floor: 5
+            })
+        );
+    }
 }
