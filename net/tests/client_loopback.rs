@@ -471,6 +471,22 @@ async fn connect_with_events(broker: &Broker, partitions: i32) -> Client {
     client
 }
 
+/// A consumer of `client` with `config`, assigned `events-0` and positioned at offset 0.
+fn reading_from_start(client: &Client, config: ConsumerConfig) -> Consumer {
+    let consumer = Consumer::new(client, config);
+    consumer.assign(&[("events", 0)]);
+    consumer.seek("events", 0, Seek::Offset(0)).expect("seek");
+    consumer
+}
+
+/// Waits until the test broker's request counter `count` reaches `at_least` (the run's
+/// deadline bounds it).
+async fn wait_for(count: &Cell<u32>, at_least: u32) {
+    while count.get() < at_least {
+        rt::sleep(Duration::from_millis(1)).await;
+    }
+}
+
 /// Reads `count` records from `consumer`, failing on a poll error.
 async fn consume(consumer: &Consumer, count: usize) -> Vec<sluice_net::client::ConsumerRecord> {
     let mut records = Vec::new();
@@ -791,12 +807,8 @@ fn fetches_run_one_ahead_within_the_buffer_bound() {
             buffer_bytes: 1,
             ..ConsumerConfig::default()
         };
-        let consumer = Consumer::new(&client, config);
-        consumer.assign(&[("events", 0)]);
-        consumer.seek("events", 0, Seek::Offset(0)).expect("seek");
-        while broker.fetch_requests.get() < 2 {
-            rt::sleep(Duration::from_millis(1)).await;
-        }
+        let consumer = reading_from_start(&client, config);
+        wait_for(&broker.fetch_requests, 2).await;
         // A fetcher that ignored the bound would fetch the remaining 198 batches meanwhile.
         rt::sleep(Duration::from_millis(50)).await;
         assert_eq!(broker.fetch_requests.get(), 2);
@@ -849,9 +861,7 @@ async fn read_after_change(
         fetch_bytes_max,
         ..ConsumerConfig::default()
     };
-    let consumer = Consumer::new(&client, config);
-    consumer.assign(&[("events", 0)]);
-    consumer.seek("events", 0, Seek::Offset(0)).expect("seek");
+    let consumer = reading_from_start(&client, config);
     let mut offsets = Vec::new();
     loop {
         match consumer.poll(Duration::from_secs(10)).await {
@@ -984,12 +994,8 @@ fn out_of_range_reset_drops_what_was_fetched_ahead() {
             reset_on_out_of_range: Some(Seek::Beginning),
             ..ConsumerConfig::default()
         };
-        let consumer = Consumer::new(&client, config);
-        consumer.assign(&[("events", 0)]);
-        consumer.seek("events", 0, Seek::Offset(0)).expect("seek");
-        while broker.fetch_requests.get() < 3 {
-            rt::sleep(Duration::from_millis(1)).await;
-        }
+        let consumer = reading_from_start(&client, config);
+        wait_for(&broker.fetch_requests, 3).await;
         rt::sleep(Duration::from_millis(50)).await;
         assert_eq!(
             broker.fetch_requests.get(),
@@ -1013,15 +1019,11 @@ fn out_of_range_reset_drops_what_was_fetched_ahead() {
         let mut offsets = vec![poll_one().await];
         // Room for 2, which the fetcher takes from the answer it fetched ahead while it fetches
         // 3 ahead: out of range.
-        while broker.fetch_requests.get() < 4 {
-            rt::sleep(Duration::from_millis(1)).await;
-        }
+        wait_for(&broker.fetch_requests, 4).await;
         offsets.push(poll_one().await);
         // The fetcher resets once 3 is out of range, with 2 buffered, and resolves the
         // beginning with a ListOffset; nothing is polled meanwhile.
-        while broker.list_offset_requests.get() == list_offsets_before {
-            rt::sleep(Duration::from_millis(1)).await;
-        }
+        wait_for(&broker.list_offset_requests, list_offsets_before + 1).await;
         while offsets.last() != Some(&9) {
             let records = consumer.poll(Duration::from_secs(10)).await.expect("poll");
             assert!(!records.is_empty(), "nothing within 10 s after {offsets:?}");
