@@ -502,6 +502,11 @@ async fn consume(consumer: &Consumer, count: usize) -> Vec<sluice_net::client::C
     records
 }
 
+/// The offsets of `records`, in order.
+fn offsets_of(records: &[sluice_net::client::ConsumerRecord]) -> Vec<i64> {
+    records.iter().map(|r| r.offset).collect()
+}
+
 // Goal: records produced through the library come back from every partition in order with
 // identical keys, values, headers and timestamps, for every codec, and the acknowledged
 // offsets are the consumed ones. Method: 4 partitions over 2 shard endpoints; produce 3000
@@ -563,8 +568,10 @@ fn produce_then_consume_every_codec() {
                 );
             }
             for records in by_partition.values() {
-                let offsets: Vec<i64> = records.iter().map(|r| r.offset).collect();
-                assert_eq!(offsets, (0..records.len() as i64).collect::<Vec<_>>());
+                assert_eq!(
+                    offsets_of(records),
+                    (0..records.len() as i64).collect::<Vec<_>>()
+                );
             }
             assert!(
                 consumer
@@ -781,7 +788,7 @@ fn seeks_and_tailing() {
         assert_eq!(tailed.len(), 1);
         assert_eq!(tailed[0].offset, 100);
         first.seek("events", 0, Seek::Offset(98)).expect("seek");
-        let again: Vec<i64> = consume(&first, 3).await.iter().map(|r| r.offset).collect();
+        let again = offsets_of(&consume(&first, 3).await);
         assert_eq!(again, vec![98, 99, 100]);
     });
 }
@@ -813,21 +820,18 @@ fn fetches_run_one_ahead_within_the_buffer_bound() {
         rt::sleep(Duration::from_millis(50)).await;
         assert_eq!(broker.fetch_requests.get(), 2);
 
-        let offsets = |records: Vec<sluice_net::client::ConsumerRecord>| -> Vec<i64> {
-            records.iter().map(|r| r.offset).collect()
-        };
         assert_eq!(
-            offsets(consume(&consumer, 50).await),
+            offsets_of(&consume(&consumer, 50).await),
             (0..50).collect::<Vec<_>>()
         );
         consumer.seek("events", 0, Seek::Offset(10)).expect("seek");
         assert_eq!(
-            offsets(consume(&consumer, 30).await),
+            offsets_of(&consume(&consumer, 30).await),
             (10..40).collect::<Vec<_>>()
         );
         consumer.seek("events", 0, Seek::Offset(150)).expect("seek");
         assert_eq!(
-            offsets(consume(&consumer, 50).await),
+            offsets_of(&consume(&consumer, 50).await),
             (150..200).collect::<Vec<_>>()
         );
     });
@@ -835,12 +839,13 @@ fn fetches_run_one_ahead_within_the_buffer_bound() {
 
 /// Produces three single-record batches to `events-0` of a new test broker, lets `change`
 /// rewrite the stored bytes of batch `index`, then reads from offset 0 with `fetch_bytes_max`
-/// until a poll fails: the offsets delivered and the error.
+/// until a poll fails: the records delivered and the error. A poll that waits 10 s for nothing
+/// fails the test (the consumer stalled).
 async fn read_after_change(
     index: usize,
     change: impl FnOnce(&mut Vec<u8>),
     fetch_bytes_max: u32,
-) -> (Vec<i64>, ConsumerError) {
+) -> (Vec<sluice_net::client::ConsumerRecord>, ConsumerError) {
     let dir = tempfile::tempdir().expect("temp dir");
     let broker = start_broker(dir.path());
     let client = connect_with_events(&broker, 1).await;
@@ -862,17 +867,18 @@ async fn read_after_change(
         ..ConsumerConfig::default()
     };
     let consumer = reading_from_start(&client, config);
-    let mut offsets = Vec::new();
+    let mut delivered = Vec::new();
     loop {
         match consumer.poll(Duration::from_secs(10)).await {
             Ok(records) => {
                 assert!(
-                    !records.is_empty() || offsets.len() < 3,
-                    "neither records nor an error"
+                    !records.is_empty(),
+                    "neither records nor an error within 10 s after {} records",
+                    delivered.len()
                 );
-                offsets.extend(records.iter().map(|r| r.offset));
+                delivered.extend(records);
             }
-            Err(error) => return (offsets, error),
+            Err(error) => return (delivered, error),
         }
     }
 }
@@ -889,8 +895,9 @@ fn corrupt_fetched_batches_are_refused() {
             let last = bytes.len() - 1;
             bytes[last] ^= 0x01;
         };
-        let (offsets, error) = read_after_change(1, flip_last, 1).await;
-        assert_eq!(offsets, vec![0]);
+        let (records, error) = read_after_change(1, flip_last, 1).await;
+        assert_eq!(offsets_of(&records), vec![0]);
+        assert_eq!(records[0].value.as_deref(), Some(&b"value-0"[..]));
         assert!(
             matches!(
                 error,
@@ -913,9 +920,9 @@ fn corrupt_fetched_batches_are_refused() {
 fn fetched_base_offsets_must_ascend() {
     run(async {
         let to_zero = |bytes: &mut Vec<u8>| batch::set_base_offset(bytes, Offset(0));
-        let (offsets, error) = read_after_change(2, to_zero, 1 << 20).await;
+        let (records, error) = read_after_change(2, to_zero, 1 << 20).await;
         assert_eq!(
-            offsets,
+            offsets_of(&records),
             Vec::<i64>::new(),
             "nothing of a refused answer is delivered"
         );
@@ -934,8 +941,8 @@ fn fetched_base_offsets_must_ascend() {
             "{error}"
         );
 
-        let (offsets, error) = read_after_change(2, to_zero, 1).await;
-        assert_eq!(offsets, vec![0, 1]);
+        let (records, error) = read_after_change(2, to_zero, 1).await;
+        assert_eq!(offsets_of(&records), vec![0, 1]);
         assert!(
             matches!(
                 error,
@@ -952,8 +959,8 @@ fn fetched_base_offsets_must_ascend() {
         );
 
         let to_max = |bytes: &mut Vec<u8>| batch::set_base_offset(bytes, Offset(i64::MAX));
-        let (offsets, error) = read_after_change(1, to_max, 1 << 20).await;
-        assert_eq!(offsets, Vec::<i64>::new());
+        let (records, error) = read_after_change(1, to_max, 1 << 20).await;
+        assert_eq!(offsets_of(&records), Vec::<i64>::new());
         assert!(
             matches!(
                 error,
@@ -1027,7 +1034,7 @@ fn out_of_range_reset_drops_what_was_fetched_ahead() {
         while offsets.last() != Some(&9) {
             let records = consumer.poll(Duration::from_secs(10)).await.expect("poll");
             assert!(!records.is_empty(), "nothing within 10 s after {offsets:?}");
-            offsets.extend(records.iter().map(|r| r.offset));
+            offsets.extend(offsets_of(&records));
         }
         assert_eq!(offsets, vec![0, 1, 5, 6, 7, 8, 9]);
     });
