@@ -339,10 +339,17 @@ impl PartitionReplica {
     }
 
     /// Reads whole batches from `request.from` below the high watermark, waiting up to
-    /// `request.max_wait` when there is nothing yet.
+    /// `request.max_wait` when there is nothing yet. An offset past the log end is out of
+    /// range at once, whatever the wait, as in Kafka: the consumer's reset policy decides.
     pub async fn fetch(&self, request: FetchRequest) -> Result<FetchData, FetchError> {
         let deadline = sluice_engine::rt::clock::now() + request.max_wait;
         loop {
+            // Between the high watermark and the log end (records not yet replicated, or a new
+            // leader's high watermark still catching up) the fetch waits; only past the log
+            // end is it out of range.
+            if request.from > self.log.log_end_offset() {
+                return Err(self.out_of_range(request.from));
+            }
             let seen = self.data.version();
             let high_watermark = self.log.high_watermark();
             if request.from < high_watermark
@@ -350,12 +357,6 @@ impl PartitionReplica {
                 || sluice_engine::rt::clock::now() >= deadline
             {
                 return self.read(request, high_watermark).await;
-            }
-            // Between the high watermark and the log end (records not yet replicated, or a new
-            // leader's high watermark still catching up) the fetch waits; only past the log
-            // end is it out of range.
-            if request.from > self.log.log_end_offset() {
-                return Err(self.out_of_range(request.from));
             }
             let remaining = deadline.saturating_duration_since(sluice_engine::rt::clock::now());
             let wait = std::pin::pin!(self.data.changed(seen));
@@ -366,7 +367,10 @@ impl PartitionReplica {
 
     async fn read(&self, request: FetchRequest, upper: Offset) -> Result<FetchData, FetchError> {
         let log_start_offset = self.log.log_start_offset();
-        if request.from >= upper {
+        if request.from < log_start_offset {
+            return Err(self.out_of_range(request.from));
+        }
+        if request.from >= upper || request.max_bytes == 0 {
             return Ok(FetchData {
                 batches: Vec::new(),
                 high_watermark: upper,

@@ -131,7 +131,8 @@ pub enum OffsetSpec {
 pub struct FetchRequest {
     /// First offset wanted.
     pub from: Offset,
-    /// Soft byte limit (at least one batch is returned).
+    /// Soft byte limit: at least one batch is returned, except that 0 returns none, only the
+    /// partition's offsets (for a response whose byte budget is already spent).
     pub max_bytes: usize,
     /// How long to wait for data when there is none at `from`.
     pub max_wait: Duration,

@@ -304,6 +304,16 @@ pub const KAFKA_INFLIGHT_REQUESTS_MAX: usize = 16;
 /// default to 500 ms; a cap keeps a misbehaving client from parking work for hours.
 pub const KAFKA_FETCH_WAIT_MS_MAX: u64 = 30_000;
 
+/// Most record bytes one Kafka fetch response carries, whatever `max_bytes` the client asks
+/// for: Kafka's `fetch.max.bytes` broker default (55 MiB). A fetch's reads are planned against
+/// it, so a request listing many partitions (or one partition many times) cannot make the
+/// broker read more than this plus one batch per read in flight.
+pub const KAFKA_FETCH_RESPONSE_BYTES_MAX: usize = 55 * 1024 * 1024;
+
+/// Partition reads one Kafka fetch runs at once. Each returns at least one batch, so this
+/// bounds what a fetch holds beyond [`KAFKA_FETCH_RESPONSE_BYTES_MAX`].
+pub const KAFKA_FETCH_READS_IN_FLIGHT_MAX: usize = 64;
+
 /// Rounds of "wait for any partition, then re-read all" one fetch may take before it answers
 /// with what it has. Each round ends on new data or on the deadline, so this only bounds a fetch
 /// whose `min_bytes` is never reached while data trickles in.

@@ -908,3 +908,92 @@ fn record_values(records: &Bytes) -> Vec<String> {
     }
     values
 }
+
+/// A fetch of `topic`-0 by name, at `offset`, listed `repeats` times in one request.
+fn fetch_one(topic: &str, offset: i64, repeats: usize, partition_max: i32) -> FetchRequest {
+    let partitions = (0..repeats)
+        .map(|_| {
+            FetchPartition::default()
+                .with_partition(0)
+                .with_fetch_offset(offset)
+                .with_partition_max_bytes(partition_max)
+        })
+        .collect();
+    FetchRequest::default()
+        .with_max_wait_ms(500)
+        .with_min_bytes(1)
+        .with_max_bytes(i32::MAX)
+        .with_topics(vec![
+            FetchTopic::default()
+                .with_topic(name(topic))
+                .with_partitions(partitions),
+        ])
+}
+
+// Goal: a fetch past the log end is answered OFFSET_OUT_OF_RANGE at once, as Kafka does, so the
+// consumer's reset policy runs; at the log end itself the fetch waits and answers empty.
+// Method: one record in a new topic; fetch at offset 1000 (max wait 500 ms), then at 1.
+#[test]
+fn fetch_past_the_log_end_is_out_of_range() {
+    let mut raw = Raw::connect();
+    let topic = "raw-past-end";
+    create_topic(&mut raw, topic, 1);
+    let batch = build_batch(&[SimpleRecord::value("only")], Compression::None).expect("batch");
+    let ResponseKind::Produce(r) = raw.call(9, produce_request(topic, 0, batch)) else {
+        panic!("kind")
+    };
+    assert_eq!(r.responses[0].partition_responses[0].error_code, 0);
+    let ResponseKind::Fetch(past) = raw.call(12, fetch_one(topic, 1000, 1, 1 << 20)) else {
+        panic!("kind")
+    };
+    assert_eq!(
+        past.responses[0].partitions[0].error_code, 1,
+        "OFFSET_OUT_OF_RANGE"
+    );
+    let ResponseKind::Fetch(at_end) = raw.call(12, fetch_one(topic, 1, 1, 1 << 20)) else {
+        panic!("kind")
+    };
+    let data = &at_end.responses[0].partitions[0];
+    assert_eq!(data.error_code, 0);
+    assert_eq!(data.high_watermark, 1);
+    assert!(data.records.as_ref().is_none_or(Bytes::is_empty));
+}
+
+// Goal: one fetch carries at most 55 MiB of records (Kafka's `fetch.max.bytes` default), and the
+// broker plans its reads against that budget, whatever `max_bytes` the client asks for and
+// however often the request lists a partition. Method: ten 900 KiB batches in one partition,
+// fetched with that partition listed twelve times, `max_bytes` i32::MAX: without the budget the
+// answer would hold all 9 MiB twelve times over. Each listing is answered (offsets and error 0),
+// and the batches that came are whole and in order.
+#[test]
+fn fetch_response_bytes_are_capped() {
+    const CAP: usize = 55 << 20;
+    let mut raw = Raw::connect();
+    let topic = "raw-fetch-cap";
+    create_topic(&mut raw, topic, 1);
+    let value = "v".repeat(900 << 10);
+    for _ in 0..10 {
+        let batch =
+            build_batch(&[SimpleRecord::value(value.clone())], Compression::None).expect("batch");
+        let ResponseKind::Produce(r) = raw.call(9, produce_request(topic, 0, batch)) else {
+            panic!("kind")
+        };
+        assert_eq!(r.responses[0].partition_responses[0].error_code, 0);
+    }
+    let ResponseKind::Fetch(response) = raw.call(12, fetch_one(topic, 0, 12, 64 << 20)) else {
+        panic!("kind")
+    };
+    let partitions = &response.responses[0].partitions;
+    assert_eq!(partitions.len(), 12);
+    let mut total = 0;
+    for data in partitions {
+        assert_eq!(data.error_code, 0);
+        assert_eq!(data.high_watermark, 10);
+        let records = data.records.clone().unwrap_or_default();
+        let values = record_values(&records);
+        assert!(values.iter().all(|v| *v == value), "whole batches");
+        total += records.len();
+    }
+    assert!(total <= CAP, "{total} bytes of records in one answer");
+    assert!(total > CAP - (10 << 20), "the budget is used: {total}");
+}

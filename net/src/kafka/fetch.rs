@@ -2,7 +2,10 @@
 //! per-response byte limits. Sessionless: the session id is always 0, so clients send full
 //! fetch requests.
 //!
-//! Method: read every partition without waiting; if that is less than `min_bytes` and time
+//! Method: read every partition without waiting, in request order and in waves of concurrent
+//! reads planned against the response's byte budget (the client's `max_bytes`, at most
+//! [`KAFKA_FETCH_RESPONSE_BYTES_MAX`]; partitions past the budget get their offsets and no
+//! records, as in Kafka); if that is less than `min_bytes` and time
 //! remains, wait until any one partition has more data (each wait is a fetch with the
 //! remaining time on the owning shard), then read all again. Records are the stored batch
 //! bytes, unchanged and not copied: each partition's batches stand in the response as a
@@ -26,7 +29,10 @@ use super::error::error_code;
 use super::handler::Context;
 use super::metadata::topic_by_id;
 use super::splice::Placeholders;
-use crate::limits::{KAFKA_FETCH_ROUNDS_MAX, KAFKA_FETCH_WAIT_MS_MAX};
+use crate::limits::{
+    KAFKA_FETCH_READS_IN_FLIGHT_MAX, KAFKA_FETCH_RESPONSE_BYTES_MAX, KAFKA_FETCH_ROUNDS_MAX,
+    KAFKA_FETCH_WAIT_MS_MAX,
+};
 
 /// One partition of a fetch request.
 struct Item {
@@ -55,7 +61,9 @@ impl Context {
             .min(KAFKA_FETCH_WAIT_MS_MAX);
         let deadline = clock::now() + Duration::from_millis(wait_ms);
         let min_bytes = usize::try_from(request.min_bytes).unwrap_or(0);
-        let response_max = usize::try_from(request.max_bytes).unwrap_or(0);
+        let response_max = usize::try_from(request.max_bytes)
+            .unwrap_or(0)
+            .min(KAFKA_FETCH_RESPONSE_BYTES_MAX);
         let read_committed = request.isolation_level == 1;
 
         let mut topics = Vec::with_capacity(request.topics.len());
@@ -87,15 +95,19 @@ impl Context {
                     partition: partition.partition,
                     tp,
                     from: Offset(partition.fetch_offset),
+                    // At least 1: a partition within the response's budget gets at least
+                    // one batch, as before Kafka's KIP-74 limits.
                     max_bytes: usize::try_from(partition.partition_max_bytes)
                         .unwrap_or(0)
-                        .min(response_max),
+                        .clamp(1, response_max.max(1)),
                 });
             }
             topics.push(topic);
         }
 
-        let results = self.fetch_rounds(&items, min_bytes, deadline).await;
+        let results = self
+            .fetch_rounds(&items, min_bytes, response_max, deadline)
+            .await;
 
         // Assemble in request order, stopping at the response byte limit (but always
         // returning at least one batch, so a batch larger than the limit still makes progress).
@@ -166,20 +178,18 @@ impl Context {
         )
     }
 
-    /// Reads every item, waiting (at most until `deadline`, in a bounded number of rounds)
-    /// until they hold `min_bytes` together or one of them fails.
+    /// Reads every item within `budget` bytes, waiting (at most until `deadline`, in a bounded
+    /// number of rounds) until they hold `min_bytes` together or one of them fails.
     async fn fetch_rounds(
         &self,
         items: &[Item],
         min_bytes: usize,
+        budget: usize,
         deadline: std::time::Instant,
     ) -> Vec<PartitionResult> {
         let mut round = 0;
         loop {
-            let reads = items
-                .iter()
-                .map(|item| self.fetch_item(item, item.from, item.max_bytes));
-            let results = futures::future::join_all(reads).await;
+            let results = self.read_items(items, budget).await;
             let bytes: usize = results
                 .iter()
                 .map(|r| r.as_ref().map_or(0, FetchData::bytes))
@@ -209,6 +219,44 @@ impl Context {
         }
     }
 
+    /// Reads the items in request order, in waves of at most [`KAFKA_FETCH_READS_IN_FLIGHT_MAX`]
+    /// concurrent reads whose byte limits together fit what is left of `budget`; once the
+    /// budget is spent, the remaining items get their offsets and no batches. A read returns at
+    /// least one batch, so the batches held at once stay within `budget` plus one batch per
+    /// read in flight, however many partitions (or repeats of one) the request lists.
+    async fn read_items(&self, items: &[Item], budget: usize) -> Vec<PartitionResult> {
+        let mut results = Vec::with_capacity(items.len());
+        let mut left = budget;
+        while results.len() < items.len() {
+            let mut planned = 0usize;
+            let wave: Vec<(&Item, usize)> = items[results.len()..]
+                .iter()
+                .take(KAFKA_FETCH_READS_IN_FLIGHT_MAX)
+                .map_while(|item| {
+                    let limit = item.max_bytes.min(left - planned);
+                    // The first item of a wave always goes (with 0 bytes if none are left).
+                    (limit > 0 || planned == 0).then(|| {
+                        planned += limit;
+                        (item, limit)
+                    })
+                })
+                .collect();
+            assert!(!wave.is_empty(), "every wave reads at least one item");
+            let reads = wave
+                .iter()
+                .map(|&(item, limit)| self.fetch_item(item, item.from, limit));
+            let read = futures::future::join_all(reads).await;
+            let bytes: usize = read
+                .iter()
+                .map(|r| r.as_ref().map_or(0, FetchData::bytes))
+                .sum();
+            left = left.saturating_sub(bytes);
+            results.extend(read);
+        }
+        results
+    }
+
+    /// Reads one item from `from`; `max_bytes` 0 reads only its offsets.
     async fn fetch_item(&self, item: &Item, from: Offset, max_bytes: usize) -> PartitionResult {
         let tp = item.tp.clone()?;
         let request = FetchRequest {

@@ -823,10 +823,11 @@ impl Server {
         let request = FetchRequest {
             from,
             // The log returns at most max(max_bytes, one batch), and a batch is at most
-            // BATCH_BYTES_MAX, so the answer fits one frame.
+            // BATCH_BYTES_MAX, so the answer fits one frame. A native fetch always gets at
+            // least one batch (0 would mean none to the shard).
             max_bytes: usize::try_from(max_bytes)
                 .unwrap_or(usize::MAX)
-                .min(FRAME_PAYLOAD_BYTES_MAX),
+                .clamp(1, FRAME_PAYLOAD_BYTES_MAX),
             max_wait: Duration::from_millis(u64::from(max_wait_ms).min(NATIVE_FETCH_WAIT_MS_MAX)),
         };
         let result = if self.stopping.is_fired() {
