@@ -275,3 +275,58 @@ fn flipped_byte_in_sealed_segment_is_caught_on_read() {
         log.close().await.unwrap();
     });
 }
+
+/// Opens the log of `tp` with 8 KiB segments, returning the error rather than panicking.
+async fn try_open(
+    data: &Path,
+    tp: &TopicPartition,
+) -> Result<(PartitionLog, sluice_engine::log::RecoveryReport), sluice_engine::log::OpenError> {
+    let dir = partition_dir(data, tp);
+    PartitionLog::open(dir, tp.clone(), config(8 << 10), cache()).await
+}
+
+// Goal: when open truncates a sealed segment the checkpoint lists (its size changed), the
+// listed segments after it are deleted only once a checkpoint that no longer lists them is
+// durable, so an open that fails on the way (here the checkpoint write) leaves a log the next
+// open accepts, with the batches before the damage intact. Method: 40 batches in 8 KiB
+// segments, closed cleanly; cut the second segment's file inside its last batch; open with the
+// checkpoint's temporary file failing to be created (the open fails), clear it, open again.
+#[test]
+fn open_truncating_a_listed_segment_survives_a_failed_checkpoint() {
+    use sluice_engine::io::faults::{self, Failure, Op, Plan};
+    let dir = tempfile::tempdir().unwrap();
+    let tp = tp("cut-listed");
+    block_on(async {
+        let (log, _) = open(dir.path(), &tp, config(8 << 10), &cache()).await;
+        let sent = fill(&log, 40).await;
+        let bases = log.segment_bases();
+        assert!(bases.len() >= 4, "8 KiB segments roll: {bases:?}");
+        log.close().await.unwrap();
+
+        let path = segment_path(dir.path(), &tp, bases[1].0, "log");
+        let len = std::fs::metadata(&path).unwrap().len();
+        OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(len - 50)
+            .unwrap();
+        faults::inject(Plan {
+            op: Op::Create,
+            path_contains: "partition.checkpoint".into(),
+            skip: 0,
+            count: 1,
+            failure: Failure::NoSpace,
+        });
+        let opened = try_open(dir.path(), &tp).await;
+        faults::clear();
+        assert!(opened.is_err(), "the checkpoint write fails the open");
+
+        let opened = try_open(dir.path(), &tp).await;
+        let (log, _) = opened.unwrap_or_else(|error| panic!("reopen failed: {error}"));
+        let kept = usize::try_from(bases[2].0 / 3 - 1).unwrap();
+        assert_eq!(log.log_end_offset(), Offset(kept as i64 * 3));
+        assert_prefix(&sent, &read_all(&log, Offset(0)).await, kept);
+        log.close().await.unwrap();
+    });
+}

@@ -444,6 +444,23 @@ async fn truncate_idle(inner: &Rc<Inner>, offset: Offset) -> Result<Offset, Admi
             .rev()
             .collect()
     };
+    if !later.is_empty() {
+        // Open refuses a log whose checkpoint lists a missing segment, so no listed segment
+        // is unlinked before a checkpoint that lists none from the cut segment on is durable.
+        // From then until the final checkpoint, a crash or failure leaves the cut segment and
+        // whatever is left after it as unlisted tail segments, which open scans: the log comes
+        // back at the old end, at the cut, or in between, never unopenable.
+        let shorter = {
+            let state = inner.state.borrow();
+            let mut shorter = writer::checkpoint_of(&state);
+            shorter.sealed.truncate(index);
+            shorter.recovery_point = state.segments[index].base;
+            shorter.log_start = state.log_start.min(new_end);
+            shorter.high_watermark = state.high_watermark.min(new_end);
+            shorter
+        };
+        writer::write_checkpoint_as(inner, shorter).await?;
+    }
     for base in &later {
         for extension in [LOG_EXTENSION, INDEX_EXTENSION, TIME_INDEX_EXTENSION] {
             dio::remove(&file_path(&inner.dir, *base, extension)).await?;

@@ -34,7 +34,7 @@ use crate::log::segment::{
     ActiveSegment, INDEX_EXTENSION, LOG_EXTENSION, ScanItem, Scanner, Segment, Spare,
     TIME_INDEX_EXTENSION, file_path, parse_file_name, parse_recycle_file_name, recycle_file_name,
 };
-use crate::log::writer::{checkpoint_of, create_segment, cursor_of_active};
+use crate::log::writer::{checkpoint_of, create_segment, cursor_of_active, sealed_row};
 use crate::log::{Inner, LogConfig, LogStats, Mode, OpenError, State};
 use crate::rt::sync::Semaphore;
 use crate::types::{FilePos, Offset, TopicPartition};
@@ -902,6 +902,40 @@ async fn scan_tail_segment(
     Ok((segment, outcome, file))
 }
 
+/// The checkpoint of the segments recovered so far (`segments`, the last of them the active
+/// one when `active`), written before open deletes a segment the checkpoint on disk lists.
+/// The recovery point moves down, never up, so the epoch file on disk still holds every entry
+/// below it.
+fn open_shorter_checkpoint(
+    segments: &[Segment],
+    active: bool,
+    checkpoint: &Option<Checkpoint>,
+) -> Checkpoint {
+    let checkpoint = checkpoint
+        .as_ref()
+        .expect("only a checkpoint lists segments");
+    let end = segments
+        .last()
+        .map_or(checkpoint.recovery_point, |segment| segment.end);
+    let sealed_count = segments.len() - usize::from(active);
+    let sealed: Vec<SealedRow> = segments[..sealed_count].iter().map(sealed_row).collect();
+    let recovery_point = if active {
+        segments.last().expect("active segment").base
+    } else {
+        end
+    };
+    assert!(
+        recovery_point <= checkpoint.recovery_point,
+        "shorter checkpoint raises the recovery point"
+    );
+    Checkpoint {
+        log_start: checkpoint.log_start.min(end),
+        high_watermark: checkpoint.high_watermark.min(end),
+        recovery_point,
+        sealed,
+    }
+}
+
 /// See [`crate::log::PartitionLog::open`].
 pub(crate) async fn open(
     dir: &Path,
@@ -1001,8 +1035,19 @@ pub(crate) async fn open(
     let mut active: Option<ActiveSegment> = None;
     let mut tail_iter = tail.into_iter().peekable();
     let mut scanned_epochs: Vec<EpochEntry> = Vec::new();
+    let mut shortened = false;
     while let Some(base) = tail_iter.next() {
         if active.is_some() || expected.is_some_and(|end| base != end) {
+            if !shortened && rows.iter().any(|row| row.base == base) {
+                // Open refuses a checkpoint that lists a missing segment, so before a listed
+                // segment goes, a checkpoint that lists none from here on is made durable.
+                let shorter = open_shorter_checkpoint(&segments, active.is_some(), &checkpoint);
+                let path = dir.join(CHECKPOINT_FILE);
+                dio::write_file_atomic(&dir, CHECKPOINT_FILE, &shorter.encode())
+                    .await
+                    .map_err(io_error(&path))?;
+                shortened = true;
+            }
             delete_segment_files(&dir, base).await?;
             report.deleted_segments.push(base);
             continue;

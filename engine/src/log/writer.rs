@@ -1079,21 +1079,26 @@ async fn roll(inner: &Rc<Inner>, base: Offset) -> Result<(), RollFailure> {
     write_checkpoint(inner, SyncMode::Now).await.map_err(fatal)
 }
 
+/// The checkpoint row of a sealed segment.
+pub(crate) fn sealed_row(segment: &Segment) -> SealedRow {
+    assert!(segment.sealed, "segment {} is not sealed", segment.base);
+    SealedRow {
+        base: segment.base,
+        end: segment.end,
+        size: segment.size,
+        max_timestamp: segment.max_timestamp,
+        index_bytes: u32::try_from(segment.index_bytes).expect("index size fits in u32"),
+        time_index_bytes: u32::try_from(segment.time_index_bytes).expect("index size fits in u32"),
+    }
+}
+
 /// The checkpoint describing the current state.
 pub(crate) fn checkpoint_of(state: &State) -> Checkpoint {
     let sealed: Vec<SealedRow> = state
         .segments
         .iter()
         .filter(|segment| segment.sealed)
-        .map(|segment| SealedRow {
-            base: segment.base,
-            end: segment.end,
-            size: segment.size,
-            max_timestamp: segment.max_timestamp,
-            index_bytes: u32::try_from(segment.index_bytes).expect("index size fits in u32"),
-            time_index_bytes: u32::try_from(segment.time_index_bytes)
-                .expect("index size fits in u32"),
-        })
+        .map(sealed_row)
         .collect();
     assert_eq!(
         sealed.len() + 1,
@@ -1108,6 +1113,15 @@ pub(crate) fn checkpoint_of(state: &State) -> Checkpoint {
     }
 }
 
+/// Checkpoint writers run one at a time.
+async fn checkpoint_permit(inner: &Inner) -> io::Result<crate::rt::sync::Permit<'_>> {
+    inner
+        .checkpoint_lock
+        .acquire_permit(1)
+        .await
+        .map_err(|_| io::Error::other("checkpoint lock closed"))
+}
+
 /// Persists the checkpoint atomically, and before it the leader-epoch checkpoint when the
 /// epoch cache changed. Concurrent callers are serialised and each writes the state current
 /// when its turn comes.
@@ -1120,11 +1134,7 @@ pub(crate) fn checkpoint_of(state: &State) -> Checkpoint {
 /// shared write never moves the recovery point: entries below it are already in the epoch
 /// file on disk, so either file may land first.
 pub(crate) async fn write_checkpoint(inner: &Inner, mode: SyncMode) -> io::Result<()> {
-    let _permit = inner
-        .checkpoint_lock
-        .acquire_permit(1)
-        .await
-        .map_err(|_| io::Error::other("checkpoint lock closed"))?;
+    let _permit = checkpoint_permit(inner).await?;
     // The epoch file first: the checkpoint moves the recovery point, and recovery takes the
     // entries below it from the epoch file (it rebuilds those above from the scanned batches).
     let (checkpoint, epochs, log) = {
@@ -1176,6 +1186,21 @@ pub(crate) async fn write_checkpoint(inner: &Inner, mode: SyncMode) -> io::Resul
     }
     state.epochs.prune_before(checkpoint.log_start);
     state.checkpoint_persisted = checkpoint;
+    Ok(())
+}
+
+/// Persists `checkpoint` (not the state's) atomically with its own syncs, leaving the epoch
+/// file as it is: for a truncation, whose checkpoint moves the recovery point down, so the
+/// epoch file on disk already holds every entry below it.
+pub(crate) async fn write_checkpoint_as(inner: &Inner, checkpoint: Checkpoint) -> io::Result<()> {
+    let _permit = checkpoint_permit(inner).await?;
+    assert!(
+        checkpoint.recovery_point <= inner.state.borrow().checkpoint_persisted.recovery_point,
+        "{}: a checkpoint that keeps the epoch file must not raise the recovery point",
+        inner.tp
+    );
+    dio::write_file_atomic(&inner.dir, CHECKPOINT_FILE, &checkpoint.encode()).await?;
+    inner.state.borrow_mut().checkpoint_persisted = checkpoint;
     Ok(())
 }
 
