@@ -61,6 +61,56 @@ async fn read_all(log: &PartitionLog) -> Vec<bytes::Bytes> {
     out
 }
 
+/// The leader state of `tp` on `log` as `state` says, with the log as it is now.
+fn leader_replica(
+    tp: &TopicPartition,
+    log: &Rc<PartitionLog>,
+    state: &PartitionState,
+    config: ReplicationConfig,
+) -> Rc<LeaderReplica> {
+    let positions = LeaderPositions {
+        next_offset: log.next_offset(),
+        durable_end: log.log_end_offset(),
+        high_watermark: log.high_watermark(),
+    };
+    let now = sluice_engine::rt::clock::now();
+    let core = LeaderCore::new(tp.clone(), state.leader, state, positions, config, now);
+    Rc::new(LeaderReplica {
+        core: RefCell::new(core),
+        log: log.clone(),
+    })
+}
+
+/// Runs fetch rounds of every fetcher until `settled` holds (bounded to 200 rounds and 20 s),
+/// handing the leader actions the rounds queued to `on_action`.
+async fn run_until(
+    fetchers: &[Fetcher<InMemoryTransport>],
+    mut on_action: impl FnMut(LeaderAction),
+    settled: impl Fn() -> bool,
+) {
+    let deadline = sluice_engine::rt::clock::now() + Duration::from_secs(20);
+    for _ in 0..200 {
+        let mut progressed = 0;
+        for fetcher in fetchers {
+            progressed += fetcher.run_round().await;
+            for (_, action) in fetcher.transport().take_actions() {
+                on_action(action);
+            }
+        }
+        if settled() {
+            return;
+        }
+        assert!(
+            sluice_engine::rt::clock::now() < deadline,
+            "replication stalled"
+        );
+        if progressed == 0 {
+            // Let a back-off pass (1 ms) before the next round.
+            sluice_engine::rt::sleep(Duration::from_millis(2)).await;
+        }
+    }
+}
+
 // Goal: followers driven by the fetcher end with logs byte-identical to the leader's (offsets
 // and epochs kept), the leader's high watermark reaches its log end and releases every acks=all
 // produce, follower high watermarks follow, a transport failure is retried, and a follower whose
@@ -91,21 +141,8 @@ fn fetchers_replicate_real_logs() {
             min_insync_replicas: 2,
             ..ReplicationConfig::default()
         };
-        let positions = LeaderPositions {
-            next_offset: leader_log.next_offset(),
-            durable_end: leader_log.log_end_offset(),
-            high_watermark: leader_log.high_watermark(),
-        };
-        let now = sluice_engine::rt::clock::now();
-        let core = LeaderCore::new(tp.clone(), BrokerId(1), &state, positions, config, now);
         let mut shard = LeaderShard::new();
-        shard.insert(
-            tp.clone(),
-            Rc::new(LeaderReplica {
-                core: RefCell::new(core),
-                log: leader_log.clone(),
-            }),
-        );
+        shard.insert(tp.clone(), leader_replica(&tp, &leader_log, &state, config));
         let shard = Rc::new(shard);
         for i in 0..10u64 {
             let info = leader_log
@@ -151,30 +188,16 @@ fn fetchers_replicate_real_logs() {
         }
         fetchers[0].transport().fail_next(1);
         let mut completed: BTreeMap<ProduceId, bool> = BTreeMap::new();
-        let deadline = sluice_engine::rt::clock::now() + Duration::from_secs(20);
-        for _ in 0..200 {
-            let mut progressed = 0;
-            for fetcher in &fetchers {
-                progressed += fetcher.run_round().await;
-                for (_, action) in fetcher.transport().take_actions() {
-                    if let LeaderAction::Complete { id, result } = action {
-                        completed.insert(id, result.is_ok());
-                    }
-                }
+        let on_action = |action| {
+            if let LeaderAction::Complete { id, result } = action {
+                completed.insert(id, result.is_ok());
             }
-            let settled = fetchers.iter().all(|f| f.high_watermark(&tp) == Some(end));
-            if leader_log.high_watermark() == end && settled {
-                break;
-            }
-            assert!(
-                sluice_engine::rt::clock::now() < deadline,
-                "replication stalled"
-            );
-            if progressed == 0 {
-                // Let a back-off pass (1 ms) before the next round.
-                sluice_engine::rt::sleep(Duration::from_millis(2)).await;
-            }
-        }
+        };
+        let settled = || {
+            leader_log.high_watermark() == end
+                && fetchers.iter().all(|f| f.high_watermark(&tp) == Some(end))
+        };
+        run_until(&fetchers, on_action, settled).await;
         assert_eq!(leader_log.high_watermark(), end);
         assert_eq!(completed.len(), 10, "every acks=all produce completed");
         assert!(completed.values().all(|ok| *ok));
@@ -200,6 +223,93 @@ fn fetchers_replicate_real_logs() {
             "the stray epoch-0 batch was cut"
         );
         for log in [&leader_log, &log2, &log3] {
+            log.close().await.unwrap();
+        }
+    });
+}
+
+// Goal: a replica that stops leading while its own appends are staged but not yet written
+// follows the new leader without tripping over them: the new follower core fetches only once
+// the log is idle, from the log as the appends left it, and converges on the leader's log
+// (the stray record of the old epoch is truncated by the diverging epoch).
+// Method: broker 1 leads epoch 2 with one epoch-1 batch (offsets 0..2) and one epoch-2 batch;
+// broker 2 holds the epoch-1 batch, stages one more epoch-1 append (offsets 2..4, as the old
+// leader), builds a follower core for epoch 2 before that append is written, then lets it
+// complete and runs fetch rounds (bounded to 200 rounds and 20 s).
+#[test]
+fn follower_core_built_under_a_staged_append_refetches() {
+    let dir = tempfile::tempdir().unwrap();
+    block_on(async {
+        let tp = TopicPartition::new("role-change", 0);
+        let leader_log = open(dir.path(), 1, &tp).await;
+        let log2 = open(dir.path(), 2, &tp).await;
+        for log in [&leader_log, &log2] {
+            log.append(batch(0), LeaderEpoch(1), Durability::Synced)
+                .await
+                .unwrap();
+        }
+        let state = PartitionState {
+            leader: BrokerId(1),
+            leader_epoch: LeaderEpoch(2),
+            replicas: vec![BrokerId(1), BrokerId(2)],
+            isr: vec![BrokerId(1), BrokerId(2)],
+        };
+        let leader = leader_replica(&tp, &leader_log, &state, ReplicationConfig::default());
+        leader_log
+            .append(batch(1), LeaderEpoch(2), Durability::Synced)
+            .await
+            .unwrap();
+        let actions = leader
+            .core
+            .borrow_mut()
+            .on_local_end(leader_log.log_end_offset());
+        assert!(
+            actions.is_empty(),
+            "the follower holds the high watermark back"
+        );
+        let mut shard = LeaderShard::new();
+        shard.insert(tp.clone(), leader);
+        let target = FetchTarget {
+            leader: BrokerId(1),
+            shard: ShardId(0),
+        };
+        let transport = InMemoryTransport::default();
+        transport.set_leader_shard(target, Rc::new(shard));
+        let fetcher = Fetcher::new(BrokerId(2), transport, 4 << 10, Duration::ZERO)
+            .with_backoff(Duration::from_millis(1));
+
+        // The old leader's append: staged, not written when the new core is built.
+        let staged = log2.append(batch(7), LeaderEpoch(1), Durability::Written);
+        assert_eq!(log2.log_end_offset(), Offset(2));
+        let core = FollowerCore::new(
+            tp.clone(),
+            BrokerId(2),
+            &state,
+            &*log2,
+            log2.high_watermark(),
+        );
+        fetcher.add(core, log2.clone(), target);
+        staged.await.unwrap();
+        assert_eq!(
+            log2.log_end_offset(),
+            Offset(4),
+            "the staged append completed"
+        );
+
+        let end = leader_log.log_end_offset();
+        let fetchers = [fetcher];
+        let settled = || fetchers[0].high_watermark(&tp) == Some(end);
+        run_until(&fetchers, |_| {}, settled).await;
+        let fetcher = &fetchers[0];
+        assert_eq!(fetcher.high_watermark(&tp), Some(end));
+        assert_eq!(
+            fetcher.stats().truncations,
+            1,
+            "the stray epoch-1 record was cut"
+        );
+        assert_eq!(read_all(&log2).await, read_all(&leader_log).await);
+        assert_eq!(log2.leader_epochs(), leader_log.leader_epochs());
+        for log in [&leader_log, &log2] {
             log.close().await.unwrap();
         }
     });

@@ -91,6 +91,9 @@ struct FollowerPartition {
     target: FetchTarget,
     /// Not fetched again before this time (after an error).
     backoff_until: Option<Instant>,
+    /// Invariant: false until the core re-read the log once no earlier operation on it was in
+    /// flight (`FollowerCore::reread_log`); nothing is fetched before.
+    started: bool,
 }
 
 /// The shard's follower partitions and their fetching. Lives on one shard (`!Send`).
@@ -106,6 +109,9 @@ pub struct Fetcher<T> {
     added: Notify,
     /// The next `FollowerPartition::generation`.
     generations: Cell<u64>,
+    /// Truncations and appends issued and not finished, per partition, whatever core issued
+    /// them (see [`LogOperation`]). Never borrowed across an `.await`.
+    operations: RefCell<BTreeMap<TopicPartition, u32>>,
     stats: Cell<FetcherStats>,
 }
 
@@ -133,6 +139,7 @@ impl<T: ReplicaFetchTransport> Fetcher<T> {
             partitions: RefCell::new(BTreeMap::new()),
             added: Notify::new(),
             generations: Cell::new(0),
+            operations: RefCell::new(BTreeMap::new()),
             stats: Cell::new(FetcherStats::default()),
         }
     }
@@ -171,10 +178,17 @@ impl<T: ReplicaFetchTransport> Fetcher<T> {
             log,
             target,
             backoff_until: None,
+            started: false,
         };
         let tp = partition.core.tp().clone();
         self.partitions.borrow_mut().insert(tp, partition);
         self.added.notify();
+    }
+
+    /// True while a truncation or append this fetcher issued on `tp`'s log (for any core of
+    /// the partition) has not finished.
+    pub fn log_busy(&self, tp: &TopicPartition) -> bool {
+        self.operations.borrow().contains_key(tp)
     }
 
     /// Stops following a partition (it became leader, or moved away).
@@ -221,9 +235,22 @@ impl<T: ReplicaFetchTransport> Fetcher<T> {
     ) -> Vec<(FetchTarget, Outgoing)> {
         let mut by_target: BTreeMap<FetchTarget, Outgoing> = BTreeMap::new();
         let mut partitions = self.partitions.borrow_mut();
-        for partition in partitions.values_mut() {
+        let operations = self.operations.borrow();
+        for (tp, partition) in partitions.iter_mut() {
             if only.is_some_and(|only| only != partition.target) {
                 continue;
+            }
+            if !partition.started {
+                // Log operations are serial across cores: a new core (another leader or
+                // epoch) fetches only once the previous core's truncation or append and the
+                // appends staged while this replica led are done, and from the log as they
+                // left it. Its first fetch then re-validates the whole tail with the leader.
+                let log = &partition.log;
+                if operations.contains_key(tp) || log.next_offset() != log.log_end_offset() {
+                    continue;
+                }
+                partition.core.reread_log(&**log, log.high_watermark());
+                partition.started = true;
             }
             if partition.backoff_until.is_some_and(|until| now < until) {
                 continue;
@@ -419,6 +446,7 @@ impl<T: ReplicaFetchTransport> Fetcher<T> {
     ) -> bool {
         match action {
             FollowerAction::Truncate(offset) => {
+                let _operation = LogOperation::start(&self.operations, tp);
                 let result = log.truncate_to(offset).await;
                 if let Err(error) = &result {
                     tracing::warn!(%tp, %offset, %error, "follower truncation failed");
@@ -433,7 +461,9 @@ impl<T: ReplicaFetchTransport> Fetcher<T> {
             }
             FollowerAction::Append(batches) => {
                 let bytes = batches.len() as u64;
+                let operation = LogOperation::start(&self.operations, tp);
                 let result = log.append_replicated(batches, Durability::Synced).await;
+                drop(operation);
                 let follow_up = self.with_partition(tp, generation, |partition| match &result {
                     Ok(_) => partition.core.on_appended(&**log),
                     Err(error) => {
@@ -475,6 +505,40 @@ impl<T: ReplicaFetchTransport> Fetcher<T> {
                 });
                 false
             }
+        }
+    }
+}
+
+/// One truncation or append in flight on a follower partition's log, counted in
+/// `Fetcher::operations` from before it is issued until it finished (or its future was dropped).
+struct LogOperation<'a> {
+    operations: &'a RefCell<BTreeMap<TopicPartition, u32>>,
+    tp: TopicPartition,
+}
+
+impl<'a> LogOperation<'a> {
+    fn start(
+        operations: &'a RefCell<BTreeMap<TopicPartition, u32>>,
+        tp: &TopicPartition,
+    ) -> LogOperation<'a> {
+        *operations.borrow_mut().entry(tp.clone()).or_insert(0) += 1;
+        LogOperation {
+            operations,
+            tp: tp.clone(),
+        }
+    }
+}
+
+impl Drop for LogOperation<'_> {
+    fn drop(&mut self) {
+        let mut operations = self.operations.borrow_mut();
+        let count = operations
+            .get_mut(&self.tp)
+            .expect("a log operation in flight is counted");
+        assert!(*count > 0, "{}: log operation count underflow", self.tp);
+        *count -= 1;
+        if *count == 0 {
+            operations.remove(&self.tp);
         }
     }
 }

@@ -102,6 +102,31 @@ impl FollowerCore {
         }
     }
 
+    /// Re-reads the local log (its end, start and latest epoch) and the stored high watermark,
+    /// before this core's first fetch. The driver calls it once no earlier operation on the log
+    /// is in flight: an append or truncation of the core this one replaced, or the appends the
+    /// replica staged while it led, may still have been running when this core was built, and
+    /// the first fetch must start from the log as they left it.
+    ///
+    /// # Panics
+    /// If a fetch was already made, or the high watermark is past the log end.
+    pub fn reread_log(&mut self, log: &dyn LogView, high_watermark: Offset) {
+        assert_eq!(
+            self.phase,
+            Phase::Idle,
+            "{}: log re-read after the first fetch",
+            self.tp
+        );
+        self.refresh(log);
+        assert!(
+            high_watermark <= self.log_end,
+            "{}: high watermark {high_watermark} past the log end {}",
+            self.tp,
+            self.log_end
+        );
+        self.high_watermark = high_watermark;
+    }
+
     /// The partition.
     pub fn tp(&self) -> &TopicPartition {
         &self.tp
@@ -171,6 +196,9 @@ impl FollowerCore {
             "{}: answer for another partition",
             self.tp
         );
+        // Only this core's driver writes a follower's log, and only between its fetches: the
+        // driver starts a core once earlier operations on the log ended (`reread_log`), and a
+        // replica that is not the leader stages no appends of its own.
         assert_eq!(
             log.log_end_offset(),
             self.log_end,
