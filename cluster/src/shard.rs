@@ -21,7 +21,7 @@ use futures::channel::oneshot;
 use sluice_engine::batch::BatchError;
 use sluice_engine::log::{BatchCache, LogConfig};
 use sluice_engine::rt::shards::{Mesh, Overloaded, ShardContext};
-use sluice_engine::{BrokerId, Offset, ShardId, TimestampMs, TopicPartition};
+use sluice_engine::{BrokerId, LeaderEpoch, Offset, ShardId, TimestampMs, TopicPartition};
 
 use crate::controller::{Controller, ControllerBoot, ControllerConfig, Observer, ObserverConfig};
 use crate::group::{
@@ -182,6 +182,9 @@ pub enum FetchError {
     /// This broker is not the partition's leader: the client's metadata is stale.
     #[error("not the leader of {0}")]
     NotLeader(String),
+    /// Records of an internal topic cannot be deleted (its records are the groups' state).
+    #[error("records of internal topic {0} cannot be deleted")]
+    InternalTopic(String),
 }
 
 /// Per-partition state for describe.
@@ -238,6 +241,16 @@ pub enum ShardMsg {
         spec: OffsetSpec,
         /// Reply lane: offset and its timestamp if looked up by time (`None` offset: no match).
         reply: Reply<Result<OffsetAnswer, FetchError>>,
+    },
+    /// net on any shard → owner of `tp` (Kafka OffsetForLeaderEpoch). Full inbox: retriable
+    /// error to the client.
+    EpochEnd {
+        /// Partition.
+        tp: TopicPartition,
+        /// The epoch asked about.
+        epoch: LeaderEpoch,
+        /// Reply lane: the largest epoch in the log at or below it, and where it ends.
+        reply: Reply<Result<(LeaderEpoch, Offset), FetchError>>,
     },
     /// net on any shard → owner of `tp`. Full inbox: retriable error to the client.
     DeleteRecords {
@@ -784,6 +797,9 @@ impl Shard {
             return Err(FetchError::UnknownTopicOrPartition(tp.to_string()));
         };
         if owner == self.id {
+            if !self.leads(&tp) {
+                return Err(FetchError::NotLeader(tp.to_string()));
+            }
             let replica = self
                 .local(&tp)
                 .ok_or_else(|| FetchError::UnknownTopicOrPartition(tp.to_string()))?;
@@ -795,16 +811,49 @@ impl Shard {
         answer.await.unwrap_or(Err(FetchError::Overloaded))
     }
 
-    /// Advances the log start offset of `tp` (Kafka DeleteRecords).
+    /// The largest epoch at or below `epoch` in the log of `tp` and the offset where it ends
+    /// (the next epoch's start, or the log end), answered by its leader wherever it lives: what
+    /// a consumer checks its position against after a leader change (Kafka's KIP-320).
+    pub async fn end_offset_for_epoch(
+        &self,
+        tp: TopicPartition,
+        epoch: LeaderEpoch,
+    ) -> Result<(LeaderEpoch, Offset), FetchError> {
+        let Some(owner) = self.owner(&tp) else {
+            return Err(FetchError::UnknownTopicOrPartition(tp.to_string()));
+        };
+        if owner == self.id {
+            if !self.leads(&tp) {
+                return Err(FetchError::NotLeader(tp.to_string()));
+            }
+            let replica = self
+                .local(&tp)
+                .ok_or_else(|| FetchError::UnknownTopicOrPartition(tp.to_string()))?;
+            return Ok(replica.log().end_offset_for_epoch(epoch));
+        }
+        let (reply, answer) = oneshot::channel();
+        self.forward(owner, ShardMsg::EpochEnd { tp, epoch, reply })
+            .map_err(|()| FetchError::Overloaded)?;
+        answer.await.unwrap_or(Err(FetchError::Overloaded))
+    }
+
+    /// Advances the log start offset of `tp` (Kafka DeleteRecords), on its leader only, and
+    /// never for an internal topic.
     pub async fn delete_records(
         &self,
         tp: TopicPartition,
         before: Offset,
     ) -> Result<Offset, FetchError> {
+        if crate::group::is_internal_topic(&tp.topic) {
+            return Err(FetchError::InternalTopic(tp.topic.to_string()));
+        }
         let Some(owner) = self.owner(&tp) else {
             return Err(FetchError::UnknownTopicOrPartition(tp.to_string()));
         };
         if owner == self.id {
+            if !self.leads(&tp) {
+                return Err(FetchError::NotLeader(tp.to_string()));
+            }
             let replica = self
                 .local(&tp)
                 .ok_or_else(|| FetchError::UnknownTopicOrPartition(tp.to_string()))?;
@@ -833,6 +882,15 @@ impl Shard {
         &self,
         command: MetadataCommand,
     ) -> Result<Arc<MetadataSnapshot>, MetadataError> {
+        match &command {
+            MetadataCommand::DeleteTopic { name }
+            | MetadataCommand::CreatePartitions { name, .. }
+                if crate::group::is_internal_topic(name) =>
+            {
+                return Err(MetadataError::InternalTopic(name.clone()));
+            }
+            _ => {}
+        }
         if self.id == ShardId(0) {
             return self.command_local(command).await;
         }
@@ -1072,6 +1130,9 @@ impl Shard {
             }
             ShardMsg::ListOffset { tp, spec, reply } => {
                 let _ = reply.send(self.list_offset(tp, spec).await);
+            }
+            ShardMsg::EpochEnd { tp, epoch, reply } => {
+                let _ = reply.send(self.end_offset_for_epoch(tp, epoch).await);
             }
             ShardMsg::DeleteRecords { tp, before, reply } => {
                 let _ = reply.send(self.delete_records(tp, before).await);

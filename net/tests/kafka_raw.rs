@@ -997,3 +997,70 @@ fn fetch_response_bytes_are_capped() {
     assert!(total <= CAP, "{total} bytes of records in one answer");
     assert!(total > CAP - (10 << 20), "the budget is used: {total}");
 }
+
+// Goal: the internal offsets topic can be neither trimmed nor repartitioned: DeleteRecords
+// would lose every committed offset of its groups, CreatePartitions would move the groups to
+// other partitions. Both answer INVALID_TOPIC_EXCEPTION, as Kafka does, and the committed offset
+// stays readable. Method: commit an offset (which creates `__consumer_offsets`), then both
+// requests, then fetch the offset back.
+#[test]
+fn internal_topic_is_neither_trimmed_nor_repartitioned() {
+    let mut raw = Raw::connect();
+    let topic = "raw-internal";
+    create_topic(&mut raw, topic, 1);
+    let ResponseKind::OffsetCommit(commit) =
+        raw.call(8, simple_commit("raw-internal-group", topic, 7))
+    else {
+        panic!("kind")
+    };
+    assert_eq!(commit.topics[0].partitions[0].error_code, 0);
+
+    let internal = "__consumer_offsets";
+    let trim = DeleteRecordsRequest::default()
+        .with_timeout_ms(5000)
+        .with_topics(vec![
+            DeleteRecordsTopic::default()
+                .with_name(name(internal))
+                .with_partitions(
+                    (0..4)
+                        .map(|p| {
+                            DeleteRecordsPartition::default()
+                                .with_partition_index(p)
+                                .with_offset(-1)
+                        })
+                        .collect(),
+                ),
+        ]);
+    let ResponseKind::DeleteRecords(trimmed) = raw.call(2, trim) else {
+        panic!("kind")
+    };
+    for partition in &trimmed.topics[0].partitions {
+        assert_eq!(
+            partition.error_code, 17,
+            "INVALID_TOPIC_EXCEPTION: {trimmed:?}"
+        );
+    }
+    let grow = CreatePartitionsRequest::default()
+        .with_timeout_ms(5000)
+        .with_topics(vec![
+            CreatePartitionsTopic::default()
+                .with_name(name(internal))
+                .with_count(1000),
+        ]);
+    let ResponseKind::CreatePartitions(grown) = raw.call(3, grow) else {
+        panic!("kind")
+    };
+    assert_eq!(grown.results[0].error_code, 17, "INVALID_TOPIC_EXCEPTION");
+
+    let fetch = OffsetFetchRequest::default()
+        .with_group_id(group("raw-internal-group"))
+        .with_topics(Some(vec![
+            OffsetFetchRequestTopic::default()
+                .with_name(name(topic))
+                .with_partition_indexes(vec![0]),
+        ]));
+    let ResponseKind::OffsetFetch(fetched) = raw.call(7, fetch) else {
+        panic!("kind")
+    };
+    assert_eq!(fetched.topics[0].partitions[0].committed_offset, 7);
+}

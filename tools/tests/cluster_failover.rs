@@ -6,6 +6,8 @@
 //! leadership, and that an acks=all record survives its leader's death; the chaos tests
 //! (`cluster_chaos.rs`) check replication under load.
 
+#[path = "../../net/tests/common/kafka_raw.rs"]
+mod kafka_raw;
 mod support;
 
 use std::collections::BTreeMap;
@@ -300,6 +302,35 @@ fn cluster_forms_fails_over_and_restarts() {
         out.lines().collect::<Vec<_>>(),
         ["before-failover", "native-after-failover"]
     );
+    // OffsetForLeaderEpoch (KIP-320) answers from the new leader's log: the epoch before the
+    // failover ends after its one record, the current one at the log end.
+    let new_epoch = epochs[&moved_partition];
+    let ending = |epoch: i64| {
+        epoch_end(
+            cluster.node(*new_leader).kafka,
+            "orders",
+            moved_partition as i32,
+            epoch as i32,
+        )
+    };
+    assert_eq!(
+        ending(new_epoch - 1).1,
+        1,
+        "the old epoch ends after offset 0"
+    );
+    let (epoch, end) = ending(new_epoch);
+    assert_eq!(epoch, new_epoch as i32);
+    assert!(end >= 2, "the current epoch ends at the log end: {end}");
+    // Only the leader deletes records: another broker answers NOT_LEADER_OR_FOLLOWER and
+    // keeps its copy.
+    let other = cluster
+        .running()
+        .find(|n| i64::from(n.id) != *new_leader)
+        .expect("a second live broker");
+    assert_eq!(
+        delete_records(other.kafka, "orders", moved_partition as i32, 1),
+        6
+    );
     // librdkafka.
     let bootstrap: Vec<String> = cluster.running().map(|n| n.kafka.to_string()).collect();
     let got = rdkafka_round_trip(&bootstrap.join(","), "orders", moved_partition as i32);
@@ -383,6 +414,61 @@ fn kafka_epochs(node: &Node, topic: &str) -> BTreeMap<i64, i64> {
             )
         })
         .collect()
+}
+
+/// Kafka OffsetForLeaderEpoch (v4) of `topic`-`partition` at `broker`: the largest epoch at or
+/// below `epoch` and its end offset.
+fn epoch_end(broker: std::net::SocketAddr, topic: &str, partition: i32, epoch: i32) -> (i32, i64) {
+    use kafka_protocol::messages::offset_for_leader_epoch_request::{
+        OffsetForLeaderEpochRequest, OffsetForLeaderPartition, OffsetForLeaderTopic,
+    };
+    use kafka_protocol::messages::{ResponseKind, TopicName};
+    use kafka_protocol::protocol::StrBytes;
+
+    let request = OffsetForLeaderEpochRequest::default().with_topics(vec![
+        OffsetForLeaderTopic::default()
+            .with_topic(TopicName(StrBytes::from_string(topic.to_owned())))
+            .with_partitions(vec![
+                OffsetForLeaderPartition::default()
+                    .with_partition(partition)
+                    .with_current_leader_epoch(-1)
+                    .with_leader_epoch(epoch),
+            ]),
+    ]);
+    let ResponseKind::OffsetForLeaderEpoch(response) =
+        kafka_raw::Raw::connect_to(broker).call(4, request)
+    else {
+        panic!("an OffsetForLeaderEpoch answer")
+    };
+    let answer = &response.topics[0].partitions[0];
+    assert_eq!(answer.error_code, 0, "OffsetForLeaderEpoch error");
+    (answer.leader_epoch, answer.end_offset)
+}
+
+/// Kafka DeleteRecords (v2) of `topic`-`partition` below `offset` at `broker`: the error code.
+fn delete_records(broker: std::net::SocketAddr, topic: &str, partition: i32, offset: i64) -> i16 {
+    use kafka_protocol::messages::delete_records_request::{
+        DeleteRecordsPartition, DeleteRecordsRequest, DeleteRecordsTopic,
+    };
+    use kafka_protocol::messages::{ResponseKind, TopicName};
+    use kafka_protocol::protocol::StrBytes;
+
+    let request = DeleteRecordsRequest::default()
+        .with_timeout_ms(5000)
+        .with_topics(vec![
+            DeleteRecordsTopic::default()
+                .with_name(TopicName(StrBytes::from_string(topic.to_owned())))
+                .with_partitions(vec![
+                    DeleteRecordsPartition::default()
+                        .with_partition_index(partition)
+                        .with_offset(offset),
+                ]),
+        ]);
+    let ResponseKind::DeleteRecords(response) = kafka_raw::Raw::connect_to(broker).call(2, request)
+    else {
+        panic!("a DeleteRecords answer")
+    };
+    response.topics[0].partitions[0].error_code
 }
 
 /// Produces one record with librdkafka to `partition` (retrying through leader changes as

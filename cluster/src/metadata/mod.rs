@@ -313,6 +313,10 @@ pub enum MetadataError {
     /// command that raced another change).
     #[error("controller refused the change: {0}")]
     Refused(String),
+    /// The command would delete or repartition an internal topic (`__consumer_offsets`: its
+    /// partition count places the groups, and deleting it loses every committed offset).
+    #[error("{0} is an internal topic: it cannot be deleted or repartitioned")]
+    InternalTopic(String),
 }
 
 /// Checks a topic name the way Kafka does.

@@ -44,6 +44,7 @@ pub fn error_code<'a>(error: impl Into<DomainError<'a>>) -> ResponseError {
             FetchError::Storage(_) => ResponseError::KafkaStorageError,
             FetchError::Overloaded => ResponseError::RequestTimedOut,
             FetchError::NotLeader(_) => ResponseError::NotLeaderOrFollower,
+            FetchError::InternalTopic(_) => ResponseError::InvalidTopicException,
             _ => ResponseError::UnknownServerError,
         },
         DomainError::Metadata(error) => match error {
@@ -61,6 +62,7 @@ pub fn error_code<'a>(error: impl Into<DomainError<'a>>) -> ResponseError {
             MetadataError::NotController => ResponseError::NotController,
             MetadataError::StaleLeaderEpoch { .. } => ResponseError::FencedLeaderEpoch,
             MetadataError::InvalidReplicaAssignment(_) => ResponseError::InvalidReplicaAssignment,
+            MetadataError::InternalTopic(_) => ResponseError::InvalidTopicException,
             // The controller could not finish it in time or raced another change: retriable.
             MetadataError::Refused(_) => ResponseError::RequestTimedOut,
             _ => ResponseError::UnknownServerError,
@@ -76,6 +78,9 @@ pub fn error_code<'a>(error: impl Into<DomainError<'a>>) -> ResponseError {
             GroupError::InconsistentGroupProtocol => ResponseError::InconsistentGroupProtocol,
             GroupError::InvalidSessionTimeout { .. } => ResponseError::InvalidSessionTimeout,
             GroupError::InvalidGroupId => ResponseError::InvalidGroupId,
+            // Kafka has no code for an over-long member id, instance id, protocol or client id
+            // (it fails writing the record instead).
+            GroupError::StringTooLong { .. } => ResponseError::InvalidRequest,
             GroupError::OffsetMetadataTooLarge(_) => ResponseError::OffsetMetadataTooLarge,
             GroupError::UnknownTopicOrPartition => ResponseError::UnknownTopicOrPartition,
             GroupError::GroupSubscribedToTopic => ResponseError::GroupSubscribedToTopic,
@@ -203,6 +208,16 @@ mod tests {
             ),
             (fetch(FetchError::Storage("io".into())), 56, true),
             (fetch(FetchError::Overloaded), 7, true),
+            (
+                fetch(FetchError::InternalTopic("__consumer_offsets".into())),
+                17,
+                false,
+            ),
+            (
+                metadata(MetadataError::InternalTopic("__consumer_offsets".into())),
+                17,
+                false,
+            ),
             (metadata(MetadataError::TopicExists("t".into())), 36, false),
             (metadata(MetadataError::UnknownTopic("t".into())), 3, true),
             (
@@ -259,6 +274,15 @@ mod tests {
                 false,
             ),
             (group(GroupError::InvalidGroupId), 24, false),
+            (
+                group(GroupError::StringTooLong {
+                    field: "member id",
+                    bytes: 40_000,
+                    max: 32_767,
+                }),
+                42,
+                false,
+            ),
             (group(GroupError::OffsetMetadataTooLarge(4096)), 12, false),
             (group(GroupError::UnknownTopicOrPartition), 3, true),
             (group(GroupError::FencedMemberEpoch), 110, false),

@@ -18,7 +18,7 @@ use kafka_protocol::messages::offset_for_leader_epoch_response::{
 };
 use sluice_cluster::metadata::MetadataSnapshot;
 use sluice_cluster::shard::OffsetSpec;
-use sluice_engine::{Offset, TimestampMs, TopicPartition};
+use sluice_engine::{LeaderEpoch, Offset, TimestampMs, TopicPartition};
 
 use super::error::error_code;
 use super::handler::Context;
@@ -158,9 +158,10 @@ impl Context {
         DeleteRecordsResponse::default().with_topics(topics)
     }
 
-    /// Answers OffsetForLeaderEpoch. Every batch is written in epoch 0 until replication
-    /// brings leader changes, so epoch 0 ends at the high watermark and later epochs are
-    /// unknown (-1), as Kafka answers for an epoch newer than any it has.
+    /// Answers OffsetForLeaderEpoch from the leader's log: the largest epoch at or below the one
+    /// asked for and where it ends (the next epoch's start, or the log end), so a consumer
+    /// whose log position lies past that end learns its records were truncated away (KIP-320).
+    /// An epoch newer than the partition's current one is unknown (-1, -1), as in Kafka.
     pub async fn offset_for_leader_epoch(
         &self,
         request: OffsetForLeaderEpochRequest,
@@ -178,12 +179,12 @@ impl Context {
                     if wanted > ours {
                         return Ok((-1, -1));
                     }
-                    let (end, _) = self
+                    let (epoch, end) = self
                         .shard
-                        .list_offset(tp, OffsetSpec::Latest)
+                        .end_offset_for_epoch(tp, LeaderEpoch(wanted))
                         .await
                         .map_err(|e| error_code(&e))?;
-                    Ok::<_, ResponseError>((ours, end.map_or(-1, |o| o.0)))
+                    Ok::<_, ResponseError>((epoch.0, end.0))
                 });
             }
         }

@@ -43,6 +43,7 @@ pub fn error_code<'a>(error: impl Into<DomainError<'a>>) -> ErrorCode {
             FetchError::Storage(_) => ErrorCode::StorageError,
             FetchError::Overloaded => ErrorCode::Overloaded,
             FetchError::NotLeader(_) => ErrorCode::NotOwner,
+            FetchError::InternalTopic(_) => ErrorCode::InvalidTopic,
             _ => ErrorCode::Internal,
         },
         DomainError::Metadata(error) => match error {
@@ -58,6 +59,7 @@ pub fn error_code<'a>(error: impl Into<DomainError<'a>>) -> ErrorCode {
             MetadataError::StaleLeaderEpoch { .. } => ErrorCode::InvalidRequest,
             MetadataError::InvalidReplicaAssignment(_) => ErrorCode::InvalidRequest,
             MetadataError::Refused(_) => ErrorCode::Overloaded,
+            MetadataError::InternalTopic(_) => ErrorCode::InvalidTopic,
             _ => ErrorCode::Internal,
         },
         DomainError::Group(error) => match error {
@@ -83,6 +85,9 @@ pub fn error_code<'a>(error: impl Into<DomainError<'a>>) -> ErrorCode {
             }
             GroupError::InvalidSessionTimeout { .. } => ErrorCode::InvalidSessionTimeout,
             GroupError::OffsetMetadataTooLarge(_) => ErrorCode::MessageTooLarge,
+            GroupError::InvalidGroupId | GroupError::StringTooLong { .. } => {
+                ErrorCode::InvalidRequest
+            }
             _ => ErrorCode::InvalidRequest,
         },
     }
@@ -264,6 +269,11 @@ mod tests {
                 ErrorCode::NotOwner,
                 true,
             ),
+            (
+                fetch(FetchError::InternalTopic("__consumer_offsets".into())),
+                ErrorCode::InvalidTopic,
+                false,
+            ),
             (group(GroupError::Overloaded), ErrorCode::Overloaded, true),
             (
                 group(GroupError::CoordinatorLoadInProgress),
@@ -316,6 +326,15 @@ mod tests {
             ),
             (
                 group(GroupError::InvalidGroupId),
+                ErrorCode::InvalidRequest,
+                false,
+            ),
+            (
+                group(GroupError::StringTooLong {
+                    field: "client id",
+                    bytes: 40_000,
+                    max: 32_767,
+                }),
                 ErrorCode::InvalidRequest,
                 false,
             ),
