@@ -28,6 +28,14 @@ pub const OFFSETS_TOPIC_PARTITIONS_MAX: i32 = 1_000;
 /// costs ~10 scans a second and keeps session expiry within 2% of a 6 s session.
 pub const GROUP_TICK_MS: u64 = 100;
 
+/// Longest group id, member id, group instance id, protocol type, protocol name or client id
+/// the group coordinator accepts: the longest string an `__consumer_offsets` record holds (an
+/// `i16` length, as in Kafka). Flexible Kafka request versions (compact strings) and the native
+/// protocol bound strings only by the frame size, so longer ones are refused when the request
+/// arrives (Kafka itself would fail writing the record). A member keeps at most six such
+/// strings, so at most ~192 KiB of them.
+pub const GROUP_STRING_BYTES_MAX: usize = i16::MAX as usize;
+
 /// Bytes read per step when replaying an offsets partition at load. One read buffer of this
 /// size lives while a partition loads.
 pub const GROUP_LOAD_READ_BYTES: usize = 1 << 20;
@@ -47,3 +55,4 @@ pub const SHUTDOWN_CLOSES_INFLIGHT_MAX: usize = 1024;
 
 const _: () = assert!(OFFSETS_TOPIC_PARTITIONS_DEFAULT <= OFFSETS_TOPIC_PARTITIONS_MAX);
 const _: () = assert!(OFFSETS_TOPIC_PARTITIONS_MAX <= TOPIC_PARTITIONS_MAX);
+const _: () = assert!(TOPIC_NAME_BYTES_MAX <= GROUP_STRING_BYTES_MAX);

@@ -10,7 +10,7 @@ mod common;
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use common::Raw;
+use common::{Raw, assert_broker_serves};
 use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreateTopicsRequest};
 use kafka_protocol::messages::delete_groups_request::DeleteGroupsRequest;
 use kafka_protocol::messages::heartbeat_request::HeartbeatRequest;
@@ -43,10 +43,12 @@ const NONE: i16 = 0;
 const INVALID_TOPIC: i16 = 17;
 const ILLEGAL_GENERATION: i16 = 22;
 const UNKNOWN_MEMBER_ID: i16 = 25;
+const INVALID_GROUP_ID: i16 = 24;
 const INVALID_SESSION_TIMEOUT: i16 = 26;
 const REBALANCE_IN_PROGRESS: i16 = 27;
 const NON_EMPTY_GROUP: i16 = 68;
 const GROUP_ID_NOT_FOUND: i16 = 69;
+const INVALID_REQUEST: i16 = 42;
 const MEMBER_ID_REQUIRED: i16 = 79;
 const FENCED_INSTANCE_ID: i16 = 82;
 const GROUP_SUBSCRIBED_TO_TOPIC: i16 = 86;
@@ -486,6 +488,66 @@ fn join_validation_and_unknown_groups() {
         panic!("kind")
     };
     assert_eq!(r.results[0].error_code, GROUP_ID_NOT_FOUND);
+}
+
+// Goal: strings longer than an offsets record holds (32,767 bytes), which flexible request
+// versions carry as compact strings, are refused with a clear code (INVALID_GROUP_ID for a
+// group id, INVALID_REQUEST for the rest) instead of stopping the broker, and a client id of
+// the longest a request header holds still joins and syncs (the member id built from it is
+// cut to fit). Method: raw flexible-version requests, each followed by another client's round
+// trip.
+#[test]
+fn over_long_strings_are_refused_and_the_broker_serves() {
+    let mut raw = Raw::connect();
+    let topic = "groups-raw-long-strings";
+    create_topic(&mut raw, topic, 1);
+    let long = "g".repeat(40_000);
+    // A simple commit creates its group and stores an offset record keyed by the group id.
+    assert_eq!(commit(&mut raw, &long, "", -1, topic, 0), INVALID_GROUP_ID);
+    assert_broker_serves();
+    let request = join_request(&long, "", None, topic);
+    assert_eq!(join(&mut raw, request).error_code, INVALID_GROUP_ID);
+    let request = join_request("groups-raw-long", "", Some(&long), topic);
+    assert_eq!(join(&mut raw, request).error_code, INVALID_REQUEST);
+    let request = join_request("groups-raw-long", "", None, topic).with_protocol_type(s(&long));
+    assert_eq!(join(&mut raw, request).error_code, INVALID_REQUEST);
+    let request = join_request("groups-raw-long", "", None, topic).with_protocols(vec![
+        JoinGroupRequestProtocol::default()
+            .with_name(s(&long))
+            .with_metadata(subscription(&[topic])),
+    ]);
+    assert_eq!(join(&mut raw, request).error_code, INVALID_REQUEST);
+    let request = join_request("groups-raw-long", &long, None, topic);
+    assert_eq!(join(&mut raw, request).error_code, INVALID_REQUEST);
+    assert_eq!(
+        sync(&mut raw, &long, "m", 1, Vec::new()).error_code,
+        INVALID_GROUP_ID
+    );
+    assert_broker_serves();
+    // The longest client id a header holds (an i16 length): Kafka's member id is the client id,
+    // '-' and a UUID, 37 bytes too long for a record, so the coordinator cuts the prefix.
+    let client_id = "c".repeat(i16::MAX as usize);
+    let group = "groups-raw-long-client";
+    let call = |raw: &mut Raw, request: JoinGroupRequest| {
+        let ResponseKind::JoinGroup(r) = raw.call_as(&client_id, JOIN_V, request) else {
+            panic!("kind")
+        };
+        r
+    };
+    let first = call(&mut raw, join_request(group, "", None, topic));
+    assert_eq!(first.error_code, MEMBER_ID_REQUIRED);
+    let member = first.member_id.to_string();
+    assert!(member.len() <= i16::MAX as usize, "{} bytes", member.len());
+    let joined = call(&mut raw, join_request(group, &member, None, topic));
+    assert_eq!(joined.error_code, NONE);
+    let plan = vec![(member.clone(), assignment(topic, &[0]))];
+    let synced = sync(&mut raw, group, &member, joined.generation_id, plan);
+    assert_eq!(synced.error_code, NONE, "the group metadata was stored");
+    assert_eq!(
+        heartbeat(&mut raw, group, &member, joined.generation_id),
+        NONE
+    );
+    assert_broker_serves();
 }
 
 // Goal: clients cannot write or delete the internal offsets topic, and Metadata marks it

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::Raw;
+use common::{Raw, assert_broker_serves};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::alter_configs_request::{
@@ -545,15 +545,6 @@ fn every_api_at_every_version() {
             }
         }
     }
-}
-
-/// A second, well-behaved client still gets answers.
-fn assert_broker_serves() {
-    let mut raw = Raw::connect();
-    let ResponseKind::ApiVersions(r) = raw.call(3, ApiVersionsRequest::default()) else {
-        panic!("kind")
-    };
-    assert_eq!(r.error_code, 0);
 }
 
 fn frame(api: i16, version: i16, correlation_id: i32, body: &[u8]) -> Vec<u8> {

@@ -25,7 +25,7 @@ use sluice_engine::util::Notify;
 use sluice_engine::{Offset, TimestampMs, TopicPartition};
 
 use super::coordinator::{Action, AppendId, GroupCoordinator};
-use super::record::OffsetsRecord;
+use super::record::{EncodeError, OffsetsRecord};
 use super::types::{GroupListing, GroupRequest, GroupResponse};
 use super::{GroupConfig, GroupError};
 use crate::partition::PartitionReplica;
@@ -289,8 +289,14 @@ fn encode(records: &[OffsetsRecord]) -> Result<Bytes, GroupError> {
     let mut builder = BatchBuilder::new(sluice_engine::limits::BATCH_BYTES_MAX);
     let timestamp = now();
     for record in records {
-        let key = record.encode_key();
-        let value = record.encode_value();
+        // The core refuses over-long strings when requests arrive; should one get here anyway,
+        // the append fails (as a storage error) instead of the broker.
+        let unencodable = |error: EncodeError| {
+            tracing::error!(group = record.group(), %error, "group record does not encode");
+            GroupError::Storage(format!("group record does not encode: {error}"))
+        };
+        let key = record.encode_key().map_err(unencodable)?;
+        let value = record.encode_value().map_err(unencodable)?;
         builder
             .push(Some(&key), value.as_deref(), &[], timestamp)
             .map_err(|e| GroupError::Storage(format!("group records too large: {e}")))?;

@@ -37,6 +37,7 @@ use super::types::{
     LeaveResponse, MEMBER_EPOCH_JOIN, MemberDescription, SyncRequest, SyncResponse,
 };
 use super::{GroupConfig, GroupError};
+use crate::limits::{GROUP_STRING_BYTES_MAX, TOPIC_NAME_BYTES_MAX};
 
 /// Identifies one append the core asked for. Increases by one per append.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -420,6 +421,82 @@ impl<R> Group<R> {
     }
 }
 
+/// Bytes a generated member id adds to its prefix: `-` and a hyphenated UUID.
+const MEMBER_ID_SUFFIX_BYTES: usize = 1 + uuid::fmt::Hyphenated::LENGTH;
+
+/// Longest prefix of a generated member id, so the id fits a record.
+const MEMBER_ID_PREFIX_BYTES_MAX: usize = GROUP_STRING_BYTES_MAX - MEMBER_ID_SUFFIX_BYTES;
+
+/// The longest start of `s` of at most `bytes_max` bytes that ends on a character boundary.
+fn truncate_str(s: &str, bytes_max: usize) -> &str {
+    if s.len() <= bytes_max {
+        return s;
+    }
+    let end = (0..=bytes_max)
+        .rev()
+        .find(|&i| s.is_char_boundary(i))
+        .expect("offset 0 is a character boundary");
+    assert!(end <= bytes_max);
+    &s[..end]
+}
+
+/// Refuses a string longer than `max` bytes. Flexible Kafka request versions (compact strings)
+/// and the native protocol bound strings only by the frame size, and the coordinator stores
+/// these in records whose strings carry an `i16` length.
+fn check_length(field: &'static str, value: &str, max: usize) -> Result<(), GroupError> {
+    if value.len() > max {
+        return Err(GroupError::StringTooLong {
+            field,
+            bytes: value.len(),
+            max,
+        });
+    }
+    Ok(())
+}
+
+/// A group id must be non-empty and fit a record (Kafka answers INVALID_GROUP_ID).
+fn check_group_id(group_id: &str) -> Result<(), GroupError> {
+    if group_id.is_empty() || group_id.len() > GROUP_STRING_BYTES_MAX {
+        return Err(GroupError::InvalidGroupId);
+    }
+    Ok(())
+}
+
+/// The member id and group instance id a request names.
+fn check_member(member_id: &str, instance: Option<&str>) -> Result<(), GroupError> {
+    check_length("member id", member_id, GROUP_STRING_BYTES_MAX)?;
+    if let Some(instance) = instance {
+        check_length("group instance id", instance, GROUP_STRING_BYTES_MAX)?;
+    }
+    Ok(())
+}
+
+/// Every string of a join the group may store.
+fn check_join_strings(req: &JoinRequest) -> Result<(), GroupError> {
+    check_group_id(&req.group_id)?;
+    check_member(&req.member_id, req.group_instance_id.as_deref())?;
+    check_length("client id", &req.client_id, GROUP_STRING_BYTES_MAX)?;
+    check_length("client host", &req.client_host, GROUP_STRING_BYTES_MAX)?;
+    check_length("protocol type", &req.protocol_type, GROUP_STRING_BYTES_MAX)?;
+    for (name, _) in &req.protocols {
+        check_length("protocol name", name, GROUP_STRING_BYTES_MAX)?;
+    }
+    Ok(())
+}
+
+/// Every string of a native heartbeat the group may store. Subscribed topics are stored in
+/// the member's subscription; a name longer than a topic name can be names no topic.
+fn check_heartbeat_strings(req: &ConsumerHeartbeat) -> Result<(), GroupError> {
+    check_group_id(&req.group_id)?;
+    check_member(&req.member_id, None)?;
+    check_length("client id", &req.client_id, GROUP_STRING_BYTES_MAX)?;
+    check_length("client host", &req.client_host, GROUP_STRING_BYTES_MAX)?;
+    for topic in &req.topics {
+        check_length("subscribed topic", topic, TOPIC_NAME_BYTES_MAX)?;
+    }
+    Ok(())
+}
+
 fn duration_ms_i32(d: Duration) -> i32 {
     i32::try_from(d.as_millis()).unwrap_or(i32::MAX)
 }
@@ -456,8 +533,11 @@ impl<R> Effects<R> {
         id
     }
 
-    /// A fresh member id: `prefix-` and a random UUID-shaped suffix, as Kafka's.
+    /// A fresh member id: `prefix-` and a random UUID-shaped suffix, as Kafka's. The prefix
+    /// (a client id or an instance id) is cut to [`MEMBER_ID_PREFIX_BYTES_MAX`] so the id fits
+    /// a record; Kafka uses the whole client id and fails to store a longer one.
     fn member_id(&mut self, prefix: &str) -> String {
+        let prefix = truncate_str(prefix, MEMBER_ID_PREFIX_BYTES_MAX);
         let mut next = || {
             self.rng = self.rng.wrapping_add(0x9e37_79b9_7f4a_7c15);
             let mut z = self.rng;
@@ -467,7 +547,14 @@ impl<R> Effects<R> {
         };
         let bits = (u128::from(next()) << 64) | u128::from(next());
         let uuid = uuid::Uuid::from_u128(bits);
-        format!("{prefix}-{uuid}")
+        let id = format!("{prefix}-{uuid}");
+        assert!(
+            id.len() <= GROUP_STRING_BYTES_MAX,
+            "member id of {} bytes from a {}-byte prefix",
+            id.len(),
+            prefix.len()
+        );
+        id
     }
 }
 
@@ -539,8 +626,8 @@ impl<R> GroupCoordinator<R> {
                 GroupResponse::Join(JoinResponse::error(error, member)),
             ))
         };
-        if req.group_id.is_empty() {
-            return Err(fail(reply, GroupError::InvalidGroupId, &req.member_id));
+        if let Err(error) = check_join_strings(&req) {
+            return Err(fail(reply, error, &req.member_id));
         }
         if let Err(error) = check_session_timeout(&self.config, req.session_timeout) {
             return Err(fail(reply, error, &req.member_id));
@@ -669,6 +756,20 @@ impl<R> GroupCoordinator<R> {
                 ..SyncResponse::default()
             })
         };
+        let strings = check_group_id(&req.group_id)
+            .and_then(|()| check_member(&req.member_id, req.group_instance_id.as_deref()))
+            .and_then(|()| {
+                let protocol_type = req.protocol_type.as_deref().unwrap_or_default();
+                check_length("protocol type", protocol_type, GROUP_STRING_BYTES_MAX)
+            })
+            .and_then(|()| {
+                let protocol_name = req.protocol_name.as_deref().unwrap_or_default();
+                check_length("protocol name", protocol_name, GROUP_STRING_BYTES_MAX)
+            });
+        if let Err(error) = strings {
+            self.fx.reply(reply, fail(error));
+            return self.take();
+        }
         let Some(group) = self.groups.get_mut(&req.group_id) else {
             self.fx.reply(reply, fail(GroupError::UnknownMemberId));
             return self.take();
@@ -825,9 +926,7 @@ impl<R> GroupCoordinator<R> {
         now: TimestampMs,
         req: ConsumerHeartbeat,
     ) -> Result<ConsumerAssignment, GroupError> {
-        if req.group_id.is_empty() {
-            return Err(GroupError::InvalidGroupId);
-        }
+        check_heartbeat_strings(&req)?;
         check_session_timeout(&self.config, req.session_timeout)?;
         if !self.groups.contains_key(&req.group_id) {
             if req.member_epoch != MEMBER_EPOCH_JOIN {
@@ -928,8 +1027,10 @@ impl<R> GroupCoordinator<R> {
                     .collect(),
             })
         };
-        if req.group_id.is_empty() {
-            self.fx.reply(reply, all(GroupError::InvalidGroupId));
+        let strings = check_group_id(&req.group_id)
+            .and_then(|()| check_member(&req.member_id, req.group_instance_id.as_deref()));
+        if let Err(error) = strings {
+            self.fx.reply(reply, all(error));
             return self.take();
         }
         let simple =
@@ -2120,11 +2221,29 @@ mod tests {
             }
         }
 
-        /// Completes every queued append successfully, in order.
+        /// Completes every queued append in order: the records go through their byte encoding
+        /// and back, as through the log, and an append whose records do not encode fails as
+        /// the backend fails it.
         fn flush(&mut self) {
             while let Some((id, records)) = self.queued.pop_front() {
-                self.log.extend(records);
-                let actions = self.core.append_done(self.now, id, Ok(()));
+                let mut stored = Vec::with_capacity(records.len());
+                let mut result = Ok(());
+                for record in &records {
+                    match (record.encode_key(), record.encode_value()) {
+                        (Ok(key), Ok(value)) => stored.push(
+                            OffsetsRecord::decode(Some(&key), value.as_deref())
+                                .expect("an encoded record decodes"),
+                        ),
+                        (Err(error), _) | (_, Err(error)) => {
+                            result = Err(GroupError::Storage(error.to_string()));
+                        }
+                    }
+                }
+                if result.is_ok() {
+                    assert_eq!(stored, records, "records survive their encoding");
+                    self.log.extend(stored);
+                }
+                let actions = self.core.append_done(self.now, id, result);
                 self.apply(actions);
             }
         }
@@ -2790,5 +2909,169 @@ mod tests {
             Some(GroupError::InconsistentGroupProtocol)
         );
         assert!(h.core.list().iter().all(|g| g.group_id != "nobody-home"));
+    }
+
+    /// A join of a new member to `group` with the given strings; returns the answer.
+    fn join_with(
+        h: &mut Harness,
+        group: &str,
+        change: impl FnOnce(&mut JoinRequest),
+    ) -> JoinResponse {
+        let token = h.token();
+        let mut request = JoinRequest {
+            group_id: group.into(),
+            member_id: String::new(),
+            group_instance_id: None,
+            client_id: "client".into(),
+            client_host: "/127.0.0.1".into(),
+            session_timeout: SESSION,
+            rebalance_timeout: Duration::from_secs(30),
+            protocol_type: "consumer".into(),
+            protocols: vec![("range".into(), Bytes::from(subscription(&["t"])))],
+            require_known_member_id: true,
+        };
+        change(&mut request);
+        let actions = h.core.join(h.now, token, request);
+        h.apply(actions);
+        h.flush();
+        h.joined(token)
+    }
+
+    // Goal: strings longer than an offsets record holds (flexible Kafka versions and the
+    // native protocol allow them) are refused when the request arrives: INVALID_GROUP_ID for a
+    // group id, StringTooLong for the rest, and no group is created. Method: each field of a
+    // join, sync, commit and native heartbeat one byte over the limit.
+    #[test]
+    fn over_long_strings_are_refused() {
+        let mut h = Harness::new();
+        let long = "x".repeat(GROUP_STRING_BYTES_MAX + 1);
+        let joined = join_with(&mut h, &long, |_| {});
+        assert_eq!(joined.error, Some(GroupError::InvalidGroupId));
+        let too_long = |field: &'static str| GroupError::StringTooLong {
+            field,
+            bytes: GROUP_STRING_BYTES_MAX + 1,
+            max: GROUP_STRING_BYTES_MAX,
+        };
+        let joined = join_with(&mut h, "j", |r| r.group_instance_id = Some(long.clone()));
+        assert_eq!(joined.error, Some(too_long("group instance id")));
+        let joined = join_with(&mut h, "j", |r| r.protocol_type = long.clone());
+        assert_eq!(joined.error, Some(too_long("protocol type")));
+        let joined = join_with(&mut h, "j", |r| {
+            r.protocols.push((long.clone(), Bytes::new()));
+        });
+        assert_eq!(joined.error, Some(too_long("protocol name")));
+        let joined = join_with(&mut h, "j", |r| r.member_id = long.clone());
+        assert_eq!(joined.error, Some(too_long("member id")));
+        let joined = join_with(&mut h, "j", |r| r.client_id = long.clone());
+        assert_eq!(joined.error, Some(too_long("client id")));
+        assert!(h.core.list().is_empty(), "no group was created");
+        // A simple commit with a long group id would create the group and store its offset.
+        assert_eq!(
+            h.commit(&long, "", -1, ("t", 0), 1),
+            Some(GroupError::InvalidGroupId)
+        );
+        assert_eq!(
+            h.commit("c", &long, -1, ("t", 0), 1),
+            Some(too_long("member id"))
+        );
+        assert!(h.core.list().is_empty(), "no group was created");
+        // A stable group: a sync naming a long protocol is refused before anything else.
+        let (a, _, generation) = h.stable_pair();
+        let token = h.token();
+        let request = SyncRequest {
+            group_id: "g".into(),
+            generation,
+            member_id: a.clone(),
+            group_instance_id: None,
+            protocol_type: Some("consumer".into()),
+            protocol_name: Some(long.clone()),
+            assignments: Vec::new(),
+        };
+        let actions = h.core.sync(h.now, token, request);
+        h.apply(actions);
+        assert_eq!(h.synced(token).error, Some(too_long("protocol name")));
+        // Native heartbeats: the client id and a subscribed topic are stored in the snapshot.
+        let mut beat = ConsumerHeartbeat {
+            group_id: "n".into(),
+            member_id: String::new(),
+            member_epoch: MEMBER_EPOCH_JOIN,
+            client_id: long.clone(),
+            client_host: String::new(),
+            session_timeout: SESSION,
+            topics: vec!["t".into()],
+            owned: Vec::new(),
+            partition_counts: vec![("t".into(), 1)],
+        };
+        let token = h.token();
+        let actions = h.core.consumer_heartbeat(h.now, token, beat.clone());
+        h.apply(actions);
+        assert_eq!(
+            h.take(token),
+            Some(GroupResponse::ConsumerHeartbeat(Err(too_long("client id"))))
+        );
+        beat.client_id = "native".into();
+        beat.topics = vec!["t".repeat(TOPIC_NAME_BYTES_MAX + 1)];
+        let token = h.token();
+        let actions = h.core.consumer_heartbeat(h.now, token, beat);
+        h.apply(actions);
+        assert_eq!(
+            h.take(token),
+            Some(GroupResponse::ConsumerHeartbeat(Err(
+                GroupError::StringTooLong {
+                    field: "subscribed topic",
+                    bytes: TOPIC_NAME_BYTES_MAX + 1,
+                    max: TOPIC_NAME_BYTES_MAX,
+                }
+            )))
+        );
+        assert!(h.core.list().iter().all(|g| g.group_id == "g"));
+    }
+
+    // Goal: a member id built from a client id or instance id of the longest allowed length
+    // still fits a record: the prefix is cut (on a character boundary), so the join, the sync
+    // and its stored group metadata succeed. Method: a client id of the limit's length made of
+    // 3-byte characters, and a static member whose instance id has the limit's length.
+    #[test]
+    fn long_client_id_makes_a_member_id_that_fits() {
+        let mut h = Harness::new();
+        let client_id = "\u{20ac}".repeat(GROUP_STRING_BYTES_MAX / 3);
+        let first = join_with(&mut h, "long", |r| r.client_id = client_id.clone());
+        assert_eq!(first.error, Some(GroupError::MemberIdRequired));
+        let id = first.member_id;
+        assert!(id.len() <= GROUP_STRING_BYTES_MAX, "{} bytes", id.len());
+        assert!(
+            id.len() > GROUP_STRING_BYTES_MAX - 3,
+            "cut no more than needed"
+        );
+        let prefix = id
+            .strip_suffix(&id[id.len() - MEMBER_ID_SUFFIX_BYTES..])
+            .expect("suffix");
+        assert!(client_id.starts_with(prefix));
+        let joined = join_with(&mut h, "long", |r| {
+            r.client_id = client_id.clone();
+            r.member_id = id.clone();
+        });
+        assert_eq!(joined.error, None);
+        let synced = h.sync("long", &id, joined.generation, &[(&id, &[0])]);
+        assert_eq!(
+            h.synced(synced).error,
+            None,
+            "the group metadata was stored"
+        );
+        let instance = "i".repeat(GROUP_STRING_BYTES_MAX);
+        let joined = join_with(&mut h, "static", |r| {
+            r.group_instance_id = Some(instance.clone());
+            r.require_known_member_id = false;
+        });
+        assert_eq!(joined.error, None);
+        assert!(joined.member_id.len() <= GROUP_STRING_BYTES_MAX);
+        let synced = h.sync("static", &joined.member_id, joined.generation, &[]);
+        assert_eq!(
+            h.synced(synced).error,
+            None,
+            "the group metadata was stored"
+        );
+        assert_eq!(truncate_str("a\u{20ac}", 3), "a");
+        assert_eq!(truncate_str("a\u{20ac}", 4), "a\u{20ac}");
     }
 }

@@ -84,9 +84,20 @@ pub enum GroupError {
         /// Largest allowed.
         max_ms: u64,
     },
-    /// The group id is empty.
+    /// The group id is empty, or longer than [`crate::limits::GROUP_STRING_BYTES_MAX`].
     #[error("invalid group id")]
     InvalidGroupId,
+    /// A string of the request (member id, group instance id, protocol type or name, client
+    /// id, subscribed topic) is longer than the coordinator stores.
+    #[error("{field} is {bytes} bytes, longer than the {max} allowed")]
+    StringTooLong {
+        /// Which field.
+        field: &'static str,
+        /// Its length.
+        bytes: usize,
+        /// The most allowed.
+        max: usize,
+    },
     /// The offset metadata string is too long.
     #[error("offset metadata longer than {0} bytes")]
     OffsetMetadataTooLarge(usize),
@@ -172,6 +183,13 @@ impl GroupConfig {
         if self.session_timeout_min > self.session_timeout_max {
             return Err("group min session timeout exceeds the max".into());
         }
+        let metadata_max = crate::limits::GROUP_STRING_BYTES_MAX;
+        if self.offset_metadata_bytes_max > metadata_max {
+            return Err(format!(
+                "offset metadata max bytes {} above {metadata_max} (an offsets record string)",
+                self.offset_metadata_bytes_max
+            ));
+        }
         if self.offsets_retention_check_interval.is_zero() {
             return Err("offsets retention check interval must be positive".into());
         }
@@ -248,5 +266,21 @@ mod tests {
         for p in 1..20 {
             assert!((0..p).contains(&partition_for("any group", p)));
         }
+    }
+
+    // Goal: an offset metadata limit past what a record string holds is refused at startup,
+    // so a commit's metadata always encodes.
+    #[test]
+    fn config_refuses_metadata_past_a_record_string() {
+        let fits = GroupConfig {
+            offset_metadata_bytes_max: crate::limits::GROUP_STRING_BYTES_MAX,
+            ..GroupConfig::default()
+        };
+        assert_eq!(fits.validate(), Ok(()));
+        let too_long = GroupConfig {
+            offset_metadata_bytes_max: crate::limits::GROUP_STRING_BYTES_MAX + 1,
+            ..GroupConfig::default()
+        };
+        assert!(too_long.validate().is_err());
     }
 }

@@ -12,7 +12,9 @@
 //! A null value is a tombstone (the offset or the group was deleted). Encodings are Kafka's
 //! non-flexible ones: big-endian integers, strings as `i16` length + UTF-8 (`-1`: null), bytes
 //! as `i32` length (`-1`: null), arrays as `i32` count. Every decode is bounded by the bytes it
-//! is given: a count is checked against the bytes left before anything is allocated.
+//! is given: a count is checked against the bytes left before anything is allocated. An encode
+//! of a field longer than its length prefix holds is an [`EncodeError`], never a panic: the
+//! coordinator refuses such strings when the request arrives, and this is the last line.
 //!
 //! Must not depend on: the log, the shard, or any protocol crate.
 
@@ -133,6 +135,28 @@ pub enum RecordError {
     Trailing(usize),
 }
 
+/// Why a record cannot be encoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum EncodeError {
+    /// A field is longer than its length prefix can say (`i16` for strings, `i32` for bytes).
+    #[error("{field} is {bytes} bytes, longer than the {max} an offsets record holds")]
+    TooLong {
+        /// Which field.
+        field: &'static str,
+        /// Its length.
+        bytes: usize,
+        /// The most its length prefix holds.
+        max: usize,
+    },
+}
+
+/// Longest string a record holds: its length is an `i16`.
+pub const RECORD_STRING_BYTES_MAX: usize = i16::MAX as usize;
+
+const _: () = assert!(crate::limits::GROUP_STRING_BYTES_MAX <= RECORD_STRING_BYTES_MAX);
+const _: () = assert!(crate::limits::TOPIC_NAME_BYTES_MAX <= RECORD_STRING_BYTES_MAX);
+
 impl OffsetsRecord {
     /// The group this record belongs to.
     pub fn group(&self) -> &str {
@@ -142,7 +166,7 @@ impl OffsetsRecord {
     }
 
     /// The record key.
-    pub fn encode_key(&self) -> Bytes {
+    pub fn encode_key(&self) -> Result<Bytes, EncodeError> {
         let mut buf = BytesMut::with_capacity(64);
         match self {
             OffsetsRecord::Offset {
@@ -152,51 +176,59 @@ impl OffsetsRecord {
                 ..
             } => {
                 buf.put_i16(OFFSET_KEY_VERSION);
-                put_str(&mut buf, group);
-                put_str(&mut buf, topic);
+                put_str(&mut buf, "group id", group)?;
+                put_str(&mut buf, "topic", topic)?;
                 buf.put_i32(*partition);
             }
             OffsetsRecord::Group { group, .. } => {
                 buf.put_i16(GROUP_KEY_VERSION);
-                put_str(&mut buf, group);
+                put_str(&mut buf, "group id", group)?;
             }
         }
-        buf.freeze()
+        Ok(buf.freeze())
     }
 
     /// The record value; `None` for a tombstone.
-    pub fn encode_value(&self) -> Option<Bytes> {
+    pub fn encode_value(&self) -> Result<Option<Bytes>, EncodeError> {
         match self {
-            OffsetsRecord::Offset { value, .. } => value.as_ref().map(|v| {
+            OffsetsRecord::Offset { value: None, .. }
+            | OffsetsRecord::Group { value: None, .. } => Ok(None),
+            OffsetsRecord::Offset { value: Some(v), .. } => {
                 let mut buf = BytesMut::with_capacity(32 + v.metadata.len());
                 buf.put_i16(OFFSET_VALUE_VERSION);
                 buf.put_i64(v.offset);
                 buf.put_i32(v.leader_epoch);
-                put_str(&mut buf, &v.metadata);
+                put_str(&mut buf, "offset metadata", &v.metadata)?;
                 buf.put_i64(v.commit_timestamp_ms);
-                buf.freeze()
-            }),
-            OffsetsRecord::Group { value, .. } => value.as_ref().map(|v| {
+                Ok(Some(buf.freeze()))
+            }
+            OffsetsRecord::Group { value: Some(v), .. } => {
                 let mut buf = BytesMut::with_capacity(256);
                 buf.put_i16(GROUP_VALUE_VERSION);
-                put_str(&mut buf, &v.protocol_type);
+                put_str(&mut buf, "protocol type", &v.protocol_type)?;
                 buf.put_i32(v.generation);
-                put_nullable_str(&mut buf, v.protocol.as_deref());
-                put_nullable_str(&mut buf, v.leader.as_deref());
+                put_nullable_str(&mut buf, "protocol", v.protocol.as_deref())?;
+                put_nullable_str(&mut buf, "leader", v.leader.as_deref())?;
                 buf.put_i64(v.state_timestamp_ms);
+                // Each member is an entry in memory of well over a byte: a count past i32
+                // cannot be held.
                 buf.put_i32(i32::try_from(v.members.len()).expect("members fit in i32"));
                 for m in &v.members {
-                    put_str(&mut buf, &m.member_id);
-                    put_nullable_str(&mut buf, m.group_instance_id.as_deref());
-                    put_str(&mut buf, &m.client_id);
-                    put_str(&mut buf, &m.client_host);
+                    put_str(&mut buf, "member id", &m.member_id)?;
+                    put_nullable_str(
+                        &mut buf,
+                        "group instance id",
+                        m.group_instance_id.as_deref(),
+                    )?;
+                    put_str(&mut buf, "client id", &m.client_id)?;
+                    put_str(&mut buf, "client host", &m.client_host)?;
                     buf.put_i32(m.rebalance_timeout_ms);
                     buf.put_i32(m.session_timeout_ms);
-                    put_bytes(&mut buf, &m.subscription);
-                    put_bytes(&mut buf, &m.assignment);
+                    put_bytes(&mut buf, "subscription", &m.subscription)?;
+                    put_bytes(&mut buf, "assignment", &m.assignment)?;
                 }
-                buf.freeze()
-            }),
+                Ok(Some(buf.freeze()))
+            }
         }
     }
 
@@ -268,8 +300,9 @@ fn decode_group_value(bytes: &[u8]) -> Result<GroupValue, RecordError> {
     let protocol = r.nullable_string()?;
     let leader = r.nullable_string()?;
     let state_timestamp_ms = r.i64()?;
-    // Each member takes at least 28 bytes; the count is checked against what is left.
-    let count = r.count(28)?;
+    // Each member takes at least 24 bytes (four empty strings, four i32s); the count is
+    // checked against what is left.
+    let count = r.count(24)?;
     let mut members = Vec::with_capacity(count);
     for _ in 0..count {
         members.push(MemberValue {
@@ -294,26 +327,41 @@ fn decode_group_value(bytes: &[u8]) -> Result<GroupValue, RecordError> {
     })
 }
 
-fn put_str(buf: &mut BytesMut, s: &str) {
-    put_nullable_str(buf, Some(s));
+fn put_str(buf: &mut BytesMut, field: &'static str, s: &str) -> Result<(), EncodeError> {
+    put_nullable_str(buf, field, Some(s))
 }
 
-fn put_nullable_str(buf: &mut BytesMut, s: Option<&str>) {
+fn put_nullable_str(
+    buf: &mut BytesMut,
+    field: &'static str,
+    s: Option<&str>,
+) -> Result<(), EncodeError> {
     match s {
         None => buf.put_i16(-1),
         Some(s) => {
-            // Group ids, member ids and topics are bounded far below i16::MAX by the request
-            // decoder (Kafka strings carry an i16 length on the wire).
-            let len = i16::try_from(s.len()).expect("string fits an i16 length");
+            // The coordinator refuses longer group ids, member ids, instance ids, protocols and
+            // client ids when they arrive; this refuses whatever reaches here anyway.
+            let len = i16::try_from(s.len()).map_err(|_| EncodeError::TooLong {
+                field,
+                bytes: s.len(),
+                max: RECORD_STRING_BYTES_MAX,
+            })?;
             buf.put_i16(len);
             buf.put_slice(s.as_bytes());
         }
     }
+    Ok(())
 }
 
-fn put_bytes(buf: &mut BytesMut, b: &[u8]) {
-    buf.put_i32(i32::try_from(b.len()).expect("member metadata fits an i32 length"));
+fn put_bytes(buf: &mut BytesMut, field: &'static str, b: &[u8]) -> Result<(), EncodeError> {
+    let len = i32::try_from(b.len()).map_err(|_| EncodeError::TooLong {
+        field,
+        bytes: b.len(),
+        max: i32::MAX as usize,
+    })?;
+    buf.put_i32(len);
     buf.put_slice(b);
+    Ok(())
 }
 
 /// A bounded big-endian reader over one key or value.
@@ -412,8 +460,8 @@ mod tests {
     use super::*;
 
     fn roundtrip(record: OffsetsRecord) {
-        let key = record.encode_key();
-        let value = record.encode_value();
+        let key = record.encode_key().expect("key encodes");
+        let value = record.encode_value().expect("value encodes");
         let decoded = OffsetsRecord::decode(Some(&key), value.as_deref()).expect("decodes");
         assert_eq!(decoded, record);
     }
@@ -475,9 +523,77 @@ mod tests {
             value: None,
         };
         assert_eq!(
-            &record.encode_key()[..],
+            &record.encode_key().expect("key encodes")[..],
             &[0, 1, 0, 1, b'g', 0, 1, b't', 0, 0, 0, 1]
         );
+    }
+
+    // Goal: a string longer than an i16 length is an encode error naming the field, never a
+    // panic (a panic aborts a release broker), and the longest string that fits encodes.
+    // Method: a commit key with a 40,000-byte group id, a group value with an over-long member
+    // id, instance id and protocol, and a key at exactly the limit.
+    #[test]
+    fn over_long_strings_are_encode_errors() {
+        let long = "g".repeat(40_000);
+        let offset = OffsetsRecord::Offset {
+            group: long.clone(),
+            topic: "t".into(),
+            partition: 0,
+            value: None,
+        };
+        assert_eq!(
+            offset.encode_key(),
+            Err(EncodeError::TooLong {
+                field: "group id",
+                bytes: 40_000,
+                max: RECORD_STRING_BYTES_MAX,
+            })
+        );
+        let member = MemberValue {
+            member_id: "m".into(),
+            group_instance_id: None,
+            client_id: "c".into(),
+            client_host: "h".into(),
+            rebalance_timeout_ms: 1,
+            session_timeout_ms: 1,
+            subscription: Bytes::new(),
+            assignment: Bytes::new(),
+        };
+        let value = GroupValue {
+            protocol_type: "consumer".into(),
+            generation: 1,
+            protocol: Some("range".into()),
+            leader: Some("m".into()),
+            state_timestamp_ms: 0,
+            members: vec![member],
+        };
+        let group = |change: &dyn Fn(&mut GroupValue)| {
+            let mut value = value.clone();
+            change(&mut value);
+            let record = OffsetsRecord::Group {
+                group: "g".into(),
+                value: Some(value),
+            };
+            match record.encode_value() {
+                Err(EncodeError::TooLong { field, .. }) => field,
+                other => panic!("expected an error, got {other:?}"),
+            }
+        };
+        assert_eq!(
+            group(&|v| v.members[0].member_id = long.clone()),
+            "member id"
+        );
+        assert_eq!(
+            group(&|v| v.members[0].group_instance_id = Some(long.clone())),
+            "group instance id"
+        );
+        assert_eq!(group(&|v| v.protocol = Some(long.clone())), "protocol");
+        assert_eq!(group(&|v| v.protocol_type = long.clone()), "protocol type");
+        let longest = "g".repeat(RECORD_STRING_BYTES_MAX);
+        roundtrip(OffsetsRecord::Group {
+            group: longest,
+            value: Some(value),
+        });
     }
 
     // Goal: damaged bytes are errors, never panics or huge allocations.

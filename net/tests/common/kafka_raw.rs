@@ -37,6 +37,16 @@ impl Raw {
 
     /// Sends a request and returns the decoded response.
     pub fn call(&mut self, version: i16, body: impl Into<RequestKind>) -> ResponseKind {
+        self.call_as("raw-test", version, body)
+    }
+
+    /// [`Raw::call`] with `client_id` in the request header.
+    pub fn call_as(
+        &mut self,
+        client_id: &str,
+        version: i16,
+        body: impl Into<RequestKind>,
+    ) -> ResponseKind {
         let body = body.into();
         let api = api_of(&body);
         self.correlation_id += 1;
@@ -44,7 +54,7 @@ impl Raw {
             .with_request_api_key(api as i16)
             .with_request_api_version(version)
             .with_correlation_id(self.correlation_id)
-            .with_client_id(Some(StrBytes::from_static_str("raw-test")));
+            .with_client_id(Some(StrBytes::from_string(client_id.to_owned())));
         let mut buf = BytesMut::new();
         buf.put_u32(0);
         header

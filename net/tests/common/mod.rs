@@ -250,3 +250,13 @@ impl Raw {
         Raw::connect_to(broker().addr)
     }
 }
+
+/// A second, well-behaved client of the shared test broker still gets answers.
+pub fn assert_broker_serves() {
+    let mut raw = Raw::connect();
+    let request = kafka_protocol::messages::ApiVersionsRequest::default();
+    let ResponseKind::ApiVersions(r) = raw.call(3, request) else {
+        panic!("kind")
+    };
+    assert_eq!(r.error_code, 0);
+}
