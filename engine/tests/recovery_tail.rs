@@ -15,9 +15,11 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use common::{append, batch, cache, config, header, open, payload, read_all, tp};
 use sluice_engine::batch::BatchError;
-use sluice_engine::log::{Durability, PartitionLog, ReadError, TruncationReason, partition_dir};
+use sluice_engine::log::{
+    AdminError, Durability, PartitionLog, ReadError, TruncationReason, partition_dir,
+};
 use sluice_engine::rt::block_on;
-use sluice_engine::{FilePos, Offset, TopicPartition};
+use sluice_engine::{FilePos, Offset, TimestampMs, TopicPartition};
 
 fn segment_path(data: &Path, tp: &TopicPartition, base: i64, extension: &str) -> PathBuf {
     partition_dir(data, tp).join(format!("{base:020}.{extension}"))
@@ -209,23 +211,8 @@ fn changed_base_offset_in_sealed_segment_is_caught_on_read() {
     let dir = tempfile::tempdir().unwrap();
     let tp = tp("rebased-sealed");
     block_on(async {
-        let cache = cache();
-        let (log, _) = open(dir.path(), &tp, config(8 << 10), &cache).await;
-        let sent = fill(&log, 40).await;
-        assert!(log.segment_bases().len() >= 4, "8 KiB segments roll");
-        log.close().await.unwrap();
-
-        let (_, victim_position) = sent[2];
-        let path = segment_path(dir.path(), &tp, 0, "log");
-        let mut bytes = std::fs::read(&path).unwrap();
-        let at = victim_position as usize;
-        assert_eq!(bytes[at..at + 8], 6i64.to_be_bytes());
-        bytes[at..at + 8].copy_from_slice(&9i64.to_be_bytes());
-        std::fs::write(&path, &bytes).unwrap();
-
-        let (log, report) = open(dir.path(), &tp, config(8 << 10), &common::cache()).await;
-        assert!(report.truncations.is_empty(), "{report:?}");
-        let error = read_up_to_third_batch(&log, victim_position).await;
+        let RebasedLog { log, position, .. } = rebase_third_batch(dir.path(), &tp, 9).await;
+        let error = read_up_to_third_batch(&log, position).await;
         assert_eq!(
             error,
             BatchError::UnexpectedBaseOffset {
@@ -235,6 +222,136 @@ fn changed_base_offset_in_sealed_segment_is_caught_on_read() {
         );
         log.close().await.unwrap();
     });
+}
+
+// Goal: a timestamp lookup whose answer is a batch with a base offset changed on disk reports
+// the batch as corrupt rather than answering with the wrong offset. Method: the third batch
+// (6..9, timestamp 1002) rebased to 9 in a sealed segment; look up 1002.
+#[test]
+fn changed_base_offset_is_caught_by_timestamp_lookup() {
+    let dir = tempfile::tempdir().unwrap();
+    let tp = tp("rebased-time");
+    block_on(async {
+        let RebasedLog { log, position, .. } = rebase_third_batch(dir.path(), &tp, 9).await;
+        let result = log.offset_for_timestamp(TimestampMs(1_002)).await;
+        let found = match &result {
+            Err(ReadError::Corrupt {
+                segment,
+                position,
+                error,
+            }) => Some((*segment, *position, error.clone())),
+            _ => None,
+        };
+        assert_third_batch_rebased(found, position, 9, &result);
+        let found = log.offset_for_timestamp(TimestampMs(1_001)).await.unwrap();
+        assert_eq!(found.unwrap().offset, Offset(3), "batches before it answer");
+        log.close().await.unwrap();
+    });
+}
+
+/// Writes 40 batches of 3 records in 8 KiB segments, closes the log, sets the base offset of
+/// the third batch (offsets 6..9, in segment 0) to `rebased`, and reopens it. Returns the log,
+/// the third batch's position, and the segment bases.
+async fn rebase_third_batch(data: &Path, tp: &TopicPartition, rebased: i64) -> RebasedLog {
+    let (log, _) = open(data, tp, config(8 << 10), &cache()).await;
+    let sent = fill(&log, 40).await;
+    let bases = log.segment_bases();
+    assert!(bases.len() >= 4, "8 KiB segments roll: {bases:?}");
+    log.close().await.unwrap();
+    let (_, position) = sent[2];
+    let path = segment_path(data, tp, 0, "log");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let at = position as usize;
+    assert_eq!(bytes[at..at + 8], 6i64.to_be_bytes());
+    bytes[at..at + 8].copy_from_slice(&rebased.to_be_bytes());
+    std::fs::write(&path, &bytes).unwrap();
+    let (log, _) = open(data, tp, config(8 << 10), &cache()).await;
+    RebasedLog {
+        log,
+        position,
+        bases,
+    }
+}
+
+struct RebasedLog {
+    log: PartitionLog,
+    position: u64,
+    bases: Vec<Offset>,
+}
+
+/// Checks that `found` (segment, position and error of a corrupt-batch error taken from
+/// `result`) names the third batch, at `position` of segment 0, rebased to `rebased`.
+fn assert_third_batch_rebased(
+    found: Option<(Offset, FilePos, BatchError)>,
+    position: u64,
+    rebased: i64,
+    result: &dyn std::fmt::Debug,
+) {
+    let Some((segment, at, error)) = found else {
+        panic!("expected a corrupt batch error, got {result:?}");
+    };
+    assert_eq!(segment, Offset(0));
+    assert_eq!(at, FilePos(position));
+    let expected = BatchError::UnexpectedBaseOffset {
+        base_offset: rebased,
+        expected: 6,
+    };
+    assert_eq!(error, expected);
+}
+
+/// Truncates at `offset` expecting the changed third batch to be reported as corrupt, with
+/// nothing removed: the same segments, and the same log end after a reopen.
+async fn truncate_refuses_rebased(data: &Path, tp: &TopicPartition, offset: i64, rebased: i64) {
+    let RebasedLog {
+        log,
+        position,
+        bases,
+    } = rebase_third_batch(data, tp, rebased).await;
+    let end = log.log_end_offset();
+    let result = log.truncate_to(Offset(offset)).await;
+    let found = match &result {
+        Err(AdminError::Corrupt {
+            segment,
+            position,
+            error,
+        }) => Some((*segment, *position, error.clone())),
+        _ => None,
+    };
+    assert_third_batch_rebased(found, position, rebased, &result);
+    assert_eq!(log.segment_bases(), bases);
+    drop(log);
+    let (log, _) = open(data, tp, config(8 << 10), &cache()).await;
+    assert_eq!(log.segment_bases(), bases, "nothing removed");
+    assert_eq!(log.log_end_offset(), end);
+    log.close().await.unwrap();
+}
+
+// Goal: truncate_to into a sealed segment whose batch holding the offset has a base offset
+// raised past it on disk (outside the CRC) reports the batch as corrupt instead of asserting.
+// Method: the third batch (6..9) rebased to 7; truncate to 6.
+#[test]
+fn raised_base_offset_fails_truncation_as_corrupt() {
+    let dir = tempfile::tempdir().unwrap();
+    block_on(truncate_refuses_rebased(
+        dir.path(),
+        &tp("rebased-raised"),
+        6,
+        7,
+    ));
+}
+
+// Goal: truncate_to past a batch whose base offset has its sign bit set on disk reports the
+// batch as corrupt instead of panicking in the index rebuild of the kept part.
+// Method: the third batch (6..9) rebased to `6 | i64::MIN`; truncate to 12, in the same segment.
+#[test]
+fn negative_base_offset_fails_truncation_as_corrupt() {
+    let dir = tempfile::tempdir().unwrap();
+    block_on(truncate_refuses_rebased(
+        dir.path(),
+        &tp("rebased-negative"),
+        12,
+        6 | i64::MIN,
+    ));
 }
 
 // Goal: a flipped byte in a sealed segment below the recovery point is not scanned at open

@@ -12,13 +12,15 @@ use std::rc::Rc;
 
 use futures::channel::oneshot;
 
+use crate::batch::BatchHeader;
 use crate::io::{self as dio, SyncMode, align_down};
 use crate::limits::{DIO_ALIGN_BYTES, OFFSET_INDEX_ENTRY_BYTES, SEGMENT_RECYCLE_BYTES_MIN};
 use crate::log::checkpoint::{CLEAN_SHUTDOWN_FILE, CleanShutdown};
 use crate::log::index::{IndexBuilder, IndexFile, entry_position, lookup_offset};
+use crate::log::read::check_continues;
 use crate::log::segment::{
-    ActiveSegment, INDEX_EXTENSION, LOG_EXTENSION, ScanItem, Scanner, Spare, TIME_INDEX_EXTENSION,
-    file_path, recycle_file_name,
+    ActiveSegment, INDEX_EXTENSION, LOG_EXTENSION, ScanItem, Scanner, Segment, Spare,
+    TIME_INDEX_EXTENSION, file_path, recycle_file_name,
 };
 use crate::log::writer::{self, cursor_of_active, write_checkpoint};
 use crate::log::{AdminError, AppendError, Inner, Mode, Op, RetentionReport, State, Waiter};
@@ -324,22 +326,24 @@ async fn find_batch(
         size: segment.size,
     };
     let target = crate::log::index::relative(segment.base, offset);
-    let start = match lookup_offset(&mut source, target, bounds).await {
-        Ok(entry) => entry_position(entry).0,
-        Err(_) => 0,
+    let (start, mut expected) = match lookup_offset(&mut source, target, bounds).await {
+        Ok(Some(entry)) => (
+            entry_position(Some(entry)).0,
+            segment.base.plus(i64::from(entry.relative.0)),
+        ),
+        Ok(None) | Err(_) => (0, segment.base),
     };
     let mut scanner = Scanner::new(file, start, segment.size, false);
     loop {
+        assert!(expected <= offset, "{}: scan passed {offset}", inner.tp);
         match scanner.next().await? {
             ScanItem::Batch { header, position } => {
+                // Base offsets are outside the batch CRC: one changed on disk must not pass.
+                check_batch(&segment, position, &header, expected)?;
                 if header.next_offset() > offset {
-                    assert!(
-                        header.base_offset <= offset,
-                        "{}: batch at {position} skips {offset}",
-                        inner.tp
-                    );
                     return Ok((position, header.base_offset));
                 }
+                expected = header.next_offset();
             }
             ScanItem::End { position } | ScanItem::Invalid { position, .. } => {
                 return Err(AdminError::Corrupt {
@@ -352,19 +356,39 @@ async fn find_batch(
     }
 }
 
-/// Rebuilds a segment's index bytes from its batches in `[0, limit)` (framing only).
-pub(crate) async fn rebuild_index_bytes(
+/// [`check_continues`] as an admin error.
+fn check_batch(
+    segment: &Segment,
+    position: u64,
+    header: &BatchHeader,
+    expected: Offset,
+) -> Result<(), AdminError> {
+    check_continues(segment, header, expected).map_err(|error| AdminError::Corrupt {
+        segment: segment.base,
+        position: FilePos(position),
+        error,
+    })
+}
+
+/// Rebuilds the index bytes of `segment` cut at `limit`, from its batches in `[0, limit)`
+/// (framing and [`check_continues`]; the batches must end exactly at `limit` and `end`).
+async fn rebuild_index_bytes(
     file: crate::io::File,
-    base: Offset,
+    segment: &Segment,
     limit: u64,
+    end: Offset,
     interval: u64,
 ) -> Result<(Vec<u8>, Vec<u8>, IndexBuilder), AdminError> {
+    let base = segment.base;
     let mut builder = IndexBuilder::new(base, interval);
     let (mut offsets, mut times) = (Vec::new(), Vec::new());
     let mut scanner = Scanner::new(file, 0, limit, false);
+    let mut expected = base;
     loop {
         match scanner.next().await? {
             ScanItem::Batch { header, position } => {
+                check_batch(segment, position, &header, expected)?;
+                expected = header.next_offset();
                 let entries = builder.on_batch(header.base_offset, position, header.max_timestamp);
                 if let Some(entry) = entries.offset {
                     offsets.extend_from_slice(&entry.encode());
@@ -373,7 +397,15 @@ pub(crate) async fn rebuild_index_bytes(
                     times.extend_from_slice(&entry.encode());
                 }
             }
-            ScanItem::End { .. } => break,
+            ScanItem::End { position } if position == limit => break,
+            // Zeros before the cut: the batches do not reach it.
+            ScanItem::End { position } => {
+                return Err(AdminError::Corrupt {
+                    segment: base,
+                    position: FilePos(position),
+                    error: crate::batch::BatchError::Truncated { needed: 0, have: 0 },
+                });
+            }
             ScanItem::Invalid { position, error } => {
                 return Err(AdminError::Corrupt {
                     segment: base,
@@ -382,6 +414,16 @@ pub(crate) async fn rebuild_index_bytes(
                 });
             }
         }
+    }
+    if expected != end {
+        return Err(AdminError::Corrupt {
+            segment: base,
+            position: FilePos(limit),
+            error: crate::batch::BatchError::UnexpectedBaseOffset {
+                base_offset: end.0,
+                expected: expected.0,
+            },
+        });
     }
     Ok((offsets, times, builder))
 }
@@ -433,6 +475,19 @@ async fn truncate_idle(inner: &Rc<Inner>, offset: Offset) -> Result<Offset, Admi
             .expect("offset >= log start >= first base")
     };
     let (cut, new_end) = find_batch(inner, index, offset).await?;
+    let segment = inner.state.borrow().segments[index].clone();
+    let base = segment.base;
+    let paths = [
+        file_path(&inner.dir, base, LOG_EXTENSION),
+        file_path(&inner.dir, base, INDEX_EXTENSION),
+        file_path(&inner.dir, base, TIME_INDEX_EXTENSION),
+    ];
+    // Everything that reads the kept part comes before anything changes on disk, so a corrupt
+    // batch there fails the truncation with nothing removed.
+    let log = dio::open_read_write(&paths[0]).await?;
+    let interval = u64::from(inner.config().index_interval_bytes);
+    let (offsets, times, builder) =
+        rebuild_index_bytes(log.clone(), &segment, cut, new_end, interval).await?;
     // Delete later segments newest first, so a crash leaves a contiguous prefix.
     let later: Vec<Offset> = {
         let state = inner.state.borrow();
@@ -466,22 +521,8 @@ async fn truncate_idle(inner: &Rc<Inner>, offset: Offset) -> Result<Offset, Admi
             dio::remove(&file_path(&inner.dir, *base, extension)).await?;
         }
     }
-    let base = inner.state.borrow().segments[index].base;
-    let paths = [
-        file_path(&inner.dir, base, LOG_EXTENSION),
-        file_path(&inner.dir, base, INDEX_EXTENSION),
-        file_path(&inner.dir, base, TIME_INDEX_EXTENSION),
-    ];
-    let log = dio::open_read_write(&paths[0]).await?;
     dio::truncate(&log, cut).await?;
     dio::sync(&log).await?;
-    let (offsets, times, builder) = rebuild_index_bytes(
-        log.clone(),
-        base,
-        cut,
-        u64::from(inner.config().index_interval_bytes),
-    )
-    .await?;
     let index_state = write_active_index(paths[1].clone(), &offsets).await?;
     let time_state = write_active_index(paths[2].clone(), &times).await?;
     let tail_from = align_down(cut);

@@ -160,6 +160,34 @@ fn corrupt(segment: &Segment, position: u64, error: BatchError) -> ReadError {
     }
 }
 
+/// Checks that a batch a scan of `segment` found continues the log: its base offset is
+/// `expected` (where the previous batch ended; the first: where the index entry the scan
+/// started from, or the segment, begins) and it ends within the segment. Base offsets are
+/// outside the batch CRC, and code downstream asserts that offsets ascend, so a base offset
+/// changed on disk must be refused here as corrupt.
+pub(crate) fn check_continues(
+    segment: &Segment,
+    header: &BatchHeader,
+    expected: Offset,
+) -> Result<(), BatchError> {
+    if header.base_offset != expected {
+        return Err(BatchError::UnexpectedBaseOffset {
+            base_offset: header.base_offset.0,
+            expected: expected.0,
+        });
+    }
+    if header.next_offset() > segment.end {
+        return Err(BatchError::CorruptRecords(format!(
+            "batch offsets [{}, {}) outside segment [{}, {})",
+            header.base_offset,
+            header.next_offset(),
+            segment.base,
+            segment.end
+        )));
+    }
+    Ok(())
+}
+
 /// What the bytes at a position of a segment hold.
 enum Next {
     /// A batch that passed its checks, and its length.
@@ -535,22 +563,31 @@ pub(crate) async fn offset_for_timestamp(
             None => sealed_file(inner, segment.base).await.map_err(io_error)?,
         };
         // The last time entry below the target: the answer is after that batch.
-        let position = match lookup_time(&mut time_source, target, bounds(&segment)).await {
-            Ok(None) => 0,
+        let found = match lookup_time(&mut time_source, target, bounds(&segment)).await {
+            Ok(None) => None,
             Ok(Some(entry)) => {
                 match lookup_offset(&mut offset_source, entry.relative, bounds(&segment)).await {
-                    Ok(found) => entry_position(found).0,
+                    Ok(found) => found,
                     Err(LookupError::Io(error)) => return Err(io_error(error)),
-                    Err(LookupError::Damaged(_)) => 0,
+                    Err(LookupError::Damaged(_)) => None,
                 }
             }
             Err(LookupError::Io(error)) => return Err(io_error(error)),
-            Err(LookupError::Damaged(_)) => 0,
+            Err(LookupError::Damaged(_)) => None,
         };
-        let mut scanner = Scanner::new(file, position, segment.size, false);
+        let position = entry_position(found).0;
+        let mut expected = segment
+            .base
+            .plus(found.map_or(0, |entry| i64::from(entry.relative.0)));
+        // The answer is a batch's base offset, so the scan checks what the read path does:
+        // the CRC, and that each batch continues the offsets.
+        let mut scanner = Scanner::new(file, position, segment.size, true);
         loop {
             match scanner.next().await.map_err(io_error)? {
-                ScanItem::Batch { header, .. } => {
+                ScanItem::Batch { header, position } => {
+                    check_continues(&segment, &header, expected)
+                        .map_err(|error| corrupt(&segment, position, error))?;
+                    expected = header.next_offset();
                     if header.next_offset() <= log_start || header.max_timestamp < target {
                         continue;
                     }
