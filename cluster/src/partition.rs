@@ -78,9 +78,16 @@ impl PartitionReplica {
         replication: Option<Rc<ShardReplication>>,
     ) -> Result<PartitionReplica, String> {
         let dir = sluice_engine::log::partition_dir(data_dir, &tp);
-        let (log, report) = PartitionLog::open(dir, tp.clone(), log_config, cache)
+        let claimed = claim_dir(&dir, &tp, topic_id).await?;
+        let (log, report) = PartitionLog::open(dir.clone(), tp.clone(), log_config, cache)
             .await
             .map_err(|e| e.to_string())?;
+        if !claimed {
+            let content = topic_id_file(topic_id);
+            sluice_engine::io::write_file_atomic(&dir, TOPIC_ID_FILE, content.as_bytes())
+                .await
+                .map_err(|e| format!("{tp}: cannot write {TOPIC_ID_FILE}: {e}"))?;
+        }
         if !report.truncations.is_empty() || !report.rebuilt_indexes.is_empty() {
             tracing::warn!(partition = %tp, ?report, "recovered partition");
         }
@@ -534,6 +541,54 @@ impl PartitionReplica {
     }
 }
 
+/// The file in a partition's directory naming the topic id the directory belongs to (after
+/// Kafka's `partition.metadata`). A directory is named after the topic, and a deleted topic's
+/// directory can outlive it (a crash between the deletion and the removal, a close that timed
+/// out, a failed removal); without the id, a new topic of the same name would open the old
+/// records as its own.
+const TOPIC_ID_FILE: &str = "partition.metadata";
+
+/// The content of [`TOPIC_ID_FILE`] for `topic_id`.
+fn topic_id_file(topic_id: TopicId) -> String {
+    format!("version: 0\ntopic_id: {}\n", topic_id.0)
+}
+
+/// Makes `dir` the directory of `topic_id`'s partition `tp` before its log opens. Returns
+/// whether the directory already names `topic_id`. A directory naming another id holds a
+/// deleted topic's records and is removed (with a warning); one without the file is new, or
+/// from before the file existed, and is adopted. A file that names no id is an error: the
+/// partition stays closed rather than lose or adopt records on a guess.
+async fn claim_dir(dir: &Path, tp: &TopicPartition, topic_id: TopicId) -> Result<bool, String> {
+    let path = dir.join(TOPIC_ID_FILE);
+    let content = sluice_engine::io::read_small_file(&path, 256)
+        .await
+        .map_err(|e| format!("{tp}: cannot read {}: {e}", path.display()))?;
+    let Some(content) = content else {
+        return Ok(false);
+    };
+    let found = std::str::from_utf8(&content)
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find_map(|line| line.strip_prefix("topic_id: "))
+                .and_then(|id| uuid::Uuid::parse_str(id.trim()).ok())
+        })
+        .ok_or_else(|| format!("{tp}: {} names no topic id", path.display()))?;
+    if found == topic_id.0 {
+        return Ok(true);
+    }
+    tracing::warn!(
+        partition = %tp,
+        deleted_topic_id = %found,
+        topic_id = %topic_id.0,
+        "removing the records of a deleted topic of the same name"
+    );
+    sluice_engine::io::remove_dir_all(dir)
+        .await
+        .map_err(|e| format!("{tp}: cannot remove {}: {e}", dir.display()))?;
+    Ok(false)
+}
+
 /// How long closing a partition waits for its in-flight requests.
 const CLOSE_WAIT: Duration = Duration::from_secs(10);
 
@@ -601,4 +656,73 @@ fn check_batches(batches: &Bytes, max_message_bytes: u64) -> Result<(), ProduceE
         rest = &rest[size..];
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_engine::batch::{Compression, SimpleRecord, build_batch};
+
+    async fn open(dir: &Path, topic_id: TopicId) -> Result<PartitionReplica, String> {
+        let config = TopicConfig::default();
+        PartitionReplica::open(
+            dir,
+            TopicPartition::new("orders", 0),
+            topic_id,
+            crate::shard::log_config(&config),
+            Rc::new(BatchCache::new(1 << 20)),
+            config,
+            None,
+        )
+        .await
+    }
+
+    // Goal: a directory left by a deleted topic is never opened as a new topic of the same
+    // name; the topic's own directory keeps its records across reopens, and one written before
+    // the topic id file existed is adopted. Method: open a partition as topic A and append a
+    // record; reopen as A; reopen as B (a new topic named like A); remove B's id file and
+    // reopen; finally a garbled id file.
+    #[test]
+    fn a_directory_belongs_to_one_topic_id() {
+        sluice_engine::rt::block_on(async {
+            let data = tempfile::tempdir().expect("temp dir");
+            let (a, b) = (
+                TopicId(uuid::Uuid::from_u128(1)),
+                TopicId(uuid::Uuid::from_u128(2)),
+            );
+            let end = |replica: &PartitionReplica| replica.log().log_end_offset();
+
+            let first = open(data.path(), a).await.expect("open as A");
+            let batch = build_batch(&[SimpleRecord::value("a")], Compression::None).expect("batch");
+            first
+                .log()
+                .append(batch, LeaderEpoch(0), Durability::Synced)
+                .await
+                .expect("append");
+            PartitionReplica::close(Rc::new(first), false).await;
+            let again = open(data.path(), a).await.expect("reopen as A");
+            assert_eq!(end(&again), Offset(1), "A's record stays");
+            PartitionReplica::close(Rc::new(again), false).await;
+
+            let other = open(data.path(), b).await.expect("open as B");
+            assert_eq!(end(&other), Offset(0), "B does not see A's record");
+            PartitionReplica::close(Rc::new(other), false).await;
+            let dir =
+                sluice_engine::log::partition_dir(data.path(), &TopicPartition::new("orders", 0));
+            let named = std::fs::read_to_string(dir.join(TOPIC_ID_FILE)).expect("id file");
+            assert!(named.contains(&b.0.to_string()), "{named}");
+
+            std::fs::remove_file(dir.join(TOPIC_ID_FILE)).expect("remove the id file");
+            let adopted = open(data.path(), a).await.expect("adopt as A");
+            assert_eq!(end(&adopted), Offset(0));
+            PartitionReplica::close(Rc::new(adopted), false).await;
+            let named = std::fs::read_to_string(dir.join(TOPIC_ID_FILE)).expect("id file");
+            assert!(named.contains(&a.0.to_string()), "{named}");
+
+            std::fs::write(dir.join(TOPIC_ID_FILE), "garbage").expect("garble");
+            let refused = open(data.path(), a).await.err().expect("refused");
+            assert!(refused.contains("names no topic id"), "{refused}");
+            assert!(dir.exists(), "nothing removed on a guess");
+        });
+    }
 }
