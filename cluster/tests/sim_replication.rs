@@ -448,6 +448,59 @@ fn kip_101_diverged_logs_converge_by_epoch() {
     assert_eq!(values(&log_a), [(1, 200), (2, 202)]);
 }
 
+// Goal: after an unclean leader election the old leader follows a new leader whose log ends
+// below its own high watermark: it truncates to the new leader's end of the epoch, lowers its
+// high watermark with the log (as Kafka does, with a warning), and converges, where it used to
+// assert (and crash-loop) on a truncation below the high watermark.
+// Method: A leads epoch 1 with ten records, all committed (high watermark 10); B, out of sync
+// with only five of them, is elected uncleanly for epoch 2 and writes one record. A follows B:
+// its fetch (offset 10, last epoch 1) gets the diverging epoch (1, 5), so A truncates to 5.
+#[test]
+fn unclean_election_truncates_below_the_high_watermark() {
+    let now = sluice_engine::rt::clock::now();
+    let (a, b) = (BrokerId(1), BrokerId(2));
+    let (mut log_a, mut log_b) = (SimLog::default(), SimLog::default());
+    for value in 0..10 {
+        log_a.leader_append(LeaderEpoch(1), value);
+        if value < 5 {
+            log_b.leader_append(LeaderEpoch(1), value);
+        }
+    }
+    log_a.sync();
+    log_a.set_hw(Offset(10));
+    log_b.sync();
+    let s2 = state(2, 2, &[2]);
+    let mut leader = LeaderCore::new(tp(0), b, &s2, positions(&log_b), config(), now);
+    log_b.leader_append(LeaderEpoch(2), 300);
+    log_b.sync();
+    leader.on_local_end(log_b.synced);
+    let mut follower = FollowerCore::new(tp(0), a, &s2, &log_a, log_a.hw);
+    assert_eq!(follower.high_watermark(), Offset(10));
+
+    let request = follower.next_fetch().unwrap();
+    let answer = leader.on_fetch(a, &request, &log_b, now);
+    assert_eq!(answer.diverging_epoch, Some((LeaderEpoch(1), Offset(5))));
+    let response = ReplicaFetchPartitionResponse {
+        tp: request.tp.clone(),
+        error: answer.error,
+        high_watermark: answer.high_watermark,
+        log_start_offset: Offset(0),
+        log_end_offset: log_b.end(),
+        diverging_epoch: answer.diverging_epoch,
+        batches: Bytes::new(),
+    };
+    let actions = follower.on_response(&response, &log_a);
+    assert_eq!(actions, [FollowerAction::Truncate(Offset(5))]);
+    assert_eq!(follower.high_watermark(), Offset(5), "lowered with the log");
+    for action in actions {
+        apply_follower(&mut follower, &mut log_a, action);
+    }
+    assert_eq!(log_a.hw, Offset(5));
+    converge(a, &mut follower, &mut log_a, &mut leader, &mut log_b, now);
+    assert_eq!(values(&log_a)[5], (2, 300));
+    assert_eq!(follower.high_watermark(), leader.high_watermark());
+}
+
 // Goal: KIP-279 (fast leader changes: the follower asks for its last epoch, the leader has
 // never seen it and answers with the end of an older epoch that lies *past* the point where the
 // logs diverge) resolves to identical logs.

@@ -11,7 +11,10 @@
 //! of the two ends, and if it does not, to its own end for the largest epoch below `e`, then
 //! fetches again so the leader re-validates. A follower never truncates to its high watermark
 //! blindly (the KIP-101 bug): becoming a follower, even of a new epoch, truncates nothing; the
-//! first fetch re-validates the tail. Data below the high watermark is never truncated (asserted).
+//! first fetch re-validates the tail. Data below the high watermark is truncated only when the
+//! leader's log ends below it, which happens only after an unclean leader election (a leader
+//! from the ISR holds every record below any replica's high watermark); then, as Kafka does,
+//! the follower warns, truncates and lowers its high watermark with the log.
 //!
 //! A follower reports a position only once its appends are durable: the driver appends with
 //! `Durability::Synced` and calls `on_appended` afterwards, so the offset a leader counts for the
@@ -67,7 +70,8 @@ pub struct FollowerCore {
     log_end: Offset,
     log_start: Offset,
     latest_epoch: Option<LeaderEpoch>,
-    /// Invariant: never decreases.
+    /// Invariant: `<= log_end`; never decreases, except when the leader's log ends below it
+    /// (an unclean leader election, see `truncation_target`).
     high_watermark: Offset,
 }
 
@@ -237,8 +241,13 @@ impl FollowerCore {
     /// KIP-279: truncate to the lower of the leader's and our own end for the diverging
     /// epoch; if we do not have that epoch, to our end of the largest epoch below it (and the
     /// next fetch re-validates).
+    ///
+    /// A target below the high watermark means the leader lacks records this replica counted
+    /// as committed: only an unclean leader election elects such a leader (a clean one comes
+    /// from the ISR and holds them all). The leader's log is the truth then; the high watermark
+    /// goes down with the log, as the log's own `truncate_to` clamps it.
     fn truncation_target(
-        &self,
+        &mut self,
         epoch: LeaderEpoch,
         leader_end: Offset,
         log: &dyn LogView,
@@ -250,13 +259,19 @@ impl FollowerCore {
             own_end
         };
         let target = target.min(self.log_end);
-        assert!(
-            target >= self.high_watermark,
-            "{}: truncation to {target} below the high watermark {} (leader epoch {epoch:?} \
-             ends at {leader_end}, ours at {own_end})",
-            self.tp,
-            self.high_watermark
-        );
+        if target < self.high_watermark {
+            tracing::warn!(
+                tp = %self.tp,
+                %target,
+                high_watermark = %self.high_watermark,
+                ?epoch,
+                %leader_end,
+                %own_end,
+                "truncating below the high watermark: the leader's log ends below it \
+                 (an unclean leader election); committed records are lost"
+            );
+            self.high_watermark = target;
+        }
         target
     }
 
@@ -269,11 +284,12 @@ impl FollowerCore {
             self.tp
         );
         self.refresh(log);
-        assert!(
-            self.log_end >= self.high_watermark,
-            "{}: truncated below the high watermark",
-            self.tp
-        );
+        if self.log_end < self.high_watermark {
+            // The log cuts whole batches: a target inside one (only below the high watermark
+            // after an unclean election, where the logs' batches differ) ends the log lower.
+            // The log clamps its high watermark the same way.
+            self.high_watermark = self.log_end;
+        }
         self.phase = Phase::Idle;
     }
 
