@@ -83,10 +83,17 @@ impl PartitionReplica {
             .await
             .map_err(|e| e.to_string())?;
         if !claimed {
+            // In place and with the shard's shared sync: partitions created together (10,000
+            // at once) share the syncs. A crash may leave the file torn; it is then adopted
+            // again and rewritten.
             let content = topic_id_file(topic_id);
-            sluice_engine::io::write_file_atomic(&dir, TOPIC_ID_FILE, content.as_bytes())
-                .await
-                .map_err(|e| format!("{tp}: cannot write {TOPIC_ID_FILE}: {e}"))?;
+            sluice_engine::io::write_small_file_in_place(
+                &dir.join(TOPIC_ID_FILE),
+                content.as_bytes(),
+                sluice_engine::io::SyncMode::Shared,
+            )
+            .await
+            .map_err(|e| format!("{tp}: cannot write {TOPIC_ID_FILE}: {e}"))?;
         }
         if !report.truncations.is_empty() || !report.rebuilt_indexes.is_empty() {
             tracing::warn!(partition = %tp, ?report, "recovered partition");
@@ -555,9 +562,9 @@ fn topic_id_file(topic_id: TopicId) -> String {
 
 /// Makes `dir` the directory of `topic_id`'s partition `tp` before its log opens. Returns
 /// whether the directory already names `topic_id`. A directory naming another id holds a
-/// deleted topic's records and is removed (with a warning); one without the file is new, or
-/// from before the file existed, and is adopted. A file that names no id is an error: the
-/// partition stays closed rather than lose or adopt records on a guess.
+/// deleted topic's records and is removed (with a warning). One without the file is new, or
+/// from before the file existed, and one whose file names no id was torn by a crash while the
+/// file was written; both are adopted (the caller writes the file).
 async fn claim_dir(dir: &Path, tp: &TopicPartition, topic_id: TopicId) -> Result<bool, String> {
     let path = dir.join(TOPIC_ID_FILE);
     let content = sluice_engine::io::read_small_file(&path, 256)
@@ -566,14 +573,15 @@ async fn claim_dir(dir: &Path, tp: &TopicPartition, topic_id: TopicId) -> Result
     let Some(content) = content else {
         return Ok(false);
     };
-    let found = std::str::from_utf8(&content)
-        .ok()
-        .and_then(|text| {
-            text.lines()
-                .find_map(|line| line.strip_prefix("topic_id: "))
-                .and_then(|id| uuid::Uuid::parse_str(id.trim()).ok())
-        })
-        .ok_or_else(|| format!("{tp}: {} names no topic id", path.display()))?;
+    let found = std::str::from_utf8(&content).ok().and_then(|text| {
+        text.lines()
+            .find_map(|line| line.strip_prefix("topic_id: "))
+            .and_then(|id| uuid::Uuid::parse_str(id.trim_end_matches('\0').trim()).ok())
+    });
+    let Some(found) = found else {
+        tracing::warn!(partition = %tp, "{} names no topic id: adopted", path.display());
+        return Ok(false);
+    };
     if found == topic_id.0 {
         return Ok(true);
     }
@@ -679,9 +687,9 @@ mod tests {
 
     // Goal: a directory left by a deleted topic is never opened as a new topic of the same
     // name; the topic's own directory keeps its records across reopens, and one written before
-    // the topic id file existed is adopted. Method: open a partition as topic A and append a
-    // record; reopen as A; reopen as B (a new topic named like A); remove B's id file and
-    // reopen; finally a garbled id file.
+    // the topic id file existed, or whose file a crash tore, is adopted. Method: open a
+    // partition as topic A and append a record; reopen as A; reopen as B (a new topic named
+    // like A); remove B's id file and reopen as A; append, then tear the file and reopen.
     #[test]
     fn a_directory_belongs_to_one_topic_id() {
         sluice_engine::rt::block_on(async {
@@ -719,10 +727,21 @@ mod tests {
             let named = std::fs::read_to_string(dir.join(TOPIC_ID_FILE)).expect("id file");
             assert!(named.contains(&a.0.to_string()), "{named}");
 
-            std::fs::write(dir.join(TOPIC_ID_FILE), "garbage").expect("garble");
-            let refused = open(data.path(), a).await.err().expect("refused");
-            assert!(refused.contains("names no topic id"), "{refused}");
-            assert!(dir.exists(), "nothing removed on a guess");
+            let appended = open(data.path(), a).await.expect("reopen as A");
+            let batch = build_batch(&[SimpleRecord::value("a")], Compression::None).expect("batch");
+            appended
+                .log()
+                .append(batch, LeaderEpoch(0), Durability::Synced)
+                .await
+                .expect("append");
+            PartitionReplica::close(Rc::new(appended), false).await;
+            // A file torn by a crash while it was written: adopted, not removed.
+            std::fs::write(dir.join(TOPIC_ID_FILE), "version: 0\ntopic_id: 0000").expect("tear");
+            let torn = open(data.path(), a).await.expect("adopt a torn file");
+            assert_eq!(end(&torn), Offset(1), "nothing removed on a guess");
+            PartitionReplica::close(Rc::new(torn), false).await;
+            let named = std::fs::read_to_string(dir.join(TOPIC_ID_FILE)).expect("id file");
+            assert!(named.contains(&a.0.to_string()), "rewritten: {named}");
         });
     }
 }
