@@ -5,14 +5,15 @@
 // STYLE §6: unwrap is allowed in tests.
 #![allow(clippy::unwrap_used)]
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::time::Duration;
 
 use sluice_cluster::replication::{
     FetchTarget, Fetcher, FollowerCore, InMemoryTransport, LeaderAction, LeaderCore,
-    LeaderPositions, LeaderReplica, LeaderShard, PartitionState, ProduceId, ReplicationConfig,
+    LeaderPositions, LeaderReplica, LeaderShard, PartitionState, ProduceId, ReplicaFetchRequest,
+    ReplicaFetchResponse, ReplicaFetchTransport, ReplicationConfig, TransportError,
 };
 use sluice_engine::batch::builder::{SimpleRecord, build_batch};
 use sluice_engine::batch::{BatchHeader, Compression};
@@ -81,10 +82,21 @@ fn leader_replica(
     })
 }
 
+/// A transport whose leader actions a test takes.
+trait QueuedActions {
+    fn take(&self) -> Vec<(TopicPartition, LeaderAction)>;
+}
+
+impl QueuedActions for InMemoryTransport {
+    fn take(&self) -> Vec<(TopicPartition, LeaderAction)> {
+        self.take_actions()
+    }
+}
+
 /// Runs fetch rounds of every fetcher until `settled` holds (bounded to 200 rounds and 20 s),
 /// handing the leader actions the rounds queued to `on_action`.
-async fn run_until(
-    fetchers: &[Fetcher<InMemoryTransport>],
+async fn run_until<T: ReplicaFetchTransport + QueuedActions>(
+    fetchers: &[Fetcher<T>],
     mut on_action: impl FnMut(LeaderAction),
     settled: impl Fn() -> bool,
 ) {
@@ -93,7 +105,7 @@ async fn run_until(
         let mut progressed = 0;
         for fetcher in fetchers {
             progressed += fetcher.run_round().await;
-            for (_, action) in fetcher.transport().take_actions() {
+            for (_, action) in fetcher.transport().take() {
                 on_action(action);
             }
         }
@@ -309,6 +321,94 @@ fn follower_core_built_under_a_staged_append_refetches() {
         );
         assert_eq!(read_all(&log2).await, read_all(&leader_log).await);
         assert_eq!(log2.leader_epochs(), leader_log.leader_epochs());
+        for log in [&leader_log, &log2] {
+            log.close().await.unwrap();
+        }
+    });
+}
+
+/// The in-memory leader answering badly: its first answer names every partition twice, its
+/// second names none, later ones are right.
+#[derive(Default)]
+struct UnrulyLeader {
+    inner: InMemoryTransport,
+    answers: Cell<u32>,
+}
+
+impl ReplicaFetchTransport for UnrulyLeader {
+    async fn replica_fetch(
+        &self,
+        leader: BrokerId,
+        shard: ShardId,
+        request: ReplicaFetchRequest,
+    ) -> Result<ReplicaFetchResponse, TransportError> {
+        let mut response = self.inner.replica_fetch(leader, shard, request).await?;
+        let answer = self.answers.get();
+        self.answers.set(answer + 1);
+        match answer {
+            0 => response.partitions.extend(response.partitions.clone()),
+            1 => response.partitions.clear(),
+            _ => {}
+        }
+        Ok(response)
+    }
+}
+
+impl QueuedActions for UnrulyLeader {
+    fn take(&self) -> Vec<(TopicPartition, LeaderAction)> {
+        self.inner.take_actions()
+    }
+}
+
+// Goal: a leader that answers a partition twice, or leaves it out, neither crashes the follower
+// nor stalls it: a repeated answer is ignored, a missing one is fetched again.
+// Method: a follower fetches three batches, one per answer, through a transport whose first
+// answer repeats the partition (its batches included) and whose second answer is empty; fetch
+// rounds run until the follower's high watermark reaches the leader's end (bounded to 200
+// rounds and 20 s).
+#[test]
+fn repeated_and_missing_answers_are_survived() {
+    let dir = tempfile::tempdir().unwrap();
+    block_on(async {
+        let tp = TopicPartition::new("unruly", 0);
+        let leader_log = open(dir.path(), 1, &tp).await;
+        let log2 = open(dir.path(), 2, &tp).await;
+        let state = PartitionState {
+            leader: BrokerId(1),
+            leader_epoch: LeaderEpoch(1),
+            replicas: vec![BrokerId(1), BrokerId(2)],
+            isr: vec![BrokerId(1)],
+        };
+        let leader = leader_replica(&tp, &leader_log, &state, ReplicationConfig::default());
+        for i in 0..3 {
+            leader_log
+                .append(batch(i), LeaderEpoch(1), Durability::Synced)
+                .await
+                .unwrap();
+        }
+        let end = leader_log.log_end_offset();
+        for action in leader.core.borrow_mut().on_local_end(end) {
+            if let LeaderAction::HighWatermark(offset) = action {
+                leader_log.set_high_watermark(offset);
+            }
+        }
+        let mut shard = LeaderShard::new();
+        shard.insert(tp.clone(), leader);
+        let target = FetchTarget {
+            leader: BrokerId(1),
+            shard: ShardId(0),
+        };
+        let transport = UnrulyLeader::default();
+        transport.inner.set_leader_shard(target, Rc::new(shard));
+        let fetcher = Fetcher::new(BrokerId(2), transport, 1, Duration::ZERO)
+            .with_backoff(Duration::from_millis(1));
+        let core = FollowerCore::new(tp.clone(), BrokerId(2), &state, &*log2, Offset(0));
+        fetcher.add(core, log2.clone(), target);
+        let fetchers = [fetcher];
+        let settled = || fetchers[0].high_watermark(&tp) == Some(end);
+        run_until(&fetchers, |_| {}, settled).await;
+        assert!(fetchers[0].transport().answers.get() > 2);
+        assert_eq!(read_all(&log2).await, read_all(&leader_log).await);
         for log in [&leader_log, &log2] {
             log.close().await.unwrap();
         }

@@ -331,19 +331,24 @@ impl<T: ReplicaFetchTransport> Fetcher<T> {
             .replica_fetch(target.leader, target.shard, request)
             .await;
         match result {
-            Ok(response) => self.handle_response(response, &generations).await,
+            Ok(response) => self.handle_response(response, generations).await,
             Err(error) => {
                 tracing::debug!(leader = target.leader.0, %error, "replica fetch failed");
                 self.count(|stats| stats.transport_errors += 1);
-                let until = sluice_engine::rt::clock::now() + self.backoff;
-                for (tp, generation) in &generations {
-                    self.with_partition(tp, *generation, |partition| {
-                        partition.core.on_fetch_failed();
-                        partition.backoff_until = Some(until);
-                    });
-                }
+                self.fetch_failed(&generations);
                 0
             }
+        }
+    }
+
+    /// The fetches of these partitions got no answer: they fetch again after a back-off.
+    fn fetch_failed(&self, generations: &BTreeMap<TopicPartition, u64>) {
+        let until = sluice_engine::rt::clock::now() + self.backoff;
+        for (tp, generation) in generations {
+            self.with_partition(tp, *generation, |partition| {
+                partition.core.on_fetch_failed();
+                partition.backoff_until = Some(until);
+            });
         }
     }
 
@@ -403,16 +408,29 @@ impl<T: ReplicaFetchTransport> Fetcher<T> {
     async fn handle_response(
         &self,
         response: ReplicaFetchResponse,
-        generations: &BTreeMap<TopicPartition, u64>,
+        mut generations: BTreeMap<TopicPartition, u64>,
     ) -> usize {
-        // Partitions append (each with its own fdatasync) concurrently. An answer for a
-        // partition the request did not carry is ignored.
-        let changed =
-            futures::future::join_all(response.partitions.into_iter().filter_map(|answer| {
-                let generation = *generations.get(&answer.tp)?;
+        // The leader is a peer, not trusted to answer as asked: each partition of the request
+        // takes one answer, the first; an answer for a partition the request did not carry,
+        // or a second one, is ignored (decoding already refuses repeats on peer links).
+        let answered: Vec<_> = response
+            .partitions
+            .into_iter()
+            .filter_map(|answer| {
+                let generation = generations.remove(&answer.tp)?;
                 Some(self.handle_partition(answer, generation))
-            }))
-            .await;
+            })
+            .collect();
+        // A partition left without an answer fetches again, as after a transport failure.
+        if !generations.is_empty() {
+            tracing::debug!(
+                count = generations.len(),
+                "replica fetch answer left partitions out"
+            );
+            self.fetch_failed(&generations);
+        }
+        // Partitions append (each with its own fdatasync) concurrently.
+        let changed = futures::future::join_all(answered).await;
         changed.into_iter().filter(|changed| *changed).count()
     }
 

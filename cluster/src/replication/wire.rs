@@ -4,7 +4,9 @@
 //! entry carries its byte count).
 //!
 //! Decoding checks every length against the bytes present and returns a [`WireError`]
-//! instead of panicking: a peer is not trusted to send well-formed frames.
+//! instead of panicking: a peer is not trusted to send well-formed frames. A message naming
+//! a partition twice is refused too: the fetcher and the leader core expect one fetch and one
+//! answer per partition.
 //!
 //! Layout (integers big-endian; a string is a u16 length and UTF-8 bytes):
 //!
@@ -21,6 +23,7 @@
 //!
 //! Must not depend on: sockets or the network layer.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -65,8 +68,12 @@ pub fn decode_request(mut header: Bytes) -> Result<ReplicaFetchRequest, WireErro
     let max_wait_ms = header.get_u32();
     let count = count(&mut header)?;
     let mut partitions = Vec::with_capacity(count.min(header.len() / 30 + 1));
+    let mut seen = HashSet::with_capacity(partitions.capacity());
     for _ in 0..count {
         let tp = get_tp(&mut header)?;
+        if !seen.insert(tp.clone()) {
+            return Err(WireError("a partition named twice in the request"));
+        }
         need(&header, 24)?;
         let current_leader_epoch = LeaderEpoch(header.get_i32());
         let fetch_offset = Offset(header.get_i64());
@@ -138,8 +145,12 @@ pub fn decode_response(
 ) -> Result<ReplicaFetchResponse, WireError> {
     let count = count(&mut header)?;
     let mut partitions = Vec::with_capacity(count.min(header.len() / 40 + 1));
+    let mut seen = HashSet::with_capacity(partitions.capacity());
     for _ in 0..count {
         let tp = get_tp(&mut header)?;
+        if !seen.insert(tp.clone()) {
+            return Err(WireError("a partition named twice in the response"));
+        }
         need(&header, 41)?;
         let error = error_from_wire(header.get_u8())?;
         let high_watermark = Offset(header.get_i64());
@@ -319,5 +330,25 @@ mod tests {
         let mut huge = BytesMut::new();
         huge.put_u32(u32::MAX);
         assert!(decode_response(huge.freeze(), Bytes::new()).is_err());
+    }
+
+    // Goal: a message naming one partition twice is refused (the follower would otherwise
+    // apply two answers to one fetch, and the leader count two fetches of one replica).
+    // Method: valid messages whose second partition repeats the first.
+    #[test]
+    fn repeated_partitions_are_errors() {
+        let mut response = response();
+        response.partitions[1].tp = response.partitions[0].tp.clone();
+        let (header, payload) = encode_response(&response);
+        assert_eq!(
+            decode_response(header, payload),
+            Err(WireError("a partition named twice in the response"))
+        );
+        let mut request = request();
+        request.partitions[1].tp = request.partitions[0].tp.clone();
+        assert_eq!(
+            decode_request(encode_request(&request)),
+            Err(WireError("a partition named twice in the request"))
+        );
     }
 }
