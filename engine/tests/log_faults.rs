@@ -15,7 +15,7 @@ use sluice_engine::batch::BatchError;
 use sluice_engine::io::faults::{self, Failure, Op, Plan};
 use sluice_engine::log::{AdminError, AppendError, Durability, LogConfig, PartitionLog};
 use sluice_engine::rt::block_on;
-use sluice_engine::{LeaderEpoch, Offset};
+use sluice_engine::{LeaderEpoch, Offset, TimestampMs};
 
 fn edit(b: &Bytes, f: impl FnOnce(&mut BytesMut)) -> Bytes {
     let mut owned = BytesMut::from(&b[..]);
@@ -494,5 +494,49 @@ fn failed_multi_segment_truncation_leaves_an_openable_log() {
             drop(log);
             reopen_holding(dir.path(), &name, &sent, kept).await;
         }
+    });
+}
+
+// Goal: retention and delete-records that fail to write the checkpoint (a full disk) change
+// nothing: the same segments, log start and readable records; the next pass does the work,
+// and the expired segment's files are gone. Method: 8 KiB segments, 40 batches stamped 1000+,
+// retention.ms 1000 at time 3000 (everything sealed expires); each call once with the
+// checkpoint's temporary file failing, then again without.
+#[test]
+fn failed_checkpoint_leaves_retention_to_the_next_pass() {
+    let dir = tempfile::tempdir().unwrap();
+    block_on(async {
+        let tp = tp("retention-full");
+        let config = LogConfig {
+            retention_ms: Some(1_000),
+            ..config(8 << 10)
+        };
+        let (log, _) = open(dir.path(), &tp, config, &cache()).await;
+        let sent = fill(&log, 40).await;
+        log.set_high_watermark(log.log_end_offset());
+        let bases = log.segment_bases();
+        assert!(bases.len() >= 4, "8 KiB segments roll: {bases:?}");
+        let first_log = log.dir().join(format!("{:020}.log", bases[0].0));
+        assert!(first_log.exists());
+
+        common::fail_next_checkpoint();
+        let result = log.delete_records(Offset(5)).await;
+        assert!(matches!(result, Err(AdminError::Io(_))), "{result:?}");
+        assert_eq!(log.log_start_offset(), Offset(0), "delete-records undone");
+        assert_eq!(read_all(&log, Offset(0)).await.len(), sent.len());
+
+        common::fail_next_checkpoint();
+        let result = log.apply_retention(TimestampMs(3_000)).await;
+        assert!(matches!(result, Err(AdminError::Io(_))), "{result:?}");
+        faults::clear();
+        assert_eq!(log.segment_bases(), bases, "retention undone");
+        assert_eq!(log.log_start_offset(), Offset(0));
+        assert_eq!(read_all(&log, Offset(0)).await.len(), sent.len());
+
+        let report = log.apply_retention(TimestampMs(3_000)).await.unwrap();
+        assert_eq!(report.deleted_segments, bases[..bases.len() - 1]);
+        assert!(!first_log.exists(), "the expired segment's file is gone");
+        assert_eq!(log.log_start_offset(), bases[bases.len() - 1]);
+        log.close().await.unwrap();
     });
 }

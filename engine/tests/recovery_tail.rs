@@ -410,7 +410,7 @@ async fn try_open(
 // checkpoint's temporary file failing to be created (the open fails), clear it, open again.
 #[test]
 fn open_truncating_a_listed_segment_survives_a_failed_checkpoint() {
-    use sluice_engine::io::faults::{self, Failure, Op, Plan};
+    use sluice_engine::io::faults;
     let dir = tempfile::tempdir().unwrap();
     let tp = tp("cut-listed");
     block_on(async {
@@ -428,13 +428,7 @@ fn open_truncating_a_listed_segment_survives_a_failed_checkpoint() {
             .unwrap()
             .set_len(len - 50)
             .unwrap();
-        faults::inject(Plan {
-            op: Op::Create,
-            path_contains: "partition.checkpoint".into(),
-            skip: 0,
-            count: 1,
-            failure: Failure::NoSpace,
-        });
+        common::fail_next_checkpoint();
         let opened = try_open(dir.path(), &tp).await;
         faults::clear();
         assert!(opened.is_err(), "the checkpoint write fails the open");

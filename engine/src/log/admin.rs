@@ -22,7 +22,7 @@ use crate::log::segment::{
     ActiveSegment, INDEX_EXTENSION, LOG_EXTENSION, ScanItem, Scanner, Segment, Spare,
     TIME_INDEX_EXTENSION, file_path, recycle_file_name,
 };
-use crate::log::writer::{self, cursor_of_active, write_checkpoint};
+use crate::log::writer::{self, cursor_of_active, write_checkpoint, write_checkpoint_edited};
 use crate::log::{AdminError, AppendError, Inner, Mode, Op, RetentionReport, State, Waiter};
 use crate::types::{FilePos, Offset, TimestampMs};
 
@@ -68,21 +68,45 @@ pub(crate) async fn sync(inner: &Rc<Inner>) -> Result<(), AdminError> {
     }
 }
 
-/// Deletes the first `count` segments (all sealed): the checkpoint is updated first, then the
-/// files are removed, so a crash in between leaves files the next open deletes. The largest
-/// deleted log file (of at least `SEGMENT_RECYCLE_BYTES_MIN`) is kept as the partition's spare
-/// instead, replacing any earlier one, for the next roll to write over.
-async fn delete_prefix(inner: &Inner, count: usize) -> Result<RetentionReport, AdminError> {
-    let mut report = RetentionReport::default();
-    let mut retired = Vec::with_capacity(count);
-    {
-        let mut state = inner.state.borrow_mut();
-        let state = &mut *state;
+/// Deletes the first `count` segments (all sealed) and raises the log start to at least
+/// `log_start` (and the first kept segment's base). The checkpoint is made durable first, and
+/// memory changes only once it is, so a failure (a full disk) leaves the log as it was, for a
+/// later pass to retry; then the files are removed, so a crash in between leaves files the next
+/// open deletes. The largest deleted log file (of at least `SEGMENT_RECYCLE_BYTES_MIN`) is kept
+/// as the partition's spare instead, replacing any earlier one, for the next roll to write over.
+async fn delete_prefix(
+    inner: &Inner,
+    count: usize,
+    log_start: Offset,
+) -> Result<RetentionReport, AdminError> {
+    let (first, new_start) = {
+        let state = inner.state.borrow();
         assert!(
             count < state.segments.len(),
             "{}: retention must keep the active segment",
             inner.tp
         );
+        let first = state.segments[count].base;
+        (first, state.log_start.max(first).max(log_start))
+    };
+    if count == 0 && new_start == inner.state.borrow().log_start {
+        return Ok(RetentionReport {
+            log_start_offset: new_start,
+            ..RetentionReport::default()
+        });
+    }
+    write_checkpoint_edited(inner, SyncMode::Now, |checkpoint| {
+        checkpoint.sealed.retain(|row| row.base >= first);
+        checkpoint.log_start = checkpoint.log_start.max(new_start);
+        checkpoint.high_watermark = checkpoint.high_watermark.max(new_start);
+    })
+    .await?;
+    // No `.await` from the checkpoint to here: memory follows what is now durable.
+    let mut report = RetentionReport::default();
+    let mut retired = Vec::with_capacity(count);
+    {
+        let mut state = inner.state.borrow_mut();
+        let state = &mut *state;
         for _ in 0..count {
             let segment = state.segments.pop_front().expect("counted");
             assert!(
@@ -94,8 +118,13 @@ async fn delete_prefix(inner: &Inner, count: usize) -> Result<RetentionReport, A
             report.deleted_bytes += segment.size;
             retired.push(segment);
         }
-        let first = state.segments.front().expect("active segment stays").base;
-        state.log_start = state.log_start.max(first);
+        assert_eq!(
+            state.segments.front().expect("active segment stays").base,
+            first,
+            "{}: segments below the first kept one are the ones retired",
+            inner.tp
+        );
+        state.log_start = state.log_start.max(new_start);
         state.high_watermark = state.high_watermark.max(state.log_start);
         if state
             .sealed_file
@@ -114,10 +143,6 @@ async fn delete_prefix(inner: &Inner, count: usize) -> Result<RetentionReport, A
         inner.cache.remove_before(inner.cache_key, state.log_start);
         report.log_start_offset = state.log_start;
     }
-    if count == 0 {
-        return Ok(report);
-    }
-    write_checkpoint(inner, SyncMode::Now).await?;
     let keep = retired
         .iter()
         .filter(|segment| segment.size >= SEGMENT_RECYCLE_BYTES_MIN)
@@ -150,7 +175,9 @@ async fn delete_prefix(inner: &Inner, count: usize) -> Result<RetentionReport, A
             dio::remove(&file_path(&inner.dir, segment.base, extension)).await?;
         }
     }
-    dio::sync_dir(&inner.dir).await?;
+    if count > 0 {
+        dio::sync_dir(&inner.dir).await?;
+    }
     Ok(report)
 }
 
@@ -160,8 +187,8 @@ pub(crate) async fn delete_records(
     before: Offset,
 ) -> Result<RetentionReport, AdminError> {
     let _permit = admin_permit(inner).await?;
-    let changed = {
-        let mut state = inner.state.borrow_mut();
+    let count = {
+        let state = inner.state.borrow();
         check_open(&state)?;
         if before > state.written || before.0 < 0 {
             return Err(AdminError::OffsetOutOfRange {
@@ -170,30 +197,16 @@ pub(crate) async fn delete_records(
                 log_end: state.written,
             });
         }
-        let changed = before > state.log_start;
-        if changed {
-            state.log_start = before;
-            state.high_watermark = state.high_watermark.max(before);
-            inner.cache.remove_before(inner.cache_key, before);
-        }
-        changed
-    };
-    let count = {
-        let state = inner.state.borrow();
+        let log_start = state.log_start.max(before);
         let sealed = state.segments.len() - 1;
         state
             .segments
             .iter()
             .take(sealed)
-            .take_while(|segment| segment.end <= state.log_start)
+            .take_while(|segment| segment.end <= log_start)
             .count()
     };
-    if changed && count == 0 {
-        write_checkpoint(inner, SyncMode::Now).await?;
-    }
-    let mut report = delete_prefix(inner, count).await?;
-    report.log_start_offset = inner.state.borrow().log_start;
-    Ok(report)
+    delete_prefix(inner, count, before).await
 }
 
 /// See [`crate::log::PartitionLog::apply_retention`].
@@ -248,7 +261,8 @@ pub(crate) async fn apply_retention(
         );
         count
     };
-    delete_prefix(inner, count).await
+    let log_start = inner.state.borrow().log_start;
+    delete_prefix(inner, count, log_start).await
 }
 
 /// Forces a roll (if the active segment has data) and waits for it.

@@ -1134,13 +1134,32 @@ async fn checkpoint_permit(inner: &Inner) -> io::Result<crate::rt::sync::Permit<
 /// shared write never moves the recovery point: entries below it are already in the epoch
 /// file on disk, so either file may land first.
 pub(crate) async fn write_checkpoint(inner: &Inner, mode: SyncMode) -> io::Result<()> {
+    write_checkpoint_edited(inner, mode, |_| {}).await
+}
+
+/// [`write_checkpoint`] of the current state changed by `edit`: for a change that must be
+/// durable before memory shows it (retention, delete-records), which the caller then makes in
+/// memory without an `.await` in between, so no other checkpoint writer sees the state between.
+/// `edit` may drop leading rows and raise the log start, nothing else.
+pub(crate) async fn write_checkpoint_edited(
+    inner: &Inner,
+    mode: SyncMode,
+    edit: impl FnOnce(&mut Checkpoint),
+) -> io::Result<()> {
     let _permit = checkpoint_permit(inner).await?;
     // The epoch file first: the checkpoint moves the recovery point, and recovery takes the
     // entries below it from the epoch file (it rebuilds those above from the scanned batches).
     let (checkpoint, epochs, log) = {
         let state = inner.state.borrow();
         let changed = state.epochs != state.epochs_persisted;
-        let checkpoint = checkpoint_of(&state);
+        let mut checkpoint = checkpoint_of(&state);
+        let recovery_point = checkpoint.recovery_point;
+        edit(&mut checkpoint);
+        assert_eq!(
+            checkpoint.recovery_point, recovery_point,
+            "{}: an edited checkpoint keeps the recovery point",
+            inner.tp
+        );
         if mode == SyncMode::Shared {
             assert_eq!(
                 checkpoint.recovery_point, state.checkpoint_persisted.recovery_point,

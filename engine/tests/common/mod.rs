@@ -102,3 +102,15 @@ pub async fn read_all(log: &PartitionLog, from: Offset) -> Vec<Bytes> {
     }
     out
 }
+
+/// Makes the next creation of the checkpoint's temporary file on this thread fail with ENOSPC.
+pub fn fail_next_checkpoint() {
+    use sluice_engine::io::faults::{self, Failure, Op, Plan};
+    faults::inject(Plan {
+        op: Op::Create,
+        path_contains: "partition.checkpoint".into(),
+        skip: 0,
+        count: 1,
+        failure: Failure::NoSpace,
+    });
+}
