@@ -10,10 +10,13 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::time::Duration;
 
+use sluice_cluster::peer::{PeerCall, PeerError, PeerRequest, PeerResponse, PeerTransport};
 use sluice_cluster::replication::{
     FetchTarget, Fetcher, FollowerCore, InMemoryTransport, LeaderAction, LeaderCore,
-    LeaderPositions, LeaderReplica, LeaderShard, PartitionState, ProduceId, ReplicaFetchRequest,
-    ReplicaFetchResponse, ReplicaFetchTransport, ReplicationConfig, TransportError,
+    LeaderPositions, LeaderReplica, LeaderShard, PartitionState, ProduceId,
+    ReplicaFetchPartitionResponse, ReplicaFetchRequest, ReplicaFetchResponse,
+    ReplicaFetchTransport, ReplicationConfig, ReplicationSettings, ShardReplication,
+    TransportError, wire,
 };
 use sluice_engine::batch::builder::{SimpleRecord, build_batch};
 use sluice_engine::batch::{BatchHeader, Compression};
@@ -412,5 +415,130 @@ fn repeated_and_missing_answers_are_survived() {
         for log in [&leader_log, &log2] {
             log.close().await.unwrap();
         }
+    });
+}
+
+/// Peer links whose replica fetches the test answers by hand.
+#[derive(Default)]
+struct ScriptedPeers {
+    calls: RefCell<Vec<(PeerRequest, PeerReply)>>,
+}
+
+type PeerReply = futures::channel::oneshot::Sender<Result<PeerResponse, PeerError>>;
+
+impl PeerTransport for ScriptedPeers {
+    fn call(&self, _to: BrokerId, request: PeerRequest) -> PeerCall {
+        let (reply, answer) = futures::channel::oneshot::channel();
+        self.calls.borrow_mut().push((request, reply));
+        answer
+    }
+    fn send(&self, _to: BrokerId, _request: PeerRequest) -> Result<(), PeerError> {
+        Ok(())
+    }
+    fn set_address(&self, _peer: BrokerId, _cluster: std::net::SocketAddr) {}
+}
+
+/// Waits (bounded to 20 s) until `done` holds.
+async fn wait_until(what: &str, done: impl Fn() -> bool) {
+    let deadline = sluice_engine::rt::clock::now() + Duration::from_secs(20);
+    while !done() {
+        assert!(sluice_engine::rt::clock::now() < deadline, "{what}");
+        sluice_engine::rt::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+// Goal: a replica elected leader while its follower truncation is still running neither
+// builds its leader core on the log end the truncation is about to cut (its durable end would
+// move backwards: an assert) nor serves before the truncation ended; it leads on the
+// truncated log once it settled.
+// Method: broker 2 holds four epoch-1 batches (offsets 0..8) and follows broker 1 in epoch 2
+// through hand-answered peer links; the answer is a diverging epoch (1 ends at 2), and while
+// the truncation to 2 is in flight broker 2 is made leader of epoch 3. Once the truncation
+// ended, its local end (2) is reported; the leader core then starts its epoch at 2.
+#[test]
+fn leader_core_built_under_a_truncation_waits_for_it() {
+    let dir = tempfile::tempdir().unwrap();
+    block_on(async {
+        let tp = TopicPartition::new("truncating", 0);
+        let log = open(dir.path(), 2, &tp).await;
+        for i in 0..4 {
+            log.append(batch(i), LeaderEpoch(1), Durability::Synced)
+                .await
+                .unwrap();
+        }
+        assert_eq!(log.log_end_offset(), Offset(8));
+        let peers = Rc::new(ScriptedPeers::default());
+        let settings = ReplicationSettings::with_lag(Duration::from_secs(30));
+        let driver = ShardReplication::new(
+            BrokerId(2),
+            ShardId(0),
+            peers.clone(),
+            settings,
+            Box::new(|_| {}),
+        );
+        driver.start();
+        let follow = PartitionState {
+            leader: BrokerId(1),
+            leader_epoch: LeaderEpoch(2),
+            replicas: vec![BrokerId(1), BrokerId(2)],
+            isr: vec![BrokerId(1), BrokerId(2)],
+        };
+        driver.follow(&tp, &log, &follow);
+        wait_until("no replica fetch sent", || !peers.calls.borrow().is_empty()).await;
+        let (request, reply) = peers.calls.borrow_mut().pop().unwrap();
+        let request = wire::decode_request(request.header).unwrap();
+        assert_eq!(request.partitions[0].fetch_offset, Offset(8));
+        let answer = ReplicaFetchResponse {
+            partitions: vec![ReplicaFetchPartitionResponse {
+                tp: tp.clone(),
+                error: None,
+                high_watermark: Offset(0),
+                log_start_offset: Offset(0),
+                log_end_offset: Offset(2),
+                diverging_epoch: Some((LeaderEpoch(1), Offset(2))),
+                batches: bytes::Bytes::new(),
+            }],
+        };
+        let (header, payload) = wire::encode_response(&answer);
+        reply.send(Ok(PeerResponse { header, payload })).unwrap();
+        let mut truncating = false;
+        for _ in 0..10_000 {
+            if driver.log_busy(&tp) {
+                truncating = true;
+                break;
+            }
+            sluice_engine::rt::yield_now().await;
+        }
+        assert!(truncating, "the truncation was not seen in flight");
+
+        let lead = PartitionState {
+            leader: BrokerId(2),
+            leader_epoch: LeaderEpoch(3),
+            replicas: vec![BrokerId(1), BrokerId(2)],
+            isr: vec![BrokerId(2)],
+        };
+        let visible = Rc::new(sluice_engine::util::Notify::new());
+        let leader = driver.lead(&tp, &log, &visible, &lead, 1).unwrap();
+        wait_until("the truncation did not end", || !driver.log_busy(&tp)).await;
+        assert_eq!(log.log_end_offset(), Offset(2));
+        driver.local_end_moved(&tp);
+        wait_until("the leader never settled", || {
+            !leader.core.borrow().is_log_pending()
+        })
+        .await;
+        assert_eq!(leader.core.borrow().epoch_start(), Offset(2));
+        let info = log
+            .append(batch(9), LeaderEpoch(3), Durability::Synced)
+            .await
+            .unwrap();
+        assert_eq!(info.base_offset, Offset(2));
+        driver.local_end_moved(&tp);
+        assert_eq!(
+            log.high_watermark(),
+            Offset(4),
+            "a single-replica ISR commits"
+        );
+        driver.stop();
+        log.close().await.unwrap();
     });
 }

@@ -86,6 +86,8 @@ pub type ReplicationWait = oneshot::Receiver<Result<(), ReplicaError>>;
 
 /// One shard's replication driver (see the module docs).
 pub struct ShardReplication {
+    /// This driver, for the tasks it spawns.
+    this: std::rc::Weak<ShardReplication>,
     local: BrokerId,
     shard: ShardId,
     settings: ReplicationSettings,
@@ -118,7 +120,8 @@ impl ShardReplication {
             settings.fetch_max_wait,
         )
         .with_backoff(FETCH_BACKOFF);
-        Rc::new(ShardReplication {
+        Rc::new_cyclic(|this| ShardReplication {
+            this: this.clone(),
             local,
             shard,
             settings,
@@ -237,8 +240,16 @@ impl ShardReplication {
             min_insync_replicas,
             isr_change_retry: self.settings.isr_change_retry,
         };
-        let core = LeaderCore::new(tp.clone(), self.local, state, positions, config, now);
-        tracing::info!(%tp, epoch = state.leader_epoch.0, isr = ?state.isr, "leading");
+        let mut core = LeaderCore::new(tp.clone(), self.local, state, positions, config, now);
+        // Log operations are serial across a partition's cores, as for follower cores: a
+        // truncation or append of the follower core this replica had may still be running, and
+        // would move the log under the positions just read. The core then serves nothing until
+        // the log settled and it read them again (`settle`).
+        let log_pending = self.fetcher.log_busy(tp);
+        if log_pending {
+            core.set_log_pending();
+        }
+        tracing::info!(%tp, epoch = state.leader_epoch.0, isr = ?state.isr, log_pending, "leading");
         let replica = Rc::new(LeaderReplica {
             core: RefCell::new(core),
             log: Rc::clone(log),
@@ -248,9 +259,47 @@ impl ShardReplication {
             visible: Rc::clone(visible),
         };
         self.leaders.borrow_mut().insert(tp.clone(), led);
-        // A single-replica ISR (RF 1, or the others fenced) can commit what the log holds.
-        self.local_end_moved(tp);
+        if log_pending {
+            let this = self
+                .this
+                .upgrade()
+                .expect("the driver is alive while it leads");
+            let (tp, pending) = (tp.clone(), Rc::clone(&replica));
+            sluice_engine::rt::spawn(async move {
+                this.fetcher.log_idle(&tp).await;
+                this.settle(&tp, &pending);
+            })
+            .detach();
+        } else {
+            // A single-replica ISR (RF 1, or the others fenced) can commit what the log holds.
+            self.local_end_moved(tp);
+        }
         Some(replica)
+    }
+
+    /// The log of a leader core built while it was still changing is idle: the core reads
+    /// its positions again and starts serving (unless it no longer leads).
+    fn settle(&self, tp: &TopicPartition, pending: &Rc<LeaderReplica>) {
+        let current = self.leader(tp);
+        if !current.is_some_and(|current| Rc::ptr_eq(&current, pending)) {
+            return;
+        }
+        let log = &pending.log;
+        let positions = LeaderPositions {
+            next_offset: log.next_offset(),
+            durable_end: log.log_end_offset(),
+            high_watermark: log.high_watermark(),
+        };
+        let now = sluice_engine::rt::clock::now();
+        tracing::info!(%tp, ?positions, "leading on the settled log");
+        let actions = pending.core.borrow_mut().on_log_settled(positions, now);
+        self.apply(tp, actions);
+        self.local_end_moved(tp);
+    }
+
+    /// True while the fetcher's truncation or append on `tp`'s log is in flight.
+    pub fn log_busy(&self, tp: &TopicPartition) -> bool {
+        self.fetcher.log_busy(tp)
     }
 
     /// Follows `state.leader` for `tp`, whose partition lives on `shard` of every replica.

@@ -112,6 +112,8 @@ pub struct Fetcher<T> {
     /// Truncations and appends issued and not finished, per partition, whatever core issued
     /// them (see [`LogOperation`]). Never borrowed across an `.await`.
     operations: RefCell<BTreeMap<TopicPartition, u32>>,
+    /// Bumped when a partition's last operation in flight ends.
+    operations_ended: Notify,
     stats: Cell<FetcherStats>,
 }
 
@@ -140,6 +142,7 @@ impl<T: ReplicaFetchTransport> Fetcher<T> {
             added: Notify::new(),
             generations: Cell::new(0),
             operations: RefCell::new(BTreeMap::new()),
+            operations_ended: Notify::new(),
             stats: Cell::new(FetcherStats::default()),
         }
     }
@@ -189,6 +192,17 @@ impl<T: ReplicaFetchTransport> Fetcher<T> {
     /// the partition) has not finished.
     pub fn log_busy(&self, tp: &TopicPartition) -> bool {
         self.operations.borrow().contains_key(tp)
+    }
+
+    /// Waits until no truncation or append this fetcher issued on `tp`'s log is in flight.
+    pub async fn log_idle(&self, tp: &TopicPartition) {
+        loop {
+            let seen = self.operations_ended.version();
+            if !self.log_busy(tp) {
+                return;
+            }
+            self.operations_ended.changed(seen).await;
+        }
     }
 
     /// Stops following a partition (it became leader, or moved away).
@@ -464,7 +478,7 @@ impl<T: ReplicaFetchTransport> Fetcher<T> {
     ) -> bool {
         match action {
             FollowerAction::Truncate(offset) => {
-                let _operation = LogOperation::start(&self.operations, tp);
+                let _operation = LogOperation::start(self, tp);
                 let result = log.truncate_to(offset).await;
                 if let Err(error) = &result {
                     tracing::warn!(%tp, %offset, %error, "follower truncation failed");
@@ -479,7 +493,7 @@ impl<T: ReplicaFetchTransport> Fetcher<T> {
             }
             FollowerAction::Append(batches) => {
                 let bytes = batches.len() as u64;
-                let operation = LogOperation::start(&self.operations, tp);
+                let operation = LogOperation::start(self, tp);
                 let result = log.append_replicated(batches, Durability::Synced).await;
                 drop(operation);
                 let follow_up = self.with_partition(tp, generation, |partition| match &result {
@@ -531,17 +545,20 @@ impl<T: ReplicaFetchTransport> Fetcher<T> {
 /// `Fetcher::operations` from before it is issued until it finished (or its future was dropped).
 struct LogOperation<'a> {
     operations: &'a RefCell<BTreeMap<TopicPartition, u32>>,
+    ended: &'a Notify,
     tp: TopicPartition,
 }
 
 impl<'a> LogOperation<'a> {
-    fn start(
-        operations: &'a RefCell<BTreeMap<TopicPartition, u32>>,
-        tp: &TopicPartition,
-    ) -> LogOperation<'a> {
-        *operations.borrow_mut().entry(tp.clone()).or_insert(0) += 1;
+    fn start<T>(fetcher: &'a Fetcher<T>, tp: &TopicPartition) -> LogOperation<'a> {
+        *fetcher
+            .operations
+            .borrow_mut()
+            .entry(tp.clone())
+            .or_insert(0) += 1;
         LogOperation {
-            operations,
+            operations: &fetcher.operations,
+            ended: &fetcher.operations_ended,
             tp: tp.clone(),
         }
     }
@@ -557,6 +574,7 @@ impl Drop for LogOperation<'_> {
         *count -= 1;
         if *count == 0 {
             operations.remove(&self.tp);
+            self.ended.notify();
         }
     }
 }

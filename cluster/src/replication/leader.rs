@@ -131,6 +131,11 @@ pub struct LeaderCore {
     high_watermark: Offset,
     /// Invariant: ordered by `last_offset`, all `>= high_watermark`.
     waiters: VecDeque<Waiter>,
+    /// The log may still change under the core: a truncation or append of the follower core
+    /// this replica had is in flight, so the positions the core was built with may be stale.
+    /// Invariant: while true, no waiters, no produce or replica fetch accepted, and the high
+    /// watermark does not move (see [`LeaderCore::set_log_pending`]).
+    log_pending: bool,
 }
 
 impl LeaderCore {
@@ -183,7 +188,67 @@ impl LeaderCore {
             local_end: positions.durable_end,
             high_watermark: positions.high_watermark,
             waiters: VecDeque::new(),
+            log_pending: false,
         }
+    }
+
+    /// The log was still changing when this core was built (a follower core's truncation or
+    /// append in flight): until [`Self::on_log_settled`], produces and replica fetches are
+    /// refused (`NotLeader`, both retried by their senders), the local end is ignored and the
+    /// high watermark stays. A truncation running under a leader core would otherwise move its
+    /// durable end and epoch start backwards, under waiters and follower positions it counted.
+    ///
+    /// # Panics
+    /// If the core has waiters already.
+    pub fn set_log_pending(&mut self) {
+        assert!(
+            self.waiters.is_empty(),
+            "{}: log pending with waiters",
+            self.tp
+        );
+        self.log_pending = true;
+    }
+
+    /// True until the log the core was built on settled (see [`Self::set_log_pending`]).
+    pub fn is_log_pending(&self) -> bool {
+        self.log_pending
+    }
+
+    /// The log settled: the core takes its positions as they are now (like a new core), and
+    /// starts serving.
+    ///
+    /// # Panics
+    /// If the log was not pending, or `positions` have the high watermark past the durable end.
+    pub fn on_log_settled(
+        &mut self,
+        positions: LeaderPositions,
+        now: Instant,
+    ) -> Vec<LeaderAction> {
+        assert!(self.log_pending, "{}: log settled twice", self.tp);
+        assert!(
+            self.waiters.is_empty(),
+            "{}: waiters while pending",
+            self.tp
+        );
+        assert!(
+            positions.high_watermark <= positions.durable_end,
+            "{}: high watermark past the durable end",
+            self.tp
+        );
+        self.log_pending = false;
+        self.epoch_start = positions.next_offset;
+        self.local_end = positions.durable_end;
+        // Not a step back: the high watermark never moved while pending, and the log's can
+        // only have gone down with a truncation (below it only after an unclean election).
+        self.high_watermark = positions.high_watermark;
+        for follower in self.followers.values_mut() {
+            follower.log_end = None;
+            follower.last_caught_up = now;
+            follower.last_fetch = None;
+        }
+        let mut actions = Vec::new();
+        self.advance_high_watermark(&mut actions);
+        actions
     }
 
     /// The leader epoch.
@@ -225,6 +290,9 @@ impl LeaderCore {
     /// Checks an append before it is made: acks=all needs a committed ISR of at least
     /// `min.insync.replicas`.
     pub fn check_produce(&self, acks: Acks) -> Result<(), ReplicaError> {
+        if self.log_pending {
+            return Err(ReplicaError::NotLeader);
+        }
         if acks == Acks::All && self.isr.len() < self.config.min_insync_replicas {
             return Err(ReplicaError::NotEnoughReplicas);
         }
@@ -234,6 +302,11 @@ impl LeaderCore {
     /// Registers an acks=all append whose last record is `last_offset` (appends registered in
     /// log order). It completes through a later [`LeaderAction::Complete`].
     pub fn wait_for_replication(&mut self, id: ProduceId, last_offset: Offset) {
+        assert!(
+            !self.log_pending,
+            "{}: produce accepted while the log is pending",
+            self.tp
+        );
         assert!(
             last_offset >= self.high_watermark,
             "{}: waiter for {last_offset} below the high watermark {}",
@@ -258,6 +331,10 @@ impl LeaderCore {
 
     /// The leader's own log became durable up to `durable_end` (as acks=all demands).
     pub fn on_local_end(&mut self, durable_end: Offset) -> Vec<LeaderAction> {
+        if self.log_pending {
+            // The log may be moving back (a truncation); `on_log_settled` reads it afresh.
+            return Vec::new();
+        }
         assert!(
             durable_end >= self.local_end,
             "{}: leader durable end moved back from {} to {durable_end}",
@@ -325,6 +402,9 @@ impl LeaderCore {
         }
         if replica == self.local || !self.followers.contains_key(&replica) {
             return Err(ReplicaError::UnknownReplica);
+        }
+        if self.log_pending {
+            return Err(ReplicaError::NotLeader);
         }
         Ok(())
     }
@@ -396,6 +476,10 @@ impl LeaderCore {
     /// `replica.lag.time.max.ms`, and re-proposes a change the controller has not answered.
     pub fn on_tick(&mut self, now: Instant) -> Vec<LeaderAction> {
         let mut actions = Vec::new();
+        if self.log_pending {
+            // Followers cannot fetch yet: their lag does not count.
+            return actions;
+        }
         if let Some(pending) = &self.pending {
             if now.saturating_duration_since(pending.since) < self.config.isr_change_retry {
                 return actions;
@@ -514,6 +598,9 @@ impl LeaderCore {
     }
 
     fn advance_high_watermark(&mut self, actions: &mut Vec<LeaderAction>) {
+        if self.log_pending {
+            return;
+        }
         let mut candidate = self.local_end;
         for replica in self.maximal_isr() {
             if replica == self.local {
