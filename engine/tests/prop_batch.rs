@@ -459,3 +459,36 @@ fn the_offset_after_a_batch_must_exist() {
     );
     assert!(validate(&batch, BATCH_BYTES_MAX).is_err());
 }
+
+proptest! {
+    // Goal: a produced batch whose header counts fewer or more records than its uncompressed
+    // records hold is refused (it would get fewer offsets than its records use, or claim
+    // offsets no record has), as Kafka refuses an incorrect declared batch size; compressed
+    // records are not opened. Method: build a batch of n records, rewrite its record count
+    // and last offset delta to k != n with a fresh CRC.
+    #[test]
+    fn declared_record_count_must_match_the_records(
+        records in prop::collection::vec(record_with(0_i64..1_000_000), 1..8),
+        declared in 1_i32..12,
+        codec in codec(),
+    ) {
+        prop_assume!(declared as usize != records.len());
+        let mut batch = build_batch(&records, codec).expect("build").to_vec();
+        batch[23..27].copy_from_slice(&(declared - 1).to_be_bytes());
+        batch[57..61].copy_from_slice(&declared.to_be_bytes());
+        let crc = compute_crc(&batch);
+        batch[17..21].copy_from_slice(&crc.to_be_bytes());
+        let header = validate(&batch, BATCH_BYTES_MAX).expect("the header alone is consistent");
+        prop_assert_eq!(header.record_count, declared);
+        let produced = validate_produced(&batch, BATCH_BYTES_MAX);
+        if codec == Compression::None {
+            prop_assert!(
+                matches!(produced, Err(BatchError::CorruptRecords(_))),
+                "{:?}",
+                produced
+            );
+        } else {
+            prop_assert!(produced.is_ok());
+        }
+    }
+}

@@ -426,7 +426,9 @@ pub fn validate(buf: &[u8], max_batch_bytes: usize) -> Result<BatchHeader, Batch
 
 /// Checks what the broker requires of a batch from a producer, on top of [`validate`]: at least
 /// one record and a last offset delta equal to the record count minus one, so that offsets
-/// assigned from the base are dense.
+/// assigned from the base are dense; and, when the records are not compressed, exactly that
+/// many records ([`records::check_record_framing`]). Compressed records are not opened: the
+/// broker never decompresses (Kafka does, to validate each record).
 pub fn validate_produced(buf: &[u8], max_batch_bytes: usize) -> Result<BatchHeader, BatchError> {
     let header = validate(buf, max_batch_bytes)?;
     if header.record_count < 1 || header.last_offset_delta != header.record_count - 1 {
@@ -434,6 +436,10 @@ pub fn validate_produced(buf: &[u8], max_batch_bytes: usize) -> Result<BatchHead
             record_count: header.record_count,
             last_offset_delta: header.last_offset_delta,
         });
+    }
+    if header.attributes.compression()? == Compression::None {
+        let records = &buf[HEADER_BYTES..header.total_bytes()];
+        records::check_record_framing(records, header.record_count)?;
     }
     Ok(header)
 }

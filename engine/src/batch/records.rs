@@ -407,6 +407,39 @@ pub struct RecordDecoder {
     done: bool,
 }
 
+/// Checks that uncompressed `records` (a batch's bytes after its header) hold exactly
+/// `record_count` length-prefixed records and nothing after them, reading only the lengths (a
+/// varint per record). What Kafka refuses as "incorrect declared batch size": a batch whose
+/// header counts fewer records than it holds would get fewer offsets than its records use.
+pub fn check_record_framing(records: &[u8], record_count: i32) -> Result<(), BatchError> {
+    let fault = |index: i32, fault: RecordFault| {
+        BatchError::CorruptRecords(format!("record {index} of {record_count}: {fault}"))
+    };
+    let mut cursor = Cursor::new(records);
+    for index in 0..record_count {
+        let length = cursor
+            .varint("record length")
+            .map_err(|e| fault(index, e))?;
+        let length = usize::try_from(length).map_err(|_| {
+            fault(
+                index,
+                RecordFault::InvalidLength {
+                    field: "record length",
+                    length: i64::from(length),
+                },
+            )
+        })?;
+        cursor.take("record", length).map_err(|e| fault(index, e))?;
+    }
+    if cursor.remaining() > 0 {
+        return Err(BatchError::CorruptRecords(format!(
+            "{} bytes after the {record_count} records the header counts",
+            cursor.remaining()
+        )));
+    }
+    Ok(())
+}
+
 /// Validates the batch at the start of `batch` (CRC and framing) and returns a decoder over
 /// its records, decompressing them up to [`RECORDS_DECOMPRESSED_BYTES_MAX`].
 pub fn decode_batch(batch: &Bytes, max_batch_bytes: usize) -> Result<RecordDecoder, BatchError> {
