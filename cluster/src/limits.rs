@@ -36,6 +36,15 @@ pub const GROUP_TICK_MS: u64 = 100;
 /// strings, so at most ~192 KiB of them.
 pub const GROUP_STRING_BYTES_MAX: usize = i16::MAX as usize;
 
+/// Most (topic, partition) entries a classic consumer group tracks from its members'
+/// assignments (which member owns which partition, over all members; also the most one
+/// DescribeGroups answer lists). Kafka treats assignments as opaque bytes, so a member whose
+/// assignment does not fit what is left is simply not tracked: commits for untracked
+/// partitions are accepted, as Kafka accepts them all. An entry costs 8 bytes in the table (up
+/// to 24 while it is built, 24 in a description), so a group's table stays under 24 MiB however
+/// large its assignments; 1M entries is ten topics at [`TOPIC_PARTITIONS_MAX`].
+pub const GROUP_OWNED_PARTITIONS_MAX: usize = 1_000_000;
+
 /// Bytes read per step when replaying an offsets partition at load. One read buffer of this
 /// size lives while a partition loads.
 pub const GROUP_LOAD_READ_BYTES: usize = 1 << 20;
@@ -56,3 +65,5 @@ pub const SHUTDOWN_CLOSES_INFLIGHT_MAX: usize = 1024;
 const _: () = assert!(OFFSETS_TOPIC_PARTITIONS_DEFAULT <= OFFSETS_TOPIC_PARTITIONS_MAX);
 const _: () = assert!(OFFSETS_TOPIC_PARTITIONS_MAX <= TOPIC_PARTITIONS_MAX);
 const _: () = assert!(TOPIC_NAME_BYTES_MAX <= GROUP_STRING_BYTES_MAX);
+const _: () = assert!(GROUP_OWNED_PARTITIONS_MAX >= TOPIC_PARTITIONS_MAX as usize);
+const _: () = assert!(GROUP_OWNED_PARTITIONS_MAX <= u32::MAX as usize);

@@ -405,15 +405,19 @@ impl NativeGroup {
 }
 
 fn restore_member(m: &MemberValue, now: TimestampMs) -> Option<NativeMember> {
+    // No cap beyond the bytes: this broker wrote the snapshot from the member's own state (its
+    // partitions come from metadata), and dropping a member for its size would free partitions
+    // it still consumes. Memory stays proportional to the snapshot, topic names shared.
+    let entries_max = usize::MAX;
     let topics = subscription_topics(&m.subscription)?;
-    let assigned = assigned_partitions(&m.assignment)?;
+    let assigned = assigned_partitions(&m.assignment, entries_max)?;
     let user_data = assignment_user_data(&m.assignment)??;
     if user_data.len() < 8 {
         return None;
     }
     let epoch = i32::from_be_bytes(user_data[0..4].try_into().ok()?);
     let previous_epoch = i32::from_be_bytes(user_data[4..8].try_into().ok()?);
-    let revoking = assigned_partitions(&user_data[8..])?;
+    let revoking = assigned_partitions(&user_data[8..], entries_max)?;
     let session_timeout = Duration::from_millis(u64::try_from(m.session_timeout_ms).ok()?);
     Some(NativeMember {
         epoch,
@@ -423,14 +427,8 @@ fn restore_member(m: &MemberValue, now: TimestampMs) -> Option<NativeMember> {
         session_timeout,
         deadline: after(now, session_timeout),
         topics: topics.into_iter().collect(),
-        assigned: assigned
-            .into_iter()
-            .map(|(t, p)| TopicPartition::new(t, p))
-            .collect(),
-        revoking: revoking
-            .into_iter()
-            .map(|(t, p)| TopicPartition::new(t, p))
-            .collect(),
+        assigned: assigned.into_iter().collect(),
+        revoking: revoking.into_iter().collect(),
     })
 }
 

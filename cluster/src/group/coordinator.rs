@@ -18,7 +18,7 @@
 //! Must not depend on: the clock, the runtime, the log, or any protocol crate. `!Send` is not
 //! required: the core is plain data.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -29,6 +29,7 @@ use super::consumer_protocol::{
     CONSUMER_PROTOCOL_TYPE, assigned_partitions, encode_assignment, encode_subscription,
     subscription_topics,
 };
+use super::owners::Owners;
 use super::record::{GroupValue, MemberValue, OffsetValue, OffsetsRecord};
 use super::types::{
     CommitRequest, CommitResponse, CommittedOffset, ConsumerAssignment, ConsumerHeartbeat,
@@ -37,7 +38,7 @@ use super::types::{
     LeaveResponse, MEMBER_EPOCH_JOIN, MemberDescription, SyncRequest, SyncResponse,
 };
 use super::{GroupConfig, GroupError};
-use crate::limits::{GROUP_STRING_BYTES_MAX, TOPIC_NAME_BYTES_MAX};
+use crate::limits::{GROUP_OWNED_PARTITIONS_MAX, GROUP_STRING_BYTES_MAX, TOPIC_NAME_BYTES_MAX};
 
 /// Identifies one append the core asked for. Increases by one per append.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -155,7 +156,7 @@ struct Group<R> {
     state_since: TimestampMs,
     offsets: BTreeMap<TopicPartition, OffsetValue>,
     /// For consumer groups in `Stable`: which member the generation assigns each partition.
-    owners: HashMap<TopicPartition, String>,
+    owners: Owners,
     /// True once a group metadata record for it is in the log (so removal needs a tombstone).
     stored: bool,
     /// `Some` for a native consumer group (then `members` is empty and the classic fields are
@@ -180,7 +181,7 @@ impl<R> Group<R> {
             sync_deadline: now,
             state_since: now,
             offsets: BTreeMap::new(),
-            owners: HashMap::new(),
+            owners: Owners::default(),
             stored: false,
             native: None,
         }
@@ -353,15 +354,21 @@ impl<R> Group<R> {
     }
 
     fn compute_owners(&mut self) {
-        self.owners.clear();
+        self.owners = Owners::default();
         if self.protocol_type.as_deref() != Some(CONSUMER_PROTOCOL_TYPE) {
             return;
         }
-        for (id, member) in &self.members {
-            for (topic, partition) in assigned_partitions(&member.assignment).unwrap_or_default() {
-                self.owners
-                    .insert(TopicPartition::new(topic, partition), id.clone());
-            }
+        let members = self
+            .members
+            .iter()
+            .map(|(id, m)| (id.as_str(), &m.assignment[..]));
+        self.owners = Owners::build(members);
+        if self.owners.untracked() > 0 {
+            tracing::info!(
+                group = %self.id,
+                members = self.owners.untracked(),
+                "assignments not tracked for commit checks (undecodable or too large)"
+            );
         }
     }
 
@@ -953,7 +960,7 @@ impl<R> GroupCoordinator<R> {
             group.protocol_type = Some(CONSUMER_PROTOCOL_TYPE.to_owned());
             group.protocol = Some(NATIVE_ASSIGNOR.to_owned());
             group.leader = None;
-            group.owners.clear();
+            group.owners = Owners::default();
         }
         let native = group.native.as_mut().expect("made native above");
         let prefix = if req.client_id.is_empty() {
@@ -1087,8 +1094,8 @@ impl<R> GroupCoordinator<R> {
                 ))
             } else if group
                 .owners
-                .get(&offset.tp)
-                .is_some_and(|owner| !simple && *owner != req.member_id)
+                .owner(&offset.tp)
+                .is_some_and(|owner| !simple && owner != req.member_id)
             {
                 // The current generation gives this partition to another member: the
                 // committer's view of the assignment is stale (or it is misbehaving).
@@ -1229,6 +1236,18 @@ impl<R> GroupCoordinator<R> {
         }
         let mut members: Vec<(&String, &Member<R>)> = group.members.iter().collect();
         members.sort_by_key(|(_, m)| m.join_order);
+        // The members' partitions, as the ownership table reads them: topic names shared, at
+        // most GROUP_OWNED_PARTITIONS_MAX over the group (a member past it shows none).
+        let consumer = group.protocol_type.as_deref() == Some(CONSUMER_PROTOCOL_TYPE);
+        let mut entries_left = GROUP_OWNED_PARTITIONS_MAX;
+        let mut partitions = |assignment: &[u8]| -> Vec<TopicPartition> {
+            if !consumer {
+                return Vec::new();
+            }
+            let partitions = assigned_partitions(assignment, entries_left).unwrap_or_default();
+            entries_left -= partitions.len();
+            partitions
+        };
         GroupDescription {
             group_id: group_id.to_owned(),
             error: None,
@@ -1251,15 +1270,7 @@ impl<R> GroupCoordinator<R> {
                     metadata: m.metadata(group.protocol.as_deref()),
                     assignment: m.assignment.clone(),
                     member_epoch: group.generation,
-                    partitions: if group.protocol_type.as_deref() == Some(CONSUMER_PROTOCOL_TYPE) {
-                        assigned_partitions(&m.assignment)
-                            .unwrap_or_default()
-                            .into_iter()
-                            .map(|(t, p)| TopicPartition::new(t, p))
-                            .collect()
-                    } else {
-                        Vec::new()
-                    },
+                    partitions: partitions(&m.assignment),
                 })
                 .collect(),
         }
@@ -1944,11 +1955,7 @@ fn replace_static_member<R>(
     if was_leader {
         group.leader = Some(new_id.clone());
     }
-    for owner in group.owners.values_mut() {
-        if owner == old_id {
-            *owner = new_id.clone();
-        }
-    }
+    group.owners.rename(old_id, &new_id);
     group.instances.insert(instance, new_id.clone());
     group.members.insert(new_id.clone(), member);
     match group.state {
@@ -2043,7 +2050,7 @@ fn complete_join<R>(group: &mut Group<R>, fx: &mut Effects<R>, now: TimestampMs)
         "generation of group {id} must grow"
     );
     group.initial_delay = None;
-    group.owners.clear();
+    group.owners = Owners::default();
     group.state_since = now;
     if group.members.is_empty() {
         group.state = GroupState::Empty;
@@ -2159,6 +2166,7 @@ fn remove_member<R>(
 #[cfg(test)]
 mod tests {
     use std::collections::VecDeque;
+    use std::sync::Arc;
 
     use super::super::consumer_protocol::tests::{assignment, subscription};
     use super::super::types::{CommitOffset, LeavingMember};
@@ -2309,11 +2317,22 @@ mod tests {
             generation: i32,
             plan: &[(&str, &[i32])],
         ) -> u32 {
-            let token = self.token();
             let assignments = plan
                 .iter()
                 .map(|(m, ps)| ((*m).to_owned(), Bytes::from(assignment(&[("t", ps)]))))
                 .collect();
+            self.sync_assignments(group, member, generation, assignments)
+        }
+
+        /// [`Harness::sync`] with the assignments' bytes as given.
+        fn sync_assignments(
+            &mut self,
+            group: &str,
+            member: &str,
+            generation: i32,
+            assignments: Vec<(String, Bytes)>,
+        ) -> u32 {
+            let token = self.token();
             let request = SyncRequest {
                 group_id: group.into(),
                 generation,
@@ -3073,5 +3092,65 @@ mod tests {
         );
         assert_eq!(truncate_str("a\u{20ac}", 3), "a");
         assert_eq!(truncate_str("a\u{20ac}", 4), "a\u{20ac}");
+    }
+
+    /// A single dynamic member of `group` syncs `assignment` for itself; returns its id.
+    fn sole_member_syncs(h: &mut Harness, group: &str, assignment: Bytes) -> String {
+        let (id, token) = h.join_new(group);
+        let joined = h.joined(token);
+        assert_eq!(joined.error, None);
+        let plan = vec![(id.clone(), assignment.clone())];
+        let token = h.sync_assignments(group, &id, joined.generation, plan);
+        let synced = h.synced(token);
+        assert_eq!(synced.error, None, "a sync never fails for its assignment");
+        assert_eq!(synced.assignment, assignment);
+        id
+    }
+
+    // Goal: a member's assignment costs memory in proportion to its bytes: one allocation per
+    // topic name shared by all its partitions and each partition once, in DescribeGroups and
+    // after a replay; an assignment too large to track neither fails the sync nor the replay,
+    // its partitions are just not tracked. Method: a 1,000-byte topic name listed with a
+    // repeated partition, then an assignment of GROUP_OWNED_PARTITIONS_MAX + 1 entries; the log
+    // replayed into a fresh core.
+    #[test]
+    fn assignments_share_topic_names_and_are_bounded() {
+        let mut h = Harness::new();
+        let long = "t".repeat(1000);
+        let bytes = Bytes::from(assignment(&[(&long, &[5, 5, 7]), ("u", &[1])]));
+        sole_member_syncs(&mut h, "big", bytes);
+        let check = |core: &GroupCoordinator<u32>| {
+            let described = core.describe("big");
+            let partitions = &described.members[0].partitions;
+            let parts: Vec<(usize, i32)> = partitions
+                .iter()
+                .map(|tp| (tp.topic.len(), tp.partition.0))
+                .collect();
+            assert_eq!(
+                parts,
+                vec![(1000, 5), (1000, 7), (1, 1)],
+                "each partition once"
+            );
+            assert!(
+                Arc::ptr_eq(&partitions[0].topic, &partitions[1].topic),
+                "one allocation for the topic name"
+            );
+        };
+        check(&h.core);
+        // An assignment past what a group tracks: the sync succeeds, nothing is tracked.
+        let every: Vec<i32> = vec![0; GROUP_OWNED_PARTITIONS_MAX + 1];
+        let huge = Bytes::from(assignment(&[("t", &every)]));
+        let member = sole_member_syncs(&mut h, "huge", huge);
+        let described = h.core.describe("huge");
+        assert!(described.members[0].partitions.is_empty(), "not tracked");
+        assert_eq!(h.commit("huge", &member, 1, ("t", 0), 3), None);
+        let mut fresh = Harness::new();
+        for record in h.log.clone() {
+            fresh.core.replay(fresh.now, record);
+        }
+        fresh.core.finish_load(fresh.now);
+        check(&fresh.core);
+        assert_eq!(fresh.core.describe("huge").state, GroupState::Stable);
+        assert_eq!(fresh.heartbeat("huge", &member, 1), Ok(()));
     }
 }

@@ -25,6 +25,7 @@ mod backend;
 mod consumer_group;
 pub mod consumer_protocol;
 mod coordinator;
+mod owners;
 pub mod record;
 pub mod types;
 

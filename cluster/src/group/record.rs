@@ -397,16 +397,26 @@ impl<'a> Reader<'a> {
         Ok(i64::from_be_bytes(a))
     }
 
-    pub(crate) fn nullable_string(&mut self) -> Result<Option<String>, RecordError> {
+    /// A nullable string borrowed from the bytes (nothing allocated).
+    pub(crate) fn nullable_str(&mut self) -> Result<Option<&'a str>, RecordError> {
         let len = self.i16()?;
         if len == -1 {
             return Ok(None);
         }
         let len = usize::try_from(len).map_err(|_| RecordError::InvalidLength(len.into()))?;
         let bytes = self.take(len)?;
-        String::from_utf8(bytes.to_vec())
+        std::str::from_utf8(bytes)
             .map(Some)
             .map_err(|_| RecordError::NotUtf8)
+    }
+
+    /// A non-null string borrowed from the bytes.
+    pub(crate) fn str(&mut self) -> Result<&'a str, RecordError> {
+        self.nullable_str()?.ok_or(RecordError::InvalidLength(-1))
+    }
+
+    pub(crate) fn nullable_string(&mut self) -> Result<Option<String>, RecordError> {
+        Ok(self.nullable_str()?.map(str::to_owned))
     }
 
     pub(crate) fn string(&mut self) -> Result<String, RecordError> {
