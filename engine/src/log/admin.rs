@@ -276,6 +276,11 @@ pub(crate) async fn roll_now(inner: &Rc<Inner>) -> Result<(), AdminError> {
         if state.assign.bytes == 0 {
             return Ok(());
         }
+        if let Err(AppendError::SegmentLimit { segments, limit }) =
+            crate::log::append::check_segment_count(&state)
+        {
+            return Err(AdminError::SegmentLimit { segments, limit });
+        }
         let base = state.next_offset;
         state.queue.push_back(Op::Roll { base });
         state.assign = crate::log::AssignCursor {

@@ -9,6 +9,7 @@ use futures::channel::oneshot;
 
 use crate::batch::{self, HEADER_BYTES, LOG_OVERHEAD_BYTES};
 use crate::limits::{APPEND_BYTES_MAX, QUEUED_BYTES_MAX};
+use crate::log::segment::segments_max;
 use crate::log::{
     AppendError, AppendInfo, AssignCursor, Durability, Inner, Mode, Op, PendingAppend, StagedBatch,
     State, Waiter, writer,
@@ -114,8 +115,21 @@ pub(crate) fn stage(
         Err(shared) => BytesMut::from(&shared[..]),
     };
 
+    let total_bytes = owned.len();
+    let max_timestamp = parsed
+        .iter()
+        .map(|batch| batch.max_timestamp)
+        .max()
+        .expect("not empty");
+    let first_max_timestamp = parsed[0].max_timestamp;
+    let records: i64 = parsed.iter().map(|batch| batch.records).sum();
     let append_time = crate::rt::clock::unix_now_ms();
     let mut state = inner.state.borrow_mut();
+    let end = state.next_offset.plus(records);
+    let roll = roll_wanted(inner, &state, end, total_bytes as u64, max_timestamp);
+    if roll {
+        check_segment_count(&state)?;
+    }
     let mut next = state.next_offset;
     for batch in &parsed {
         let bytes = &mut owned[batch.start..batch.start + batch.len];
@@ -145,14 +159,10 @@ pub(crate) fn stage(
         "{}: append of no offsets at {base_offset}",
         inner.tp
     );
-    let total_bytes = owned.len();
-    let max_timestamp = parsed
-        .iter()
-        .map(|batch| batch.max_timestamp)
-        .max()
-        .expect("not empty");
-    let first_max_timestamp = parsed[0].max_timestamp;
-    maybe_roll(inner, &mut state, next, total_bytes as u64, max_timestamp);
+    assert_eq!(next, end, "{}: offsets assigned", inner.tp);
+    if roll {
+        queue_roll(inner, &mut state);
+    }
 
     let frozen = owned.freeze();
     let mut staged = Vec::with_capacity(parsed.len());
@@ -267,37 +277,146 @@ fn check_mode(state: &State) -> Result<(), AppendError> {
     }
 }
 
-/// Queues a roll before this append when the active segment (as the queue will have it) is
-/// non-empty and the append would pass `segment.bytes`, `segment.ms` (by record timestamps, as
-/// Kafka), or the relative-offset range of the index.
-fn maybe_roll(
+/// Whether a roll must come before this append: the active segment (as the queue will have
+/// it) is non-empty and the append would pass `segment.bytes`, `segment.ms` (by record
+/// timestamps, as Kafka), or the relative-offset range of the index.
+fn roll_wanted(
     inner: &Inner,
-    state: &mut State,
+    state: &State,
     next: Offset,
     bytes: u64,
     max_timestamp: TimestampMs,
-) {
+) -> bool {
     let cursor = state.assign;
     if cursor.bytes == 0 {
-        return;
+        return false;
     }
     let by_size = cursor.bytes + bytes > inner.config().segment_bytes;
     let by_time = cursor
         .first_max_timestamp
         .is_some_and(|first| max_timestamp.0.saturating_sub(first.0) > inner.config().segment_ms);
     let by_offsets = next.0 - 1 - cursor.segment_base.0 > i64::from(u32::MAX);
-    if by_size || by_time || by_offsets {
-        let base = state.next_offset;
-        assert!(
-            base > cursor.segment_base,
-            "{}: roll to {base} without data",
-            inner.tp
-        );
-        state.queue.push_back(Op::Roll { base });
-        state.assign = AssignCursor {
-            segment_base: base,
-            bytes: 0,
-            first_max_timestamp: None,
+    by_size || by_time || by_offsets
+}
+
+/// Refuses an append that needs a roll when the log already holds (or has queued) the most
+/// segments a partition may: open refuses more (the checkpoint's size is bounded by them), so
+/// rolling past it would make a log this process cannot reopen. Counts the queued rolls, so it
+/// costs a pass over the queue, only when a roll is due.
+pub(crate) fn check_segment_count(state: &State) -> Result<(), AppendError> {
+    let queued = state
+        .queue
+        .iter()
+        .filter(|op| matches!(op, Op::Roll { .. }))
+        .count();
+    let segments = state.segments.len() + queued;
+    let limit = segments_max();
+    if segments >= limit {
+        return Err(AppendError::SegmentLimit { segments, limit });
+    }
+    Ok(())
+}
+
+/// Queues a roll at the next offset (see [`roll_wanted`]).
+fn queue_roll(inner: &Inner, state: &mut State) {
+    let cursor = state.assign;
+    let base = state.next_offset;
+    assert!(
+        base > cursor.segment_base,
+        "{}: roll to {base} without data",
+        inner.tp
+    );
+    state.queue.push_back(Op::Roll { base });
+    state.assign = AssignCursor {
+        segment_base: base,
+        bytes: 0,
+        first_max_timestamp: None,
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use std::rc::Rc;
+
+    use crate::batch::Compression;
+    use crate::batch::builder::{SimpleRecord, build_batch};
+    use crate::log::segment::SEGMENTS_MAX_FOR_TEST;
+    use crate::log::{
+        AdminError, AppendError, BatchCache, Durability, LogConfig, OpenError, PartitionLog,
+        RecoveryReport,
+    };
+    use crate::types::{LeaderEpoch, Offset, TimestampMs, TopicPartition};
+
+    fn batch() -> bytes::Bytes {
+        let record = SimpleRecord {
+            key: None,
+            value: Some(vec![7u8; 3_000]),
+            headers: Vec::new(),
+            timestamp: TimestampMs(0),
         };
+        build_batch(&[record], Compression::None).expect("test batch builds")
+    }
+
+    async fn open(dir: &std::path::Path) -> Result<(PartitionLog, RecoveryReport), OpenError> {
+        let config = LogConfig {
+            segment_bytes: 8 << 10,
+            preallocate_bytes: 64 << 10,
+            ..LogConfig::default()
+        };
+        let tp = TopicPartition::new("segment-cap", 0);
+        let cache = Rc::new(BatchCache::new(1 << 20));
+        PartitionLog::open(dir, tp, config, cache).await
+    }
+
+    // Goal: a roll never makes more segments than open accepts: at the cap, an append that
+    // needs a new segment (and a forced roll) is refused with a typed error and the log still
+    // reopens; once delete-records removes a segment, appends roll again.
+    // Method: the cap lowered to 3 for this thread; 3 KiB batches in 8 KiB segments (two each).
+    #[test]
+    fn roll_refuses_past_the_segment_cap_and_the_log_reopens() {
+        SEGMENTS_MAX_FOR_TEST.with(|max| max.set(Some(3)));
+        let dir = tempfile::tempdir().expect("temp dir");
+        crate::rt::block_on(async {
+            let (log, _) = open(dir.path()).await.expect("log opens");
+            let mut appended = 0;
+            let refused = loop {
+                let result = log
+                    .append(batch(), LeaderEpoch(1), Durability::Written)
+                    .await;
+                match result {
+                    Ok(_) => appended += 1,
+                    Err(error) => break error,
+                }
+                assert!(appended < 100, "the cap never refused a roll");
+            };
+            assert!(
+                matches!(
+                    refused,
+                    AppendError::SegmentLimit {
+                        segments: 3,
+                        limit: 3
+                    }
+                ),
+                "{refused:?}"
+            );
+            assert_eq!(appended, 6, "two batches in each of three segments");
+            assert_eq!(log.segment_count(), 3);
+            let forced = log.roll().await;
+            assert!(
+                matches!(forced, Err(AdminError::SegmentLimit { .. })),
+                "{forced:?}"
+            );
+            log.close().await.expect("close");
+            let (log, _) = open(dir.path()).await.expect("a log at the cap reopens");
+            log.set_high_watermark(log.log_end_offset());
+            log.delete_records(Offset(2)).await.expect("delete records");
+            assert_eq!(log.segment_count(), 2);
+            log.append(batch(), LeaderEpoch(1), Durability::Written)
+                .await
+                .expect("appends roll again");
+            assert_eq!(log.segment_count(), 3);
+            log.close().await.expect("close");
+        });
+        SEGMENTS_MAX_FOR_TEST.with(|max| max.set(None));
     }
 }

@@ -148,6 +148,16 @@ pub enum AppendError {
         /// The limit.
         limit: usize,
     },
+    /// The append needs a new segment and the partition holds the most it may
+    /// ([`crate::limits::SEGMENTS_MAX`]); appends work again once retention or delete-records
+    /// removes segments.
+    #[error("partition holds {segments} segments, the most it may; delete records to append")]
+    SegmentLimit {
+        /// Segments the log holds, rolls queued included.
+        segments: usize,
+        /// The limit.
+        limit: usize,
+    },
     /// The log is being truncated; retry after [`super::PartitionLog::truncate_to`] returns.
     #[error("log is being truncated")]
     Busy,
@@ -240,6 +250,15 @@ pub enum AdminError {
     /// The log failed after a sync error; reopen it.
     #[error("log failed after a sync error; reopen it")]
     Failed,
+    /// A forced roll when the partition holds the most segments it may
+    /// ([`crate::limits::SEGMENTS_MAX`]).
+    #[error("partition holds {segments} segments, the most it may")]
+    SegmentLimit {
+        /// Segments the log holds, rolls queued included.
+        segments: usize,
+        /// The limit.
+        limit: usize,
+    },
 }
 
 impl From<io::Error> for AdminError {

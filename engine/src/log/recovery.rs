@@ -33,6 +33,7 @@ use crate::log::index::{
 use crate::log::segment::{
     ActiveSegment, INDEX_EXTENSION, LOG_EXTENSION, ScanItem, Scanner, Segment, Spare,
     TIME_INDEX_EXTENSION, file_path, parse_file_name, parse_recycle_file_name, recycle_file_name,
+    segments_max,
 };
 use crate::log::writer::{checkpoint_of, create_segment, cursor_of_active, sealed_row};
 use crate::log::{Inner, LogConfig, LogStats, Mode, OpenError, State};
@@ -559,7 +560,7 @@ async fn list_segments(dir: &Path, report: &mut RecoveryReport) -> Result<DiskSe
         }
         disk.bases.remove(&base);
     }
-    if disk.bases.len() > SEGMENTS_MAX {
+    if disk.bases.len() > segments_max() {
         return Err(OpenError::TooManySegments {
             path: dir.to_path_buf(),
             count: disk.bases.len(),

@@ -11,7 +11,7 @@ use bytes::Bytes;
 
 use crate::batch::{self, BatchError, BatchHeader, HEADER_BYTES};
 use crate::io::File;
-use crate::limits::{BATCH_BYTES_MAX, SCAN_CHUNK_BYTES};
+use crate::limits::{BATCH_BYTES_MAX, SCAN_CHUNK_BYTES, SEGMENTS_MAX};
 use crate::log::index::{IndexBuilder, IndexFile};
 use crate::types::{Offset, TimestampMs};
 
@@ -21,6 +21,23 @@ pub(crate) const LOG_EXTENSION: &str = "log";
 pub(crate) const INDEX_EXTENSION: &str = "index";
 /// Extension of time index files.
 pub(crate) const TIME_INDEX_EXTENSION: &str = "timeindex";
+
+#[cfg(test)]
+thread_local! {
+    /// A lower segment cap for this thread's unit tests, so they reach it cheaply.
+    pub(crate) static SEGMENTS_MAX_FOR_TEST: std::cell::Cell<Option<usize>> =
+        const { std::cell::Cell::new(None) };
+}
+
+/// The most segments a partition may hold: [`SEGMENTS_MAX`], which a roll enforces and open
+/// checks (unit tests may lower it for their thread).
+pub(crate) fn segments_max() -> usize {
+    #[cfg(test)]
+    if let Some(max) = SEGMENTS_MAX_FOR_TEST.with(std::cell::Cell::get) {
+        return max;
+    }
+    SEGMENTS_MAX
+}
 
 /// `00000000000000000042.log` for base offset 42 and extension `log`.
 pub(crate) fn file_name(base: Offset, extension: &str) -> String {
