@@ -13,7 +13,9 @@
 //! `Backpressure`, never unbounded memory); a writer task writes the frames in order, a
 //! reader task completes the calls. A link that fails fails every call in flight with
 //! `Unreachable`, reconnects with exponential backoff, and fails new calls at once while it
-//! is down; calls not answered in [`PEER_CALL_TIMEOUT`] fail with `Timeout`.
+//! is down; calls not answered in [`PEER_CALL_TIMEOUT`] fail with `Timeout`. An accepted
+//! connection serves at most [`PEER_SERVE_INFLIGHT_MAX`] requests whose answers are not yet
+//! written; then it stops reading until the peer reads answers.
 //! Frames are in [`frame`] (length, CRC-32C, correlation, kind, header, raw payload).
 //!
 //! Lives on one shard (`!Send`). Must not depend on: storage.
@@ -29,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures::channel::oneshot;
-use futures::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use futures::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use sluice_cluster::peer::{
     PeerCall, PeerError, PeerKind, PeerRequest, PeerResponse, PeerTransport,
 };
@@ -45,9 +47,18 @@ pub const PEER_FRAME_BYTES_MAX: usize = 33 << 20;
 /// Bytes a link may hold queued for writing before sends fail with `Backpressure`: two
 /// largest frames, so one slow peer costs at most ~66 MiB per shard.
 pub const PEER_LINK_QUEUE_BYTES_MAX: usize = 2 * PEER_FRAME_BYTES_MAX;
-/// Requests an accepted connection serves at once; reading pauses beyond that, so a peer
-/// cannot make this shard hold more than this many answers.
+/// Requests an accepted connection serves at once, counting each until its answer is written;
+/// reading pauses beyond that, so a peer cannot make this shard hold more than this many
+/// answers, however slowly it reads them. Replica fetches, whose answers are large, have a
+/// smaller limit of their own ([`PEER_SERVE_FETCHES_INFLIGHT_MAX`]).
 pub const PEER_SERVE_INFLIGHT_MAX: usize = 256;
+/// Replica fetches an accepted connection serves at once, counting each until its answer is
+/// written (further ones wait before they read the log). A follower sends one fetch at a time
+/// per link and re-sends only after [`PEER_CALL_TIMEOUT`], so more than one in flight means
+/// its answers are not being read fast enough. Memory: at most this many answers of the
+/// follower's `max_bytes` each (4 MiB by default: 16 MiB per link; 132 MiB at the largest
+/// frame).
+pub const PEER_SERVE_FETCHES_INFLIGHT_MAX: usize = 4;
 /// How long a call waits for its answer.
 pub const PEER_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// First reconnect delay; doubles per failure up to [`PEER_BACKOFF_MAX`].
@@ -56,6 +67,7 @@ pub const PEER_BACKOFF_MIN: Duration = Duration::from_millis(50);
 pub const PEER_BACKOFF_MAX: Duration = Duration::from_secs(2);
 
 const _: () = assert!(PEER_LINK_QUEUE_BYTES_MAX >= PEER_FRAME_BYTES_MAX);
+const _: () = assert!(PEER_SERVE_FETCHES_INFLIGHT_MAX <= PEER_SERVE_INFLIGHT_MAX);
 
 /// One queued frame: prefix and payload kept apart (the payload is never copied).
 struct Outgoing {
@@ -449,6 +461,9 @@ async fn serve_connection(shard: Rc<Shard>, stream: TcpStream) -> Result<(), Str
     let inflight = Rc::new(sluice_engine::rt::sync::Semaphore::new(
         PEER_SERVE_INFLIGHT_MAX as u64,
     ));
+    let fetches = Rc::new(sluice_engine::rt::sync::Semaphore::new(
+        PEER_SERVE_FETCHES_INFLIGHT_MAX as u64,
+    ));
     let result = loop {
         let frame = match read_frame(&mut reader).await {
             Ok(frame) => frame,
@@ -458,7 +473,14 @@ async fn serve_connection(shard: Rc<Shard>, stream: TcpStream) -> Result<(), Str
             break Err("cannot write answers".into());
         }
         let Some(kind) = PeerKind::from_wire(frame.kind) else {
-            answers.unsupported(frame.correlation, frame.kind);
+            let answer = Answer {
+                correlation: frame.correlation,
+                kind: frame.kind,
+                flags: Flags::Unsupported,
+                header: Bytes::new(),
+                payload: Bytes::new(),
+            };
+            answers.push(answer, Box::new(()));
             continue;
         };
         let one_way = match frame.flags {
@@ -466,47 +488,55 @@ async fn serve_connection(shard: Rc<Shard>, stream: TcpStream) -> Result<(), Str
             Flags::OneWay => true,
             _ => break Err("peer sent an answer on an inbound link".into()),
         };
-        // Bounded: at most PEER_SERVE_INFLIGHT_MAX requests are served at once; reading
-        // waits here for a slot.
+        // Bounded: at most PEER_SERVE_INFLIGHT_MAX requests are served or have their answer
+        // queued at once; reading waits here for a slot. The slot is released once the answer
+        // is written: released earlier, a peer reading answers slowly (a follower whose
+        // fetches time out and are sent again) would grow the answer queue without bound.
         let permit = Rc::clone(&inflight)
             .acquire_static_permit(1)
             .await
             .expect("semaphore never closed");
         let shard = Rc::clone(&shard);
         let answers = Rc::clone(&answers);
+        let fetches = Rc::clone(&fetches);
         let request = PeerRequest {
             kind,
             header: frame.header,
             payload: frame.payload,
         };
         sluice_engine::rt::spawn(async move {
+            // A replica fetch also takes a fetch slot before it reads the log, held with the
+            // other until its (large) answer is written.
+            let fetch_slot = match kind {
+                PeerKind::ReplicaFetch => Some(
+                    fetches
+                        .acquire_static_permit(1)
+                        .await
+                        .expect("semaphore never closed"),
+                ),
+                _ => None,
+            };
             let outcome = shard.handle_peer(request).await;
-            drop(permit);
+            let permit: Slot = Box::new((permit, fetch_slot));
             if one_way {
                 if let Err(error) = outcome {
                     tracing::debug!(%error, "one-way peer request failed");
                 }
                 return;
             }
-            match outcome {
-                Ok(response) => answers.push(
-                    frame.correlation,
-                    frame.kind,
-                    Flags::Answer,
-                    response.header,
-                    response.payload,
-                ),
-                Err(PeerError::Unsupported) => {
-                    answers.unsupported(frame.correlation, frame.kind);
-                }
-                Err(error) => answers.push(
-                    frame.correlation,
-                    frame.kind,
-                    Flags::Error,
-                    Bytes::from(error.to_string()),
-                    Bytes::new(),
-                ),
-            }
+            let (flags, header, payload) = match outcome {
+                Ok(response) => (Flags::Answer, response.header, response.payload),
+                Err(PeerError::Unsupported) => (Flags::Unsupported, Bytes::new(), Bytes::new()),
+                Err(error) => (Flags::Error, Bytes::from(error.to_string()), Bytes::new()),
+            };
+            let answer = Answer {
+                correlation: frame.correlation,
+                kind: frame.kind,
+                flags,
+                header,
+                payload,
+            };
+            answers.push(answer, permit);
         })
         .detach();
     };
@@ -516,54 +546,163 @@ async fn serve_connection(shard: Rc<Shard>, stream: TcpStream) -> Result<(), Str
     result
 }
 
-/// Answers of one inbound connection waiting to be written, in completion order.
+/// The serving slot of a request (its `PEER_SERVE_INFLIGHT_MAX` permit), held until its
+/// answer is written or dropped.
+type Slot = Box<dyn std::any::Any>;
+
+/// One answer to an inbound request.
+struct Answer {
+    correlation: u64,
+    kind: u8,
+    flags: Flags,
+    header: Bytes,
+    payload: Bytes,
+}
+
+/// Answers of one inbound connection waiting to be written, in completion order. Each holds
+/// its request's serving slot, so the queue holds at most `PEER_SERVE_INFLIGHT_MAX` answers.
 struct Answers {
-    queue: RefCell<VecDeque<Outgoing>>,
+    queue: RefCell<VecDeque<(Outgoing, Slot)>>,
     notify: Notify,
     /// Set when the connection ends (read side) or a write fails.
     closed: Cell<bool>,
 }
 
 impl Answers {
-    fn unsupported(&self, correlation: u64, kind: u8) {
-        self.push(
-            correlation,
-            kind,
-            Flags::Unsupported,
-            Bytes::new(),
-            Bytes::new(),
-        );
-    }
-
-    fn push(&self, correlation: u64, kind: u8, flags: Flags, header: Bytes, payload: Bytes) {
+    /// Queues `answer` for writing; `slot` is released once it is written (at once if the
+    /// connection is closed).
+    fn push(&self, answer: Answer, slot: Slot) {
         if self.closed.get() {
             return;
         }
+        let Answer {
+            correlation,
+            kind,
+            flags,
+            header,
+            payload,
+        } = answer;
         let prefix = frame::encode_prefix(correlation, kind, flags, &header, &payload);
-        self.queue.borrow_mut().push_back(Outgoing {
+        let out = Outgoing {
             prefix: prefix.freeze(),
             payload,
-        });
+        };
+        self.queue.borrow_mut().push_back((out, slot));
         self.notify.notify();
     }
 }
 
-async fn write_answers(answers: Rc<Answers>, mut writer: WriteHalf<TcpStream>) {
+async fn write_answers(answers: Rc<Answers>, mut writer: impl AsyncWrite + Unpin) {
     // Runs until the connection closes.
     loop {
         let seen = answers.notify.version();
         let next = answers.queue.borrow_mut().pop_front();
         match next {
-            Some(out) => {
+            Some((out, slot)) => {
                 let failed = writer.write_all(&out.prefix).await.is_err()
                     || (!out.payload.is_empty() && writer.write_all(&out.payload).await.is_err());
+                // Written (or failed): the request's slot frees for the next one.
+                drop(slot);
                 if failed {
                     answers.closed.set(true);
+                    // Queued answers will not be written: free their slots too.
+                    answers.queue.borrow_mut().clear();
                     return;
                 }
             }
             None if answers.closed.get() => return,
             None => answers.notify.changed(seen).await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use super::*;
+
+    /// A peer socket that accepts bytes only while `open` is set.
+    struct Gated {
+        open: Rc<Cell<bool>>,
+        written: Rc<Cell<usize>>,
+        waker: Rc<RefCell<Option<std::task::Waker>>>,
+    }
+
+    impl AsyncWrite for Gated {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            if !self.open.get() {
+                *self.waker.borrow_mut() = Some(cx.waker().clone());
+                return Poll::Pending;
+            }
+            self.written.set(self.written.get() + buf.len());
+            Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    // Goal: an answer keeps its request's serving slot until it is written, so a peer that
+    // reads slowly cannot make answers queue past PEER_SERVE_INFLIGHT_MAX.
+    // Method: a one-slot semaphore; an answer holding the slot is queued to a writer whose
+    // socket accepts nothing; the slot stays taken until the socket opens and the answer is
+    // written. No timing: the test steps the executor with yields.
+    #[test]
+    fn answer_holds_its_slot_until_written() {
+        sluice_engine::rt::block_on(async {
+            let slots = Rc::new(sluice_engine::rt::sync::Semaphore::new(1));
+            let answers = Rc::new(Answers {
+                queue: RefCell::new(VecDeque::new()),
+                notify: Notify::new(),
+                closed: Cell::new(false),
+            });
+            let (open, written) = (Rc::new(Cell::new(false)), Rc::new(Cell::new(0)));
+            let waker = Rc::new(RefCell::new(None::<std::task::Waker>));
+            let socket = Gated {
+                open: Rc::clone(&open),
+                written: Rc::clone(&written),
+                waker: Rc::clone(&waker),
+            };
+            let writer = sluice_engine::rt::spawn(write_answers(Rc::clone(&answers), socket));
+            let slot = Rc::clone(&slots)
+                .acquire_static_permit(1)
+                .await
+                .expect("semaphore open");
+            let answer = Answer {
+                correlation: 7,
+                kind: PeerKind::ReplicaFetch as u8,
+                flags: Flags::Answer,
+                header: Bytes::from_static(b"header"),
+                payload: Bytes::from(vec![0u8; 4096]),
+            };
+            answers.push(answer, Box::new(slot));
+            for _ in 0..10 {
+                sluice_engine::rt::yield_now().await;
+            }
+            assert_eq!(written.get(), 0, "the socket accepted nothing");
+            assert_eq!(slots.available(), 0, "the unwritten answer holds its slot");
+            open.set(true);
+            if let Some(waker) = waker.borrow_mut().take() {
+                waker.wake();
+            }
+            let again = Rc::clone(&slots)
+                .acquire_static_permit(1)
+                .await
+                .expect("semaphore open");
+            assert!(written.get() > 4096, "the answer was written first");
+            drop(again);
+            answers.closed.set(true);
+            answers.notify.notify();
+            writer.await;
+        });
     }
 }
