@@ -1614,12 +1614,18 @@ impl<R> GroupCoordinator<R> {
     /// (counted from the later of the commit and the group becoming empty), with tombstones.
     fn expire_offsets(&mut self, now: TimestampMs) {
         let retention = self.config.offsets_retention;
+        // A group with an append of its offsets in flight waits for the next tick: a commit
+        // acknowledged after this expiry was computed would otherwise be tombstoned (or its
+        // group deleted) by the expiry completing after it, as Kafka skips pending commits.
         let waiting: Vec<&str> = self
             .fx
             .pending
             .values()
             .filter_map(|p| match p {
-                Pending::Expire { group, .. } => Some(group.as_str()),
+                Pending::Expire { group, .. }
+                | Pending::Commit { group, .. }
+                | Pending::DeleteOffsets { group, .. }
+                | Pending::DeleteGroup { group, .. } => Some(group.as_str()),
                 _ => None,
             })
             .collect();
@@ -2865,6 +2871,58 @@ mod tests {
         );
         assert!(h.log.iter().any(|r| matches!(r,
             OffsetsRecord::Offset { group, value: None, .. } if group == "simple")));
+    }
+
+    // Goal: an expiry never removes a commit that is acknowledged while the expiry's own
+    // append is in flight. Method: a simple group's offset for a partition passes retention;
+    // a new commit of that partition is appended but not yet durable when the retention check
+    // runs; then both appends complete in order.
+    #[test]
+    fn expiry_spares_a_commit_in_flight() {
+        let config = GroupConfig {
+            offsets_retention: Duration::from_secs(60),
+            offsets_retention_check_interval: Duration::from_secs(1),
+            ..config()
+        };
+        let mut h = Harness::with(config);
+        assert_eq!(h.commit("simple", "", -1, ("t", 1), 1), None);
+        // Past retention, with no check run yet (`advance` would run one).
+        h.now = after(h.now, Duration::from_secs(61));
+        let token = h.token();
+        let request = CommitRequest {
+            group_id: "simple".into(),
+            generation: -1,
+            member_id: String::new(),
+            group_instance_id: None,
+            offsets: vec![CommitOffset {
+                tp: TopicPartition::new("t", 1),
+                offset: Offset(5),
+                leader_epoch: -1,
+                metadata: String::new(),
+            }],
+        };
+        let actions = h.core.commit(h.now, token, request);
+        h.apply(actions);
+        let actions = h.core.tick(h.now);
+        h.apply(actions);
+        h.flush();
+        match h.take(token) {
+            Some(GroupResponse::Commit(r)) => assert_eq!(r.partitions[0].1, None),
+            other => panic!("no commit answer: {other:?}"),
+        }
+        assert_eq!(
+            h.committed("simple", ("t", 1)),
+            5,
+            "the acknowledged commit stays"
+        );
+        // Later checks keep it: it is new.
+        for _ in 0..3 {
+            h.advance(Duration::from_secs(1));
+            let actions = h.core.tick(h.now);
+            h.apply(actions);
+            h.flush();
+        }
+        assert_eq!(h.committed("simple", ("t", 1)), 5);
     }
 
     // Goal: the initial rebalance delay gathers members that join close together into one
