@@ -96,8 +96,8 @@ impl QueuedActions for InMemoryTransport {
     }
 }
 
-/// Runs fetch rounds of every fetcher until `settled` holds (bounded to 200 rounds and 20 s),
-/// handing the leader actions the rounds queued to `on_action`.
+/// Runs fetch rounds of every fetcher until `settled` holds, handing the leader actions the
+/// rounds queued to `on_action`; panics if it does not hold within 200 rounds and 20 s.
 async fn run_until<T: ReplicaFetchTransport + QueuedActions>(
     fetchers: &[Fetcher<T>],
     mut on_action: impl FnMut(LeaderAction),
@@ -124,6 +124,7 @@ async fn run_until<T: ReplicaFetchTransport + QueuedActions>(
             sluice_engine::rt::sleep(Duration::from_millis(2)).await;
         }
     }
+    panic!("replication did not settle in 200 rounds");
 }
 
 // Goal: followers driven by the fetcher end with logs byte-identical to the leader's (offsets
