@@ -770,18 +770,23 @@ impl Shard {
         answer.await.unwrap_or(Err(FetchError::Overloaded))
     }
 
+    /// The replica of `tp` on this shard, if this broker leads it: what fetches, offset
+    /// lookups and DeleteRecords are served from (a follower answers NotLeader, as in Kafka).
+    fn leading_replica(&self, tp: &TopicPartition) -> Result<Rc<PartitionReplica>, FetchError> {
+        if !self.leads(tp) {
+            return Err(FetchError::NotLeader(tp.to_string()));
+        }
+        self.local(tp)
+            .ok_or_else(|| FetchError::UnknownTopicOrPartition(tp.to_string()))
+    }
+
     /// Reads from a partition this shard owns.
     pub async fn fetch_local(
         &self,
         tp: &TopicPartition,
         request: FetchRequest,
     ) -> Result<FetchData, FetchError> {
-        if !self.leads(tp) {
-            return Err(FetchError::NotLeader(tp.to_string()));
-        }
-        let replica = self
-            .local(tp)
-            .ok_or_else(|| FetchError::UnknownTopicOrPartition(tp.to_string()))?;
+        let replica = self.leading_replica(tp)?;
         let data = replica.fetch(request).await?;
         self.metrics.record_fetch(tp, data.bytes() as u64);
         Ok(data)
@@ -797,12 +802,7 @@ impl Shard {
             return Err(FetchError::UnknownTopicOrPartition(tp.to_string()));
         };
         if owner == self.id {
-            if !self.leads(&tp) {
-                return Err(FetchError::NotLeader(tp.to_string()));
-            }
-            let replica = self
-                .local(&tp)
-                .ok_or_else(|| FetchError::UnknownTopicOrPartition(tp.to_string()))?;
+            let replica = self.leading_replica(&tp)?;
             return replica.list_offset(spec).await;
         }
         let (reply, answer) = oneshot::channel();
@@ -823,12 +823,7 @@ impl Shard {
             return Err(FetchError::UnknownTopicOrPartition(tp.to_string()));
         };
         if owner == self.id {
-            if !self.leads(&tp) {
-                return Err(FetchError::NotLeader(tp.to_string()));
-            }
-            let replica = self
-                .local(&tp)
-                .ok_or_else(|| FetchError::UnknownTopicOrPartition(tp.to_string()))?;
+            let replica = self.leading_replica(&tp)?;
             return Ok(replica.log().end_offset_for_epoch(epoch));
         }
         let (reply, answer) = oneshot::channel();
@@ -851,12 +846,7 @@ impl Shard {
             return Err(FetchError::UnknownTopicOrPartition(tp.to_string()));
         };
         if owner == self.id {
-            if !self.leads(&tp) {
-                return Err(FetchError::NotLeader(tp.to_string()));
-            }
-            let replica = self
-                .local(&tp)
-                .ok_or_else(|| FetchError::UnknownTopicOrPartition(tp.to_string()))?;
+            let replica = self.leading_replica(&tp)?;
             return replica.delete_records(before).await;
         }
         let (reply, answer) = oneshot::channel();
