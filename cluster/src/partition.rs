@@ -685,6 +685,16 @@ mod tests {
         .await
     }
 
+    /// Appends one durable record to `replica`'s log.
+    async fn append_one(replica: &PartitionReplica) {
+        let batch = build_batch(&[SimpleRecord::value("a")], Compression::None).expect("batch");
+        replica
+            .log()
+            .append(batch, LeaderEpoch(0), Durability::Synced)
+            .await
+            .expect("append");
+    }
+
     // Goal: a directory left by a deleted topic is never opened as a new topic of the same
     // name; the topic's own directory keeps its records across reopens, and one written before
     // the topic id file existed, or whose file a crash tore, is adopted. Method: open a
@@ -701,12 +711,7 @@ mod tests {
             let end = |replica: &PartitionReplica| replica.log().log_end_offset();
 
             let first = open(data.path(), a).await.expect("open as A");
-            let batch = build_batch(&[SimpleRecord::value("a")], Compression::None).expect("batch");
-            first
-                .log()
-                .append(batch, LeaderEpoch(0), Durability::Synced)
-                .await
-                .expect("append");
+            append_one(&first).await;
             PartitionReplica::close(Rc::new(first), false).await;
             let again = open(data.path(), a).await.expect("reopen as A");
             assert_eq!(end(&again), Offset(1), "A's record stays");
@@ -728,12 +733,7 @@ mod tests {
             assert!(named.contains(&a.0.to_string()), "{named}");
 
             let appended = open(data.path(), a).await.expect("reopen as A");
-            let batch = build_batch(&[SimpleRecord::value("a")], Compression::None).expect("batch");
-            appended
-                .log()
-                .append(batch, LeaderEpoch(0), Durability::Synced)
-                .await
-                .expect("append");
+            append_one(&appended).await;
             PartitionReplica::close(Rc::new(appended), false).await;
             // A file torn by a crash while it was written: adopted, not removed.
             std::fs::write(dir.join(TOPIC_ID_FILE), "version: 0\ntopic_id: 0000").expect("tear");
