@@ -587,6 +587,87 @@ fn leader_fencing_and_min_insync() {
     assert_eq!(leader.check_produce(Acks::Leader), Ok(()));
 }
 
+// Goal: a proposed ISR expansion keeps counting in the high watermark until the controller
+// answers, however long that takes (Kafka's PendingExpandIsr): if the leader forgot it at the
+// retry time while the controller could still commit it, the high watermark would pass records
+// the new member lacks, and electing that member would lose them.
+// Method: A leads with ISR {A}; B catches up, so A proposes {A, B}. The controller does not
+// answer within `isr_change_retry`: A must send the same proposal again and keep its high
+// watermark at B's end while A's log grows. Then the expansion commits: B holds every record
+// below the high watermark.
+#[test]
+fn pending_isr_expansion_counts_until_the_controller_answers() {
+    let now = sluice_engine::rt::clock::now();
+    let (a, b) = (BrokerId(1), BrokerId(2));
+    let (mut log_a, mut log_b) = (SimLog::default(), SimLog::default());
+    let alone = state(1, 1, &[1]);
+    let mut leader = LeaderCore::new(tp(0), a, &alone, positions(&log_a), config(), now);
+    let mut follower = FollowerCore::new(tp(0), b, &alone, &log_b, log_b.hw);
+    log_a.leader_append(LeaderEpoch(1), 400);
+    log_a.sync();
+    leader.on_local_end(log_a.synced);
+    assert_eq!(
+        leader.high_watermark(),
+        Offset(1),
+        "committed over the ISR {{A}}"
+    );
+    let mut proposals = Vec::new();
+    for _ in 0..2 {
+        proposals.extend(fetch_cycle(
+            b,
+            &mut follower,
+            &mut log_b,
+            &mut leader,
+            &mut log_a,
+            now,
+        ));
+    }
+    let [LeaderAction::ProposeIsr(proposal)] = &proposals[..] else {
+        panic!("expected one expansion proposal: {proposals:?}");
+    };
+    assert_eq!(proposal.isr, [a, b]);
+    assert_eq!(log_b.end(), Offset(1));
+
+    // The controller has not answered past the retry time; A keeps writing, B does not fetch.
+    let later = now + config().isr_change_retry + TICK;
+    let retry = leader.on_tick(later);
+    log_a.leader_append(LeaderEpoch(1), 401);
+    log_a.leader_append(LeaderEpoch(1), 402);
+    log_a.sync();
+    leader.on_local_end(log_a.synced);
+    assert_eq!(
+        leader.high_watermark(),
+        Offset(1),
+        "the high watermark passed what the proposed member B holds"
+    );
+    assert_eq!(
+        retry,
+        [LeaderAction::ProposeIsr(proposal.clone())],
+        "the same proposal is sent again"
+    );
+    assert_eq!(
+        leader.on_tick(later + TICK),
+        [],
+        "not before the next retry time"
+    );
+
+    // The controller commits the expansion (first copy or retry): B is in the ISR and holds
+    // everything below the high watermark; its next fetches advance it.
+    let expanded = state(1, 1, &[1, 2]);
+    leader.on_partition_state(&expanded, later + TICK);
+    assert_eq!(leader.isr(), [a, b]);
+    assert!(log_b.end() >= leader.high_watermark());
+    converge(
+        b,
+        &mut follower,
+        &mut log_b,
+        &mut leader,
+        &mut log_a,
+        later + TICK,
+    );
+    assert_eq!(leader.high_watermark(), Offset(3));
+}
+
 // ---------------------------------------------------------------------------------------------
 // The randomized cluster
 

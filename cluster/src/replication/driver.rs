@@ -40,7 +40,7 @@ use crate::peer::{PeerError, PeerKind, PeerRequest, PeerTransport};
 pub struct ReplicationSettings {
     /// `replica.lag.time.max.ms`.
     pub replica_lag_time_max: Duration,
-    /// How long an ISR proposal may stay uncommitted before it is proposed again.
+    /// How long an ISR proposal may stay unanswered before it is sent again (unchanged).
     pub isr_change_retry: Duration,
     /// Most batch bytes one replica fetch answer carries (`replica.fetch.response.max.bytes`).
     pub fetch_max_bytes: u32,

@@ -27,7 +27,9 @@
 //!   rule: its fetch reached the leader's log end, or the log end of its previous fetch).
 //!   ISR expand: a follower whose log end reached the high watermark and the epoch start.
 //!   Both are proposals carrying the leader epoch; one at a time, applied when the controller's
-//!   new [`PartitionState`] arrives, re-proposed after `isr_change_retry`.
+//!   new [`PartitionState`] arrives. A proposal stays pending (a proposed expansion in the
+//!   maximal ISR) until that answer, however long it takes: the controller may still commit
+//!   it. Unanswered, it is sent again unchanged every `isr_change_retry`.
 //!
 //! Must not depend on: the runtime, the clock, the log's I/O, or any protocol crate.
 
@@ -103,9 +105,13 @@ struct Waiter {
     last_offset: Offset,
 }
 
+/// An ISR change sent to the controller and not answered yet.
 #[derive(Clone, Debug)]
 struct Pending {
+    /// The proposed ISR; a retry sends the same proposal again (the core's leader, epoch and
+    /// partition state do not change while it is pending).
     isr: BTreeSet<BrokerId>,
+    /// When it was last sent.
     since: Instant,
 }
 
@@ -463,13 +469,22 @@ impl LeaderCore {
             "{}: ISR proposal that changes nothing",
             self.tp
         );
-        actions.push(LeaderAction::ProposeIsr(IsrProposal {
+        assert!(
+            self.pending.is_none(),
+            "{}: a second ISR proposal while one is pending",
+            self.tp
+        );
+        actions.push(LeaderAction::ProposeIsr(self.isr_proposal(&isr)));
+        self.pending = Some(Pending { isr, since: now });
+    }
+
+    fn isr_proposal(&self, isr: &BTreeSet<BrokerId>) -> IsrProposal {
+        IsrProposal {
             tp: self.tp.clone(),
             leader: self.local,
             leader_epoch: self.epoch,
             isr: isr.iter().copied().collect(),
-        }));
-        self.pending = Some(Pending { isr, since: now });
+        }
     }
 
     /// Periodic work: proposes an ISR shrink for followers not caught up within
@@ -481,11 +496,19 @@ impl LeaderCore {
             return actions;
         }
         if let Some(pending) = &self.pending {
-            if now.saturating_duration_since(pending.since) < self.config.isr_change_retry {
-                return actions;
+            // One change at a time, kept until the controller's answer (a new partition
+            // state): a proposed expansion stays in the maximal ISR until then, because the
+            // controller may still commit it, and the high watermark must not pass what the
+            // new member holds (Kafka's PendingExpandIsr). An unanswered proposal (lost, or
+            // the controller busy) is sent again unchanged.
+            if now.saturating_duration_since(pending.since) >= self.config.isr_change_retry {
+                actions.push(LeaderAction::ProposeIsr(self.isr_proposal(&pending.isr)));
+                self.pending = Some(Pending {
+                    isr: pending.isr.clone(),
+                    since: now,
+                });
             }
-            // Unanswered (lost, or refused): forget it and decide afresh.
-            self.pending = None;
+            return actions;
         }
         let lagging: Vec<BrokerId> = self
             .isr
@@ -535,7 +558,13 @@ impl LeaderCore {
             "{}: ISR without its leader",
             self.tp
         );
-        if self.pending.as_ref().is_some_and(|p| p.isr == isr) || isr != self.isr {
+        // The controller's answer: the proposal was applied, or another change came first
+        // (the proposal is then refused or was overtaken, and the core decides afresh from
+        // the new state). An unchanged state answers nothing: the proposal stays pending.
+        let answered = self.pending.as_ref().is_some_and(|p| p.isr == isr)
+            || isr != self.isr
+            || state.replicas != self.replicas;
+        if answered {
             self.pending = None;
         }
         self.isr = isr;

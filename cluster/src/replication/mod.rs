@@ -59,7 +59,8 @@ pub struct ReplicationConfig {
     pub replica_lag_time_max: Duration,
     /// `min.insync.replicas`: the smallest ISR an acks=all produce is accepted with.
     pub min_insync_replicas: usize,
-    /// How long an ISR proposal may stay unanswered before the leader proposes afresh.
+    /// How long an ISR proposal may stay unanswered before the leader sends it again
+    /// (unchanged: it stays pending until the controller answers).
     pub isr_change_retry: Duration,
 }
 
