@@ -560,6 +560,7 @@ impl Shard {
                 partition: proposal.tp.partition,
                 leader: proposal.leader,
                 leader_epoch: proposal.leader_epoch,
+                partition_epoch: Some(proposal.partition_epoch),
                 isr: proposal.isr.clone(),
             };
             if let Err(error) = self.command(command).await {

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::time::Duration;
 
+use sluice_cluster::metadata::PartitionEpoch;
 use sluice_cluster::peer::{PeerCall, PeerError, PeerRequest, PeerResponse, PeerTransport};
 use sluice_cluster::replication::{
     FetchTarget, Fetcher, FollowerCore, InMemoryTransport, LeaderAction, LeaderCore,
@@ -150,6 +151,7 @@ fn fetchers_replicate_real_logs() {
         let state = PartitionState {
             leader: BrokerId(1),
             leader_epoch: LeaderEpoch(1),
+            partition_epoch: PartitionEpoch(0),
             replicas: vec![BrokerId(1), BrokerId(2), BrokerId(3)],
             isr: vec![BrokerId(1), BrokerId(2), BrokerId(3)],
         };
@@ -267,6 +269,7 @@ fn follower_core_built_under_a_staged_append_refetches() {
         let state = PartitionState {
             leader: BrokerId(1),
             leader_epoch: LeaderEpoch(2),
+            partition_epoch: PartitionEpoch(0),
             replicas: vec![BrokerId(1), BrokerId(2)],
             isr: vec![BrokerId(1), BrokerId(2)],
         };
@@ -380,6 +383,7 @@ fn repeated_and_missing_answers_are_survived() {
         let state = PartitionState {
             leader: BrokerId(1),
             leader_epoch: LeaderEpoch(1),
+            partition_epoch: PartitionEpoch(0),
             replicas: vec![BrokerId(1), BrokerId(2)],
             isr: vec![BrokerId(1)],
         };
@@ -481,6 +485,7 @@ fn leader_core_built_under_a_truncation_waits_for_it() {
         let follow = PartitionState {
             leader: BrokerId(1),
             leader_epoch: LeaderEpoch(2),
+            partition_epoch: PartitionEpoch(0),
             replicas: vec![BrokerId(1), BrokerId(2)],
             isr: vec![BrokerId(1), BrokerId(2)],
         };
@@ -515,6 +520,7 @@ fn leader_core_built_under_a_truncation_waits_for_it() {
         let lead = PartitionState {
             leader: BrokerId(2),
             leader_epoch: LeaderEpoch(3),
+            partition_epoch: PartitionEpoch(0),
             replicas: vec![BrokerId(1), BrokerId(2)],
             isr: vec![BrokerId(2)],
         };

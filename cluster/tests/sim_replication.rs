@@ -31,6 +31,7 @@ use std::hash::{BuildHasher, Hasher};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use sluice_cluster::metadata::PartitionEpoch;
 use sluice_cluster::replication::{
     Acks, FollowerAction, FollowerCore, LeaderAction, LeaderCore, LeaderPositions, LogView,
     PartitionState, ProduceId, ReplicaError, ReplicaFetchPartitionResponse, ReplicaFetchRequest,
@@ -257,6 +258,7 @@ fn state(leader: i32, epoch: i32, isr: &[i32]) -> PartitionState {
     PartitionState {
         leader: BrokerId(leader),
         leader_epoch: LeaderEpoch(epoch),
+        partition_epoch: PartitionEpoch(0),
         replicas: vec![BrokerId(1), BrokerId(2)],
         isr: isr.iter().map(|id| BrokerId(*id)).collect(),
     }
@@ -653,7 +655,10 @@ fn pending_isr_expansion_counts_until_the_controller_answers() {
 
     // The controller commits the expansion (first copy or retry): B is in the ISR and holds
     // everything below the high watermark; its next fetches advance it.
-    let expanded = state(1, 1, &[1, 2]);
+    let expanded = PartitionState {
+        partition_epoch: PartitionEpoch(1),
+        ..state(1, 1, &[1, 2])
+    };
     leader.on_partition_state(&expanded, later + TICK);
     assert_eq!(leader.isr(), [a, b]);
     assert!(log_b.end() >= leader.high_watermark());
@@ -814,6 +819,7 @@ impl Sim {
             let state = PartitionState {
                 leader,
                 leader_epoch: LeaderEpoch(0),
+                partition_epoch: PartitionEpoch(0),
                 replicas: BROKERS.to_vec(),
                 isr: BROKERS.to_vec(),
             };
@@ -915,6 +921,8 @@ impl Sim {
         change(&mut entry.1);
         if entry.1 != before {
             entry.0 += 1;
+            // As the real controller: every change bumps the partition epoch.
+            entry.1.partition_epoch = PartitionEpoch(before.partition_epoch.0 + 1);
             if entry.1.leader_epoch != before.leader_epoch {
                 self.stats.elections += 1;
             }
@@ -985,8 +993,9 @@ impl Sim {
     fn controller_proposal(&mut self, proposal: sluice_cluster::replication::IsrProposal) {
         let alive = self.controller.alive.clone();
         self.change_state(&proposal.tp, |state| {
-            let current =
-                state.leader_epoch == proposal.leader_epoch && state.leader == proposal.leader;
+            let current = state.leader_epoch == proposal.leader_epoch
+                && state.leader == proposal.leader
+                && state.partition_epoch == proposal.partition_epoch;
             let members_ok = proposal
                 .isr
                 .iter()

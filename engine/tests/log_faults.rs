@@ -540,3 +540,197 @@ fn failed_checkpoint_leaves_retention_to_the_next_pass() {
         log.close().await.unwrap();
     });
 }
+
+/// Where a roll is made to fail, and what the failing append must see.
+struct RollFault {
+    name: &'static str,
+    op: Op,
+    /// The file the fault matches, from the new segment's base and the old active one's.
+    path: fn(Offset, Offset) -> String,
+    failure: Failure,
+    /// Whether the log refuses appends until reopened afterwards (a failed fdatasync).
+    poisons: bool,
+}
+
+fn segment_file(base: Offset, extension: &str) -> String {
+    format!("{:020}.{extension}", base.0)
+}
+
+/// Appends `batch` with epoch 2 until one fails, clearing and re-arming `fault` before each
+/// append so that it matches the files of the roll that append would do. Returns the batches
+/// appended and the error.
+async fn append_until_roll_fails(
+    log: &PartitionLog,
+    fault: &RollFault,
+    sent: &mut Vec<Bytes>,
+) -> AppendError {
+    for i in 0..64u64 {
+        faults::clear();
+        let active = *log.segment_bases().last().unwrap();
+        faults::inject(Plan {
+            op: fault.op,
+            path_contains: (fault.path)(log.next_offset(), active),
+            skip: 0,
+            count: 1,
+            failure: fault.failure,
+        });
+        let b = batch(2, 300, 2_000 + i as i64, 100 + i);
+        match log
+            .append(b.clone(), LeaderEpoch(2), Durability::Written)
+            .await
+        {
+            Ok(_) => sent.push(b),
+            Err(error) => {
+                faults::clear();
+                return error;
+            }
+        }
+    }
+    panic!("{}: no roll failed", fault.name);
+}
+
+async fn check_holds(log: &PartitionLog, sent: &[Bytes], name: &str) {
+    assert_eq!(
+        log.log_end_offset(),
+        Offset(sent.len() as i64 * 2),
+        "{name}"
+    );
+    assert_eq!(log.next_offset(), log.log_end_offset(), "{name}");
+    let got = read_all(log, Offset(0)).await;
+    assert_eq!(got.len(), sent.len(), "{name}");
+    for (g, s) in got.iter().zip(sent) {
+        assert_eq!(payload(g), payload(s), "{name}");
+    }
+}
+
+// Goal: a roll that fails (a full disk when the new segment file is created or preallocated,
+// when the old one's index tails are written or its file trimmed, or when the epoch file or
+// the checkpoint is written) fails the append that needed it with a typed error and changes
+// nothing stored; once the fault clears the next append rolls and is stored, and the log
+// reopens holding everything, after a clean close and after a crash right after the failure.
+// A failed fdatasync while sealing is the exception: it poisons the log until reopened.
+// Method: 8 KiB segments, batches of about 700 bytes; one fault per case, armed for the roll's
+// own files (the new segment's base is the next offset), so only the roll can hit it.
+#[test]
+fn failed_roll_fails_the_append_and_the_log_recovers() {
+    let cases = [
+        RollFault {
+            name: "create",
+            op: Op::Create,
+            path: |new, _| segment_file(new, "log"),
+            failure: Failure::NoSpace,
+            poisons: false,
+        },
+        RollFault {
+            name: "preallocate",
+            op: Op::Allocate,
+            path: |new, _| segment_file(new, "log"),
+            failure: Failure::NoSpace,
+            poisons: false,
+        },
+        RollFault {
+            name: "seal-index",
+            op: Op::Write,
+            path: |_, old| segment_file(old, "index"),
+            failure: Failure::NoSpace,
+            poisons: false,
+        },
+        RollFault {
+            name: "seal-time-index",
+            op: Op::Create,
+            path: |_, old| segment_file(old, "timeindex"),
+            failure: Failure::NoSpace,
+            poisons: false,
+        },
+        RollFault {
+            name: "seal-trim",
+            op: Op::Truncate,
+            path: |_, old| segment_file(old, "log"),
+            failure: Failure::NoSpace,
+            poisons: false,
+        },
+        RollFault {
+            name: "epoch-checkpoint",
+            op: Op::Create,
+            path: |_, _| "leader-epoch.checkpoint".into(),
+            failure: Failure::NoSpace,
+            poisons: false,
+        },
+        RollFault {
+            name: "checkpoint",
+            op: Op::Create,
+            path: |_, _| "partition.checkpoint".into(),
+            failure: Failure::NoSpace,
+            poisons: false,
+        },
+        RollFault {
+            name: "checkpoint-write",
+            op: Op::Write,
+            path: |_, _| "partition.checkpoint".into(),
+            failure: Failure::NoSpace,
+            poisons: false,
+        },
+        RollFault {
+            name: "seal-sync",
+            op: Op::Sync,
+            path: |_, old| segment_file(old, "log"),
+            failure: Failure::Io,
+            poisons: true,
+        },
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    block_on(async {
+        for fault in &cases {
+            for crash in [false, true] {
+                let name = format!(
+                    "roll-{}-{}",
+                    fault.name,
+                    if crash { "crash" } else { "close" }
+                );
+                let tp = tp(&name);
+                let (log, _) = open(dir.path(), &tp, config(8 << 10), &cache()).await;
+                let mut sent = fill(&log, 4).await;
+                let segments = log.segment_count();
+                let error = append_until_roll_fails(&log, fault, &mut sent).await;
+                if fault.poisons {
+                    assert!(matches!(error, AppendError::Failed), "{name}: {error:?}");
+                } else {
+                    assert!(
+                        matches!(error, AppendError::NoSpace(_)),
+                        "{name}: {error:?}"
+                    );
+                }
+                assert_eq!(log.segment_count(), segments, "{name}: no segment added");
+                check_holds(&log, &sent, &name).await;
+                if crash || fault.poisons {
+                    drop(log);
+                } else {
+                    let next = batch(2, 300, 3_000, 7);
+                    let result = log
+                        .append(next.clone(), LeaderEpoch(2), Durability::Synced)
+                        .await;
+                    let info = result.unwrap_or_else(|e| panic!("{name}: append after: {e:?}"));
+                    assert_eq!(info.base_offset, Offset(sent.len() as i64 * 2), "{name}");
+                    sent.push(next);
+                    assert_eq!(log.segment_count(), segments + 1, "{name}: rolled now");
+                    check_holds(&log, &sent, &name).await;
+                    log.close().await.unwrap();
+                }
+                let (log, report) = open(dir.path(), &tp, config(8 << 10), &cache()).await;
+                if !crash && !fault.poisons {
+                    assert!(report.clean_shutdown, "{name}: {report:?}");
+                    assert!(report.is_clean(), "{name}: {report:?}");
+                }
+                check_holds(&log, &sent, &name).await;
+                let next = batch(2, 300, 3_000, 8);
+                let result = log
+                    .append(next.clone(), LeaderEpoch(2), Durability::Synced)
+                    .await;
+                result.unwrap_or_else(|e| panic!("{name}: append after reopen: {e:?}"));
+                sent.push(next);
+                check_holds(&log, &sent, &name).await;
+                log.close().await.unwrap();
+            }
+        }
+    });
+}

@@ -197,6 +197,7 @@ fn controller_config(
             quic: quic_addrs,
             cluster: config.cluster_listen,
             fenced: false,
+            metadata_version: sluice_cluster::metadata::METADATA_VERSION,
         },
         session_timeout: config.broker_session_timeout,
         tick: Duration::from_millis(100),

@@ -180,6 +180,7 @@ mod tests {
             shard: ShardId(0),
             leader: BrokerId(leader),
             leader_epoch: LeaderEpoch(5),
+            partition_epoch: crate::metadata::PartitionEpoch(0),
             replicas: ids(replicas),
             isr: ids(isr),
             target_replicas: None,

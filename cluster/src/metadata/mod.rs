@@ -6,6 +6,12 @@
 //! `Arc<MetadataSnapshot>` to every shard. Shards only read snapshots, and a snapshot with an
 //! older revision than the one a shard holds is ignored (broadcasts may arrive out of order).
 //!
+//! Format: JSON (the single broker's file, the controller's raft entries and snapshots, the
+//! observers' pulls). A field added later is `#[serde(default)]`, so metadata written by
+//! older code still loads; a change in how commands apply is gated by the cluster's metadata
+//! version ([`METADATA_VERSION`], [`ClusterState::metadata_version`]) so every voter applies
+//! each committed entry alike, whichever code wrote it.
+//!
 //! Must not depend on: the network layer.
 
 mod store;
@@ -22,6 +28,36 @@ pub use store::{
     ApplyInputs, FileMetadataStore, MetadataStore, PlacementContext, apply, apply_with,
     replace_missing_shards,
 };
+
+/// The metadata version this code applies (Kafka's `metadata.version`), which each broker
+/// registers with. Version 1 adds partition epochs: [`PartitionMeta::partition_epoch`] counts
+/// and `AlterPartition` is refused unless it names the current one. A cluster runs at the
+/// lowest version of its registered brokers, so a committed entry is applied alike by every
+/// voter while brokers of older code are still registered (rolling upgrade).
+pub const METADATA_VERSION: u16 = 1;
+
+/// The first metadata version with partition epochs.
+pub const PARTITION_EPOCH_VERSION: u16 = 1;
+const _: () = assert!(PARTITION_EPOCH_VERSION <= METADATA_VERSION);
+
+/// A partition's change counter (Kafka's partition epoch, the ISR version that AlterPartition
+/// names): bumped by every committed change of the partition's leader, leader epoch, replicas
+/// or ISR, from metadata version [`PARTITION_EPOCH_VERSION`] on (0 before).
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(transparent)]
+pub struct PartitionEpoch(pub i32);
 
 /// A topic's unique id (Kafka's topic UUID). Names can be reused after deletion; ids cannot.
 #[derive(
@@ -40,6 +76,10 @@ pub struct PartitionMeta {
     pub leader: BrokerId,
     /// Leader epoch, bumped on every leader change.
     pub leader_epoch: LeaderEpoch,
+    /// Bumped on every change of leader, leader epoch, replicas or ISR (see
+    /// [`PartitionEpoch`]); 0 in metadata written before partition epochs.
+    #[serde(default)]
+    pub partition_epoch: PartitionEpoch,
     /// All replicas, preferred leader first.
     pub replicas: Vec<BrokerId>,
     /// In-sync replicas.
@@ -101,6 +141,10 @@ pub struct BrokerRegistration {
     /// Fenced: missed its session timeout (or never heartbeated this controller term); it
     /// leads nothing, is in no ISR of more than one member, and clients are not told of it.
     pub fenced: bool,
+    /// The highest metadata version the broker's code applies ([`METADATA_VERSION`]); 0 in a
+    /// registration of a broker older than metadata versions.
+    #[serde(default)]
+    pub metadata_version: u16,
 }
 
 impl BrokerRegistration {
@@ -142,6 +186,17 @@ impl ClusterState {
     /// True if `id` is registered and not fenced.
     pub fn is_live(&self, id: BrokerId) -> bool {
         self.registration(id).is_some_and(|r| !r.fenced)
+    }
+
+    /// The metadata version the cluster runs: the lowest any registered broker (fenced or
+    /// not) supports, 0 before any registered. It derives from committed registrations only,
+    /// so every voter computes the same version for every entry.
+    pub fn metadata_version(&self) -> u16 {
+        self.registrations
+            .iter()
+            .map(|r| r.metadata_version)
+            .min()
+            .unwrap_or(0)
     }
 }
 
@@ -231,7 +286,8 @@ pub enum MetadataCommand {
         id: BrokerId,
     },
     /// The partition leader changes the ISR (Kafka's AlterPartition). Refused unless `leader`
-    /// and `leader_epoch` are the partition's current ones.
+    /// and `leader_epoch` are the partition's current ones and, from metadata version
+    /// [`PARTITION_EPOCH_VERSION`] on, `partition_epoch` is too.
     AlterPartition {
         /// Topic name.
         topic: String,
@@ -241,6 +297,10 @@ pub enum MetadataCommand {
         leader: BrokerId,
         /// The leader's epoch.
         leader_epoch: LeaderEpoch,
+        /// The partition epoch of the state the leader made the change from (`None` in
+        /// entries written before partition epochs).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        partition_epoch: Option<PartitionEpoch>,
         /// New in-sync replicas: a subset of the replicas containing the leader.
         isr: Vec<BrokerId>,
     },
@@ -303,6 +363,18 @@ pub enum MetadataError {
         /// Current leader.
         leader: i32,
         /// Current leader epoch.
+        epoch: i32,
+    },
+    /// An AlterPartition was made from a state of the partition that is no longer current
+    /// (Kafka's INVALID_UPDATE_VERSION): a delayed or repeated proposal that another change
+    /// overtook. The leader waits for the new state and decides again.
+    #[error("stale partition epoch for {topic}-{partition}: current partition epoch {epoch}")]
+    StalePartitionEpoch {
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: i32,
+        /// Current partition epoch.
         epoch: i32,
     },
     /// A cluster command named replicas that are not the partition's, or an ISR without its

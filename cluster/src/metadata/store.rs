@@ -14,8 +14,8 @@ use std::sync::Arc;
 use sluice_engine::{BrokerId, LeaderEpoch, PartitionId, Revision};
 
 use super::{
-    BrokerRegistration, MetadataCommand, MetadataError, MetadataSnapshot, PartitionMeta, TopicId,
-    TopicMeta, validate_topic_name,
+    BrokerRegistration, MetadataCommand, MetadataError, MetadataSnapshot, PARTITION_EPOCH_VERSION,
+    PartitionEpoch, PartitionMeta, TopicId, TopicMeta, validate_topic_name,
 };
 use crate::config::TopicConfig;
 use crate::controller::election;
@@ -69,6 +69,8 @@ pub fn apply_with(
 ) -> Result<MetadataSnapshot, MetadataError> {
     let mut next = current.clone();
     next.revision = Revision(current.revision.0 + 1);
+    // From committed registrations only: the same on every voter for this entry.
+    let partition_epochs = current.cluster.metadata_version() >= PARTITION_EPOCH_VERSION;
     match command {
         MetadataCommand::CreateTopic {
             name,
@@ -224,6 +226,7 @@ pub fn apply_with(
             partition,
             leader,
             leader_epoch,
+            partition_epoch,
             isr,
         } => {
             let meta = partition_mut(&mut next.topics, topic, *partition)?;
@@ -233,6 +236,18 @@ pub fn apply_with(
                     partition: partition.0,
                     leader: meta.leader.0,
                     epoch: meta.leader_epoch.0,
+                });
+            }
+            // Kafka's INVALID_UPDATE_VERSION: a change made from an older state of the
+            // partition (delayed, or a copy sent again after the first was applied) would undo
+            // a later change of the same leader epoch, e.g. put back a member the leader has
+            // since dropped for lagging, which need not hold the records below the high
+            // watermark. A proposal without an epoch (older code) is refused alike.
+            if partition_epochs && *partition_epoch != Some(meta.partition_epoch) {
+                return Err(MetadataError::StalePartitionEpoch {
+                    topic: topic.clone(),
+                    partition: partition.0,
+                    epoch: meta.partition_epoch.0,
                 });
             }
             if !isr.contains(leader) || !isr.iter().all(|b| meta.replicas.contains(b)) {
@@ -314,6 +329,9 @@ pub fn apply_with(
             next.cluster.leader_elections_total += elections;
         }
     }
+    if partition_epochs {
+        bump_partition_epochs(current, &mut next);
+    }
     if !next.cluster.registrations.is_empty() {
         next.brokers = next
             .cluster
@@ -328,6 +346,33 @@ pub fn apply_with(
         "metadata revision must increase"
     );
     Ok(next)
+}
+
+/// Bumps the partition epoch of every partition whose leader, leader epoch, replicas, target
+/// replicas or ISR differ between `current` and `next` (one rule for every command, so no
+/// transition can forget it). O(partitions), as the snapshot clone each command makes.
+fn bump_partition_epochs(current: &MetadataSnapshot, next: &mut MetadataSnapshot) {
+    for (name, topic) in &mut next.topics {
+        let Some(before) = current.topics.get(name).filter(|t| t.id == topic.id) else {
+            continue;
+        };
+        for (after, before) in topic.partitions.iter_mut().zip(&before.partitions) {
+            assert_eq!(after.id, before.id, "{name}: partitions keep their order");
+            assert_eq!(
+                after.partition_epoch, before.partition_epoch,
+                "{name}-{}: the partition epoch changes only here",
+                after.id.0
+            );
+            let changed = after.leader != before.leader
+                || after.leader_epoch != before.leader_epoch
+                || after.replicas != before.replicas
+                || after.target_replicas != before.target_replicas
+                || after.isr != before.isr;
+            if changed {
+                after.partition_epoch = PartitionEpoch(before.partition_epoch.0 + 1);
+            }
+        }
+    }
 }
 
 /// Registered, unfenced brokers, sorted by id (empty on a single broker).
@@ -355,6 +400,7 @@ fn new_partition(
             shard: shard_for(topic, id, context.shard_count),
             leader: context.node,
             leader_epoch: LeaderEpoch(0),
+            partition_epoch: PartitionEpoch(0),
             replicas: vec![context.node],
             isr: vec![context.node],
             target_replicas: None,
@@ -378,6 +424,7 @@ fn new_partition(
         shard: shard_for(topic, id, shards),
         leader: replicas[0],
         leader_epoch: LeaderEpoch(0),
+        partition_epoch: PartitionEpoch(0),
         isr: replicas.clone(),
         replicas,
         target_replicas: None,
@@ -630,6 +677,7 @@ mod tests {
                 quic: vec![addr, addr],
                 cluster: addr,
                 fenced: true,
+                metadata_version: crate::metadata::METADATA_VERSION,
             };
             snapshot = apply(
                 &snapshot,
@@ -732,6 +780,7 @@ mod tests {
                 partition: PartitionId(0),
                 leader,
                 leader_epoch: LeaderEpoch(epoch),
+                partition_epoch: Some(PartitionEpoch(0)),
                 isr,
             };
         let stale = apply(&one, &alter(p.leader, 5, vec![p.leader]), CONTEXT);
@@ -760,9 +809,190 @@ mod tests {
             vec![p.leader]
         );
         assert_eq!(shrunk.cluster.isr_shrinks_total, 1);
-        let grown = apply(&shrunk, &alter(p.leader, 0, p.replicas.clone()), CONTEXT).expect("grow");
+        let mut grow = alter(p.leader, 0, p.replicas.clone());
+        if let MetadataCommand::AlterPartition {
+            partition_epoch, ..
+        } = &mut grow
+        {
+            *partition_epoch = Some(PartitionEpoch(1));
+        }
+        let grown = apply(&shrunk, &grow, CONTEXT).expect("grow");
         assert_eq!(grown.topic("t").expect("t").partitions[0].isr, p.replicas);
         assert_eq!(grown.cluster.isr_expands_total, 1);
+    }
+
+    fn alter_from(
+        p: &PartitionMeta,
+        partition_epoch: Option<PartitionEpoch>,
+        isr: Vec<BrokerId>,
+    ) -> MetadataCommand {
+        MetadataCommand::AlterPartition {
+            topic: "t".into(),
+            partition: PartitionId(0),
+            leader: p.leader,
+            leader_epoch: p.leader_epoch,
+            partition_epoch,
+            isr,
+        }
+    }
+
+    fn partition_of(snapshot: &MetadataSnapshot) -> PartitionMeta {
+        snapshot.topic("t").expect("t").partitions[0].clone()
+    }
+
+    // Goal: an AlterPartition made from an older state of the partition (an older partition
+    // epoch: delayed, or a copy the leader sent again) is refused (Kafka's
+    // INVALID_UPDATE_VERSION) and changes nothing, in both orders: an expansion after a later
+    // shrink (which would put back a member dropped for lagging), and a shrink after a later
+    // expansion. Method: apply the leader's changes in one leader epoch, then stale copies.
+    #[test]
+    fn alter_partition_refuses_a_stale_partition_epoch() {
+        let three = registered(&[1, 2, 3]);
+        let mut command = create("t", 1);
+        if let MetadataCommand::CreateTopic { replication, .. } = &mut command {
+            *replication = 3;
+        }
+        let one = with_id(&command, &three);
+        let p = partition_of(&one);
+        assert_eq!(p.partition_epoch, PartitionEpoch(0));
+        let (leader, f, g) = (p.replicas[0], p.replicas[1], p.replicas[2]);
+        assert_eq!(p.leader, leader);
+
+        let shrink = alter_from(&p, Some(PartitionEpoch(0)), vec![leader, f]);
+        let shrunk = apply(&one, &shrink, CONTEXT).expect("shrink");
+        assert_eq!(partition_of(&shrunk).partition_epoch, PartitionEpoch(1));
+        let expand = alter_from(&p, Some(PartitionEpoch(1)), vec![leader, f, g]);
+        let expanded = apply(&shrunk, &expand, CONTEXT).expect("expand");
+        assert_eq!(partition_of(&expanded).isr, [leader, f, g]);
+        assert_eq!(partition_of(&expanded).partition_epoch, PartitionEpoch(2));
+
+        // The first shrink arrives again after the expansion.
+        let stale = apply(&expanded, &shrink, CONTEXT);
+        assert_eq!(
+            stale,
+            Err(MetadataError::StalePartitionEpoch {
+                topic: "t".into(),
+                partition: 0,
+                epoch: 2
+            })
+        );
+        // G lags again and is dropped; then the old expansion arrives again: G must stay out.
+        let shrink_again = alter_from(&p, Some(PartitionEpoch(2)), vec![leader, f]);
+        let dropped = apply(&expanded, &shrink_again, CONTEXT).expect("shrink again");
+        let stale = apply(&dropped, &expand, CONTEXT);
+        assert!(
+            matches!(
+                stale,
+                Err(MetadataError::StalePartitionEpoch { epoch: 3, .. })
+            ),
+            "{stale:?}"
+        );
+        assert_eq!(partition_of(&dropped).isr, [leader, f], "G stays out");
+        // A proposal without a partition epoch (older code) is refused as well.
+        let unversioned = apply(&dropped, &alter_from(&p, None, vec![leader]), CONTEXT);
+        assert!(
+            matches!(unversioned, Err(MetadataError::StalePartitionEpoch { .. })),
+            "{unversioned:?}"
+        );
+
+        // Every other change of the partition bumps the epoch too: a leader change by fencing.
+        let fenced = apply(
+            &dropped,
+            &MetadataCommand::FenceBroker { id: leader },
+            CONTEXT,
+        )
+        .expect("fence");
+        let after = partition_of(&fenced);
+        assert_ne!(after.leader, leader);
+        assert_eq!(after.partition_epoch, PartitionEpoch(4));
+        // A change elsewhere does not.
+        let unrelated = apply(&fenced, &create("u", 1), CONTEXT).expect("create u");
+        assert_eq!(partition_of(&unrelated).partition_epoch, PartitionEpoch(4));
+    }
+
+    /// Removes every `key` field from a JSON value: metadata as code before it wrote it.
+    fn without_field(value: &mut serde_json::Value, key: &str) {
+        match value {
+            serde_json::Value::Object(map) => {
+                map.remove(key);
+                map.values_mut().for_each(|v| without_field(v, key));
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(|v| without_field(v, key)),
+            _ => {}
+        }
+    }
+
+    // Goal: metadata written before partition epochs (snapshots and raft entries without
+    // `partition_epoch` and `metadata_version`) still loads, and applies exactly as before
+    // (no epoch counted or checked, so every voter replays old entries alike) until every
+    // registered broker runs version 1; from the entry that makes that so, epochs count and
+    // are checked. Method: strip the new fields from JSON, reload, apply, re-register.
+    #[test]
+    fn metadata_before_partition_epochs_loads_and_upgrades() {
+        let three = registered(&[1, 2, 3]);
+        let mut command = create("t", 1);
+        if let MetadataCommand::CreateTopic { replication, .. } = &mut command {
+            *replication = 3;
+        }
+        let one = with_id(&command, &three);
+        let mut json = serde_json::to_value(&one).expect("encode");
+        without_field(&mut json, "partition_epoch");
+        without_field(&mut json, "metadata_version");
+        let old: MetadataSnapshot = serde_json::from_value(json).expect("old snapshot loads");
+        assert_eq!(old.cluster.metadata_version(), 0);
+        let p = partition_of(&old);
+        assert_eq!(p.partition_epoch, PartitionEpoch(0));
+        let old_entry = r#"{"AlterPartition":{"topic":"t","partition":0,"leader":LEADER,
+            "leader_epoch":0,"isr":[LEADER]}}"#
+            .replace("LEADER", &p.leader.0.to_string());
+        let old_shrink: MetadataCommand = serde_json::from_str(&old_entry).expect("old entry");
+        assert_eq!(old_shrink, alter_from(&p, None, vec![p.leader]));
+        assert!(
+            !serde_json::to_string(&old_shrink)
+                .expect("encode")
+                .contains("partition_epoch"),
+            "an entry without an epoch encodes as before"
+        );
+
+        // Version 0: applied as before, the epoch neither checked nor counted.
+        let shrunk = apply(&old, &old_shrink, CONTEXT).expect("old entry applies");
+        assert_eq!(partition_of(&shrunk).isr, [p.leader]);
+        assert_eq!(partition_of(&shrunk).partition_epoch, PartitionEpoch(0));
+        let grown = apply(
+            &shrunk,
+            &alter_from(&p, Some(PartitionEpoch(7)), p.replicas.clone()),
+            CONTEXT,
+        )
+        .expect("not checked at version 0");
+        assert_eq!(partition_of(&grown).partition_epoch, PartitionEpoch(0));
+
+        // Every broker re-registers with version 1 (as each upgraded broker's heartbeat does).
+        let mut upgraded = grown;
+        for registration in old.cluster.registrations.clone() {
+            let registration = BrokerRegistration {
+                metadata_version: crate::metadata::METADATA_VERSION,
+                ..registration
+            };
+            assert_eq!(upgraded.cluster.metadata_version(), 0);
+            upgraded = apply(
+                &upgraded,
+                &MetadataCommand::RegisterBroker { registration },
+                CONTEXT,
+            )
+            .expect("register");
+        }
+        assert_eq!(upgraded.cluster.metadata_version(), 1);
+        let stale = apply(&upgraded, &old_shrink, CONTEXT);
+        assert!(
+            matches!(
+                stale,
+                Err(MetadataError::StalePartitionEpoch { epoch: 0, .. })
+            ),
+            "{stale:?}"
+        );
+        let shrink = alter_from(&p, Some(PartitionEpoch(0)), vec![p.leader]);
+        let counted = apply(&upgraded, &shrink, CONTEXT).expect("current epoch");
+        assert_eq!(partition_of(&counted).partition_epoch, PartitionEpoch(1));
     }
 
     // Goal: a reassignment adds the new replicas first, completes only once they are in the
@@ -818,6 +1048,7 @@ mod tests {
             partition: PartitionId(0),
             leader: leaving,
             leader_epoch: p.leader_epoch,
+            partition_epoch: Some(during.partition_epoch),
             isr: vec![leaving, kept, newcomer],
         };
         let done = apply(&started, &caught_up, CONTEXT).expect("expand");

@@ -29,7 +29,10 @@
 //!   Both are proposals carrying the leader epoch; one at a time, applied when the controller's
 //!   new [`PartitionState`] arrives. A proposal stays pending (a proposed expansion in the
 //!   maximal ISR) until that answer, however long it takes: the controller may still commit
-//!   it. Unanswered, it is sent again unchanged every `isr_change_retry`.
+//!   it. Unanswered, it is sent again unchanged every `isr_change_retry`. Each proposal names
+//!   the partition epoch of the state it was made from, and the controller refuses it once
+//!   that is not current (Kafka's INVALID_UPDATE_VERSION), so a delayed or repeated copy
+//!   never undoes a later change; the leader then waits for the newer state.
 //!
 //! Must not depend on: the runtime, the clock, the log's I/O, or any protocol crate.
 
@@ -40,6 +43,7 @@ use sluice_engine::{BrokerId, LeaderEpoch, Offset, TopicPartition};
 
 use super::messages::{ReplicaError, ReplicaFetchPartition};
 use super::{LogView, PartitionState, ReplicationConfig};
+use crate::metadata::PartitionEpoch;
 
 /// Identifies one acks=all produce waiting for replication; chosen by the driver.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -54,6 +58,9 @@ pub struct IsrProposal {
     pub leader: BrokerId,
     /// The leader epoch the proposal was made in; the controller refuses another.
     pub leader_epoch: LeaderEpoch,
+    /// The partition epoch of the state the proposal was made from; the controller refuses
+    /// it once another change is committed (Kafka's `partition_epoch` in AlterPartition).
+    pub partition_epoch: PartitionEpoch,
     /// The proposed ISR, sorted, the leader included.
     pub isr: Vec<BrokerId>,
 }
@@ -122,6 +129,8 @@ pub struct LeaderCore {
     tp: TopicPartition,
     local: BrokerId,
     epoch: LeaderEpoch,
+    /// The partition epoch of the latest state applied. Invariant: never decreases.
+    partition_epoch: PartitionEpoch,
     /// The offset the leader's first own-epoch append gets (its log's next offset at election).
     epoch_start: Offset,
     config: ReplicationConfig,
@@ -185,6 +194,7 @@ impl LeaderCore {
             tp,
             local,
             epoch: state.leader_epoch,
+            partition_epoch: state.partition_epoch,
             epoch_start: positions.next_offset,
             config,
             replicas: state.replicas.clone(),
@@ -483,6 +493,7 @@ impl LeaderCore {
             tp: self.tp.clone(),
             leader: self.local,
             leader_epoch: self.epoch,
+            partition_epoch: self.partition_epoch,
             isr: isr.iter().copied().collect(),
         }
     }
@@ -500,7 +511,8 @@ impl LeaderCore {
             // state): a proposed expansion stays in the maximal ISR until then, because the
             // controller may still commit it, and the high watermark must not pass what the
             // new member holds (Kafka's PendingExpandIsr). An unanswered proposal (lost, or
-            // the controller busy) is sent again unchanged.
+            // the controller busy) is sent again unchanged: the controller applies it at most
+            // once, as a copy names a partition epoch that is then no longer current.
             if now.saturating_duration_since(pending.since) >= self.config.isr_change_retry {
                 actions.push(LeaderAction::ProposeIsr(self.isr_proposal(&pending.isr)));
                 self.pending = Some(Pending {
@@ -558,15 +570,21 @@ impl LeaderCore {
             "{}: ISR without its leader",
             self.tp
         );
+        if state.partition_epoch < self.partition_epoch {
+            // Older than a state already applied (Kafka skips it too): nothing to learn.
+            return Vec::new();
+        }
         // The controller's answer: the proposal was applied, or another change came first
-        // (the proposal is then refused or was overtaken, and the core decides afresh from
-        // the new state). An unchanged state answers nothing: the proposal stays pending.
+        // (the proposal is then refused as stale, and the core decides afresh from the new
+        // state). An unchanged state answers nothing: the proposal stays pending.
         let answered = self.pending.as_ref().is_some_and(|p| p.isr == isr)
+            || state.partition_epoch != self.partition_epoch
             || isr != self.isr
             || state.replicas != self.replicas;
         if answered {
             self.pending = None;
         }
+        self.partition_epoch = state.partition_epoch;
         self.isr = isr;
         self.replicas = state.replicas.clone();
         let local = self.local;

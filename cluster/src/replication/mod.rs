@@ -35,6 +35,8 @@ use std::time::Duration;
 use sluice_engine::log::PartitionLog;
 use sluice_engine::{BrokerId, LeaderEpoch, Offset};
 
+use crate::metadata::PartitionEpoch;
+
 pub use driver::{
     IsrProposer, PeerFetchTransport, ReplicationSettings, ReplicationWait, ShardReplication,
 };
@@ -82,6 +84,9 @@ pub struct PartitionState {
     pub leader: BrokerId,
     /// The leader epoch, bumped on every leader change.
     pub leader_epoch: LeaderEpoch,
+    /// The partition epoch, bumped on every leader, replica or ISR change; ISR proposals
+    /// name it.
+    pub partition_epoch: PartitionEpoch,
     /// Every replica, preferred leader first.
     pub replicas: Vec<BrokerId>,
     /// The in-sync replicas (the leader included).
@@ -93,6 +98,7 @@ impl From<&crate::metadata::PartitionMeta> for PartitionState {
         PartitionState {
             leader: meta.leader,
             leader_epoch: meta.leader_epoch,
+            partition_epoch: meta.partition_epoch,
             replicas: meta.replicas.clone(),
             isr: meta.isr.clone(),
         }

@@ -425,22 +425,27 @@ impl IndexFile {
         &self.mem
     }
 
-    /// Writes the partial block held in memory, trims the file to [`IndexFile::len`] and
-    /// fdatasyncs it (sealing the segment). Opens and closes the file; creates it when missing
-    /// (the first time, or after recovery found it lost). Memory is unchanged.
-    pub async fn finish(&self) -> io::Result<u64> {
+    /// Writes the partial block held in memory and trims the file to [`IndexFile::len`]
+    /// (sealing the segment), and returns the file still open for the caller to fdatasync and
+    /// close: a failure here leaves an index the writer can go on with (it rewrites the partial
+    /// block and ignores bytes past its whole blocks), a failed sync does not. Opens the file;
+    /// creates it when missing (the first time, or after recovery found it lost). Memory is
+    /// unchanged.
+    pub async fn write_exact(&self) -> io::Result<File> {
         let file = dio::open_or_create(&self.path).await?;
         let result = async {
             if !self.mem.is_empty() {
                 let buffer = dio::aligned_buffer(&file, &[&self.mem]);
                 dio::write_at(&file, buffer, self.disk_bytes).await?;
             }
-            dio::truncate(&file, self.len()).await?;
-            dio::sync(&file).await
+            dio::truncate(&file, self.len()).await
         }
         .await;
-        dio::close(file).await?;
-        result.map(|()| self.len())
+        if let Err(error) = result {
+            let _ = dio::close(file).await;
+            return Err(error);
+        }
+        Ok(file)
     }
 
     /// A read view for lookups, independent of later changes. It opens the file on demand

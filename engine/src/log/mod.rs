@@ -52,8 +52,11 @@
 //!
 //! A failed write (full disk, IO error) fails the appends of that round and everything queued
 //! behind it, rolls the assigned offsets back to the written end, and leaves the log readable
-//! and appendable. A failed fdatasync makes the log refuse appends until reopened (the page-cache
-//! state after a failed sync is unknown; reopening recovers from what is on the device).
+//! and appendable. So does a failed roll (the new segment's creation, the old one's index tails
+//! or trim, the checkpoint): memory shows a roll only once its checkpoint is durable, so a
+//! failed one is undone and the next append that needs it retries it. A failed fdatasync
+//! makes the log refuse appends until reopened (the page-cache state after a failed sync is
+//! unknown; reopening recovers from what is on the device).
 //!
 //! # Read path
 //!

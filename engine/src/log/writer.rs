@@ -230,7 +230,7 @@ async fn run(inner: Rc<Inner>) {
             Plan::Roll(base) => {
                 if let Err(failure) = roll(&inner, base).await {
                     match failure {
-                        RollFailure::Create(error) => {
+                        RollFailure::Undone(error) => {
                             fail_pending(&inner, AppendError::from_io(error))
                         }
                         RollFailure::Fatal(error) => poison(&inner, &error),
@@ -902,11 +902,25 @@ pub(crate) fn poison(inner: &Inner, error: &Arc<io::Error>) {
     fail_all(&mut state, &AppendError::Failed);
 }
 
+/// How a roll failed, which decides what the log does next.
 enum RollFailure {
-    /// Creating the new segment failed; nothing changed.
-    Create(Arc<io::Error>),
-    /// Sealing or checkpointing failed after the new segment existed.
+    /// Creating the new segment, writing the old one's index tails, trimming it, or writing
+    /// the checkpoint failed (a full disk): the roll is undone, the log is as it was before it
+    /// (the active segment stays active), and the next append that needs a roll retries it.
+    Undone(Arc<io::Error>),
+    /// An fdatasync failed (of the directory or of the sealed files): the state of what it
+    /// covered is unknown, so the log refuses appends until reopened.
     Fatal(Arc<io::Error>),
+}
+
+/// How sealing the active segment failed.
+pub(crate) enum SealFailure {
+    /// Writing an index tail or trimming a file failed; nothing was synced, and the segment
+    /// can stay active: its files hold everything memory says, and past that only bytes the
+    /// writer rewrites or ignores.
+    Write(io::Error),
+    /// An fdatasync (or the close after it) failed.
+    Sync(io::Error),
 }
 
 /// Creates a new, empty segment's log file (preallocating it) and returns its writer state.
@@ -965,12 +979,16 @@ pub(crate) async fn create_segment(
 }
 
 /// Seals the active segment's files: writes the final time entry and the index tails, trims
-/// all three files to their exact sizes (dropping the preallocation) and fdatasyncs them, the
-/// three files concurrently. Returns the index sizes.
-pub(crate) async fn seal_active(inner: &Inner) -> io::Result<(u64, u64)> {
+/// all three files to their exact sizes (dropping the preallocation), then fdatasyncs them,
+/// the three files concurrently in each step. Returns the index sizes. The writes and trims
+/// all come before the first sync, so a full disk fails sealing with nothing synced
+/// ([`SealFailure::Write`]), and the segment can stay active.
+pub(crate) async fn seal_active(inner: &Inner) -> Result<(u64, u64), SealFailure> {
     let (log, size, index, time_index) = {
         let mut state = inner.state.borrow_mut();
         let state = &mut *state;
+        // The final time entry stays should sealing fail: it is a true entry (the segment's
+        // max timestamp), later batches' entries follow it, and the file gets it too.
         if let Some(entry) = state.active.builder.on_seal() {
             state.active.time_index.push(&entry.encode());
         }
@@ -993,12 +1011,39 @@ pub(crate) async fn seal_active(inner: &Inner) -> io::Result<(u64, u64)> {
             state.active.time_index.clone(),
         )
     };
-    let log_job = async {
-        dio::truncate(&log, size).await?;
-        dio::sync(&log).await
-    };
-    let (index_bytes, time_index_bytes, ()) =
-        futures::future::try_join3(index.finish(), time_index.finish(), log_job).await?;
+    let (index_file, time_index_file, trimmed) = futures::future::join3(
+        index.write_exact(),
+        time_index.write_exact(),
+        dio::truncate(&log, size),
+    )
+    .await;
+    if trimmed.is_ok() {
+        inner.state.borrow_mut().active.allocated = size;
+    }
+    let mut failure = trimmed.err();
+    let mut files = Vec::with_capacity(2);
+    for file in [index_file, time_index_file] {
+        match file {
+            Ok(file) => files.push(file),
+            Err(error) => failure = failure.or(Some(error)),
+        }
+    }
+    if let Some(error) = failure {
+        for file in files {
+            let _ = dio::close(file).await;
+        }
+        return Err(SealFailure::Write(error));
+    }
+    assert_eq!(files.len(), 2, "{}: both index files written", inner.tp);
+    let synced =
+        futures::future::try_join3(dio::sync(&files[0]), dio::sync(&files[1]), dio::sync(&log))
+            .await;
+    let mut closed = Ok(());
+    for file in files {
+        closed = closed.and(dio::close(file).await);
+    }
+    synced.and(closed.map(drop)).map_err(SealFailure::Sync)?;
+    let (index_bytes, time_index_bytes) = (index.len(), time_index.len());
     assert_eq!(
         index_bytes % OFFSET_INDEX_ENTRY_BYTES as u64,
         0,
@@ -1011,8 +1056,8 @@ pub(crate) async fn seal_active(inner: &Inner) -> io::Result<(u64, u64)> {
         "{}: time index size",
         inner.tp
     );
-    let mut state = inner.state.borrow_mut();
-    state.active.allocated = size;
+    let state = inner.state.borrow();
+    assert_eq!(state.active.allocated, size, "{}: trimmed", inner.tp);
     assert_eq!(
         state.active.index.len(),
         index_bytes,
@@ -1022,7 +1067,11 @@ pub(crate) async fn seal_active(inner: &Inner) -> io::Result<(u64, u64)> {
     Ok((index_bytes, time_index_bytes))
 }
 
-/// Seals the active segment and starts a new one at `base`, then persists the checkpoint.
+/// Seals the active segment and starts a new one at `base`, persisting the checkpoint before
+/// memory shows the roll. A failure before the roll is durable undoes it
+/// ([`RollFailure::Undone`]): the active segment stays active and the new file goes again, so
+/// a full disk leaves the log as it was, and the next append that needs a roll retries it.
+/// Only a failed fdatasync is [`RollFailure::Fatal`].
 async fn roll(inner: &Rc<Inner>, base: Offset) -> Result<(), RollFailure> {
     {
         let state = inner.state.borrow();
@@ -1040,43 +1089,95 @@ async fn roll(inner: &Rc<Inner>, base: Offset) -> Result<(), RollFailure> {
     let config = inner.config();
     let interval = u64::from(config.index_interval_bytes);
     let spare = inner.state.borrow_mut().spare.take();
+    let recycled = spare.is_some_and(|spare| spare.fits(base));
     let new = create_segment(&inner.dir, base, interval, config.preallocate_bytes, spare)
         .await
-        .map_err(|error| RollFailure::Create(Arc::new(error)))?;
-    if spare.is_some_and(|spare| spare.fits(base)) {
-        inner.state.borrow_mut().stats.recycled_segments += 1;
-    }
+        .map_err(|error| RollFailure::Undone(Arc::new(error)))?;
     let fatal = |error: io::Error| RollFailure::Fatal(Arc::new(error));
     dio::sync_dir(&inner.dir).await.map_err(fatal)?;
-    let (index_bytes, time_index_bytes) = seal_active(inner).await.map_err(fatal)?;
-    {
+    let (index_bytes, time_index_bytes) = match seal_active(inner).await {
+        Ok(sizes) => sizes,
+        Err(SealFailure::Sync(error)) => return Err(fatal(error)),
+        Err(SealFailure::Write(error)) => return Err(roll_undo(inner, new, error).await),
+    };
+    let row = {
         let mut state = inner.state.borrow_mut();
         let state = &mut *state;
-        let sealed = state.segments.back_mut().expect("active segment");
+        // The sealed segment is synced, and with it everything written.
+        state.synced = state.written;
+        state.unsynced_records = 0;
+        wake(&mut state.synced_waiters, state.synced, &inner.tp);
+        let sealed = state.segments.back().expect("active segment");
         assert_eq!(
             sealed.end, base,
             "{}: sealed segment must end at the new base",
             inner.tp
         );
-        sealed.sealed = true;
-        sealed.index_bytes = index_bytes;
-        sealed.time_index_bytes = time_index_bytes;
-        state.segments.push_back(Segment {
-            base,
-            end: base,
-            size: 0,
-            max_timestamp: None,
-            index_bytes: 0,
-            time_index_bytes: 0,
-            sealed: false,
-        });
-        state.active = new;
-        state.synced = state.written;
-        state.unsynced_records = 0;
-        state.stats.rolls += 1;
-        wake(&mut state.synced_waiters, state.synced, &inner.tp);
+        SealedRow {
+            base: sealed.base,
+            end: sealed.end,
+            size: sealed.size,
+            max_timestamp: sealed.max_timestamp,
+            index_bytes: u32::try_from(index_bytes).expect("index size fits in u32"),
+            time_index_bytes: u32::try_from(time_index_bytes).expect("index size fits in u32"),
+        }
+    };
+    if let Err(error) = write_checkpoint_rolled(inner, row).await {
+        return Err(roll_undo(inner, new, error).await);
     }
-    write_checkpoint(inner, SyncMode::Now).await.map_err(fatal)
+    // No `.await` from the checkpoint to here: memory follows what is now durable, so no other
+    // task (a retention pass) ever sees a roll that is then undone.
+    let mut state = inner.state.borrow_mut();
+    let state = &mut *state;
+    let sealed = state.segments.back_mut().expect("active segment");
+    assert_eq!(sealed.end, base, "{}: the sealed segment grew", inner.tp);
+    sealed.sealed = true;
+    sealed.index_bytes = index_bytes;
+    sealed.time_index_bytes = time_index_bytes;
+    state.segments.push_back(Segment {
+        base,
+        end: base,
+        size: 0,
+        max_timestamp: None,
+        index_bytes: 0,
+        time_index_bytes: 0,
+        sealed: false,
+    });
+    state.active = new;
+    state.stats.rolls += 1;
+    if recycled {
+        state.stats.recycled_segments += 1;
+    }
+    Ok(())
+}
+
+/// Undoes a roll that failed before it was durable: memory never showed it, the old segment
+/// stays active (sealing may have trimmed its preallocation and written its index tails, which
+/// the writer goes on from), and the new segment's file is removed again. The removal is best
+/// effort: a file left behind is empty or a retired segment's, whose batches all lie below the
+/// new base, so neither the retried roll (which overwrites it) nor recovery (which finds no
+/// batch of the log in it) takes anything from it.
+async fn roll_undo(inner: &Inner, new: ActiveSegment, error: io::Error) -> RollFailure {
+    tracing::warn!(tp = %inner.tp, %error, base = %new.base, "roll failed; undone");
+    {
+        let state = inner.state.borrow();
+        assert!(
+            state.active.base < new.base,
+            "{}: undone roll to {} had become active",
+            inner.tp,
+            new.base
+        );
+        assert_eq!(
+            state.segments.back().expect("active segment").base,
+            state.active.base,
+            "{}: undone roll left a segment behind",
+            inner.tp
+        );
+    }
+    let path = file_path(&inner.dir, new.base, LOG_EXTENSION);
+    let _ = dio::close(new.log).await;
+    let _ = dio::remove(&path).await;
+    RollFailure::Undone(Arc::new(error))
 }
 
 /// The checkpoint row of a sealed segment.
@@ -1146,6 +1247,23 @@ pub(crate) async fn write_checkpoint_edited(
     mode: SyncMode,
     edit: impl FnOnce(&mut Checkpoint),
 ) -> io::Result<()> {
+    write_checkpoint_with(inner, mode, None, edit).await
+}
+
+/// [`write_checkpoint`] of the current state after a roll that sealed the active segment as
+/// `row` (its end is the new active segment's base): for a roll, which changes memory only
+/// once this is durable, so that a failure leaves the log as it was.
+async fn write_checkpoint_rolled(inner: &Inner, row: SealedRow) -> io::Result<()> {
+    write_checkpoint_with(inner, SyncMode::Now, Some(row), |_| {}).await
+}
+
+/// [`write_checkpoint_edited`], with the active segment first sealed as `rolled` if given.
+async fn write_checkpoint_with(
+    inner: &Inner,
+    mode: SyncMode,
+    rolled: Option<SealedRow>,
+    edit: impl FnOnce(&mut Checkpoint),
+) -> io::Result<()> {
     let _permit = checkpoint_permit(inner).await?;
     // The epoch file first: the checkpoint moves the recovery point, and recovery takes the
     // entries below it from the epoch file (it rebuilds those above from the scanned batches).
@@ -1153,6 +1271,22 @@ pub(crate) async fn write_checkpoint_edited(
         let state = inner.state.borrow();
         let changed = state.epochs != state.epochs_persisted;
         let mut checkpoint = checkpoint_of(&state);
+        if let Some(row) = rolled {
+            assert_eq!(
+                row.base, checkpoint.recovery_point,
+                "{}: the rolled segment is the active one",
+                inner.tp
+            );
+            assert!(row.end > row.base, "{}: roll of an empty segment", inner.tp);
+            assert_eq!(
+                mode,
+                SyncMode::Now,
+                "{}: a roll syncs its checkpoint",
+                inner.tp
+            );
+            checkpoint.recovery_point = row.end;
+            checkpoint.sealed.push(row);
+        }
         let recovery_point = checkpoint.recovery_point;
         edit(&mut checkpoint);
         assert_eq!(
