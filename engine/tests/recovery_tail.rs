@@ -16,10 +16,11 @@ use bytes::Bytes;
 use common::{append, batch, cache, config, header, open, payload, read_all, tp};
 use sluice_engine::batch::BatchError;
 use sluice_engine::log::{
-    AdminError, Durability, PartitionLog, ReadError, TruncationReason, partition_dir,
+    AdminError, AppendError, DamagedEpoch, Durability, EpochEntry, PartitionLog, ReadError,
+    TruncationReason, partition_dir,
 };
 use sluice_engine::rt::block_on;
-use sluice_engine::{FilePos, Offset, TimestampMs, TopicPartition};
+use sluice_engine::{FilePos, LeaderEpoch, Offset, TimestampMs, TopicPartition};
 
 fn segment_path(data: &Path, tp: &TopicPartition, base: i64, extension: &str) -> PathBuf {
     partition_dir(data, tp).join(format!("{base:020}.{extension}"))
@@ -438,6 +439,119 @@ fn open_truncating_a_listed_segment_survives_a_failed_checkpoint() {
         let kept = usize::try_from(bases[2].0 / 3 - 1).unwrap();
         assert_eq!(log.log_end_offset(), Offset(kept as i64 * 3));
         assert_prefix(&sent, &read_all(&log, Offset(0)).await, kept);
+        log.close().await.unwrap();
+    });
+}
+
+/// Appends `count` synced batches of 3 records at `epoch` (the first at `first` for their
+/// contents) and returns them with their positions in the active segment, which must start
+/// with them.
+async fn fill_at_epoch(
+    log: &PartitionLog,
+    epoch: LeaderEpoch,
+    first: u64,
+    count: u64,
+) -> Vec<(Bytes, u64)> {
+    let mut out = Vec::new();
+    let mut position = 0u64;
+    for i in first..first + count {
+        let b = batch(3, 200 + (i as usize * 13) % 300, 1_000 + i as i64, i);
+        log.append(b.clone(), epoch, Durability::Synced)
+            .await
+            .unwrap();
+        let len = b.len() as u64;
+        out.push((b, position));
+        position += len;
+    }
+    out
+}
+
+// Goal: a leader epoch field damaged on disk in the scanned tail (it lies outside the batch
+// CRC, so the batch passes every check) is not learned: after a crash the log reopens with
+// every batch intact, the report names the damaged batch, the epoch cache is what the batches
+// really say, and appends of the real epoch succeed; a newer epoch written just before a later
+// crash is still learned.
+// Method: epoch 5 throughout; 4 batches, a forced roll (the epoch file and checkpoint name
+// epoch 5), 6 batches in the active segment; drop the log (a crash); overwrite the epoch of the
+// active segment's third batch (offsets 18..21), 5, with 0x7fff0005; reopen and append at 5.
+// Then append at epoch 6, crash again, reopen: 6 is learned from its one batch.
+#[test]
+fn damaged_epoch_field_in_the_tail_is_not_learned() {
+    let dir = tempfile::tempdir().unwrap();
+    let tp = tp("damaged-epoch");
+    let damaged = 0x7fff_0005;
+    block_on(async {
+        let (log, _) = open(dir.path(), &tp, config(1 << 20), &cache()).await;
+        let mut sent = fill_at_epoch(&log, LeaderEpoch(5), 0, 4).await;
+        log.roll().await.unwrap();
+        let active = fill_at_epoch(&log, LeaderEpoch(5), 4, 6).await;
+        sent.extend(active.iter().cloned());
+        assert_eq!(log.segment_bases(), vec![Offset(0), Offset(12)]);
+        drop(log);
+        let path = segment_path(dir.path(), &tp, 12, "log");
+        let at = active[2].1 + 12;
+        let mut file = OpenOptions::new().write(true).open(&path).unwrap();
+        file.seek(SeekFrom::Start(at)).unwrap();
+        file.write_all(&i32::to_be_bytes(damaged)).unwrap();
+        drop(file);
+
+        let (log, report) = open(dir.path(), &tp, config(1 << 20), &cache()).await;
+        let next = batch(3, 100, 2_000, 100);
+        let appended = log
+            .append(next.clone(), LeaderEpoch(5), Durability::Synced)
+            .await;
+        let info = appended.unwrap_or_else(|error| panic!("append at the real epoch: {error}"));
+        assert_eq!(info.base_offset, Offset(30));
+        let real = vec![EpochEntry {
+            epoch: LeaderEpoch(5),
+            start_offset: Offset(0),
+        }];
+        assert_eq!(log.leader_epochs(), real);
+        assert_eq!(log.latest_epoch(), Some(LeaderEpoch(5)));
+        assert_eq!(report.scanned_segments, vec![Offset(12)], "{report:?}");
+        assert!(report.truncations.is_empty(), "{report:?}");
+        assert_eq!(
+            report.damaged_epochs,
+            vec![DamagedEpoch {
+                offset: Offset(18),
+                epoch: LeaderEpoch(damaged),
+            }]
+        );
+        assert!(!report.is_clean());
+        sent.push((next, 0));
+        assert_prefix(&sent, &read_all(&log, Offset(0)).await, sent.len());
+        assert_eq!(
+            header(&read_all(&log, Offset(18)).await[0]).leader_epoch,
+            LeaderEpoch(damaged),
+            "the damaged batch itself is kept as stored"
+        );
+
+        // A newer leader's first batch, written just before a crash, is learned.
+        let newer = batch(3, 100, 2_001, 101);
+        log.append(newer.clone(), LeaderEpoch(6), Durability::Synced)
+            .await
+            .unwrap();
+        sent.push((newer, 0));
+        drop(log);
+        let (log, report) = open(dir.path(), &tp, config(1 << 20), &cache()).await;
+        assert_eq!(report.damaged_epochs.len(), 1, "{report:?}");
+        let mut learned = real.clone();
+        learned.push(EpochEntry {
+            epoch: LeaderEpoch(6),
+            start_offset: Offset(33),
+        });
+        assert_eq!(log.leader_epochs(), learned);
+        assert_prefix(&sent, &read_all(&log, Offset(0)).await, sent.len());
+        let stale = log
+            .append(batch(1, 10, 2_002, 102), LeaderEpoch(5), Durability::Synced)
+            .await;
+        assert!(
+            matches!(stale, Err(AppendError::StaleEpoch { .. })),
+            "{stale:?}"
+        );
+        log.append(batch(1, 10, 2_002, 102), LeaderEpoch(6), Durability::Synced)
+            .await
+            .unwrap();
         log.close().await.unwrap();
     });
 }

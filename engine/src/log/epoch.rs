@@ -180,6 +180,149 @@ impl EpochCache {
     }
 }
 
+/// A batch whose partition-leader-epoch field recovery found impossible, and so did not learn.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DamagedEpoch {
+    /// The batch's base offset.
+    pub offset: Offset,
+    /// The epoch the batch carries.
+    pub epoch: LeaderEpoch,
+}
+
+/// Learns the epoch rises of batch headers read in log order, as recovery must: the
+/// partition-leader-epoch field lies outside the batch CRC, so a damaged one passes every check
+/// of the batch (`5` read as `0x7fff0005`), and learning it would make the log refuse every
+/// append of the real epoch (`StaleEpoch`). Epochs never decrease along a log (the append paths
+/// refuse it), so a batch whose epoch is below an earlier batch's shows one of the two fields
+/// damaged, and the batch after them tells which:
+///
+/// - A rise is learned once the next batch carrying an epoch confirms it with the same or a
+///   higher one.
+/// - A batch carrying an epoch below the latest learned one is damaged (lowered): reported.
+/// - A batch carrying an epoch below the pending rise (but not below the latest learned) makes
+///   them suspect each other: if the batch after carries the rise's epoch or more, the lower
+///   one was damaged; otherwise the rise was (raised) and is reported, not learned. When the
+///   log ends first, the later batch is trusted (a raised field blocks appends, a lowered one
+///   costs only the start of its epoch).
+/// - The rise of the log's last batches has nothing after it and is learned: a leader elected
+///   just before a crash writes exactly that (its epoch reaches the epoch file only at the next
+///   checkpoint), so a damaged field there cannot be told from it.
+///
+/// So one damaged field anywhere but in the last batch is found; two adjacent batches damaged
+/// alike are not. The batches themselves are kept (their records pass the CRC). Bounded: one
+/// pending rise, one suspect, the entries learned and at most [`DAMAGED_EPOCHS_REPORTED_MAX`]
+/// reports.
+#[derive(Debug, Default)]
+pub(crate) struct EpochScan {
+    learned: EpochCache,
+    /// A rise seen in the last batches, not yet confirmed.
+    /// Invariant: its epoch is above `learned.latest()`.
+    pending: Option<EpochEntry>,
+    /// A batch after `pending` carrying an epoch below it (not below `learned.latest()`).
+    /// Invariant: only with `pending`.
+    suspect: Option<EpochEntry>,
+    damaged: Vec<DamagedEpoch>,
+}
+
+/// The most damaged epoch fields one open reports (the first ones found); bounds the report.
+pub(crate) const DAMAGED_EPOCHS_REPORTED_MAX: usize = 64;
+
+impl EpochScan {
+    /// Feeds the next batch's header, in log order.
+    pub fn batch(&mut self, epoch: LeaderEpoch, base: Offset) {
+        if epoch.0 < 0 {
+            // Never stamped by a leader: not part of the cache.
+            return;
+        }
+        let entry = EpochEntry {
+            epoch,
+            start_offset: base,
+        };
+        if let Some(suspect) = self.suspect.take() {
+            let pending = self
+                .pending
+                .take()
+                .expect("a suspect comes with a pending rise");
+            assert!(
+                base > suspect.start_offset,
+                "batch at {base} not in log order"
+            );
+            if epoch >= pending.epoch {
+                self.report(suspect);
+                self.learned.assign(pending.epoch, pending.start_offset);
+                self.pending = (epoch > pending.epoch).then_some(entry);
+            } else {
+                self.report(pending);
+                self.settled(suspect);
+                self.batch(epoch, base);
+            }
+            return;
+        }
+        if let Some(pending) = self.pending {
+            assert!(
+                base > pending.start_offset,
+                "batch at {base} not in log order"
+            );
+            if epoch >= pending.epoch {
+                self.learned.assign(pending.epoch, pending.start_offset);
+                self.pending = (epoch > pending.epoch).then_some(entry);
+            } else if self.learned.latest().is_some_and(|latest| epoch < latest) {
+                self.report(entry);
+            } else {
+                self.suspect = Some(entry);
+            }
+            return;
+        }
+        self.settled(entry);
+    }
+
+    /// A batch with nothing pending before it.
+    fn settled(&mut self, entry: EpochEntry) {
+        assert!(
+            self.pending.is_none() && self.suspect.is_none(),
+            "settled batch with a rise pending"
+        );
+        match self.learned.latest() {
+            Some(latest) if entry.epoch < latest => self.report(entry),
+            Some(latest) if entry.epoch == latest => {}
+            _ => self.pending = Some(entry),
+        }
+    }
+
+    fn report(&mut self, entry: EpochEntry) {
+        tracing::warn!(
+            offset = %entry.start_offset,
+            epoch = ?entry.epoch,
+            "batch leader epoch contradicts the log's; not learned"
+        );
+        if self.damaged.len() < DAMAGED_EPOCHS_REPORTED_MAX {
+            self.damaged.push(DamagedEpoch {
+                offset: entry.start_offset,
+                epoch: entry.epoch,
+            });
+        }
+    }
+
+    /// The rises learned (that of the last batches included) and the damaged fields found,
+    /// in log order.
+    pub fn finish(mut self) -> (Vec<EpochEntry>, Vec<DamagedEpoch>) {
+        if let Some(suspect) = self.suspect.take() {
+            // The log ends on a batch below the rise before it: trust the later one.
+            let pending = self
+                .pending
+                .take()
+                .expect("a suspect comes with a pending rise");
+            self.report(pending);
+            self.settled(suspect);
+        }
+        if let Some(pending) = self.pending.take() {
+            self.learned.assign(pending.epoch, pending.start_offset);
+        }
+        self.damaged.sort_by_key(|damaged| damaged.offset);
+        (self.learned.entries, self.damaged)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -260,6 +403,61 @@ mod tests {
         assert_eq!(pairs(&pruned), [(4, 5), (7, 9)]);
         pruned.prune_before(Offset(20));
         assert_eq!(pairs(&pruned), [(7, 9)]);
+    }
+
+    /// `(epoch, offset)` pairs.
+    type Pairs = Vec<(i32, i64)>;
+
+    /// The entries and damaged fields an [`EpochScan`] finds in `(epoch, base)` batches.
+    fn scan(batches: &[(i32, i64)]) -> (Pairs, Pairs) {
+        let mut scan = EpochScan::default();
+        for &(epoch, base) in batches {
+            scan.batch(LeaderEpoch(epoch), Offset(base));
+        }
+        let (learned, damaged) = scan.finish();
+        let learned = learned.iter().map(|e| (e.epoch.0, e.start_offset.0));
+        let damaged = damaged.iter().map(|d| (d.epoch.0, d.offset.0));
+        (learned.collect(), damaged.collect())
+    }
+
+    // Goal: a scan learns every rise a valid log holds (a rise in the last batch included) and
+    // finds one damaged epoch field anywhere before the last batch, raised or lowered, without
+    // learning it. Method: a table of batch epochs and what the scan must answer.
+    #[test]
+    fn epoch_scan_table() {
+        const X: i32 = 0x7fff_0005;
+        let check = |batches: &[(i32, i64)], learned: &[(i32, i64)], damaged: &[(i32, i64)]| {
+            assert_eq!(
+                scan(batches),
+                (learned.to_vec(), damaged.to_vec()),
+                "{batches:?}"
+            );
+        };
+        check(&[], &[], &[]);
+        check(&[(5, 0), (5, 1), (6, 2), (6, 3)], &[(5, 0), (6, 2)], &[]);
+        check(&[(5, 0), (6, 1), (7, 2)], &[(5, 0), (6, 1), (7, 2)], &[]);
+        check(&[(5, 0), (-1, 1), (6, 2)], &[(5, 0), (6, 2)], &[]);
+        // Raised: the batches after it are lower.
+        check(&[(5, 0), (X, 1), (5, 2), (5, 3)], &[(5, 0)], &[(X, 1)]);
+        check(
+            &[(5, 0), (X, 1), (6, 2), (6, 3)],
+            &[(5, 0), (6, 2)],
+            &[(X, 1)],
+        );
+        check(&[(X, 0), (5, 1), (5, 2)], &[(5, 1)], &[(X, 0)]);
+        // Lowered: below the epoch before it, and the batch after is not.
+        check(&[(5, 0), (1, 1), (5, 2)], &[(5, 0)], &[(1, 1)]);
+        check(
+            &[(5, 0), (6, 1), (1, 2), (6, 3)],
+            &[(5, 0), (6, 1)],
+            &[(1, 2)],
+        );
+        check(&[(5, 0), (5, 1), (1, 2), (5, 3)], &[(5, 0)], &[(1, 2)]);
+        // The log ends right after the lower batch: the later one is trusted.
+        check(&[(5, 0), (X, 1), (5, 2)], &[(5, 0)], &[(X, 1)]);
+        check(&[(X, 0), (5, 1)], &[(5, 1)], &[(X, 0)]);
+        // The last batch has nothing after it: a new leader's first batch looks the same.
+        check(&[(5, 0), (5, 1), (X, 2)], &[(5, 0), (X, 2)], &[]);
     }
 
     // Goal: entries that break the invariant are refused (a damaged file is rebuilt instead).

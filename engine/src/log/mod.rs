@@ -10,7 +10,8 @@
 //! - [`LogConfig`]: Kafka's topic settings (`segment.bytes`, `retention.ms`, ...).
 //! - [`BatchCache`]: the shard's cache of recent batches, shared by its logs through `Rc`.
 //! - [`RecoveryReport`]: what opening the log found and repaired.
-//! - [`EpochEntry`]: one entry of the leader-epoch cache (which epoch wrote which offsets).
+//! - [`EpochEntry`]: one entry of the leader-epoch cache (which epoch wrote which offsets);
+//!   [`DamagedEpoch`]: a batch whose epoch field recovery found impossible.
 //! - [`AppendWindow`]: appends kept in flight by a caller that stages them back to back.
 //!
 //! # Write path
@@ -121,7 +122,7 @@ use futures::channel::oneshot;
 
 pub use cache::{BatchCache, CacheStats};
 pub use config::{ConfigError, LogConfig};
-pub use epoch::EpochEntry;
+pub use epoch::{DamagedEpoch, EpochEntry};
 pub use error::{AdminError, AppendError, OpenError, ReadError};
 pub use index::IndexDamage;
 pub use read_ahead::held_bytes as read_ahead_held_bytes;

@@ -26,7 +26,9 @@ use crate::log::checkpoint::{
     CHECKPOINT_FILE, CLEAN_BYTES_MAX, CLEAN_SHUTDOWN_FILE, Checkpoint, CleanShutdown, DecodeError,
     EPOCH_FILE, SealedRow, decode_epochs, encode_epochs,
 };
-use crate::log::epoch::{EpochCache, EpochEntry};
+use crate::log::epoch::{
+    DAMAGED_EPOCHS_REPORTED_MAX, DamagedEpoch, EpochCache, EpochEntry, EpochScan,
+};
 use crate::log::index::{
     EntryBounds, IndexBuilder, IndexDamage, IndexFile, check_offset_entries, check_time_entries,
 };
@@ -63,6 +65,10 @@ pub struct RecoveryReport {
     pub rebuilt_indexes: Vec<RebuiltIndex>,
     /// Stray files removed (temporary files, indexes without a segment).
     pub removed_files: Vec<String>,
+    /// Batches whose leader epoch field (outside the batch CRC) contradicts the batches around
+    /// it or the epoch file, so the epoch cache did not learn it; the batches are kept (at
+    /// most 64 are listed, the first ones).
+    pub damaged_epochs: Vec<DamagedEpoch>,
     /// The log start offset after opening.
     pub log_start_offset: Offset,
     /// The log end offset after opening.
@@ -78,11 +84,12 @@ impl RecoveryReport {
             .sum()
     }
 
-    /// True when nothing was truncated, deleted or rebuilt.
+    /// True when nothing was truncated, deleted or rebuilt, and no damaged epoch was found.
     pub fn is_clean(&self) -> bool {
         self.truncations.is_empty()
             && self.deleted_segments.is_empty()
             && self.rebuilt_indexes.is_empty()
+            && self.damaged_epochs.is_empty()
     }
 }
 
@@ -156,20 +163,20 @@ pub(crate) struct ScanOutcome {
     pub offsets: Vec<u8>,
     pub times: Vec<u8>,
     pub builder: IndexBuilder,
-    /// The first batch of every epoch rise among the good batches (negative epochs skipped).
-    pub epochs: Vec<EpochEntry>,
     /// The first bad position and why, if the walk stopped before a clean end.
     pub stop: Option<(u64, TruncationReason)>,
 }
 
 /// Walks a segment from the start to `limit`, checking framing (and CRCs when `verify_crc`)
-/// and that offsets continue from `base`, and builds its indexes by the write path's rule.
+/// and that offsets continue from `base`, builds its indexes by the write path's rule, and
+/// feeds the good batches' leader epochs to `epochs`.
 pub(crate) async fn scan_segment(
     file: File,
     base: Offset,
     limit: u64,
     interval: u64,
     verify_crc: bool,
+    epochs: &mut EpochScan,
 ) -> io::Result<(ScanOutcome, Scanner)> {
     let mut scanner = Scanner::new(file, 0, limit, verify_crc);
     let mut outcome = ScanOutcome {
@@ -178,7 +185,6 @@ pub(crate) async fn scan_segment(
         offsets: Vec::new(),
         times: Vec::new(),
         builder: IndexBuilder::new(base, interval),
-        epochs: Vec::new(),
         stop: None,
     };
     loop {
@@ -202,13 +208,7 @@ pub(crate) async fn scan_segment(
                 if let Some(entry) = entries.time {
                     outcome.times.extend_from_slice(&entry.encode());
                 }
-                let epoch = header.leader_epoch;
-                if epoch.0 >= 0 && outcome.epochs.last().is_none_or(|last| epoch > last.epoch) {
-                    outcome.epochs.push(EpochEntry {
-                        epoch,
-                        start_offset: header.base_offset,
-                    });
-                }
+                epochs.batch(header.leader_epoch, header.base_offset);
                 outcome.end_offset = header.next_offset();
                 outcome.end_position = position + header.total_bytes() as u64;
             }
@@ -464,9 +464,17 @@ async fn repair_sealed(
     let file = dio::open_read(&log_path)
         .await
         .map_err(io_error(&log_path))?;
-    let (mut outcome, _) = scan_segment(file, segment.base, segment.size, interval, false)
-        .await
-        .map_err(io_error(&log_path))?;
+    let mut epochs = EpochScan::default();
+    let (mut outcome, _) = scan_segment(
+        file,
+        segment.base,
+        segment.size,
+        interval,
+        false,
+        &mut epochs,
+    )
+    .await
+    .map_err(io_error(&log_path))?;
     if let Some(entry) = outcome.builder.on_seal() {
         outcome.times.extend_from_slice(&entry.encode());
     }
@@ -645,15 +653,17 @@ async fn read_epoch_file(
 /// recovery point past them) or, when the file is unusable, from a header walk of those
 /// segments; entries from there on come from the batches just scanned, and those of an active
 /// segment opened from a clean-shutdown marker that carries them (`clean`: its base and
-/// entries) from the marker. Then entries past the log end are dropped and entries wholly below
-/// the log start pruned.
+/// entries) from the marker. Epochs read from batch headers are learned as [`EpochScan`] says,
+/// and a scanned one below an epoch taken from the file (or an earlier header) is not learned
+/// either: both are reported. Then entries past the log end are dropped and entries wholly
+/// below the log start pruned.
 async fn recover_epochs(
     dir: &Path,
     segments: &VecDeque<Segment>,
     file: Option<&EpochCache>,
     scanned: &[EpochEntry],
     clean: Option<(Offset, &[EpochEntry])>,
-    report: &RecoveryReport,
+    report: &mut RecoveryReport,
     interval: u64,
 ) -> Result<EpochCache, OpenError> {
     let written = segments.back().expect("active segment").end;
@@ -672,24 +682,39 @@ async fn recover_epochs(
             }
         }
         None => {
+            let mut walk = EpochScan::default();
             for segment in segments
                 .iter()
                 .filter(|s| s.base < scanned_from && s.size > 0)
             {
                 let path = file_path(dir, segment.base, LOG_EXTENSION);
                 let log = dio::open_read(&path).await.map_err(io_error(&path))?;
-                let (outcome, _) = scan_segment(log, segment.base, segment.size, interval, false)
+                scan_segment(log, segment.base, segment.size, interval, false, &mut walk)
                     .await
                     .map_err(io_error(&path))?;
-                for entry in outcome.epochs {
-                    epochs.assign(entry.epoch, entry.start_offset);
-                }
             }
+            let (walked, damaged) = walk.finish();
+            for entry in walked {
+                epochs.assign(entry.epoch, entry.start_offset);
+            }
+            report.damaged_epochs.extend(damaged);
         }
     }
     for entry in scanned {
+        if epochs.latest().is_some_and(|latest| entry.epoch < latest) {
+            // Epochs never decrease along a log: this header's field is damaged.
+            tracing::warn!(offset = %entry.start_offset, epoch = ?entry.epoch,
+                "scanned leader epoch below the log's earlier ones; not learned");
+            report.damaged_epochs.push(DamagedEpoch {
+                offset: entry.start_offset,
+                epoch: entry.epoch,
+            });
+            continue;
+        }
         epochs.assign(entry.epoch, entry.start_offset);
     }
+    report.damaged_epochs.sort_by_key(|damaged| damaged.offset);
+    report.damaged_epochs.truncate(DAMAGED_EPOCHS_REPORTED_MAX);
     for entry in clean.map_or(&[][..], |(_, entries)| entries) {
         epochs.assign(entry.epoch, entry.start_offset);
     }
@@ -852,6 +877,7 @@ async fn scan_tail_segment(
     base: Offset,
     config: &LogConfig,
     report: &mut RecoveryReport,
+    epochs: &mut EpochScan,
 ) -> Result<(Segment, ScanOutcome, File), OpenError> {
     let path = file_path(dir, base, LOG_EXTENSION);
     let file = dio::open_read_write(&path).await.map_err(io_error(&path))?;
@@ -862,6 +888,7 @@ async fn scan_tail_segment(
         len,
         u64::from(config.index_interval_bytes),
         true,
+        epochs,
     )
     .await
     .map_err(io_error(&path))?;
@@ -1035,7 +1062,8 @@ pub(crate) async fn open(
     let mut segments: Vec<Segment> = sealed;
     let mut active: Option<ActiveSegment> = None;
     let mut tail_iter = tail.into_iter().peekable();
-    let mut scanned_epochs: Vec<EpochEntry> = Vec::new();
+    // One scan of the leader epochs across every tail segment scanned, in log order.
+    let mut tail_epochs = EpochScan::default();
     let mut shortened = false;
     while let Some(base) = tail_iter.next() {
         if active.is_some() || expected.is_some_and(|end| base != end) {
@@ -1068,8 +1096,7 @@ pub(crate) async fn open(
             }
         }
         let (mut segment, mut outcome, file) =
-            scan_tail_segment(&dir, base, &config, &mut report).await?;
-        scanned_epochs.extend_from_slice(&outcome.epochs);
+            scan_tail_segment(&dir, base, &config, &mut report, &mut tail_epochs).await?;
         let truncated = outcome.stop.is_some();
         if is_last || truncated || segment.size == 0 {
             let index = reconcile_index(
@@ -1204,13 +1231,15 @@ pub(crate) async fn open(
         let entries = marker.epochs.as_deref()?;
         Some((marker.active_base, entries))
     });
+    let (scanned_epochs, damaged_epochs) = tail_epochs.finish();
+    report.damaged_epochs = damaged_epochs;
     let epochs = recover_epochs(
         &dir,
         &segments,
         epoch_file.as_ref(),
         &scanned_epochs,
         clean_epochs,
-        &report,
+        &mut report,
         interval,
     )
     .await?;
