@@ -734,3 +734,31 @@ fn failed_roll_fails_the_append_and_the_log_recovers() {
         }
     });
 }
+
+// Goal: a forced roll that fails on a full disk returns the error and leaves the log as it
+// was; once the fault clears it rolls. Method: 8 KiB segments, two batches, the new segment
+// file's creation failing once.
+#[test]
+fn failed_forced_roll_returns_its_error() {
+    let dir = tempfile::tempdir().unwrap();
+    block_on(async {
+        let tp = tp("forced-roll-full");
+        let (log, _) = open(dir.path(), &tp, config(8 << 10), &cache()).await;
+        let sent = fill(&log, 2).await;
+        faults::inject(Plan {
+            op: Op::Create,
+            path_contains: segment_file(Offset(4), "log"),
+            skip: 0,
+            count: 1,
+            failure: Failure::NoSpace,
+        });
+        let result = log.roll().await;
+        faults::clear();
+        assert!(matches!(result, Err(AdminError::Io(_))), "{result:?}");
+        assert_eq!(log.segment_bases(), vec![Offset(0)]);
+        check_holds(&log, &sent, "forced").await;
+        log.roll().await.unwrap();
+        assert_eq!(log.segment_bases(), vec![Offset(0), Offset(4)]);
+        log.close().await.unwrap();
+    });
+}

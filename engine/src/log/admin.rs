@@ -267,7 +267,7 @@ pub(crate) async fn apply_retention(
 
 /// Forces a roll (if the active segment has data) and waits for it.
 pub(crate) async fn roll_now(inner: &Rc<Inner>) -> Result<(), AdminError> {
-    {
+    let base = {
         let mut state = inner.state.borrow_mut();
         check_open(&state)?;
         if state.mode == Mode::Truncating {
@@ -288,10 +288,19 @@ pub(crate) async fn roll_now(inner: &Rc<Inner>) -> Result<(), AdminError> {
             bytes: 0,
             first_max_timestamp: None,
         };
-    }
+        // Only this roll's failure answers it.
+        state.roll_failure = None;
+        base
+    };
     writer::ensure_running(inner);
     writer::wait_idle(inner).await;
-    check_open(&inner.state.borrow())
+    let mut state = inner.state.borrow_mut();
+    check_open(&state)?;
+    match state.roll_failure.take() {
+        // The roll was undone (a full disk): the log is as it was, and says why.
+        Some((failed, error)) if failed == base => Err(AdminError::Io(error)),
+        _ => Ok(()),
+    }
 }
 
 /// See [`crate::log::PartitionLog::truncate_to`].

@@ -416,6 +416,9 @@ struct State {
     preallocation: preallocate::Preallocation,
     /// The retired segment file the next roll writes over, if retention kept one.
     spare: Option<segment::Spare>,
+    /// The base of the last roll that failed and was undone, and why: what a forced roll
+    /// waiting for that roll answers.
+    roll_failure: Option<(Offset, std::sync::Arc<std::io::Error>)>,
     stats: LogStats,
 }
 
@@ -701,7 +704,8 @@ impl PartitionLog {
         admin::truncate_to(&self.inner, offset).await
     }
 
-    /// Rolls to a new segment now (if the active one holds data).
+    /// Rolls to a new segment now (if the active one holds data). A roll that fails before it
+    /// is durable (a full disk) is undone, leaving the log as it was, and its error returned.
     pub async fn roll(&self) -> Result<(), AdminError> {
         admin::roll_now(&self.inner).await
     }

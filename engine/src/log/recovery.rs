@@ -1311,6 +1311,7 @@ pub(crate) async fn open(
         read_ahead_next_id: 0,
         preallocation: Default::default(),
         spare: disk.spare,
+        roll_failure: None,
         stats: LogStats::default(),
     };
     state.assign = cursor_of_active(&state);

@@ -231,6 +231,7 @@ async fn run(inner: Rc<Inner>) {
                 if let Err(failure) = roll(&inner, base).await {
                     match failure {
                         RollFailure::Undone(error) => {
+                            inner.state.borrow_mut().roll_failure = Some((base, error.clone()));
                             fail_pending(&inner, AppendError::from_io(error))
                         }
                         RollFailure::Fatal(error) => poison(&inner, &error),
