@@ -418,13 +418,39 @@ impl PartitionReplica {
         }
     }
 
-    /// Looks up the earliest, latest, or first offset at or after a timestamp.
+    /// Looks up the earliest, latest, or first offset at or after a timestamp, as Kafka's
+    /// `fetchOffsetForTimestamp` answers a consumer: while a cluster leader's high watermark
+    /// is behind its epoch start ([`LeaderCore::consumer_high_watermark`] is `None`), the
+    /// latest offset, and a lookup by time that finds no record below the high watermark, are
+    /// [`FetchError::OffsetNotAvailable`] (retriable) rather than an offset below what the
+    /// previous leader showed. Fetches are not held back: they read below the high watermark
+    /// as always.
+    ///
+    /// [`LeaderCore::consumer_high_watermark`]: crate::replication::LeaderCore
     pub async fn list_offset(&self, spec: OffsetSpec) -> Result<OffsetAnswer, FetchError> {
         match spec {
             OffsetSpec::Earliest => Ok((Some(self.log.log_start_offset()), None)),
-            OffsetSpec::Latest => Ok((Some(self.log.high_watermark()), None)),
-            OffsetSpec::Timestamp(ts) => self.offset_for_timestamp(ts).await,
+            OffsetSpec::Latest => Ok((Some(self.consumer_high_watermark()?), None)),
+            OffsetSpec::Timestamp(ts) => {
+                // Taken before the lookup, which reads below the high watermark of that time.
+                let visible = self.consumer_high_watermark();
+                let found = self.offset_for_timestamp(ts).await?;
+                if found.0.is_none() {
+                    visible?;
+                }
+                Ok(found)
+            }
         }
+    }
+
+    /// The high watermark a consumer may be told: the log's, except that a cluster leader
+    /// whose high watermark has not reached its epoch start has none to give yet (KIP-207).
+    fn consumer_high_watermark(&self) -> Result<Offset, FetchError> {
+        let Role::Leader(leader) = self.role() else {
+            return Ok(self.log.high_watermark());
+        };
+        let visible = leader.core.borrow().consumer_high_watermark();
+        visible.ok_or_else(|| FetchError::OffsetNotAvailable(self.tp.to_string()))
     }
 
     /// The first record (not batch) whose timestamp is at least `target`, below the high
@@ -693,6 +719,104 @@ mod tests {
             .append(batch, LeaderEpoch(0), Durability::Synced)
             .await
             .expect("append");
+    }
+
+    /// Makes `replica` the cluster leader of `epoch` with a core built from `positions`, as
+    /// `ShardReplication::lead` would (broker 1, with broker 2 in the ISR). The partition's
+    /// metadata is read from JSON, as the metadata file holds it, so that fields added to it
+    /// with a default leave this helper alone.
+    fn lead(
+        replica: &PartitionReplica,
+        epoch: i32,
+        positions: crate::replication::LeaderPositions,
+    ) {
+        let local = sluice_engine::BrokerId(1);
+        let meta: PartitionMeta = serde_json::from_value(serde_json::json!({
+            "id": 0, "shard": 0, "leader": 1, "leader_epoch": epoch,
+            "replicas": [1, 2], "isr": [1, 2],
+        }))
+        .expect("partition metadata");
+        let state = PartitionState::from(&meta);
+        let core = crate::replication::LeaderCore::new(
+            replica.tp.clone(),
+            local,
+            &state,
+            positions,
+            crate::replication::ReplicationConfig::default(),
+            sluice_engine::rt::clock::now(),
+        );
+        let leader = LeaderReplica {
+            core: RefCell::new(core),
+            log: Rc::clone(&replica.log),
+        };
+        *replica.role.borrow_mut() = Role::Leader(Rc::new(leader));
+    }
+
+    // Goal: after a failover, a consumer's ListOffsets never goes backwards (KIP-207): while
+    // the new leader's high watermark is below its epoch start, LATEST and a lookup by time
+    // past the visible records are OffsetNotAvailable, while EARLIEST, a time that finds a
+    // visible record, and fetches below the high watermark are served; once the high
+    // watermark reaches the epoch start, LATEST is answered. Method: a log of three records
+    // whose high watermark is 1 (the old leader had shown more), led by a core whose epoch
+    // starts at 3; then a core whose high watermark reached it.
+    #[test]
+    fn a_lagging_new_leader_does_not_list_the_latest_offset() {
+        sluice_engine::rt::block_on(async {
+            let data = tempfile::tempdir().expect("temp dir");
+            let replica = open(data.path(), TopicId(uuid::Uuid::from_u128(1)))
+                .await
+                .expect("open");
+            for _ in 0..3 {
+                append_one(&replica).await;
+            }
+            replica.log().set_high_watermark(Offset(1));
+            let positions = |high_watermark| crate::replication::LeaderPositions {
+                next_offset: Offset(3),
+                durable_end: Offset(3),
+                high_watermark,
+            };
+            lead(&replica, 2, positions(Offset(1)));
+
+            let latest = replica.list_offset(OffsetSpec::Latest).await;
+            assert_eq!(
+                latest,
+                Err(FetchError::OffsetNotAvailable("orders-0".into())),
+                "a lagging leader must not list the latest offset"
+            );
+            let future = replica
+                .list_offset(OffsetSpec::Timestamp(TimestampMs(i64::MAX)))
+                .await;
+            assert_eq!(
+                future,
+                Err(FetchError::OffsetNotAvailable("orders-0".into())),
+                "nothing visible at that time: the answer could move backwards"
+            );
+            let first = replica
+                .list_offset(OffsetSpec::Timestamp(TimestampMs(0)))
+                .await
+                .expect("a visible record is found");
+            assert_eq!(first.0, Some(Offset(0)));
+            let earliest = replica.list_offset(OffsetSpec::Earliest).await;
+            assert_eq!(earliest, Ok((Some(Offset(0)), None)));
+            let request = FetchRequest {
+                from: Offset(0),
+                max_bytes: 1 << 20,
+                max_wait: Duration::ZERO,
+            };
+            let fetched = replica.fetch(request).await.expect("fetch is served");
+            assert_eq!(fetched.high_watermark, Offset(1), "the leader's own");
+            assert!(!fetched.batches.is_empty());
+
+            replica.log().set_high_watermark(Offset(3));
+            lead(&replica, 3, positions(Offset(3)));
+            let latest = replica.list_offset(OffsetSpec::Latest).await;
+            assert_eq!(latest, Ok((Some(Offset(3)), None)));
+            let future = replica
+                .list_offset(OffsetSpec::Timestamp(TimestampMs(i64::MAX)))
+                .await;
+            assert_eq!(future, Ok((None, None)));
+            PartitionReplica::close(Rc::new(replica), false).await;
+        });
     }
 
     // Goal: a directory left by a deleted topic is never opened as a new topic of the same

@@ -185,6 +185,12 @@ pub enum FetchError {
     /// Records of an internal topic cannot be deleted (its records are the groups' state).
     #[error("records of internal topic {0} cannot be deleted")]
     InternalTopic(String),
+    /// A new leader's high watermark has not reached the start of its epoch yet (just after a
+    /// failover it may lag the previous leader's): the latest offset, or a lookup by time that
+    /// finds nothing below it, could move backwards for the client. Retriable (Kafka's
+    /// OFFSET_NOT_AVAILABLE, KIP-207); it clears once the followers catch up.
+    #[error("offsets of {0} not available: its high watermark is behind its leader epoch start")]
+    OffsetNotAvailable(String),
 }
 
 /// Per-partition state for describe.

@@ -45,6 +45,9 @@ pub fn error_code<'a>(error: impl Into<DomainError<'a>>) -> ResponseError {
             FetchError::Overloaded => ResponseError::RequestTimedOut,
             FetchError::NotLeader(_) => ResponseError::NotLeaderOrFollower,
             FetchError::InternalTopic(_) => ResponseError::InvalidTopicException,
+            // Retriable; ListOffsets before v5 answers LEADER_NOT_AVAILABLE instead, as Kafka
+            // does (`kafka/offsets.rs`).
+            FetchError::OffsetNotAvailable(_) => ResponseError::OffsetNotAvailable,
             _ => ResponseError::UnknownServerError,
         },
         DomainError::Metadata(error) => match error {
@@ -212,6 +215,11 @@ mod tests {
                 fetch(FetchError::InternalTopic("__consumer_offsets".into())),
                 17,
                 false,
+            ),
+            (
+                fetch(FetchError::OffsetNotAvailable("t-0".into())),
+                78,
+                true,
             ),
             (
                 metadata(MetadataError::InternalTopic("__consumer_offsets".into())),

@@ -44,6 +44,10 @@ pub fn error_code<'a>(error: impl Into<DomainError<'a>>) -> ErrorCode {
             FetchError::Overloaded => ErrorCode::Overloaded,
             FetchError::NotLeader(_) => ErrorCode::NotOwner,
             FetchError::InternalTopic(_) => ErrorCode::InvalidTopic,
+            // A new leader's high watermark is catching up (KIP-207): retry shortly. No code of
+            // its own: a new code needs a protocol version (codes 17 to 28 came with version
+            // 2), since a version-3 client cannot read a code it does not know.
+            FetchError::OffsetNotAvailable(_) => ErrorCode::Overloaded,
             _ => ErrorCode::Internal,
         },
         DomainError::Metadata(error) => match error {
@@ -273,6 +277,11 @@ mod tests {
                 fetch(FetchError::InternalTopic("__consumer_offsets".into())),
                 ErrorCode::InvalidTopic,
                 false,
+            ),
+            (
+                fetch(FetchError::OffsetNotAvailable("t-0".into())),
+                ErrorCode::Overloaded,
+                true,
             ),
             (group(GroupError::Overloaded), ErrorCode::Overloaded, true),
             (
