@@ -593,20 +593,16 @@ fn topic_id_file(topic_id: TopicId) -> String {
 /// file was written; both are adopted (the caller writes the file).
 async fn claim_dir(dir: &Path, tp: &TopicPartition, topic_id: TopicId) -> Result<bool, String> {
     let path = dir.join(TOPIC_ID_FILE);
-    let content = sluice_engine::io::read_small_file(&path, 256)
+    let found = match read_topic_id(dir)
         .await
-        .map_err(|e| format!("{tp}: cannot read {}: {e}", path.display()))?;
-    let Some(content) = content else {
-        return Ok(false);
-    };
-    let found = std::str::from_utf8(&content).ok().and_then(|text| {
-        text.lines()
-            .find_map(|line| line.strip_prefix("topic_id: "))
-            .and_then(|id| uuid::Uuid::parse_str(id.trim_end_matches('\0').trim()).ok())
-    });
-    let Some(found) = found else {
-        tracing::warn!(partition = %tp, "{} names no topic id: adopted", path.display());
-        return Ok(false);
+        .map_err(|e| format!("{tp}: cannot read {}: {e}", path.display()))?
+    {
+        TopicIdFile::Missing => return Ok(false),
+        TopicIdFile::Unreadable => {
+            tracing::warn!(partition = %tp, "{} names no topic id: adopted", path.display());
+            return Ok(false);
+        }
+        TopicIdFile::Names(found) => found,
     };
     if found == topic_id.0 {
         return Ok(true);
@@ -621,6 +617,125 @@ async fn claim_dir(dir: &Path, tp: &TopicPartition, topic_id: TopicId) -> Result
         .await
         .map_err(|e| format!("{tp}: cannot remove {}: {e}", dir.display()))?;
     Ok(false)
+}
+
+/// What a directory's [`TOPIC_ID_FILE`] says.
+enum TopicIdFile {
+    /// No file.
+    Missing,
+    /// A file that names no topic id (torn by a crash while it was written).
+    Unreadable,
+    /// The topic id the file names.
+    Names(uuid::Uuid),
+}
+
+/// Reads the [`TOPIC_ID_FILE`] of the partition directory `dir`.
+async fn read_topic_id(dir: &Path) -> std::io::Result<TopicIdFile> {
+    let content = sluice_engine::io::read_small_file(&dir.join(TOPIC_ID_FILE), 256).await?;
+    let Some(content) = content else {
+        return Ok(TopicIdFile::Missing);
+    };
+    let found = std::str::from_utf8(&content).ok().and_then(|text| {
+        text.lines()
+            .find_map(|line| line.strip_prefix("topic_id: "))
+            .and_then(|id| uuid::Uuid::parse_str(id.trim_end_matches('\0').trim()).ok())
+    });
+    Ok(found.map_or(TopicIdFile::Unreadable, TopicIdFile::Names))
+}
+
+/// Removes the partition directories under `data_dir` that belong to no partition `hosted`
+/// names (Kafka's "stray" partitions, which a KRaft broker deletes at start-up): those a
+/// deleted topic left behind (a crash after the deletion was durable, a close that timed out,
+/// a failed removal) and those of partitions no longer placed on this broker. A directory is
+/// judged by its name, as the log opens it: one named after a hosted partition is kept,
+/// whatever its [`TOPIC_ID_FILE`] says or lacks (opening it settles the id, [`claim_dir`]).
+/// Only recognisable partition directories are removed: named `TOPIC-PARTITION` with a valid
+/// topic name, and holding a [`TOPIC_ID_FILE`] or a segment file; the metadata, controller
+/// and TLS directories and anything else are left alone. Each removal is logged with its size.
+/// Returns the names removed.
+///
+/// The caller must hold the broker's complete metadata, and no partition may be opened,
+/// created or removed meanwhile: a partition created after `hosted` was taken would be
+/// removed.
+pub(crate) async fn remove_stray_dirs(
+    data_dir: &Path,
+    hosted: &std::collections::HashSet<String>,
+) -> Vec<String> {
+    let names = match sluice_engine::io::list_dir(data_dir) {
+        Ok(names) => names,
+        Err(error) => {
+            let data_dir = data_dir.display();
+            tracing::warn!(%data_dir, %error, "cannot list the data directory for strays");
+            return Vec::new();
+        }
+    };
+    let mut removed = Vec::new();
+    // Bounded by the directory's entries.
+    for name in names {
+        if hosted.contains(&name) || !is_partition_dir_name(&name) {
+            continue;
+        }
+        let dir = data_dir.join(&name);
+        if !dir.is_dir() {
+            continue;
+        }
+        let files = match sluice_engine::io::list_dir(&dir) {
+            Ok(files) => files,
+            Err(error) => {
+                tracing::warn!(dir = %dir.display(), %error, "cannot list a possible stray");
+                continue;
+            }
+        };
+        let segment = |file: &String| {
+            file.strip_suffix(".log")
+                .is_some_and(|base| base.len() == 20 && base.bytes().all(|b| b.is_ascii_digit()))
+        };
+        if !files
+            .iter()
+            .any(|file| file == TOPIC_ID_FILE || segment(file))
+        {
+            continue;
+        }
+        let size_bytes: u64 = files
+            .iter()
+            .filter_map(|file| sluice_engine::io::path_len(&dir.join(file)).ok())
+            .sum();
+        let topic_id = match read_topic_id(&dir).await {
+            Ok(TopicIdFile::Names(id)) => id.to_string(),
+            Ok(TopicIdFile::Missing | TopicIdFile::Unreadable) | Err(_) => "unknown".to_owned(),
+        };
+        assert!(!hosted.contains(&name), "{name}: hosted, never a stray");
+        assert_eq!(
+            dir.parent(),
+            Some(data_dir),
+            "{name}: outside the data directory"
+        );
+        tracing::warn!(
+            dir = %dir.display(),
+            size_bytes,
+            %topic_id,
+            "removing a stray partition directory: no partition this broker hosts"
+        );
+        match sluice_engine::io::remove_dir_all(&dir).await {
+            Ok(()) => removed.push(name),
+            Err(error) => {
+                tracing::error!(dir = %dir.display(), %error, "cannot remove a stray directory");
+            }
+        }
+    }
+    removed
+}
+
+/// True when `name` has the form of a partition directory, `TOPIC-PARTITION` (as
+/// `partition_dir` names them): a valid topic name and a partition number in canonical form.
+fn is_partition_dir_name(name: &str) -> bool {
+    let Some((topic, partition)) = name.rsplit_once('-') else {
+        return false;
+    };
+    let canonical = partition
+        .parse::<i32>()
+        .is_ok_and(|number| number >= 0 && number.to_string() == partition);
+    canonical && crate::metadata::validate_topic_name(topic).is_ok()
 }
 
 /// How long closing a partition waits for its in-flight requests.
@@ -719,6 +834,76 @@ mod tests {
             .append(batch, LeaderEpoch(0), Durability::Synced)
             .await
             .expect("append");
+    }
+
+    // Goal: the start-up sweep removes every directory of a partition the broker does not host
+    // (a deleted topic's, whatever its id file says, and one of a partition number the live
+    // topic does not have) and nothing else: the live partition keeps its records even without
+    // its id file (a name match keeps it), and the metadata, controller and TLS directories, a
+    // file, and directories that merely look like partitions stay. Method: open topic A's
+    // partition `orders-0`, append, close and remove its id file; plant strays (`gone-0`
+    // naming a deleted topic id with a segment, `orders-7` with only a segment) and
+    // look-alikes; sweep with `orders-0` hosted; reopen A and read the record back.
+    #[test]
+    fn the_sweep_removes_only_stray_partition_directories() {
+        sluice_engine::rt::block_on(async {
+            let data = tempfile::tempdir().expect("temp dir");
+            let live = TopicId(uuid::Uuid::from_u128(1));
+            let replica = open(data.path(), live).await.expect("open");
+            append_one(&replica).await;
+            PartitionReplica::close(Rc::new(replica), false).await;
+            let root = data.path();
+            std::fs::remove_file(root.join("orders-0").join(TOPIC_ID_FILE)).expect("no id file");
+            let plant = |dir: &str, files: &[(&str, &str)]| {
+                std::fs::create_dir_all(root.join(dir)).expect("plant a directory");
+                for (name, content) in files {
+                    std::fs::write(root.join(dir).join(name), content).expect("plant a file");
+                }
+            };
+            let segment = "00000000000000000000.log";
+            let deleted = topic_id_file(TopicId(uuid::Uuid::from_u128(9)));
+            plant("gone-0", &[(TOPIC_ID_FILE, &deleted), (segment, "records")]);
+            plant("orders-7", &[(segment, "records")]);
+            plant("__metadata", &[("metadata.json", "{}")]);
+            plant("__controller", &[("raft.log", "entries")]);
+            plant("tls", &[("cert.pem", "pem")]);
+            plant("scratch-1", &[("notes.txt", "not a partition")]);
+            plant(
+                "orders-01",
+                &[(segment, "not a canonical partition number")],
+            );
+            std::fs::write(root.join("orders-9"), "a file").expect("plant a file");
+
+            let hosted = ["orders-0".to_owned()].into_iter().collect();
+            let removed = remove_stray_dirs(root, &hosted).await;
+            assert_eq!(removed, ["gone-0", "orders-7"]);
+            let mut left = sluice_engine::io::list_dir(root).expect("list");
+            left.sort();
+            let expected = [
+                "__controller",
+                "__metadata",
+                "orders-0",
+                "orders-01",
+                "orders-9",
+                "scratch-1",
+                "tls",
+            ];
+            assert_eq!(left, expected);
+
+            let reopened = open(root, live).await.expect("reopen the live partition");
+            assert_eq!(
+                reopened.log().log_end_offset(),
+                Offset(1),
+                "live records kept"
+            );
+            let slice = reopened
+                .log()
+                .read(Offset(0), 1 << 20, Offset(1))
+                .await
+                .expect("read back");
+            assert!(!slice.is_empty(), "the record reads back");
+            PartitionReplica::close(Rc::new(reopened), false).await;
+        });
     }
 
     /// Makes `replica` the cluster leader of `epoch` with a core built from `positions`, as

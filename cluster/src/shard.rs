@@ -10,7 +10,7 @@
 //! Must not depend on: sockets or protocol types.
 
 use std::cell::{Cell, OnceCell, RefCell};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -452,7 +452,56 @@ impl Shard {
             .await;
         assert!(shard.mesh.set(mesh).is_ok(), "mesh joined once");
         shard.reconcile(initial).await;
+        shard.remove_stray_partitions().await;
         shard
+    }
+
+    /// A single broker's start-up sweep, on shard 0 (the metadata writer) once its metadata is
+    /// loaded: removes the partition directories that no partition of the metadata names
+    /// ([`crate::partition::remove_stray_dirs`]: a deleted topic's leftovers, which would
+    /// otherwise stay until a topic of the same name came back). It holds the writer's lock,
+    /// so no command creates or deletes a partition meanwhile, and every shard opens only
+    /// partitions of the snapshot it judges by. A cluster broker does not sweep: the metadata
+    /// it starts with may lag the controller's until its raft log or metadata pull catches up.
+    async fn remove_stray_partitions(&self) {
+        let Some(writer) = &self.writer else {
+            return;
+        };
+        let _permit = writer
+            .lock
+            .acquire_permit(1)
+            .await
+            .expect("semaphore never closed");
+        let snapshot = self.metadata();
+        assert!(
+            snapshot.cluster.registrations.is_empty(),
+            "shard {}: a metadata writer in a cluster",
+            self.id.0
+        );
+        let data_dir = &self.config.data_dir;
+        if data_dir.join(crate::controller::CONTROLLER_DIR).exists() {
+            // The data of a cluster voter started without `--seeds`: its partitions are not
+            // in this (new) metadata, and are not strays.
+            tracing::warn!(
+                data_dir = %data_dir.display(),
+                "a controller log is in the data directory: stray partitions not swept"
+            );
+            return;
+        }
+        // A single broker hosts every partition.
+        let hosted: HashSet<String> = snapshot
+            .topics
+            .values()
+            .flat_map(|topic| {
+                topic.partitions.iter().map(|partition| {
+                    TopicPartition::new(Arc::clone(&topic.name), partition.id.0).to_string()
+                })
+            })
+            .collect();
+        let removed = crate::partition::remove_stray_dirs(data_dir, &hosted).await;
+        if !removed.is_empty() {
+            tracing::info!(count = removed.len(), "stray partition directories removed");
+        }
     }
 
     /// This shard's id.

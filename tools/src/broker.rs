@@ -190,7 +190,9 @@ fn controller_config(
     ControllerConfig {
         node,
         voters: config.seeds.iter().map(|s| BrokerId(s.id)).collect(),
-        dir: config.data_dir.join("__controller"),
+        dir: config
+            .data_dir
+            .join(sluice_cluster::controller::CONTROLLER_DIR),
         registration: BrokerRegistration {
             id: node,
             kafka: config.kafka_advertise,

@@ -5,7 +5,8 @@
 //! back per partition in order with identical keys, values, headers and timestamps; CLI
 //! produce → consume with `--format`; seeks by timestamp; independent consumers; and bad input
 //! (unknown topic, partition out of range, record over `max.message.bytes`, usage errors)
-//! getting one clear error line while the broker keeps serving.
+//! getting one clear error line while the broker keeps serving; stray partition directories
+//! removed at start-up.
 
 mod support;
 
@@ -695,4 +696,59 @@ fn a_polling_broker_serves() {
     let mut command = Command::new(sluice_bin());
     command.args(["broker", "--idle-poll-us", "soon"]);
     assert_error(&run_with_input(command, b""), 2, "idle-poll-us");
+}
+
+// Goal: at start-up a broker removes the partition directories no partition of its metadata
+// names (a deleted topic's left behind, say by a kill -9 after the deletion was durable; a
+// partition number the topic does not have), keeps its other directories, and the live
+// topic's records still read back.
+// Method: create a one-partition topic and produce; stop the broker; copy the partition's
+// directory as `gone-0` naming a topic id no topic has in `partition.metadata`, and as
+// `kept-5` (a partition `kept` does not have); restart (the sweep runs before the broker
+// reports healthy); check the copies are gone, the rest is there, and consume the records.
+#[test]
+fn stray_partition_directories_are_removed_at_start() {
+    let mut broker = Broker::start();
+    assert_success(&broker.sluice(&["topic", "create", "kept", "--partitions", "1"], b""));
+    let input: String = (0..10).map(|i| format!("record-{i}\n")).collect();
+    assert_success(&broker.sluice(&["produce", "kept", "--acks", "all"], input.as_bytes()));
+    broker.stop(Duration::from_secs(30));
+    let data = broker.data_dir();
+    let live = data.join("kept-0");
+    for stray in ["gone-0", "kept-5"] {
+        let dir = data.join(stray);
+        std::fs::create_dir(&dir).expect("plant a stray");
+        for entry in std::fs::read_dir(&live).expect("partition directory") {
+            let entry = entry.expect("entry");
+            std::fs::copy(entry.path(), dir.join(entry.file_name())).expect("copy a file");
+        }
+    }
+    let deleted = "version: 0\ntopic_id: 00000000-0000-0000-0000-000000000009\n";
+    std::fs::write(data.join("gone-0").join("partition.metadata"), deleted).expect("id file");
+    let before: Vec<String> = std::fs::read_dir(&data)
+        .expect("data directory")
+        .map(|entry| {
+            entry
+                .expect("entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+
+    broker.restart();
+    for stray in ["gone-0", "kept-5"] {
+        assert!(!data.join(stray).exists(), "{stray} not removed");
+    }
+    for name in before
+        .iter()
+        .filter(|name| !["gone-0", "kept-5"].contains(&name.as_str()))
+    {
+        assert!(data.join(name).exists(), "{name} removed");
+    }
+    let consumed = assert_success(&broker.sluice(
+        &["consume", "kept", "--from", "beginning", "--count", "10"],
+        b"",
+    ));
+    assert_eq!(consumed, input);
 }

@@ -49,6 +49,10 @@ use crate::peer::{PeerError, PeerKind, PeerRequest, PeerResponse, PeerTransport}
 use crate::shard::Shard;
 use storage::{RaftFiles, Recovered};
 
+/// The controller's directory under the data directory (`DATA/__controller`). A single
+/// broker never writes it, so finding it tells one that the data is a cluster voter's.
+pub const CONTROLLER_DIR: &str = "__controller";
+
 /// How the controller runs. Built by `tools` from flags.
 #[derive(Clone, Debug)]
 pub struct ControllerConfig {
