@@ -325,7 +325,8 @@ fn plan(inner: &Inner, pipeline: &mut Pipeline) -> Plan {
         let from = align_down(size);
         if pipeline.stale_end > from {
             let len = usize::try_from(align_up(pipeline.stale_end) - from).expect("fits");
-            let buffer = dio::aligned_buffer_of_len(&state.active.log, &[&state.active.tail], len);
+            let buffer =
+                dio::aligned_buffer_of_range(&state.active.log, &[&state.active.tail], 0, len);
             pipeline.stale_end = 0;
             state.active.files_exact = false;
             return Plan::Scrub(state.active.log.clone(), from, buffer);
@@ -484,8 +485,17 @@ fn issue_round(inner: &Inner, state: &mut State, pipeline: &mut Pipeline, ops: u
     } else {
         usize::try_from(align_down(total as u64)).expect("fits")
     };
-    let buffer =
-        (write_len > 0).then(|| dio::aligned_buffer_of_len(&state.active.log, &parts, write_len));
+    // A round that rewrites a partially filled block and goes on past it is issued as two
+    // writes split at that block's end. ext4 serves a direct write without blocking only when
+    // the range is one kind of extent; a range from written blocks into preallocated
+    // (unwritten) ones makes io_uring hand the write to a kernel worker thread, which costs
+    // a thread wake-up and a context switch per round (most rounds at moderate rates).
+    let split = !pipeline.tail.is_empty() && write_len > DIO_ALIGN_BYTES;
+    let first_len = if split { DIO_ALIGN_BYTES } else { write_len };
+    let file = &state.active.log;
+    let buffer = (write_len > 0).then(|| dio::aligned_buffer_of_range(file, &parts, 0, first_len));
+    let rest =
+        split.then(|| dio::aligned_buffer_of_range(file, &parts, first_len, write_len - first_len));
     let placed = pipeline.placed + new_bytes as u64;
     let new_tail = copy_range(
         &parts,
@@ -555,7 +565,18 @@ fn issue_round(inner: &Inner, state: &mut State, pipeline: &mut Pipeline, ops: u
     };
     let file = state.active.log.clone();
     pipeline.rounds.push_back(Box::pin(async move {
-        let result = dio::write_at(&file, buffer, position).await;
+        let result = match rest {
+            None => dio::write_at(&file, buffer, position).await,
+            Some(rest) => {
+                let rest_at = position + DIO_ALIGN_BYTES as u64;
+                futures::future::try_join(
+                    dio::write_at(&file, buffer, position),
+                    dio::write_at(&file, rest, rest_at),
+                )
+                .await
+                .map(|_| ())
+            }
+        };
         (round, result)
     }));
 }
