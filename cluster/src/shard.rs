@@ -463,6 +463,8 @@ impl Shard {
     /// so no command creates or deletes a partition meanwhile, and every shard opens only
     /// partitions of the snapshot it judges by. A cluster broker does not sweep: the metadata
     /// it starts with may lag the controller's until its raft log or metadata pull catches up.
+    /// Nor does a start that created its metadata file: what is on disk was made under other
+    /// metadata.
     async fn remove_stray_partitions(&self) {
         let Some(writer) = &self.writer else {
             return;
@@ -479,6 +481,12 @@ impl Shard {
             self.id.0
         );
         let data_dir = &self.config.data_dir;
+        if writer.store.created() {
+            // New metadata: partition directories here were made under other metadata (a
+            // lost metadata file, or a cluster broker's data started without `--seeds`), and
+            // this metadata cannot tell which of them are strays.
+            return;
+        }
         if data_dir.join(crate::controller::CONTROLLER_DIR).exists() {
             // The data of a cluster voter started without `--seeds`: its partitions are not
             // in this (new) metadata, and are not strays.

@@ -736,6 +736,20 @@ fn stray_partition_directories_are_removed_at_start() {
         })
         .collect();
 
+    // A start that has to create its metadata (the file lost, or a cluster broker's data
+    // started without `--seeds`) sweeps nothing: the directories were made under other
+    // metadata.
+    let metadata = data.join("__metadata");
+    let saved = broker.data_dir().with_file_name("metadata-saved");
+    std::fs::rename(&metadata, &saved).expect("move the metadata away");
+    broker.restart();
+    broker.stop(Duration::from_secs(30));
+    for dir in ["kept-0", "gone-0", "kept-5"] {
+        assert!(data.join(dir).exists(), "{dir} removed under new metadata");
+    }
+    std::fs::remove_dir_all(&metadata).expect("drop the new metadata");
+    std::fs::rename(&saved, &metadata).expect("put the metadata back");
+
     broker.restart();
     for stray in ["gone-0", "kept-5"] {
         assert!(!data.join(stray).exists(), "{stray} not removed");

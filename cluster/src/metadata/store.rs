@@ -488,6 +488,8 @@ pub fn replace_missing_shards(snapshot: &mut MetadataSnapshot, shard_count: usiz
 #[derive(Clone, Debug)]
 pub struct FileMetadataStore {
     path: PathBuf,
+    /// The file did not exist and was created by [`FileMetadataStore::open`].
+    created: bool,
 }
 
 /// The metadata file's name inside its directory.
@@ -499,7 +501,10 @@ impl FileMetadataStore {
     pub fn open(dir: &Path) -> Result<(FileMetadataStore, MetadataSnapshot), MetadataError> {
         std::fs::create_dir_all(dir).map_err(|e| storage_error(dir, &e))?;
         let path = dir.join(METADATA_FILE);
-        let store = FileMetadataStore { path };
+        let mut store = FileMetadataStore {
+            path,
+            created: false,
+        };
         match std::fs::read(&store.path) {
             Ok(bytes) => {
                 let snapshot: MetadataSnapshot = serde_json::from_slice(&bytes).map_err(|e| {
@@ -513,6 +518,7 @@ impl FileMetadataStore {
                     ..MetadataSnapshot::default()
                 };
                 write_atomically(&store.path, &snapshot)?;
+                store.created = true;
                 Ok((store, snapshot))
             }
             Err(error) => Err(storage_error(&store.path, &error)),
@@ -521,6 +527,12 @@ impl FileMetadataStore {
 }
 
 impl FileMetadataStore {
+    /// Whether this start created the metadata file: nothing in the data directory was made
+    /// under it.
+    pub fn created(&self) -> bool {
+        self.created
+    }
+
     /// Persists `next` on the calling thread; only before the shards start.
     pub fn persist_blocking(&self, next: &MetadataSnapshot) -> Result<(), MetadataError> {
         write_atomically(&self.path, next)
