@@ -264,7 +264,14 @@ impl PartitionReplica {
         let storage = produce_error;
         let leader = match self.role() {
             Role::Single => {
-                let pending = self.log.append(batches, LeaderEpoch(0), durability);
+                // A single broker's epochs mean nothing (epoch 0), but never go down in a log:
+                // one whose latest is higher (data from a cluster broker, or a damaged epoch
+                // field that recovery could not tell from a new epoch, as in the last batch)
+                // appends at that epoch rather than refusing every append as stale.
+                let epoch = self.log.latest_epoch().unwrap_or(LeaderEpoch(0));
+                let pending = self
+                    .log
+                    .append(batches, epoch.max(LeaderEpoch(0)), durability);
                 // A refusal (an invalid batch, a full queue) is known now: report it before
                 // the caller lets a later request go.
                 pending.info().map_err(produce_error)?;
@@ -834,6 +841,39 @@ mod tests {
             .append(batch, LeaderEpoch(0), Durability::Synced)
             .await
             .expect("append");
+    }
+
+    // Goal: a single broker appends to a log whose latest epoch is above 0 (a cluster broker's
+    // data, or a damaged epoch field in the last batch, which recovery learns) instead of
+    // refusing every append as stale. Method: append a batch at epoch 7 directly to the log,
+    // reopen (recovery learns 7), then produce through the partition as a single broker.
+    #[test]
+    fn a_single_broker_appends_above_the_logs_latest_epoch() {
+        sluice_engine::rt::block_on(async {
+            let data = tempfile::tempdir().expect("temp dir");
+            let id = TopicId(uuid::Uuid::from_u128(1));
+            let replica = open(data.path(), id).await.expect("open");
+            let batch =
+                build_batch(&[SimpleRecord::value("old")], Compression::None).expect("batch");
+            replica
+                .log()
+                .append(batch, LeaderEpoch(7), Durability::Synced)
+                .await
+                .expect("append at epoch 7");
+            PartitionReplica::close(Rc::new(replica), false).await;
+            let replica = Rc::new(open(data.path(), id).await.expect("reopen"));
+            assert_eq!(replica.log().latest_epoch(), Some(LeaderEpoch(7)));
+            let batch =
+                build_batch(&[SimpleRecord::value("new")], Compression::None).expect("batch");
+            let info = replica
+                .append_ordered(batch, Acks::All)
+                .expect("a single broker's append is not refused")
+                .await
+                .expect("append acknowledged");
+            assert_eq!(info.base_offset, Offset(1));
+            assert_eq!(replica.log().latest_epoch(), Some(LeaderEpoch(7)));
+            PartitionReplica::close(replica, false).await;
+        });
     }
 
     // Goal: the start-up sweep removes every directory of a partition the broker does not host
