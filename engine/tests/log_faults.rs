@@ -250,6 +250,52 @@ fn failed_write_fails_the_round_and_recovers() {
     });
 }
 
+// Goal: a round split into two writes (the rewritten tail block, then the rest) whose first
+// write fails while the second lands leaves no never-acknowledged batch for recovery to find.
+// Method: a small batch (its block written padded); one injected .log write failure; an
+// append of two batches, the first over a block long and ending on a block boundary, so the
+// round is split and only its first write fails; the append fails. Append the first batch
+// again (same offsets, not padded), drop the log (a crash) and reopen: the second batch, whose
+// bytes the landed write put right after the retried one, must not be read back.
+#[test]
+fn failed_half_of_a_split_round_leaves_no_batch_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    block_on(async {
+        let name = "split-round";
+        let tp = tp(name);
+        let (log, _) = open(dir.path(), &tp, config(1 << 20), &cache()).await;
+        let first = batch(2, 100, 0, 1);
+        assert_eq!(
+            append(&log, first.clone(), Durability::Written).await,
+            Offset(0)
+        );
+        // `long` ends exactly at a block boundary, so its retry is not padded with zeros and
+        // the lost batch's bytes (from that boundary on) would stay.
+        let long = (2_000..4_100)
+            .map(|value_bytes| batch(2, value_bytes, 0, 2))
+            .find(|long| first.len() + long.len() == 2 * 4096)
+            .expect("a batch size that ends on a block boundary");
+        let lost = batch(2, 100, 0, 3);
+        faults::inject(Plan {
+            op: Op::Write,
+            path_contains: ".log".into(),
+            skip: 0,
+            count: 1,
+            failure: Failure::Io,
+        });
+        let both = Bytes::from([&long[..], &lost[..]].concat());
+        let result = log.append(both, LeaderEpoch(1), Durability::Written).await;
+        assert!(matches!(result, Err(AppendError::Io(_))), "{result:?}");
+        faults::clear();
+        assert_eq!(
+            append(&log, long.clone(), Durability::Written).await,
+            Offset(2)
+        );
+        drop(log);
+        reopen_holding(dir.path(), name, &[first, long], 2).await;
+    });
+}
+
 // Goal: a failed fdatasync fails the Synced appends waiting on it and makes the log refuse
 // appends (the state of unsynced data is unknown) while reads keep working; reopening recovers.
 #[test]

@@ -87,6 +87,10 @@ struct Round {
     covered_end: Option<(u64, Vec<u8>)>,
     /// The partially filled block this round pads with zeros, if any.
     padded_block: Option<u64>,
+    /// The round failed but one of its two writes landed: its bytes up to `write_end` may
+    /// hold batches that are never acknowledged, so they are scrubbed before the segment is
+    /// written again.
+    landed_on_failure: bool,
 }
 
 /// An fdatasync in flight.
@@ -562,19 +566,29 @@ fn issue_round(inner: &Inner, state: &mut State, pipeline: &mut Pipeline, ops: u
         covered,
         covered_end,
         padded_block,
+        landed_on_failure: false,
     };
     let file = state.active.log.clone();
     pipeline.rounds.push_back(Box::pin(async move {
+        let mut round = round;
         let result = match rest {
             None => dio::write_at(&file, buffer, position).await,
             Some(rest) => {
                 let rest_at = position + DIO_ALIGN_BYTES as u64;
-                futures::future::try_join(
+                // Both run to completion: a failed half must not leave the other in flight.
+                match futures::future::join(
                     dio::write_at(&file, buffer, position),
                     dio::write_at(&file, rest, rest_at),
                 )
                 .await
-                .map(|_| ())
+                {
+                    (Ok(()), Ok(())) => Ok(()),
+                    (Err(error), Ok(())) | (Ok(()), Err(error)) => {
+                        round.landed_on_failure = true;
+                        Err(error)
+                    }
+                    (Err(error), Err(_)) => Err(error),
+                }
             }
         };
         (round, result)
@@ -598,6 +612,9 @@ fn complete_round(
         pipeline.padded_block = None;
     }
     if let Err(error) = result {
+        if round.landed_on_failure {
+            pipeline.stale_end = pipeline.stale_end.max(round.write_end);
+        }
         pipeline.abandon();
         fail_pending(inner, AppendError::from_io(Arc::new(error)));
         return;
