@@ -265,10 +265,11 @@ impl PartitionReplica {
         let leader = match self.role() {
             Role::Single => {
                 // A single broker's epochs mean nothing (epoch 0), but never go down in a log:
-                // one whose latest is higher (data from a cluster broker, or a damaged epoch
+                // one whose epoch cache ends higher (data from a cluster broker, or a damaged epoch
                 // field that recovery could not tell from a new epoch, as in the last batch)
-                // appends at that epoch rather than refusing every append as stale.
-                let epoch = self.log.latest_epoch().unwrap_or(LeaderEpoch(0));
+                // appends at that epoch (the floor the log checks appends against, which stays
+                // when no record is readable) rather than refusing every append as stale.
+                let epoch = self.log.append_epoch_floor().unwrap_or(LeaderEpoch(0));
                 let pending = self
                     .log
                     .append(batches, epoch.max(LeaderEpoch(0)), durability);
@@ -845,8 +846,9 @@ mod tests {
 
     // Goal: a single broker appends to a log whose latest epoch is above 0 (a cluster broker's
     // data, or a damaged epoch field in the last batch, which recovery learns) instead of
-    // refusing every append as stale. Method: append a batch at epoch 7 directly to the log,
-    // reopen (recovery learns 7), then produce through the partition as a single broker.
+    // refusing every append as stale, also once every record is deleted. Method: append a
+    // batch at epoch 7 directly to the log, reopen (recovery learns 7), produce through the
+    // partition as a single broker; delete every record and produce again.
     #[test]
     fn a_single_broker_appends_above_the_logs_latest_epoch() {
         sluice_engine::rt::block_on(async {
@@ -872,6 +874,20 @@ mod tests {
                 .expect("append acknowledged");
             assert_eq!(info.base_offset, Offset(1));
             assert_eq!(replica.log().latest_epoch(), Some(LeaderEpoch(7)));
+            // With every record deleted no batch is readable, but the epoch cache keeps 7.
+            replica
+                .log()
+                .delete_records(Offset(2))
+                .await
+                .expect("delete records");
+            let batch =
+                build_batch(&[SimpleRecord::value("later")], Compression::None).expect("batch");
+            let info = replica
+                .append_ordered(batch, Acks::All)
+                .expect("an append to an emptied log is not refused")
+                .await
+                .expect("append acknowledged");
+            assert_eq!(info.base_offset, Offset(2));
             PartitionReplica::close(replica, false).await;
         });
     }

@@ -523,6 +523,13 @@ impl PartitionLog {
         state.epochs.latest_live(state.log_start, state.written)
     }
 
+    /// The newest epoch in the epoch cache, queued appends and records below the log start
+    /// included: [`PartitionLog::append`] refuses an epoch below it
+    /// ([`AppendError::StaleEpoch`]).
+    pub fn append_epoch_floor(&self) -> Option<LeaderEpoch> {
+        self.inner.state.borrow().epochs.latest()
+    }
+
     /// OffsetsForLeaderEpoch: the largest epoch in the log that is `<= epoch`, and the offset
     /// where it ends, which is the start of the next epoch in the log or the log end offset.
     /// When `epoch` is below every epoch in the log (or the log has none), the answer is `epoch`
