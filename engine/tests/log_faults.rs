@@ -296,6 +296,73 @@ fn failed_half_of_a_split_round_leaves_no_batch_behind() {
     });
 }
 
+// Goal: a split round still in flight behind a round that fails (so it completes in an
+// abandoned generation) and whose own second write lands leaves no never-acknowledged batch
+// for recovery to find.
+// Method: no preallocation (no allocation holds rounds back); one small batch written, then a
+// small append whose padded round is in flight while two large appends queue behind it, so
+// that both go out at once as split rounds (rewritten block, then the rest). Three injected
+// .log write failures: round two's writes and round three's first fail; round three's second
+// lands with a whole batch (`lost`) in it (`last` fills the block past it). Append again up
+// to `lost`'s start (a block boundary, so nothing pads over it), drop the log (a crash) and
+// reopen: `lost` must not be read back. Without the scrub it is.
+#[test]
+fn landed_half_of_a_round_behind_a_failed_one_leaves_no_batch_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    block_on(async {
+        let name = "split-behind-failed";
+        let tp = tp(name);
+        let no_preallocation = LogConfig {
+            preallocate_bytes: 0,
+            ..config(8 << 20)
+        };
+        let (log, _) = open(dir.path(), &tp, no_preallocation, &cache()).await;
+        let first = batch(2, 100, 0, 1);
+        assert_eq!(
+            append(&log, first.clone(), Durability::Written).await,
+            Offset(0)
+        );
+        let small = batch(2, 100, 0, 2);
+        let in_flight = log.append(small.clone(), LeaderEpoch(1), Durability::Written);
+        let big = batch(2, 300_000, 0, 3);
+        // Ends on a block boundary, so the retry's padded round writes nothing past it.
+        let aligned = (250_000..252_100)
+            .map(|value_bytes| batch(2, value_bytes, 0, 4))
+            .find(|c| (first.len() + small.len() + big.len() + c.len()).is_multiple_of(4096))
+            .expect("a batch size that ends on a block boundary");
+        let lost = batch(2, 5_000, 0, 5);
+        let last = batch(2, 3_000, 0, 6);
+        faults::inject(Plan {
+            op: Op::Write,
+            path_contains: ".log".into(),
+            skip: 0,
+            count: 3,
+            failure: Failure::Io,
+        });
+        let second = log.append(big.clone(), LeaderEpoch(1), Durability::Written);
+        let third = log.append(
+            Bytes::from([&aligned[..], &lost[..], &last[..]].concat()),
+            LeaderEpoch(1),
+            Durability::Written,
+        );
+        let (in_flight, second, third) = futures::join!(in_flight, second, third);
+        assert!(in_flight.is_ok(), "{in_flight:?}");
+        assert!(matches!(second, Err(AppendError::Io(_))), "{second:?}");
+        assert!(matches!(third, Err(AppendError::Io(_))), "{third:?}");
+        faults::clear();
+        assert_eq!(
+            append(&log, big.clone(), Durability::Written).await,
+            Offset(4)
+        );
+        assert_eq!(
+            append(&log, aligned.clone(), Durability::Written).await,
+            Offset(6)
+        );
+        drop(log);
+        reopen_holding(dir.path(), name, &[first, small, big, aligned], 4).await;
+    });
+}
+
 // Goal: a failed fdatasync fails the Synced appends waiting on it and makes the log refuse
 // appends (the state of unsynced data is unknown) while reads keep working; reopening recovers.
 #[test]

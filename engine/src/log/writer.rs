@@ -603,7 +603,9 @@ fn complete_round(
     result: io::Result<()>,
 ) {
     if round.generation != pipeline.generation {
-        if result.is_ok() {
+        // A round of an abandoned generation acknowledges nothing, but whatever of it reached
+        // the segment is past the written end and must be scrubbed.
+        if result.is_ok() || round.landed_on_failure {
             pipeline.stale_end = pipeline.stale_end.max(round.write_end);
         }
         return;
