@@ -43,6 +43,8 @@ const FIGURES: &[(&str, bool)] = &[
     ("/fdatasync_64k_us/p99", false),
     ("/tcp_loopback_mb_per_sec", true),
     ("/quic_loopback_mb_per_sec", true),
+    ("/tcp_round_trip_us/p50", false),
+    ("/tcp_round_trip_us/p99", false),
     ("/cpu_stalls/max_gap_ms", false),
     ("/cpu_stalls/lost_share", false),
 ];

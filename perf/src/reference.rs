@@ -11,6 +11,11 @@
 //! - Loopback QUIC bandwidth over one quinn stream between two executors, through the net
 //!   crate's endpoints and TLS (the native protocol's transport limit; the same method as
 //!   `net/examples/quic_bandwidth.rs`).
+//! - Loopback TCP round-trip latency: a 1 KiB request and its 1 KiB answer between two threads
+//!   on different CPUs, each blocked in `read` until the other's bytes arrive. Every round trip
+//!   wakes both sides, so it is the floor of one produce-and-acknowledge hop between a client
+//!   and a broker on this machine; an end-to-end record makes at least two (produce, then the
+//!   waiting fetch's answer) plus the disk write.
 //! - CPU stalls: one thread per CPU spins reading the clock and records the gaps. On a VM the
 //!   host can take CPUs away (a CPU quota, other guests) for tens of milliseconds; a run's
 //!   latency tails mean nothing without knowing that.
@@ -41,6 +46,9 @@ pub struct Reference {
     pub fdatasync_64k_us: Percentiles,
     pub tcp_loopback_mb_per_sec: f64,
     pub quic_loopback_mb_per_sec: f64,
+    /// Round trips of 1 KiB each way over loopback TCP between two threads on different CPUs
+    /// (see the module documentation).
+    pub tcp_round_trip_us: Percentiles,
     pub cpu_stalls: CpuStalls,
     pub bytes_per_measurement: u64,
 }
@@ -94,6 +102,7 @@ pub fn measure(dir: &Path, bytes: u64) -> anyhow::Result<Reference> {
     let mut reference = disk?;
     reference.tcp_loopback_mb_per_sec = measure_tcp(bytes)?;
     reference.quic_loopback_mb_per_sec = measure_quic(dir, bytes)?;
+    reference.tcp_round_trip_us = Percentiles::of(&measure_round_trips(ROUND_TRIPS)?);
     reference.cpu_stalls = measure_cpu_stalls(CPU_STALL_PROBE);
     reference.bytes_per_measurement = bytes;
     Ok(reference)
@@ -255,6 +264,99 @@ fn measure_tcp(bytes: u64) -> anyhow::Result<f64> {
     Ok(mb_per_sec(sent, elapsed))
 }
 
+/// Round trips the latency reference makes.
+const ROUND_TRIPS: usize = 20_000;
+/// Bytes each way per round trip: one record of the scenarios' size.
+const ROUND_TRIP_BYTES: usize = 1024;
+
+/// Times `count` round trips of [`ROUND_TRIP_BYTES`] each way over loopback TCP
+/// (`TCP_NODELAY`, blocking reads) between this thread and an echo thread, pinned to CPUs 0
+/// and 1 when the machine has two. Records microseconds.
+fn measure_round_trips(count: usize) -> anyhow::Result<hdrhistogram::Histogram<u64>> {
+    use std::io::{Read, Write};
+    let two_cpus = std::thread::available_parallelism().is_ok_and(|n| n.get() >= 2);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("bind loopback")?;
+    let addr = listener.local_addr()?;
+    let echo = std::thread::spawn(move || -> std::io::Result<usize> {
+        if two_cpus {
+            pin_to_cpu(1)?;
+        }
+        let (mut stream, _) = listener.accept()?;
+        stream.set_nodelay(true)?;
+        let mut buffer = [0u8; ROUND_TRIP_BYTES];
+        let mut echoed = 0;
+        // Until the other side closes.
+        loop {
+            match stream.read_exact(&mut buffer) {
+                Ok(()) => {}
+                Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    return Ok(echoed);
+                }
+                Err(error) => return Err(error),
+            }
+            stream.write_all(&buffer)?;
+            echoed += 1;
+        }
+    });
+    let allowed = affinity()?;
+    let measured = (|| -> anyhow::Result<hdrhistogram::Histogram<u64>> {
+        if two_cpus {
+            pin_to_cpu(0)?;
+        }
+        let mut stream = std::net::TcpStream::connect(addr).context("connect loopback")?;
+        stream.set_nodelay(true)?;
+        let mut histogram = hdrhistogram::Histogram::<u64>::new(3).expect("valid sigfig");
+        let request = [0x5au8; ROUND_TRIP_BYTES];
+        let mut answer = [0u8; ROUND_TRIP_BYTES];
+        for _ in 0..count {
+            let start = clock::now();
+            stream.write_all(&request)?;
+            stream.read_exact(&mut answer)?;
+            histogram.saturating_record(start.elapsed().as_micros() as u64);
+            anyhow::ensure!(answer == request, "the echo changed the bytes");
+        }
+        Ok(histogram)
+    })();
+    set_affinity(&allowed)?;
+    let echoed = echo
+        .join()
+        .map_err(|_| anyhow::anyhow!("echo thread panicked"))??;
+    let histogram = measured?;
+    anyhow::ensure!(echoed == count, "echoed {echoed} of {count} round trips");
+    Ok(histogram)
+}
+
+/// Pins the calling thread to `cpu`.
+fn pin_to_cpu(cpu: usize) -> std::io::Result<()> {
+    // SAFETY: a zeroed cpu_set_t is an empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: CPU_SET writes within the set (it ignores CPUs past its size).
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    set_affinity(&set)
+}
+
+/// The CPUs the calling thread may run on.
+fn affinity() -> std::io::Result<libc::cpu_set_t> {
+    // SAFETY: a zeroed cpu_set_t is valid.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: the kernel fills the set, within the size passed.
+    let result =
+        unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    if result != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(set)
+}
+
+fn set_affinity(set: &libc::cpu_set_t) -> std::io::Result<()> {
+    // SAFETY: `set` is a valid cpu_set_t of the size passed; 0 is the calling thread.
+    let result = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), set) };
+    if result != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// How long each CPU-stall probe thread spins.
 const CPU_STALL_PROBE: Duration = Duration::from_secs(2);
 /// Gaps longer than this count as time the thread lost its CPU.
@@ -377,6 +479,27 @@ fn measure_quic(dir: &Path, bytes: u64) -> anyhow::Result<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // Goal: the round-trip probe makes every round trip it reports, through an echo that
+    // returns the same bytes, and its percentiles are ordered and not zero.
+    // Method: 200 round trips; the histogram holds 200 values (the probe itself fails if the
+    // echo thread answered a different number or changed the bytes); p50 <= p99 <= max, p50
+    // at least 1 us (a loopback round trip through the kernel is never faster); the calling
+    // thread may run on the same CPUs afterwards as before (it was pinned meanwhile).
+    #[test]
+    fn round_trip_probe_counts_every_round_trip() {
+        let before = std::thread::available_parallelism().map(|n| n.get()).ok();
+        let histogram = measure_round_trips(200).expect("round trips");
+        let after = std::thread::available_parallelism().map(|n| n.get()).ok();
+        assert_eq!(before, after, "CPUs the thread may use after the probe");
+        assert_eq!(histogram.len(), 200);
+        let latency = Percentiles::of(&histogram);
+        assert!(latency.p50 >= 1, "{latency:?}");
+        assert!(
+            latency.p50 <= latency.p99 && latency.p99 <= latency.max,
+            "{latency:?}"
+        );
+    }
 
     // Goal: the stall probe spins one thread per CPU and reports figures consistent with each
     // other, whatever the machine does meanwhile. Pass: a thread per CPU; some gap seen (a

@@ -417,6 +417,28 @@ pub fn print_summary(report: &Report) {
         "load average",
         format!("{:?} at start", report.machine.load_average),
     );
+    let round_trip = report
+        .reference
+        .as_ref()
+        .and_then(|r| r.get("tcp_round_trip_us"))
+        .filter(|_| report.ack_latency_us.is_some() || report.e2e_latency_us.is_some());
+    if let Some(round_trip) = round_trip {
+        let field = |key: &str| {
+            round_trip
+                .get(key)
+                .and_then(|v| v.as_f64())
+                .unwrap_or(f64::NAN)
+        };
+        row(
+            "tcp round trip",
+            format!(
+                "p50 {} p99 {} p99.9 {} (reference: 1 KiB each way, both sides woken)",
+                us(field("p50")),
+                us(field("p99")),
+                us(field("p999"))
+            ),
+        );
+    }
     let stalls = report.reference.as_ref().and_then(|r| r.get("cpu_stalls"));
     if let Some(stalls) = stalls {
         let field = |key: &str| stalls.get(key).and_then(|v| v.as_f64()).unwrap_or(f64::NAN);
