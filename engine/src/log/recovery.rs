@@ -1174,15 +1174,7 @@ pub(crate) async fn open(
                 .await
                 .map_err(io_error(&dir))?;
             unsynced = true;
-            segments.push(Segment {
-                base,
-                end: base,
-                size: 0,
-                max_timestamp: None,
-                index_bytes: 0,
-                time_index_bytes: 0,
-                sealed: false,
-            });
+            segments.push(Segment::empty(base));
             active
         }
     };

@@ -120,6 +120,21 @@ pub(crate) struct Segment {
     pub sealed: bool,
 }
 
+impl Segment {
+    /// A new active segment starting at `base`, nothing written yet.
+    pub fn empty(base: Offset) -> Segment {
+        Segment {
+            base,
+            end: base,
+            size: 0,
+            max_timestamp: None,
+            index_bytes: 0,
+            time_index_bytes: 0,
+            sealed: false,
+        }
+    }
+}
+
 /// The writer's state of the active (last) segment. Held by the log while open.
 ///
 /// Only the log file is held open (the partition's one descriptor at rest); the index files are

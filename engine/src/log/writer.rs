@@ -1175,15 +1175,7 @@ async fn roll(inner: &Rc<Inner>, base: Offset) -> Result<(), RollFailure> {
     sealed.sealed = true;
     sealed.index_bytes = index_bytes;
     sealed.time_index_bytes = time_index_bytes;
-    state.segments.push_back(Segment {
-        base,
-        end: base,
-        size: 0,
-        max_timestamp: None,
-        index_bytes: 0,
-        time_index_bytes: 0,
-        sealed: false,
-    });
+    state.segments.push_back(Segment::empty(base));
     state.active = new;
     state.stats.rolls += 1;
     if recycled {
