@@ -651,16 +651,47 @@ async fn read_topic_id(dir: &Path) -> std::io::Result<TopicIdFile> {
     Ok(found.map_or(TopicIdFile::Unreadable, TopicIdFile::Names))
 }
 
+/// The names of the partition directories under `data_dir`, sorted: named `TOPIC-PARTITION`
+/// with a valid topic name, and holding a [`TOPIC_ID_FILE`] or a segment file. The metadata,
+/// controller and TLS directories and anything else are not partition directories. A
+/// directory that cannot be listed is skipped with a warning. Blocking (start-up only).
+pub fn partition_dirs(data_dir: &Path) -> std::io::Result<Vec<String>> {
+    let names = sluice_engine::io::list_dir(data_dir)?;
+    let segment = |file: &String| {
+        file.strip_suffix(".log")
+            .is_some_and(|base| base.len() == 20 && base.bytes().all(|b| b.is_ascii_digit()))
+    };
+    let mut found = Vec::new();
+    // Bounded by the directory's entries.
+    for name in names {
+        if !is_partition_dir_name(&name) {
+            continue;
+        }
+        let dir = data_dir.join(&name);
+        if !dir.is_dir() {
+            continue;
+        }
+        match sluice_engine::io::list_dir(&dir) {
+            Ok(files) if files.iter().any(|f| f == TOPIC_ID_FILE || segment(f)) => {
+                found.push(name);
+            }
+            Ok(_) => {}
+            Err(error) => {
+                tracing::warn!(dir = %dir.display(), %error, "cannot list a possible partition");
+            }
+        }
+    }
+    Ok(found)
+}
+
 /// Removes the partition directories under `data_dir` that belong to no partition `hosted`
 /// names (Kafka's "stray" partitions, which a KRaft broker deletes at start-up): those a
 /// deleted topic left behind (a crash after the deletion was durable, a close that timed out,
 /// a failed removal) and those of partitions no longer placed on this broker. A directory is
 /// judged by its name, as the log opens it: one named after a hosted partition is kept,
 /// whatever its [`TOPIC_ID_FILE`] says or lacks (opening it settles the id, [`claim_dir`]).
-/// Only recognisable partition directories are removed: named `TOPIC-PARTITION` with a valid
-/// topic name, and holding a [`TOPIC_ID_FILE`] or a segment file; the metadata, controller
-/// and TLS directories and anything else are left alone. Each removal is logged with its size.
-/// Returns the names removed.
+/// Only recognisable partition directories ([`partition_dirs`]) are removed. Each removal is
+/// logged with its size. Returns the names removed.
 ///
 /// The caller must hold the broker's complete metadata, and no partition may be opened,
 /// created or removed meanwhile: a partition created after `hosted` was taken would be
@@ -669,7 +700,7 @@ pub(crate) async fn remove_stray_dirs(
     data_dir: &Path,
     hosted: &std::collections::HashSet<String>,
 ) -> Vec<String> {
-    let names = match sluice_engine::io::list_dir(data_dir) {
+    let names = match partition_dirs(data_dir) {
         Ok(names) => names,
         Err(error) => {
             let data_dir = data_dir.display();
@@ -680,31 +711,12 @@ pub(crate) async fn remove_stray_dirs(
     let mut removed = Vec::new();
     // Bounded by the directory's entries.
     for name in names {
-        if hosted.contains(&name) || !is_partition_dir_name(&name) {
+        if hosted.contains(&name) {
             continue;
         }
         let dir = data_dir.join(&name);
-        if !dir.is_dir() {
-            continue;
-        }
-        let files = match sluice_engine::io::list_dir(&dir) {
-            Ok(files) => files,
-            Err(error) => {
-                tracing::warn!(dir = %dir.display(), %error, "cannot list a possible stray");
-                continue;
-            }
-        };
-        let segment = |file: &String| {
-            file.strip_suffix(".log")
-                .is_some_and(|base| base.len() == 20 && base.bytes().all(|b| b.is_ascii_digit()))
-        };
-        if !files
-            .iter()
-            .any(|file| file == TOPIC_ID_FILE || segment(file))
-        {
-            continue;
-        }
-        let size_bytes: u64 = files
+        let size_bytes: u64 = sluice_engine::io::list_dir(&dir)
+            .unwrap_or_default()
             .iter()
             .filter_map(|file| sluice_engine::io::path_len(&dir.join(file)).ok())
             .sum();

@@ -19,7 +19,8 @@ use std::net::SocketAddr;
 
 use sluice_cluster::controller::{ControllerBoot, ControllerConfig, ObserverConfig};
 use sluice_cluster::metadata::{
-    BrokerInfo, BrokerRegistration, FileMetadataStore, MetadataSnapshot, replace_missing_shards,
+    BrokerInfo, BrokerRegistration, DataDirIdentity, FileMetadataStore, META_PROPERTIES_FILE,
+    MetaProperties, MetadataSnapshot, Settled, replace_missing_shards,
 };
 use sluice_cluster::replication::ReplicationSettings;
 use sluice_cluster::shard::{Shard, ShardConfig};
@@ -54,6 +55,9 @@ pub fn run(mut config: BrokerConfig) -> anyhow::Result<()> {
         .map(|i| with_port_offset(config.quic_advertise, i))
         .collect();
     let mut observer = None;
+    if !config.seeds.is_empty() {
+        settle_cluster_identity(&config, node)?;
+    }
     let (store, snapshot, controller) = if config.seeds.is_empty() {
         let (store, snapshot) = single_broker_metadata(&config, node, quic_addrs)?;
         (Some(store), snapshot, None)
@@ -152,8 +156,30 @@ fn single_broker_metadata(
     node: BrokerId,
     quic_addrs: Vec<SocketAddr>,
 ) -> anyhow::Result<(FileMetadataStore, MetadataSnapshot)> {
-    let (store, mut snapshot) = FileMetadataStore::open(&config.data_dir.join("__metadata"))
-        .context("cannot load metadata")?;
+    let metadata_dir = config.data_dir.join("__metadata");
+    // Before the metadata file is created: a lost one must not become a new cluster over
+    // the data directory's partitions (opening them under new topic ids removes them).
+    let identity = DataDirIdentity::read(&config.data_dir)?;
+    let metadata_file = FileMetadataStore::file_in(&metadata_dir);
+    let metadata_exists = metadata_file
+        .try_exists()
+        .with_context(|| format!("cannot look for {}", metadata_file.display()))?;
+    if !metadata_exists {
+        let partitions = sluice_cluster::partition::partition_dirs(&config.data_dir)
+            .with_context(|| format!("cannot list {}", config.data_dir.display()))?;
+        identity.check_new_metadata(&metadata_file, &partitions)?;
+    }
+    let (store, mut snapshot) =
+        FileMetadataStore::open(&metadata_dir).context("cannot load metadata")?;
+    let expected = MetaProperties::new(&snapshot.cluster_id, node);
+    let origin = metadata_file.display().to_string();
+    if identity.settle(&expected, &origin)? == Settled::Written {
+        tracing::info!(
+            cluster_id = %snapshot.cluster_id,
+            node = node.0,
+            "wrote {META_PROPERTIES_FILE}"
+        );
+    }
     if replace_missing_shards(&mut snapshot, config.cores) {
         tracing::info!(
             cores = config.cores,
@@ -179,6 +205,23 @@ fn single_broker_metadata(
         quic: quic_addrs,
     }];
     Ok((store, snapshot))
+}
+
+/// A cluster broker's data directory must belong to the cluster its `--seeds` name (the
+/// cluster id is a function of the voter ids, [`sluice_cluster::controller::cluster_id`], the
+/// same on voters and observers) and to `--node-id`; checked before the controller log or
+/// anything else in the directory is opened. Without meta.properties (a new directory, or one
+/// from before the file existed) the file is written.
+fn settle_cluster_identity(config: &BrokerConfig, node: BrokerId) -> anyhow::Result<()> {
+    let voters: Vec<BrokerId> = config.seeds.iter().map(|s| BrokerId(s.id)).collect();
+    let cluster_id = sluice_cluster::controller::cluster_id(&voters);
+    let ids: Vec<String> = voters.iter().map(|v| v.0.to_string()).collect();
+    let origin = format!("the cluster of --seeds voters {}", ids.join(","));
+    let identity = DataDirIdentity::read(&config.data_dir)?;
+    if identity.settle(&MetaProperties::new(&cluster_id, node), &origin)? == Settled::Written {
+        tracing::info!(%cluster_id, node = node.0, "wrote {META_PROPERTIES_FILE}");
+    }
+    Ok(())
 }
 
 /// The controller quorum member this voter runs (cluster mode).

@@ -6,7 +6,8 @@
 //! produce → consume with `--format`; seeks by timestamp; independent consumers; and bad input
 //! (unknown topic, partition out of range, record over `max.message.bytes`, usage errors)
 //! getting one clear error line while the broker keeps serving; stray partition directories
-//! removed at start-up.
+//! removed at start-up; a broker whose metadata file is lost (or not its own) refusing to
+//! start instead of removing its data.
 
 mod support;
 
@@ -698,6 +699,24 @@ fn a_polling_broker_serves() {
     assert_error(&run_with_input(command, b""), 2, "idle-poll-us");
 }
 
+/// A broker with a one-partition topic `kept` of ten records (acks=all), and the records as
+/// `sluice consume` prints them.
+fn broker_with_kept_records() -> (Broker, String) {
+    let broker = Broker::start();
+    assert_success(&broker.sluice(&["topic", "create", "kept", "--partitions", "1"], b""));
+    let input: String = (0..10).map(|i| format!("record-{i}\n")).collect();
+    assert_success(&broker.sluice(&["produce", "kept", "--acks", "all"], input.as_bytes()));
+    (broker, input)
+}
+
+/// The ten records of `kept`, from the beginning.
+fn read_kept(broker: &Broker) -> String {
+    assert_success(&broker.sluice(
+        &["consume", "kept", "--from", "beginning", "--count", "10"],
+        b"",
+    ))
+}
+
 // Goal: at start-up a broker removes the partition directories no partition of its metadata
 // names (a deleted topic's left behind, say by a kill -9 after the deletion was durable; a
 // partition number the topic does not have), keeps its other directories, and the live
@@ -708,10 +727,7 @@ fn a_polling_broker_serves() {
 // reports healthy); check the copies are gone, the rest is there, and consume the records.
 #[test]
 fn stray_partition_directories_are_removed_at_start() {
-    let mut broker = Broker::start();
-    assert_success(&broker.sluice(&["topic", "create", "kept", "--partitions", "1"], b""));
-    let input: String = (0..10).map(|i| format!("record-{i}\n")).collect();
-    assert_success(&broker.sluice(&["produce", "kept", "--acks", "all"], input.as_bytes()));
+    let (mut broker, input) = broker_with_kept_records();
     broker.stop(Duration::from_secs(30));
     let data = broker.data_dir();
     let live = data.join("kept-0");
@@ -736,20 +752,6 @@ fn stray_partition_directories_are_removed_at_start() {
         })
         .collect();
 
-    // A start that has to create its metadata (the file lost, or a cluster broker's data
-    // started without `--seeds`) sweeps nothing: the directories were made under other
-    // metadata.
-    let metadata = data.join("__metadata");
-    let saved = broker.data_dir().with_file_name("metadata-saved");
-    std::fs::rename(&metadata, &saved).expect("move the metadata away");
-    broker.restart();
-    broker.stop(Duration::from_secs(30));
-    for dir in ["kept-0", "gone-0", "kept-5"] {
-        assert!(data.join(dir).exists(), "{dir} removed under new metadata");
-    }
-    std::fs::remove_dir_all(&metadata).expect("drop the new metadata");
-    std::fs::rename(&saved, &metadata).expect("put the metadata back");
-
     broker.restart();
     for stray in ["gone-0", "kept-5"] {
         assert!(!data.join(stray).exists(), "{stray} not removed");
@@ -760,9 +762,168 @@ fn stray_partition_directories_are_removed_at_start() {
     {
         assert!(data.join(name).exists(), "{name} removed");
     }
-    let consumed = assert_success(&broker.sluice(
-        &["consume", "kept", "--from", "beginning", "--count", "10"],
-        b"",
-    ));
-    assert_eq!(consumed, input);
+    assert_eq!(read_kept(&broker), input);
+}
+
+/// Every file under `dir` (relative path, length, modification time), sorted: what a
+/// refused start must leave as it was.
+fn files_under(dir: &std::path::Path) -> Vec<(String, u64, std::time::SystemTime)> {
+    let mut files = Vec::new();
+    let mut pending = vec![dir.to_owned()];
+    while let Some(next) = pending.pop() {
+        for entry in std::fs::read_dir(&next).expect("list a directory") {
+            let entry = entry.expect("entry");
+            let metadata = entry.metadata().expect("file metadata");
+            if metadata.is_dir() {
+                pending.push(entry.path());
+                continue;
+            }
+            let path = entry.path();
+            let relative = path.strip_prefix(dir).expect("under dir");
+            files.push((
+                relative.display().to_string(),
+                metadata.len(),
+                metadata.modified().expect("mtime"),
+            ));
+        }
+    }
+    files.sort();
+    files
+}
+
+// Goal: a broker whose metadata file is lost refuses to start, naming the missing file, the
+// cluster id in `meta.properties` and what to do, and leaves the data directory untouched;
+// with the file back it starts and serves the records and the committed group offset. Before
+// `meta.properties` such a start created new metadata with a new cluster id, re-created
+// `__consumer_offsets` (and any auto-created topic) under new topic ids, and opening each
+// partition removed the old directory as a deleted topic's: committed offsets and records
+// silently gone. Also: a directory from before `meta.properties` (the file deleted) is
+// adopted; partition directories with neither file are refused; another data directory's
+// metadata file is refused with both cluster ids.
+// Method: create a topic, produce 10 records, consume them in group `g` (committing offset
+// 10), stop; move `__metadata` away and start: non-zero exit, the error, and every file
+// under the data directory (the `__consumer_offsets-*` and `kept-0` partitions, their
+// segments, `meta.properties`) unchanged in name, size and mtime; put it back, start,
+// consume and describe the group. Then the adoption, neither-file and foreign-metadata
+// cases, each followed by a normal start. Without the fix (broker.rs as before it) the test
+// fails: no `meta.properties` is written; with that read made lenient, the lost-metadata start
+// starts ("the broker started instead of refusing"), its log showing all 16
+// `__consumer_offsets-*` directories removed as "the records of a deleted topic of the same
+// name" (`kept-0` would follow once anything re-created `kept`).
+#[test]
+fn lost_metadata_refuses_to_start_and_keeps_the_data() {
+    let (mut broker, input) = broker_with_kept_records();
+    let grouped = ["consume", "kept", "--group", "g", "--count", "10"];
+    assert_eq!(assert_success(&broker.sluice(&grouped, b"")), input);
+    let committed = |broker: &Broker| {
+        let described = assert_success(&broker.sluice(&["group", "describe", "g"], b""));
+        described
+            .lines()
+            .any(|line| line.contains("Topic: kept") && line.contains("Committed: 10"))
+    };
+    assert!(committed(&broker), "offset 10 committed");
+    broker.stop(Duration::from_secs(30));
+
+    let data = broker.data_dir();
+    let properties = data.join("meta.properties");
+    let written = std::fs::read_to_string(&properties).expect("meta.properties written");
+    let cluster_id = written
+        .lines()
+        .find_map(|line| line.strip_prefix("cluster.id="))
+        .expect("cluster.id")
+        .to_owned();
+    assert!(written.contains("node.id=1\n"), "{written}");
+    let metadata = data.join("__metadata");
+    let saved = data.with_file_name("metadata-saved");
+    let move_away = || std::fs::rename(&metadata, &saved).expect("move the metadata away");
+    let put_back = || std::fs::rename(&saved, &metadata).expect("put the metadata back");
+
+    // Lost metadata file.
+    move_away();
+    let before = files_under(&data);
+    assert!(
+        before
+            .iter()
+            .any(|f| f.0.starts_with("__consumer_offsets-")),
+        "{before:?}"
+    );
+    assert!(
+        before.iter().any(|f| f.0.starts_with("kept-0/")),
+        "{before:?}"
+    );
+    let (status, log) = broker.restart_refused();
+    assert!(!status.success(), "{status}: {log}");
+    for needle in [
+        "metadata.json is missing",
+        "meta.properties",
+        cluster_id.as_str(),
+        "restore",
+    ] {
+        assert!(log.contains(needle), "{needle:?} not in: {log}");
+    }
+    assert_eq!(
+        files_under(&data),
+        before,
+        "a refused start touched the data directory"
+    );
+    assert!(!metadata.exists(), "no new metadata");
+    put_back();
+    broker.restart();
+    assert_eq!(read_kept(&broker), input);
+    assert!(committed(&broker), "the committed offset survived");
+    broker.stop(Duration::from_secs(30));
+
+    // A data directory from before meta.properties is adopted.
+    std::fs::remove_file(&properties).expect("remove meta.properties");
+    broker.restart();
+    broker.stop(Duration::from_secs(30));
+    let adopted = std::fs::read_to_string(&properties).expect("meta.properties adopted");
+    assert!(
+        adopted.contains(&format!("cluster.id={cluster_id}\n")),
+        "{adopted}"
+    );
+
+    // Partition directories but neither file: whose data it is cannot be told.
+    move_away();
+    std::fs::remove_file(&properties).expect("remove meta.properties");
+    let before = files_under(&data);
+    let (status, log) = broker.restart_refused();
+    assert!(!status.success(), "{status}: {log}");
+    assert!(log.contains("partition directories"), "{log}");
+    assert_eq!(
+        files_under(&data),
+        before,
+        "a refused start touched the data directory"
+    );
+    put_back();
+    broker.restart();
+    broker.stop(Duration::from_secs(30));
+
+    // Another data directory's metadata file: both cluster ids named.
+    let mut other = Broker::start();
+    other.stop(Duration::from_secs(30));
+    let other_file = other.data_dir().join("__metadata").join("metadata.json");
+    let other_properties = std::fs::read_to_string(other.data_dir().join("meta.properties"))
+        .expect("the other broker's meta.properties");
+    let other_id = other_properties
+        .lines()
+        .find_map(|line| line.strip_prefix("cluster.id="))
+        .expect("cluster.id");
+    let own_file = metadata.join("metadata.json");
+    let own = std::fs::read(&own_file).expect("own metadata");
+    std::fs::copy(&other_file, &own_file).expect("plant the other metadata");
+    let before = files_under(&data);
+    let (status, log) = broker.restart_refused();
+    assert!(!status.success(), "{status}: {log}");
+    for needle in ["invalid cluster.id", cluster_id.as_str(), other_id] {
+        assert!(log.contains(needle), "{needle:?} not in: {log}");
+    }
+    assert_eq!(
+        files_under(&data),
+        before,
+        "a refused start touched the data directory"
+    );
+    std::fs::write(&own_file, own).expect("restore own metadata");
+    broker.restart();
+    assert_eq!(read_kept(&broker), input);
 }

@@ -14,6 +14,7 @@
 //!
 //! Must not depend on: the network layer.
 
+mod meta_properties;
 mod store;
 
 use std::collections::BTreeMap;
@@ -24,6 +25,9 @@ use sluice_engine::{BrokerId, LeaderEpoch, PartitionId, Revision, ShardId, Topic
 
 use crate::config::{ConfigError, TopicConfig};
 
+pub use meta_properties::{
+    DataDirIdentity, META_PROPERTIES_FILE, MetaProperties, MetaPropertiesError, Settled,
+};
 pub use store::{
     ApplyInputs, FileMetadataStore, MetadataStore, PlacementContext, apply, apply_with,
     replace_missing_shards,

@@ -496,11 +496,16 @@ pub struct FileMetadataStore {
 const METADATA_FILE: &str = "metadata.json";
 
 impl FileMetadataStore {
+    /// The metadata file [`FileMetadataStore::open`] reads (or creates) in `dir`.
+    pub fn file_in(dir: &Path) -> PathBuf {
+        dir.join(METADATA_FILE)
+    }
+
     /// Opens (or initialises) the store in `dir`, returning the persisted snapshot. Runs before
     /// the shards start, so blocking file I/O is fine here.
     pub fn open(dir: &Path) -> Result<(FileMetadataStore, MetadataSnapshot), MetadataError> {
         std::fs::create_dir_all(dir).map_err(|e| storage_error(dir, &e))?;
-        let path = dir.join(METADATA_FILE);
+        let path = FileMetadataStore::file_in(dir);
         let mut store = FileMetadataStore {
             path,
             created: false,
@@ -552,7 +557,6 @@ fn storage_error(path: &Path, error: &std::io::Error) -> MetadataError {
 }
 
 fn write_atomically(path: &Path, snapshot: &MetadataSnapshot) -> Result<(), MetadataError> {
-    use std::io::Write;
     // Brokers are runtime facts, not persisted state.
     let persisted = MetadataSnapshot {
         brokers: Vec::new(),
@@ -560,16 +564,30 @@ fn write_atomically(path: &Path, snapshot: &MetadataSnapshot) -> Result<(), Meta
     };
     let bytes = serde_json::to_vec_pretty(&persisted)
         .map_err(|e| MetadataError::Storage(format!("cannot encode metadata: {e}")))?;
-    let tmp = path.with_extension("json.tmp");
-    let mut file = std::fs::File::create(&tmp).map_err(|e| storage_error(&tmp, &e))?;
-    file.write_all(&bytes)
-        .map_err(|e| storage_error(&tmp, &e))?;
-    file.sync_all().map_err(|e| storage_error(&tmp, &e))?;
-    std::fs::rename(&tmp, path).map_err(|e| storage_error(path, &e))?;
-    let dir = path.parent().expect("metadata file has a parent directory");
+    write_file_atomically(path, &bytes).map_err(|(at, e)| storage_error(&at, &e))
+}
+
+/// Replaces the file at `path` with `bytes` so that a crash leaves the old content or the new,
+/// never a mix: write `PATH.tmp`, fsync it, rename it over `path`, fsync the directory.
+/// Blocking; returns the path an error happened at with the error.
+pub(crate) fn write_file_atomically(
+    path: &Path,
+    bytes: &[u8],
+) -> Result<(), (PathBuf, std::io::Error)> {
+    use std::io::Write;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let mut file = std::fs::File::create(&tmp).map_err(|e| (tmp.clone(), e))?;
+    file.write_all(bytes).map_err(|e| (tmp.clone(), e))?;
+    file.sync_all().map_err(|e| (tmp.clone(), e))?;
+    std::fs::rename(&tmp, path).map_err(|e| (path.to_owned(), e))?;
+    let dir = path
+        .parent()
+        .expect("an atomically written file has a parent directory");
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
-        .map_err(|e| storage_error(dir, &e))?;
+        .map_err(|e| (dir.to_owned(), e))?;
     Ok(())
 }
 

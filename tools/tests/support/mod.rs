@@ -180,6 +180,37 @@ impl Broker {
         self.wait_healthy();
     }
 
+    /// Starts the broker again with the same flags and data directory (after
+    /// [`Broker::stop`]) expecting it to refuse to start: waits until the process exits, and
+    /// fails the test if it answers `/health` or still runs after the start deadline. Returns
+    /// its exit status and what this run wrote to stderr.
+    pub fn restart_refused(&mut self) -> (std::process::ExitStatus, String) {
+        assert!(
+            self.child.try_wait().expect("poll the broker").is_some(),
+            "restart needs a stopped broker"
+        );
+        let logged = self.log().len();
+        self.child = spawn_broker(self.dir.path(), &self.args);
+        let deadline = Instant::now() + START_DEADLINE;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("poll the broker") {
+                return (status, self.log()[logged..].to_owned());
+            }
+            assert!(
+                !health(self.admin),
+                "the broker started instead of refusing:\n{}",
+                &self.log()[logged..]
+            );
+            assert!(
+                Instant::now() < deadline,
+                "broker neither refused nor started within {START_DEADLINE:?}:\n{}",
+                &self.log()[logged..]
+            );
+            // Polling a condition: the broker has no way to tell us it refused.
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// The broker's resident set size, from `/proc/PID/status`.
     pub fn rss_bytes(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
