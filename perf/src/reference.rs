@@ -12,10 +12,10 @@
 //!   crate's endpoints and TLS (the native protocol's transport limit; the same method as
 //!   `net/examples/quic_bandwidth.rs`).
 //! - Loopback TCP round-trip latency: a 1 KiB request and its 1 KiB answer between two threads
-//!   on different CPUs, each blocked in `read` until the other's bytes arrive. Every round trip
-//!   wakes both sides, so it is the floor of one produce-and-acknowledge hop between a client
-//!   and a broker on this machine; an end-to-end record makes at least two (produce, then the
-//!   waiting fetch's answer) plus the disk write.
+//!   on different CPUs (the first two the process may use), each blocked in `read` until the
+//!   other's bytes arrive. Every round trip wakes both sides, so it is the floor of one
+//!   produce-and-acknowledge hop between a client and a broker on this machine; an end-to-end
+//!   record makes at least two (produce, then the waiting fetch's answer) plus the disk write.
 //! - CPU stalls: one thread per CPU spins reading the clock and records the gaps. On a VM the
 //!   host can take CPUs away (a CPU quota, other guests) for tens of milliseconds; a run's
 //!   latency tails mean nothing without knowing that.
@@ -270,16 +270,22 @@ const ROUND_TRIPS: usize = 20_000;
 const ROUND_TRIP_BYTES: usize = 1024;
 
 /// Times `count` round trips of [`ROUND_TRIP_BYTES`] each way over loopback TCP
-/// (`TCP_NODELAY`, blocking reads) between this thread and an echo thread, pinned to CPUs 0
-/// and 1 when the machine has two. Records microseconds.
+/// (`TCP_NODELAY`, blocking reads) between this thread and an echo thread, pinned to the
+/// first two CPUs this thread may use when there are two. Records microseconds.
 fn measure_round_trips(count: usize) -> anyhow::Result<hdrhistogram::Histogram<u64>> {
     use std::io::{Read, Write};
-    let two_cpus = std::thread::available_parallelism().is_ok_and(|n| n.get() >= 2);
+    let allowed = affinity()?;
+    let cpus: Vec<usize> = (0..libc::CPU_SETSIZE as usize)
+        // SAFETY: CPU_ISSET reads within the set for CPUs below CPU_SETSIZE.
+        .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &allowed) })
+        .take(2)
+        .collect();
+    let pins = (cpus.len() == 2).then(|| (cpus[0], cpus[1]));
     let listener = std::net::TcpListener::bind("127.0.0.1:0").context("bind loopback")?;
     let addr = listener.local_addr()?;
     let echo = std::thread::spawn(move || -> std::io::Result<usize> {
-        if two_cpus {
-            pin_to_cpu(1)?;
+        if let Some((_, echo_cpu)) = pins {
+            pin_to_cpu(echo_cpu)?;
         }
         let (mut stream, _) = listener.accept()?;
         stream.set_nodelay(true)?;
@@ -298,10 +304,9 @@ fn measure_round_trips(count: usize) -> anyhow::Result<hdrhistogram::Histogram<u
             echoed += 1;
         }
     });
-    let allowed = affinity()?;
     let measured = (|| -> anyhow::Result<hdrhistogram::Histogram<u64>> {
-        if two_cpus {
-            pin_to_cpu(0)?;
+        if let Some((own_cpu, _)) = pins {
+            pin_to_cpu(own_cpu)?;
         }
         let mut stream = std::net::TcpStream::connect(addr).context("connect loopback")?;
         stream.set_nodelay(true)?;
