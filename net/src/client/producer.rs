@@ -704,21 +704,24 @@ fn append(shared: &Shared, state: &mut State, queued: Queued, partition: i32) ->
         completion,
         epoch,
     } = queued;
-    let topic = Arc::clone(&record.topic);
-    let key = (Arc::clone(&topic), partition);
-    let queue = state.partitions.entry(key).or_default();
+    let headers: Vec<(&str, Option<&[u8]>)> = record
+        .headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_deref()))
+        .collect();
     let mut work = false;
+    // One lookup per record: the queue and the topic routes are separate fields of `state`.
+    let queue = state
+        .partitions
+        .entry((Arc::clone(&record.topic), partition))
+        .or_default();
     if let Some(open) = &queue.open
         && open.builder.uncompressed_bytes() + bytes > config.batch_size
     {
         close_open(queue);
-        note_batch_closed(shared, state, &topic, partition);
+        note_batch_closed(shared, &state.topics, &record.topic, partition);
         work = true;
     }
-    let queue = state
-        .partitions
-        .get_mut(&(Arc::clone(&topic), partition))
-        .expect("inserted above");
     let open = queue.open.get_or_insert_with(|| {
         work = true;
         OpenBatch {
@@ -729,11 +732,6 @@ fn append(shared: &Shared, state: &mut State, queued: Queued, partition: i32) ->
             first_epoch: epoch,
         }
     });
-    let headers: Vec<(&str, Option<&[u8]>)> = record
-        .headers
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_deref()))
-        .collect();
     let pushed = open.builder.push(
         record.key.as_deref(),
         record.value.as_deref(),
@@ -742,14 +740,14 @@ fn append(shared: &Shared, state: &mut State, queued: Queued, partition: i32) ->
     );
     if let Err(error) = pushed {
         // Cannot happen for a record that passed the size check; answer for it all the same.
-        let failure = ProduceError::Build {
-            topic,
-            partition,
-            source: error,
-        };
         if queue.open.as_ref().is_some_and(|o| o.members.is_empty()) {
             queue.open = None;
         }
+        let failure = ProduceError::Build {
+            topic: Arc::clone(&record.topic),
+            partition,
+            source: error,
+        };
         complete(state, completion, epoch, Err(failure));
         return work;
     }
@@ -759,12 +757,12 @@ fn append(shared: &Shared, state: &mut State, queued: Queued, partition: i32) ->
         epoch,
     });
     open.bytes += bytes;
-    state.held_bytes += bytes;
     if open.builder.uncompressed_bytes() >= config.batch_size {
         close_open(queue);
-        note_batch_closed(shared, state, &topic, partition);
+        note_batch_closed(shared, &state.topics, &record.topic, partition);
         work = true;
     }
+    state.held_bytes += bytes;
     work
 }
 
@@ -790,8 +788,13 @@ fn close_open(queue: &mut PartitionQueue) {
     });
 }
 
-fn note_batch_closed(shared: &Shared, state: &State, topic: &Arc<str>, partition: i32) {
-    if let Some(TopicRoute::Known { partitions, .. }) = state.topics.get(topic) {
+fn note_batch_closed(
+    shared: &Shared,
+    topics: &HashMap<Arc<str>, TopicRoute>,
+    topic: &Arc<str>,
+    partition: i32,
+) {
+    if let Some(TopicRoute::Known { partitions, .. }) = topics.get(topic) {
         shared
             .config
             .partitioner
@@ -889,7 +892,7 @@ fn step(shared: &Rc<Shared>) -> Option<Instant> {
         }
     }
     for (topic, partition) in &closed {
-        note_batch_closed(shared, &state, topic, *partition);
+        note_batch_closed(shared, &state.topics, topic, *partition);
     }
     drop(state);
     // Spawned only now: the runtime may start running a task as it is spawned, and it must
