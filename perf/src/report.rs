@@ -417,18 +417,9 @@ pub fn print_summary(report: &Report) {
         "load average",
         format!("{:?} at start", report.machine.load_average),
     );
-    let round_trip = report
-        .reference
-        .as_ref()
-        .and_then(|r| r.get("tcp_round_trip_us"))
+    let round_trip = reference_section(report, "tcp_round_trip_us")
         .filter(|_| report.ack_latency_us.is_some() || report.e2e_latency_us.is_some());
-    if let Some(round_trip) = round_trip {
-        let field = |key: &str| {
-            round_trip
-                .get(key)
-                .and_then(|v| v.as_f64())
-                .unwrap_or(f64::NAN)
-        };
+    if let Some(field) = round_trip {
         row(
             "tcp round trip",
             format!(
@@ -439,9 +430,7 @@ pub fn print_summary(report: &Report) {
             ),
         );
     }
-    let stalls = report.reference.as_ref().and_then(|r| r.get("cpu_stalls"));
-    if let Some(stalls) = stalls {
-        let field = |key: &str| stalls.get(key).and_then(|v| v.as_f64()).unwrap_or(f64::NAN);
+    if let Some(field) = reference_section(report, "cpu_stalls") {
         row(
             "cpu stalls",
             format!(
@@ -452,6 +441,18 @@ pub fn print_summary(report: &Report) {
         );
     }
     print!("{out}");
+}
+
+/// A section of the run's reference JSON, its fields read as numbers (NaN where one is
+/// missing); `None` without a reference or without that section.
+fn reference_section<'a>(report: &'a Report, name: &str) -> Option<impl Fn(&str) -> f64 + 'a> {
+    let section = report.reference.as_ref()?.get(name)?;
+    Some(move |key: &str| {
+        section
+            .get(key)
+            .and_then(serde_json::Value::as_f64)
+            .unwrap_or(f64::NAN)
+    })
 }
 
 /// Microseconds, shown in the unit that reads best.
